@@ -1,0 +1,134 @@
+//! The flow hash and the Maglev index math: written once, used by the XDP
+//! program (per packet) and by the agent (Maglev tables, `lb explain`, tests),
+//! so both sides pick the same backend for the same flow.
+//!
+//! The mixing function is MurmurHash3's 32-bit body and finaliser (Austin
+//! Appleby, public domain) over 32-bit words read big-endian, so the result
+//! does not depend on the host's byte order and every load balancer node with
+//! the same configuration computes the same value.
+
+/// Fixed seed of the flow hash: nodes must agree, so it is not random.
+const FLOW_SEED: u32 = 0x4c42_0001;
+/// Seeds of the two Maglev permutation hashes (offset and skip).
+const OFFSET_SEED: u32 = 0x4d47_0001;
+const SKIP_SEED: u32 = 0x4d47_0002;
+
+#[inline(always)]
+const fn mix(h: u32, k: u32) -> u32 {
+    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+const fn finish(h: u32, len_bytes: u32) -> u32 {
+    let mut h = h ^ len_bytes;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// Hash of an IPv4 flow's 5-tuple. Addresses and ports are in network byte
+/// order as they stand in the packet; `proto` is the IANA protocol number.
+/// Returns a 32-bit value; [`maglev_slot`] turns it into a table index.
+#[inline(always)]
+pub const fn flow_hash_v4(src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2], proto: u8) -> u32 {
+    let ports = u32::from_be_bytes([sport[0], sport[1], dport[0], dport[1]]);
+    let mut h = FLOW_SEED;
+    h = mix(h, u32::from_be_bytes(src));
+    h = mix(h, u32::from_be_bytes(dst));
+    h = mix(h, ports);
+    h = mix(h, proto as u32);
+    finish(h, 16)
+}
+
+/// Index into a VIP's Maglev table of `table_size` entries for a flow hash.
+/// `table_size` must be non-zero (the agent only writes primes).
+#[inline(always)]
+pub const fn maglev_slot(flow_hash: u32, table_size: u32) -> u32 {
+    flow_hash % table_size
+}
+
+/// MurmurHash3_x86_32 of a byte string (little-endian words, as the
+/// reference implementation, so its published test vectors apply).
+const fn hash_bytes(seed: u32, bytes: &[u8]) -> u32 {
+    let mut h = seed;
+    let mut i = 0;
+    while i + 4 <= bytes.len() {
+        h = mix(h, u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]));
+        i += 4;
+    }
+    let mut tail = 0u32;
+    let mut shift = 0;
+    while i < bytes.len() {
+        tail |= (bytes[i] as u32) << shift;
+        shift += 8;
+        i += 1;
+    }
+    if shift != 0 {
+        h ^= tail.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+    }
+    finish(h, bytes.len() as u32)
+}
+
+/// A backend's Maglev permutation `(offset, skip)` in a table of `table_size`
+/// entries (`table_size` prime, at least 2): its `j`-th preferred slot is
+/// `(offset + j * skip) % table_size`. `name` identifies the backend the same
+/// way on every node (its address bytes). From Eisenbud et al., "Maglev: A
+/// Fast and Reliable Software Network Load Balancer", NSDI 2016, section 3.4.
+pub const fn maglev_permutation(name: &[u8], table_size: u32) -> (u32, u32) {
+    let offset = hash_bytes(OFFSET_SEED, name) % table_size;
+    let skip = hash_bytes(SKIP_SEED, name) % (table_size - 1) + 1;
+    (offset, skip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_hash_depends_on_every_field() {
+        let base = flow_hash_v4([10, 0, 0, 1], [10, 0, 0, 100], [0x30, 0x39], [0, 80], 6);
+        assert_ne!(base, flow_hash_v4([10, 0, 0, 2], [10, 0, 0, 100], [0x30, 0x39], [0, 80], 6));
+        assert_ne!(base, flow_hash_v4([10, 0, 0, 1], [10, 0, 0, 101], [0x30, 0x39], [0, 80], 6));
+        assert_ne!(base, flow_hash_v4([10, 0, 0, 1], [10, 0, 0, 100], [0x30, 0x3a], [0, 80], 6));
+        assert_ne!(base, flow_hash_v4([10, 0, 0, 1], [10, 0, 0, 100], [0x30, 0x39], [0, 81], 6));
+        assert_ne!(base, flow_hash_v4([10, 0, 0, 1], [10, 0, 0, 100], [0x30, 0x39], [0, 80], 17));
+        // Swapping the ports is a different flow.
+        assert_ne!(base, flow_hash_v4([10, 0, 0, 1], [10, 0, 0, 100], [0, 80], [0x30, 0x39], 6));
+    }
+
+    #[test]
+    fn flow_hash_spreads_source_ports_evenly() {
+        // 65 536 flows differing only in source port over 16 buckets: each
+        // bucket within 5% of the mean (4096).
+        let mut buckets = [0u32; 16];
+        for port in 0..=u16::MAX {
+            let h = flow_hash_v4([10, 1, 2, 3], [10, 0, 0, 100], port.to_be_bytes(), [0, 80], 6);
+            buckets[(h % 16) as usize] += 1;
+        }
+        for count in buckets {
+            assert!((3891..=4301).contains(&count), "bucket count {count}");
+        }
+    }
+
+    #[test]
+    fn murmur3_matches_reference_vector() {
+        // Published MurmurHash3_x86_32 vectors with seed 0.
+        assert_eq!(hash_bytes(0, b""), 0);
+        assert_eq!(hash_bytes(0, b"test"), 0xba6b_d213);
+        assert_eq!(hash_bytes(0, b"The quick brown fox jumps over the lazy dog"), 0x2e4f_f723);
+    }
+
+    #[test]
+    fn permutation_is_in_range() {
+        for m in [7u32, 251, 65537] {
+            for i in 0u8..50 {
+                let (offset, skip) = maglev_permutation(&[10, 0, 0, i], m);
+                assert!(offset < m);
+                assert!((1..m).contains(&skip));
+            }
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! What the XDP programs and the agent must agree on: map names and
+//! capacities, map key and value layouts, counter indices, and the flow hash.
+//!
+//! Every map type is `#[repr(C)]` with explicit padding fields and a
+//! compile-time size check, multi-byte network fields are big-endian byte
+//! arrays (alignment 1, no byte-order guessing), and nothing here uses `bool`,
+//! enums or `Option` inside a map type. With the `user` feature the types
+//! implement `aya::Pod` so the agent can read and write them.
+#![no_std]
+
+pub mod hash;
+pub mod maps;
+pub mod stats;
+
+pub use hash::{flow_hash_v4, maglev_permutation, maglev_slot};
+pub use maps::*;
+pub use stats::{Counter, Outcome};
+
+/// Address family code used in map keys and values for IPv4.
+pub const FAMILY_V4: u8 = 4;
+/// Address family code used in map keys and values for IPv6.
+pub const FAMILY_V6: u8 = 6;
+
+/// IANA protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
+/// IANA protocol number of UDP.
+pub const PROTO_UDP: u8 = 17;
+/// IANA protocol number of IPv4-in-IPv4 encapsulation (RFC 2003).
+pub const PROTO_IPIP: u8 = 4;

@@ -1,0 +1,185 @@
+//! Map names, capacities, and the layouts of their keys and values.
+//!
+//! The XDP programs use these names in `#[map(name = …)]` and the agent uses
+//! them to find the maps; capacities marked "set at load" are placeholders in
+//! the object that the agent overrides from the configuration.
+
+/// VIP table: [`VipKey`] -> [`VipValue`], hash map of [`MAX_VIPS`] entries.
+pub const MAP_VIPS: &str = "LB_VIPS";
+/// Addresses that carry at least one VIP: [`AddrKey`] -> `u32` (number of VIPs
+/// on it), hash map of [`MAX_VIPS`] entries. Lets the program apply the source
+/// filter and the fragment rule before it has parsed ports.
+pub const MAP_VIP_ADDRS: &str = "LB_VIP_ADDRS";
+/// Maglev tables: array of `u32` backend ids, `regions × table_size` entries
+/// (set at load). A VIP's table is the region starting at
+/// [`VipValue::table_offset`]; the agent writes a new table into a free region
+/// and then points the VIP at it, so a reader never sees a half-written table.
+pub const MAP_MAGLEV: &str = "LB_MAGLEV";
+/// Backends: array of [`Backend`] indexed by backend id, [`MAX_BACKENDS`] entries.
+pub const MAP_BACKENDS: &str = "LB_BACKENDS";
+/// Allowed IPv4 source prefixes: LPM trie of `[u8; 4]` -> `u32` (unused value
+/// 1), [`MAX_SOURCE_PREFIXES`] entries.
+pub const MAP_SRC_ALLOW_V4: &str = "LB_SRC_ALLOW4";
+/// Data-plane settings: array of one [`Globals`].
+pub const MAP_GLOBALS: &str = "LB_GLOBALS";
+/// Per-outcome counters: per-CPU array of [`crate::Counter`] indexed by
+/// [`crate::Outcome`], [`crate::Outcome::COUNT`] entries.
+pub const MAP_STATS: &str = "LB_STATS";
+/// Per-VIP counters: per-CPU array of [`crate::Counter`] indexed by VIP id,
+/// [`MAX_VIPS`] entries.
+pub const MAP_VIP_STATS: &str = "LB_VIP_STATS";
+/// Per-backend counters: per-CPU array of [`crate::Counter`] indexed by
+/// backend id, [`MAX_BACKENDS`] entries.
+pub const MAP_BACKEND_STATS: &str = "LB_BE_STATS";
+/// Backend side: VIPs this host serves, [`AddrKey`] -> `u32` (unused value 1),
+/// hash map of [`MAX_VIPS`] entries.
+pub const MAP_DECAP_VIPS: &str = "DECAP_VIPS";
+/// Backend side: this host's own addresses, the outer destinations it accepts,
+/// [`AddrKey`] -> `u32` (unused value 1), hash map of [`MAX_LOCAL_ADDRS`] entries.
+pub const MAP_DECAP_LOCAL: &str = "DECAP_LOCAL";
+
+/// Most VIPs one data plane holds; VIP ids are `0..MAX_VIPS`.
+pub const MAX_VIPS: u32 = 1024;
+/// Most backend entries one data plane holds; backend ids are
+/// `0..MAX_BACKENDS`. One entry per (VIP, backend) pair.
+pub const MAX_BACKENDS: u32 = 16384;
+/// Most allowed source prefixes per family.
+pub const MAX_SOURCE_PREFIXES: u32 = 1024;
+/// Most local addresses the decapsulation program accepts as outer destination.
+pub const MAX_LOCAL_ADDRS: u32 = 64;
+/// Largest Maglev table size the agent accepts (a prime, as Katran's largest).
+pub const MAX_TABLE_SIZE: u32 = 16_777_213;
+
+/// Version of every layout in this module. The agent stores it in
+/// [`Globals::layout_version`]; bump it on any change of a map type.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Key of [`MAP_VIPS`]: a VIP's address, port and protocol. 20 bytes.
+/// `port` 0 is the wildcard (every port of that address and protocol).
+/// IPv4 addresses use the first 4 bytes of `addr`, the rest zero. Callers
+/// zero the whole key before filling it, or hash lookups miss.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    /// Address, network byte order.
+    pub addr: [u8; 16],
+    /// Port, network byte order; 0 = every port.
+    pub port: [u8; 2],
+    /// IANA protocol number ([`crate::PROTO_TCP`] or [`crate::PROTO_UDP`]).
+    pub proto: u8,
+    /// [`crate::FAMILY_V4`] or [`crate::FAMILY_V6`].
+    pub family: u8,
+}
+const _: () = assert!(size_of::<VipKey>() == 20);
+
+impl VipKey {
+    /// The key of an IPv4 VIP; `port` in host byte order.
+    pub const fn v4(addr: [u8; 4], port: u16, proto: u8) -> Self {
+        Self { addr: AddrKey::v4(addr).addr, port: port.to_be_bytes(), proto, family: crate::FAMILY_V4 }
+    }
+}
+
+/// Value of [`MAP_VIPS`]. 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipValue {
+    /// Index into [`MAP_VIP_STATS`], `< MAX_VIPS`.
+    pub vip_id: u32,
+    /// First entry of this VIP's Maglev table in [`MAP_MAGLEV`].
+    pub table_offset: u32,
+    /// Number of entries of the table (a prime, `M` in the Maglev paper);
+    /// 0 when the VIP has no usable backend.
+    pub table_size: u32,
+    /// `VIP_F_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<VipValue>() == 16);
+
+/// [`VipValue::flags`]: pass packets to the kernel, rather than drop them,
+/// when the VIP has no usable backend (`on_no_backend = "pass"`).
+pub const VIP_F_PASS_ON_NO_BACKEND: u32 = 1;
+
+/// An address, keying [`MAP_VIP_ADDRS`], [`MAP_DECAP_VIPS`] and
+/// [`MAP_DECAP_LOCAL`]. 20 bytes; IPv4 in the first 4 bytes, the rest zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    /// Address, network byte order.
+    pub addr: [u8; 16],
+    /// [`crate::FAMILY_V4`] or [`crate::FAMILY_V6`].
+    pub family: u8,
+    /// Zero.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<AddrKey>() == 20);
+
+impl AddrKey {
+    /// The key of an IPv4 address.
+    pub const fn v4(addr: [u8; 4]) -> Self {
+        let mut bytes = [0u8; 16];
+        bytes[0] = addr[0];
+        bytes[1] = addr[1];
+        bytes[2] = addr[2];
+        bytes[3] = addr[3];
+        Self { addr: bytes, family: crate::FAMILY_V4, _pad: [0; 3] }
+    }
+}
+
+/// Value of [`MAP_BACKENDS`]: where to send a VIP's flows. 24 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Address, network byte order; IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+    /// [`crate::FAMILY_V4`] or [`crate::FAMILY_V6`]; 0 for a free entry.
+    pub family: u8,
+    /// `BACKEND_F_*` bits.
+    pub flags: u8,
+    /// Zero.
+    pub _pad: [u8; 2],
+    /// Bumped each time the id is given to another backend, so a stale
+    /// reference (a connection-table entry) can tell.
+    pub generation: u32,
+}
+const _: () = assert!(size_of::<Backend>() == 24);
+
+/// [`Backend::flags`]: the backend is in its VIP's set.
+pub const BACKEND_F_ACTIVE: u8 = 1;
+/// [`Backend::flags`]: the backend passes its health check.
+pub const BACKEND_F_HEALTHY: u8 = 2;
+
+/// Value of [`MAP_GLOBALS`] (one entry). 32 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Globals {
+    /// Outer source address of IPv4 encapsulation, network byte order.
+    pub encap_src_v4: [u8; 4],
+    /// `GLOBAL_F_*` bits.
+    pub flags: u32,
+    /// Outer source address of IPv6 encapsulation, network byte order.
+    pub encap_src_v6: [u8; 16],
+    /// [`LAYOUT_VERSION`] of the agent that filled the maps.
+    pub layout_version: u32,
+    /// Zero.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Globals>() == 32);
+
+/// [`Globals::flags`]: apply the source filter to every packet on the
+/// interface (`scope = "all"`), not only to packets for VIP addresses.
+pub const GLOBAL_F_SCOPE_ALL: u32 = 1;
+/// [`Globals::flags`]: the agent has filled the maps; until then every packet
+/// is passed.
+pub const GLOBAL_F_READY: u32 = 2;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte
+    // arrays, and have no implicit padding (sizes are asserted above).
+    unsafe impl aya::Pod for super::VipKey {}
+    unsafe impl aya::Pod for super::VipValue {}
+    unsafe impl aya::Pod for super::AddrKey {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::Globals {}
+    unsafe impl aya::Pod for crate::Counter {}
+}

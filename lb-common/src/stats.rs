@@ -1,0 +1,96 @@
+//! Counters: what happened to each packet, summed per CPU by the programs.
+
+/// Packets and bytes. 16 bytes; the value of every per-CPU counter map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    /// Packets counted.
+    pub packets: u64,
+    /// Bytes of those packets as received (frame length, before encapsulation).
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<Counter>() == 16);
+
+/// What a program did with a packet: the index of its counter in
+/// [`crate::MAP_STATS`]. Drop reasons double as metrics, as Cilium's codes do.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not for a VIP (or the data plane is not ready): XDP_PASS untouched.
+    Passed = 0,
+    /// Encapsulated toward a backend and sent back out of the ingress
+    /// interface (XDP_TX).
+    Forwarded = 1,
+    /// Encapsulated and redirected to another interface (XDP_REDIRECT).
+    Redirected = 2,
+    /// Encapsulated, but the kernel had no neighbour entry for the next hop:
+    /// passed to the kernel, which forwards it and resolves the neighbour.
+    PassedNoNeighbour = 3,
+    /// Dropped: source outside the allowed prefixes.
+    DropSourceFilter = 4,
+    /// Dropped: an IP fragment for a VIP address (cannot be hashed on ports).
+    DropFragment = 5,
+    /// Dropped: headers truncated or invalid (Ethernet, IPv4 or TCP/UDP).
+    DropMalformed = 6,
+    /// Dropped: the VIP has no usable backend and `on_no_backend = "drop"`.
+    DropNoBackend = 7,
+    /// Passed: the VIP has no usable backend and `on_no_backend = "pass"`.
+    PassedNoBackend = 8,
+    /// Dropped: `bpf_fib_lookup` found no route to the backend.
+    DropNoRoute = 9,
+    /// Dropped: the frame could not be grown for the outer header, or the
+    /// encapsulated packet would exceed the egress MTU.
+    DropEncap = 10,
+    /// Backend side: outer header removed, inner packet passed to the kernel.
+    Decapsulated = 11,
+}
+
+impl Outcome {
+    /// Number of outcomes: the size of [`crate::MAP_STATS`].
+    pub const COUNT: u32 = 12;
+    /// Every outcome, in index order.
+    pub const ALL: [Outcome; Self::COUNT as usize] = [
+        Self::Passed,
+        Self::Forwarded,
+        Self::Redirected,
+        Self::PassedNoNeighbour,
+        Self::DropSourceFilter,
+        Self::DropFragment,
+        Self::DropMalformed,
+        Self::DropNoBackend,
+        Self::PassedNoBackend,
+        Self::DropNoRoute,
+        Self::DropEncap,
+        Self::Decapsulated,
+    ];
+
+    /// Name used in metrics, status and logs (snake case).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Passed => "passed",
+            Self::Forwarded => "forwarded_tx",
+            Self::Redirected => "forwarded_redirect",
+            Self::PassedNoNeighbour => "passed_no_neighbour",
+            Self::DropSourceFilter => "drop_source_filter",
+            Self::DropFragment => "drop_fragment",
+            Self::DropMalformed => "drop_malformed",
+            Self::DropNoBackend => "drop_no_backend",
+            Self::PassedNoBackend => "passed_no_backend",
+            Self::DropNoRoute => "drop_no_route",
+            Self::DropEncap => "drop_encap",
+            Self::Decapsulated => "decapsulated",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Outcome;
+
+    #[test]
+    fn outcome_indices_are_dense_and_in_order() {
+        for (i, outcome) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*outcome as usize, i, "{}", outcome.name());
+        }
+    }
+}

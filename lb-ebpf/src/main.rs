@@ -1,0 +1,71 @@
+//! XDP entry points only: dispatch to the logic of each concern, count the
+//! outcome, turn it into an XDP action.
+#![no_std]
+#![no_main]
+#![expect(missing_docs, reason = "the #[xdp] macro does not carry doc comments to the functions it generates")]
+
+mod balance;
+mod csum;
+mod decap;
+mod encap;
+mod filter;
+mod maps;
+mod nexthop;
+mod parse;
+mod select;
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    macros::xdp,
+    programs::XdpContext,
+};
+use lb_common::Outcome;
+
+use crate::maps::{LB_STATS, count};
+
+/// The load balancer, attached to the LB's NIC by `lb run`.
+#[xdp]
+pub fn xdp_lb(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let outcome = match balance::try_lb(&ctx, bytes) {
+        Ok(outcome) | Err(outcome) => outcome,
+    };
+    count(&LB_STATS, outcome as u32, bytes);
+    action(outcome)
+}
+
+/// The backend side, attached to a backend's NIC by `lb decap`.
+#[xdp]
+pub fn xdp_decap(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let outcome = decap::try_decap(&ctx);
+    count(&LB_STATS, outcome as u32, bytes);
+    action(outcome)
+}
+
+/// The XDP action of an outcome.
+#[inline(always)]
+fn action(outcome: Outcome) -> u32 {
+    match outcome {
+        Outcome::Forwarded => XDP_TX,
+        Outcome::Redirected => XDP_REDIRECT,
+        Outcome::Passed | Outcome::PassedNoNeighbour | Outcome::PassedNoBackend | Outcome::Decapsulated => XDP_PASS,
+        Outcome::DropSourceFilter
+        | Outcome::DropFragment
+        | Outcome::DropMalformed
+        | Outcome::DropNoBackend
+        | Outcome::DropNoRoute
+        | Outcome::DropEncap => XDP_DROP,
+    }
+}
+
+/// The kernel requires a GPL-compatible licence for `bpf_fib_lookup`.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,68 @@
+//! Every map of the XDP programs, in one place. Names and layouts come from
+//! `lb_common::maps`; capacities marked "set at load" are overridden by the agent.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+};
+use lb_common::{
+    AddrKey, Backend, Counter, Globals, MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES, MAX_VIPS, Outcome,
+    VipKey, VipValue,
+};
+
+/// VIP (address, port, protocol) -> its id, Maglev table and flags.
+#[map]
+pub static LB_VIPS: HashMap<VipKey, VipValue> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// Addresses that carry a VIP -> number of VIPs on them.
+#[map]
+pub static LB_VIP_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// Maglev tables of every VIP, back to back: backend ids. Size set at load.
+#[map]
+pub static LB_MAGLEV: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Backend id -> backend address and state.
+#[map]
+pub static LB_BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Allowed IPv4 source prefixes.
+#[map]
+pub static LB_SRC_ALLOW4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_SOURCE_PREFIXES, 0);
+
+/// Data-plane settings (one entry).
+#[map]
+pub static LB_GLOBALS: Array<Globals> = Array::with_max_entries(1, 0);
+
+/// Per-outcome counters, indexed by `Outcome`.
+#[map]
+pub static LB_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Outcome::COUNT, 0);
+
+/// Per-VIP counters, indexed by VIP id.
+#[map]
+pub static LB_VIP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+/// Per-backend counters, indexed by backend id.
+#[map]
+pub static LB_BE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Backend side: VIPs served by this host.
+#[map]
+pub static DECAP_VIPS: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// Backend side: this host's addresses (accepted outer destinations).
+#[map]
+pub static DECAP_LOCAL: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
+
+/// Adds one packet of `bytes` bytes to entry `index` of a per-CPU counter map.
+/// An index past the map's end is ignored (the lookup fails).
+#[inline(always)]
+pub fn count(map: &PerCpuArray<Counter>, index: u32, bytes: u64) {
+    if let Some(counter) = map.get_ptr_mut(index) {
+        // SAFETY: per-CPU value, no other writer on this CPU while we run.
+        unsafe {
+            (*counter).packets += 1;
+            (*counter).bytes += bytes;
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Builds the XDP programs of `lb-ebpf` for `bpfel-unknown-none` with the
+//! pinned nightly (see ../shared/TOOLCHAIN.md) so the agent can embed them.
+//! `cargo xtask setup` installs that toolchain and bpf-linker when missing.
+
+/// The nightly the eBPF crate is built with, pinned by date so bpf-linker
+/// 0.10.4 finds the LLVM it expects. Keep in sync with xtask's `EBPF_TOOLCHAIN`.
+const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
+
+fn main() -> anyhow::Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../lb-ebpf");
+    let root = root.to_str().ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {}", root.display()))?;
+    aya_build::build_ebpf(
+        [aya_build::Package { name: "lb-ebpf", root_dir: root, ..Default::default() }],
+        aya_build::Toolchain::Custom(EBPF_TOOLCHAIN),
+    )
+}

@@ -1,0 +1,698 @@
+//! Configuration: the TOML schema of SPEC section 4, parsed with serde
+//! (`deny_unknown_fields`), then validated as a whole into a typed [`Config`].
+//!
+//! Validation collects every error, each naming its key and the reason, so
+//! `lb check` can print them all; a configuration with any error is rejected
+//! whole.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::Path,
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use lb_common::MAX_TABLE_SIZE;
+use serde::Deserialize;
+
+/// Default `maglev.table_size`: the prime Katran and the Maglev paper use.
+pub const DEFAULT_TABLE_SIZE: u32 = 65537;
+/// Default `conntrack.max_entries` (flows).
+pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 1 << 20;
+/// Default `api.listen`.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:9470";
+/// Default `encap.gue_port`.
+pub const DEFAULT_GUE_PORT: u16 = 6080;
+/// Largest backend weight accepted.
+pub const MAX_WEIGHT: u32 = 10_000;
+/// Most backends of one VIP.
+pub const MAX_BACKENDS_PER_VIP: usize = 1000;
+/// Sources allowed when `source_filter.allow` is omitted: the private ranges
+/// (RFC 1918, RFC 6598 shared space, RFC 4193 unique local).
+pub const DEFAULT_ALLOW: [&str; 5] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"];
+
+/// One problem found in a configuration: the key it is about and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path, for example `vip[1].backend[0].address`.
+    pub key: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+/// Why a configuration was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or not the schema's shape (unknown key, wrong type).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file (or `<input>`).
+        path: String,
+        /// The TOML parser's message, with line and column.
+        message: String,
+    },
+    /// Well-formed but invalid; every problem found.
+    #[error("{} error(s) in {path}:\n{}", problems.len(), problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The file (or `<input>`).
+        path: String,
+        /// Every problem, in file order.
+        problems: Vec<Problem>,
+    },
+}
+
+// ---- The raw schema, as serde reads it. ----
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    interface: Option<String>,
+    #[serde(default)]
+    xdp_mode: XdpModeConfig,
+    #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
+    source_filter: RawSourceFilter,
+    #[serde(default)]
+    encap: RawEncap,
+    #[serde(default)]
+    maglev: RawMaglev,
+    #[serde(default)]
+    conntrack: RawConntrack,
+    #[serde(default, rename = "vip")]
+    vips: Vec<RawVip>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSourceFilter {
+    allow: Option<Vec<String>>,
+    #[serde(default)]
+    scope: FilterScope,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEncap {
+    #[serde(default)]
+    kind: EncapKind,
+    source_v4: Option<IpAddr>,
+    source_v6: Option<IpAddr>,
+    gue_port: Option<u16>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMaglev {
+    table_size: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConntrack {
+    max_entries: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVip {
+    name: String,
+    address: IpAddr,
+    port: u16,
+    protocol: Protocol,
+    #[serde(default)]
+    on_no_backend: OnNoBackend,
+    health_check: Option<RawHealthCheck>,
+    #[serde(default, rename = "backend")]
+    backends: Vec<RawBackend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    kind: HealthCheckKind,
+    port: Option<u16>,
+    path: Option<String>,
+    expect_status: Option<u16>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    rise: Option<u32>,
+    fall: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    address: IpAddr,
+    weight: Option<u32>,
+}
+
+// ---- The typed, validated configuration. ----
+
+/// How the XDP program is attached (`xdp_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeConfig {
+    /// Native when the driver supports it, else generic (the kernel chooses).
+    #[default]
+    Auto,
+    /// Native (driver) XDP only.
+    Native,
+    /// Generic (skb) XDP.
+    Generic,
+}
+
+/// Which packets the source filter applies to (`source_filter.scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterScope {
+    /// Packets addressed to a VIP address.
+    #[default]
+    Vip,
+    /// Every IPv4 packet on the interface.
+    All,
+}
+
+/// Encapsulation toward backends (`encap.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncapKind {
+    /// IPv4-in-IPv4 (RFC 2003).
+    #[default]
+    Ipip,
+    /// Generic UDP Encapsulation (not supported yet).
+    Gue,
+}
+
+/// L4 protocol of a VIP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// IANA protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Tcp => lb_common::PROTO_TCP,
+            Self::Udp => lb_common::PROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+/// What to do with a VIP's packets when no backend is usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNoBackend {
+    /// Drop them (counted).
+    #[default]
+    Drop,
+    /// Pass them to the load balancer's kernel.
+    Pass,
+}
+
+/// Kind of a health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckKind {
+    /// A TCP connection that completes.
+    Tcp,
+    /// An HTTP GET answered with `expect_status` (not supported yet).
+    Http,
+    /// A UDP datagram answered (not supported yet).
+    Udp,
+    /// No check: backends are always healthy.
+    None,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// NIC to attach to, unless `--iface` overrides it.
+    pub interface: Option<String>,
+    /// Attach mode.
+    pub xdp_mode: XdpModeConfig,
+    /// Address of the HTTP API.
+    pub api_listen: SocketAddr,
+    /// Allowed source prefixes (host bits clear).
+    pub allow: Vec<IpNet>,
+    /// What the source filter applies to.
+    pub scope: FilterScope,
+    /// Encapsulation kind.
+    pub encap: EncapKind,
+    /// Outer IPv4 source; `None`: the interface's first IPv4 address.
+    pub encap_source_v4: Option<Ipv4Addr>,
+    /// Outer IPv6 source.
+    pub encap_source_v6: Option<Ipv6Addr>,
+    /// GUE destination port.
+    pub gue_port: u16,
+    /// Maglev table size `M` (prime) of every VIP.
+    pub table_size: u32,
+    /// Connection-table capacity in flows.
+    pub conntrack_entries: u32,
+    /// VIPs, in file order.
+    pub vips: Vec<Vip>,
+}
+
+/// A validated VIP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vip {
+    /// Unique name, used in metrics and logs.
+    pub name: String,
+    /// Address.
+    pub address: IpAddr,
+    /// Port; 0 means every port.
+    pub port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Rule when no backend is usable.
+    pub on_no_backend: OnNoBackend,
+    /// Health check of every backend.
+    pub health_check: HealthCheck,
+    /// Backends, in file order, each address once.
+    pub backends: Vec<BackendConfig>,
+}
+
+/// A validated health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Kind.
+    pub kind: HealthCheckKind,
+    /// Port checked on each backend.
+    pub port: u16,
+    /// Time between checks of one backend.
+    pub interval: Duration,
+    /// Longest a check may take; never longer than `interval`.
+    pub timeout: Duration,
+    /// Consecutive successes that make an unhealthy backend healthy.
+    pub rise: u32,
+    /// Consecutive failures that make a healthy backend unhealthy.
+    pub fall: u32,
+}
+
+/// A validated backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Address, reachable from the load balancer.
+    pub address: IpAddr,
+    /// Relative share of the Maglev table; 0 drains.
+    pub weight: u32,
+}
+
+/// A configuration and the warnings its validation produced.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The configuration.
+    pub config: Config,
+    /// Things that are allowed but probably not meant (for example a VIP
+    /// whose backends all have weight 0).
+    pub warnings: Vec<Problem>,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`], [`ConfigError::Parse`] or [`ConfigError::Invalid`]
+    /// with every problem found.
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates configuration text; `origin` names it in errors.
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] or [`ConfigError::Invalid`].
+    pub fn parse(text: &str, origin: &str) -> Result<Loaded, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: origin.to_string(), message: e.to_string() })?;
+        let mut v = Validator::default();
+        let config = v.config(raw);
+        if v.errors.is_empty() {
+            Ok(Loaded { config, warnings: v.warnings })
+        } else {
+            Err(ConfigError::Invalid { path: origin.to_string(), problems: v.errors })
+        }
+    }
+
+    /// Number of backends over all VIPs.
+    pub fn backend_count(&self) -> usize {
+        self.vips.iter().map(|v| v.backends.len()).sum()
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<Problem>,
+    warnings: Vec<Problem>,
+}
+
+impl Validator {
+    fn error(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(Problem { key: key.into(), reason: reason.into() });
+    }
+
+    fn warn(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.warnings.push(Problem { key: key.into(), reason: reason.into() });
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        if let Some(interface) = &raw.interface
+            && (interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ']))
+        {
+            self.error("interface", format!("{interface:?} is not a valid interface name"));
+        }
+        let api_listen = self.api(&raw.api);
+        let allow = self.allow(&raw.source_filter);
+        let (encap_source_v4, encap_source_v6, gue_port) = self.encap(&raw.encap);
+        let table_size = self.table_size(&raw.maglev);
+        let conntrack_entries = raw.conntrack.max_entries.unwrap_or(DEFAULT_CONNTRACK_ENTRIES);
+        if conntrack_entries == 0 {
+            self.error("conntrack.max_entries", "must be at least 1");
+        }
+        let vips = self.vips(raw.vips, &allow, table_size);
+        Config {
+            interface: raw.interface,
+            xdp_mode: raw.xdp_mode,
+            api_listen,
+            allow,
+            scope: raw.source_filter.scope,
+            encap: raw.encap.kind,
+            encap_source_v4,
+            encap_source_v6,
+            gue_port,
+            table_size,
+            conntrack_entries,
+            vips,
+        }
+    }
+
+    fn api(&mut self, api: &RawApi) -> SocketAddr {
+        let default: SocketAddr = DEFAULT_API_LISTEN.parse().expect("constant parses");
+        let Some(listen) = &api.listen else { return default };
+        match listen.parse::<SocketAddr>() {
+            Ok(addr) => {
+                if !addr.ip().is_loopback() {
+                    self.warn("api.listen", format!("{addr} is not a loopback address: the API is reachable from the network"));
+                }
+                addr
+            }
+            Err(_) => {
+                self.error("api.listen", format!("{listen:?} is not an address:port"));
+                default
+            }
+        }
+    }
+
+    fn allow(&mut self, filter: &RawSourceFilter) -> Vec<IpNet> {
+        let given = filter.allow.clone();
+        let texts: Vec<String> = given.clone().unwrap_or_else(|| DEFAULT_ALLOW.iter().map(|s| s.to_string()).collect());
+        if given.is_some() && texts.is_empty() {
+            self.error("source_filter.allow", "is empty: every packet to a VIP would be dropped");
+        }
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            let key = format!("source_filter.allow[{i}]");
+            match text.parse::<IpNet>() {
+                Ok(net) if net.trunc() != net => {
+                    self.error(key, format!("{text:?} has host bits set (did you mean {}?)", net.trunc()));
+                }
+                Ok(net) => {
+                    if !seen.insert(net) {
+                        self.error(key, format!("{text:?} is listed twice"));
+                    } else {
+                        out.push(net);
+                    }
+                }
+                Err(_) => self.error(key, format!("{text:?} is not a prefix (address/length)")),
+            }
+        }
+        if out.len() > lb_common::MAX_SOURCE_PREFIXES as usize {
+            self.error("source_filter.allow", format!("has {} prefixes, at most {}", out.len(), lb_common::MAX_SOURCE_PREFIXES));
+        }
+        out
+    }
+
+    fn encap(&mut self, encap: &RawEncap) -> (Option<Ipv4Addr>, Option<Ipv6Addr>, u16) {
+        if encap.kind == EncapKind::Gue {
+            self.error("encap.kind", "\"gue\" is not supported yet (use \"ipip\")");
+        }
+        let v4 = match encap.source_v4 {
+            Some(IpAddr::V4(a)) => Some(a),
+            Some(IpAddr::V6(a)) => {
+                self.error("encap.source_v4", format!("{a} is not an IPv4 address"));
+                None
+            }
+            None => None,
+        };
+        let v6 = match encap.source_v6 {
+            Some(IpAddr::V6(a)) => Some(a),
+            Some(IpAddr::V4(a)) => {
+                self.error("encap.source_v6", format!("{a} is not an IPv6 address"));
+                None
+            }
+            None => None,
+        };
+        let gue_port = encap.gue_port.unwrap_or(DEFAULT_GUE_PORT);
+        if gue_port == 0 {
+            self.error("encap.gue_port", "must not be 0");
+        }
+        (v4, v6, gue_port)
+    }
+
+    fn table_size(&mut self, maglev: &RawMaglev) -> u32 {
+        let m = maglev.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
+        if !(3..=MAX_TABLE_SIZE).contains(&m) {
+            self.error("maglev.table_size", format!("{m} is out of range (3 to {MAX_TABLE_SIZE})"));
+        } else if !is_prime(m) {
+            self.error("maglev.table_size", format!("{m} is not prime (Maglev needs a prime table size)"));
+        }
+        m
+    }
+
+    fn vips(&mut self, raw: Vec<RawVip>, allow: &[IpNet], table_size: u32) -> Vec<Vip> {
+        if raw.len() > lb_common::MAX_VIPS as usize {
+            self.error("vip", format!("{} VIPs, at most {}", raw.len(), lb_common::MAX_VIPS));
+        }
+        let mut names = HashSet::new();
+        let mut keys = HashSet::new();
+        let mut out = Vec::new();
+        for (i, vip) in raw.into_iter().enumerate() {
+            let key = format!("vip[{i}]");
+            if vip.name.is_empty() {
+                self.error(format!("{key}.name"), "must not be empty");
+            } else if !names.insert(vip.name.clone()) {
+                self.error(format!("{key}.name"), format!("{:?} is used by another VIP", vip.name));
+            }
+            if !keys.insert((vip.address, vip.port, vip.protocol)) {
+                self.error(
+                    key.clone(),
+                    format!("{} port {} {} is defined twice", vip.address, vip.port, vip.protocol),
+                );
+            }
+            match vip.address {
+                IpAddr::V6(_) => self.error(format!("{key}.address"), "IPv6 VIPs are not supported yet"),
+                IpAddr::V4(a) if a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback() => {
+                    self.error(format!("{key}.address"), format!("{a} cannot be a VIP"));
+                }
+                addr => {
+                    if !allow.iter().any(|net| net.contains(&addr)) {
+                        self.error(
+                            format!("{key}.address"),
+                            format!("{addr} is outside every source_filter.allow prefix: no client could reach it"),
+                        );
+                    }
+                }
+            }
+            let health_check = self.health_check(&key, &vip);
+            let backends = self.backends(&key, &vip, table_size);
+            out.push(Vip {
+                name: vip.name,
+                address: vip.address,
+                port: vip.port,
+                protocol: vip.protocol,
+                on_no_backend: vip.on_no_backend,
+                health_check,
+                backends,
+            });
+        }
+        out
+    }
+
+    fn health_check(&mut self, vip_key: &str, vip: &RawVip) -> HealthCheck {
+        let key = format!("{vip_key}.health_check");
+        let default_kind = if vip.port == 0 { HealthCheckKind::None } else { HealthCheckKind::Tcp };
+        let Some(raw) = &vip.health_check else {
+            return HealthCheck {
+                kind: default_kind,
+                port: vip.port,
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_millis(500),
+                rise: 2,
+                fall: 3,
+            };
+        };
+        match raw.kind {
+            HealthCheckKind::Http => self.error(format!("{key}.kind"), "\"http\" is not supported yet (use \"tcp\")"),
+            HealthCheckKind::Udp => self.error(format!("{key}.kind"), "\"udp\" is not supported yet (use \"tcp\")"),
+            HealthCheckKind::Tcp | HealthCheckKind::None => {}
+        }
+        if raw.kind != HealthCheckKind::Http {
+            if raw.path.is_some() {
+                self.error(format!("{key}.path"), "applies to kind \"http\" only");
+            }
+            if raw.expect_status.is_some() {
+                self.error(format!("{key}.expect_status"), "applies to kind \"http\" only");
+            }
+        }
+        let port = raw.port.unwrap_or(vip.port);
+        if port == 0 && raw.kind != HealthCheckKind::None {
+            self.error(format!("{key}.port"), "is required (and not 0) when the VIP's port is 0");
+        }
+        let interval = self.duration(&format!("{key}.interval"), raw.interval.as_deref(), Duration::from_secs(1));
+        let timeout = self.duration(&format!("{key}.timeout"), raw.timeout.as_deref(), Duration::from_millis(500));
+        if timeout > interval {
+            self.error(
+                format!("{key}.timeout"),
+                format!(
+                    "{} is longer than interval {}",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(interval)
+                ),
+            );
+        }
+        let rise = raw.rise.unwrap_or(2);
+        let fall = raw.fall.unwrap_or(3);
+        for (name, value) in [("rise", rise), ("fall", fall)] {
+            if !(1..=100).contains(&value) {
+                self.error(format!("{key}.{name}"), format!("{value} is out of range (1 to 100)"));
+            }
+        }
+        HealthCheck { kind: raw.kind, port, interval, timeout, rise, fall }
+    }
+
+    fn duration(&mut self, key: &str, text: Option<&str>, default: Duration) -> Duration {
+        let Some(text) = text else { return default };
+        match humantime::parse_duration(text) {
+            Ok(d) if d < Duration::from_millis(10) => {
+                self.error(key, format!("{text:?} is shorter than 10ms"));
+                default
+            }
+            Ok(d) if d > Duration::from_secs(3600) => {
+                self.error(key, format!("{text:?} is longer than 1h"));
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.error(key, format!("{text:?} is not a duration ({e}); write for example \"500ms\" or \"2s\""));
+                default
+            }
+        }
+    }
+
+    fn backends(&mut self, vip_key: &str, vip: &RawVip, table_size: u32) -> Vec<BackendConfig> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (j, backend) in vip.backends.iter().enumerate() {
+            let key = format!("{vip_key}.backend[{j}]");
+            if !seen.insert(backend.address) {
+                self.error(format!("{key}.address"), format!("{} is listed twice in VIP {:?}", backend.address, vip.name));
+            }
+            match backend.address {
+                IpAddr::V6(_) => self.error(
+                    format!("{key}.address"),
+                    "IPv6 backends are not supported yet (encapsulation is IPv4-in-IPv4)",
+                ),
+                IpAddr::V4(a) if a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback() => {
+                    self.error(format!("{key}.address"), format!("{a} cannot be a backend"));
+                }
+                addr if addr == vip.address => {
+                    self.error(format!("{key}.address"), "is the VIP's own address");
+                }
+                _ => {}
+            }
+            let weight = backend.weight.unwrap_or(1);
+            if weight > MAX_WEIGHT {
+                self.error(format!("{key}.weight"), format!("{weight} is out of range (0 to {MAX_WEIGHT})"));
+            }
+            out.push(BackendConfig { address: backend.address, weight });
+        }
+        if out.len() > MAX_BACKENDS_PER_VIP {
+            self.error(format!("{vip_key}.backend"), format!("{} backends, at most {MAX_BACKENDS_PER_VIP}", out.len()));
+        } else if out.len() as u64 * 100 > u64::from(table_size) && !out.is_empty() {
+            self.warn(
+                "maglev.table_size",
+                format!(
+                    "{table_size} is less than 100 times the {} backends of VIP {:?}: shares will be uneven",
+                    out.len(),
+                    vip.name
+                ),
+            );
+        }
+        if out.is_empty() {
+            self.warn(format!("{vip_key}.backend"), format!("VIP {:?} has no backend", vip.name));
+        } else if out.iter().all(|b| b.weight == 0) {
+            self.warn(
+                format!("{vip_key}.backend"),
+                format!("every backend of VIP {:?} has weight 0: it takes no new flow", vip.name),
+            );
+        }
+        out
+    }
+}
+
+/// Whether `n` is prime (trial division; `n` is at most a few million).
+pub fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2u32;
+    while d.saturating_mul(d) <= n {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests;

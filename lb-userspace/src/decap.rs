@@ -1,0 +1,58 @@
+//! `lb decap`: attach `xdp_decap` on a backend host for the VIPs it serves.
+
+use std::{future::Future, net::Ipv4Addr};
+
+use aya::{
+    EbpfLoader,
+    maps::{HashMap, MapData},
+};
+use lb_common::{AddrKey, MAP_DECAP_LOCAL, MAP_DECAP_VIPS};
+use log::info;
+
+use crate::{
+    agent::{self, AgentError},
+    config::XdpModeConfig,
+    maps::MapWriteError,
+    netif,
+};
+
+fn addr_map(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<HashMap<MapData, AddrKey, u32>, AgentError> {
+    let map = ebpf.take_map(name).ok_or_else(|| MapWriteError {
+        map: name,
+        op: "take",
+        source: aya::maps::MapError::InvalidName { name: name.to_string() },
+    })?;
+    HashMap::try_from(map).map_err(|source| MapWriteError { map: name, op: "take", source }.into())
+}
+
+/// Attaches the decapsulation program to `iface` for `vips` until `shutdown`
+/// completes. Outer destinations accepted are every IPv4 address of the host
+/// at start. With no VIP it decapsulates nothing and passes every packet:
+/// attached to the peer of a veth whose other end runs `xdp_lb` in native
+/// mode, that is what lets XDP_TX frames in.
+///
+/// # Errors
+/// The interface is unknown, or loading, filling or attaching fails.
+pub async fn run(iface: &str, vips: &[Ipv4Addr], mode: XdpModeConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    netif::ifindex(iface).ok_or_else(|| AgentError::UnknownInterface(iface.to_string()))?;
+    let mut ebpf = EbpfLoader::new().load(agent::object())?;
+    let mut vip_map = addr_map(&mut ebpf, MAP_DECAP_VIPS)?;
+    let mut local_map = addr_map(&mut ebpf, MAP_DECAP_LOCAL)?;
+    let locals = netif::ipv4_addresses(None).map_err(|source| AgentError::Io { op: "list addresses", path: "of this host".into(), source })?;
+    for vip in vips {
+        vip_map
+            .insert(AddrKey::v4(vip.octets()), 1, 0)
+            .map_err(|source| MapWriteError { map: MAP_DECAP_VIPS, op: "insert", source })?;
+    }
+    for local in locals.iter().take(lb_common::MAX_LOCAL_ADDRS as usize) {
+        local_map
+            .insert(AddrKey::v4(local.octets()), 1, 0)
+            .map_err(|source| MapWriteError { map: MAP_DECAP_LOCAL, op: "insert", source })?;
+    }
+    agent::attach(&mut ebpf, "xdp_decap", iface, agent::xdp_mode(mode))?;
+    info!("xdp_decap attached to {iface} ({mode:?} mode) for VIPs {vips:?}; outer destinations {locals:?}");
+    shutdown.await;
+    drop(ebpf);
+    info!("detached from {iface}");
+    Ok(())
+}

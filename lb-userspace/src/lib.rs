@@ -1,0 +1,11 @@
+//! The load balancer's agent: configuration, Maglev tables, map writes,
+//! health checks, and the `lb` commands built on them.
+
+pub mod agent;
+pub mod balancer;
+pub mod config;
+pub mod decap;
+pub mod health;
+pub mod maglev;
+pub mod maps;
+pub mod netif;

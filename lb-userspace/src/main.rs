@@ -1,0 +1,145 @@
+//! `lb`: the load balancer's command line (SPEC section 5).
+
+use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use lb_userspace::{
+    agent,
+    config::{Config, ConfigError, XdpModeConfig},
+    decap,
+};
+use log::{error, warn};
+
+/// An internal layer-4 load balancer on XDP: Maglev hashing, IP-in-IP
+/// encapsulation, direct server return.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and attach the balancer, fill its maps, health-check backends;
+    /// detach cleanly on SIGINT or SIGTERM.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Interface to attach to; overrides `interface` in the configuration.
+        #[arg(long)]
+        iface: Option<String>,
+    },
+    /// Validate a configuration: exit 0 with a summary, or 1 with every error.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// On a backend host: decapsulate IP-in-IP packets for these VIPs and
+    /// pass the inner packets to the kernel, until SIGINT or SIGTERM.
+    Decap {
+        /// Interface the tunnelled packets arrive on.
+        #[arg(long)]
+        iface: String,
+        /// A VIP this host serves (configured on its loopback); repeatable.
+        /// With none, every packet passes untouched.
+        #[arg(long = "vip")]
+        vips: Vec<Ipv4Addr>,
+        /// Attach mode.
+        #[arg(long, value_enum, default_value = "auto")]
+        xdp_mode: Mode,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Mode {
+    Auto,
+    Native,
+    Generic,
+}
+
+impl From<Mode> for XdpModeConfig {
+    fn from(m: Mode) -> Self {
+        match m {
+            Mode::Auto => Self::Auto,
+            Mode::Native => Self::Native,
+            Mode::Generic => Self::Generic,
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config, ConfigError> {
+    let loaded = Config::load(path)?;
+    for warning in &loaded.warnings {
+        warn!("{}: warning: {warning}", path.display());
+    }
+    Ok(loaded.config)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(loaded) => {
+                for warning in &loaded.warnings {
+                    println!("warning: {warning}");
+                }
+                let c = &loaded.config;
+                println!(
+                    "{}: OK: {} VIPs, {} backends, Maglev table size {}",
+                    config.display(),
+                    c.vips.len(),
+                    c.backend_count(),
+                    c.table_size
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config, iface } => report(runtime().and_then(|rt| {
+            rt.block_on(async {
+                let config = load_config(&config)?;
+                agent::run(config, iface, shutdown_signal()).await.context("lb run")
+            })
+        })),
+        Command::Decap { iface, vips, xdp_mode } => report(
+            runtime().and_then(|rt| {
+                rt.block_on(async { decap::run(&iface, &vips, xdp_mode.into(), shutdown_signal()).await.context("lb decap") })
+            }),
+        ),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
