@@ -1,0 +1,104 @@
+//! Network namespaces made by a test, removed on drop, and commands run in them.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::{Command, Output},
+};
+
+use anyhow::{Context as _, bail};
+
+/// Runs `ip ARGS` and fails with its stderr when it fails.
+pub fn ip(args: &[&str]) -> anyhow::Result<()> {
+    run(Command::new("ip").args(args))
+}
+
+/// Runs a command to completion; `Err` with its output when it fails.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let out: Output = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// A network namespace created by `ip netns add`, deleted on drop (with every
+/// interface in it).
+#[derive(Debug)]
+pub struct Netns {
+    /// Its name (under /run/netns).
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates namespace `name`, removing a leftover of the same name first,
+    /// and brings its loopback up.
+    ///
+    /// # Errors
+    /// `ip netns add` fails.
+    pub fn new(name: &str) -> anyhow::Result<Self> {
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        ip(&["netns", "add", name])?;
+        let ns = Self { name: name.to_string() };
+        ns.ip(&["link", "set", "dev", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Runs `ip -n NAME ARGS`.
+    ///
+    /// # Errors
+    /// The command fails.
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<()> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// Sets a sysctl in the namespace (`KEY=VALUE`).
+    ///
+    /// # Errors
+    /// The command fails.
+    pub fn sysctl(&self, setting: &str) -> anyhow::Result<()> {
+        run(self.command("sysctl").args(["-q", "-w", setting]))
+    }
+
+    /// A command that runs `program` in this namespace's network only (the
+    /// mount namespace stays the caller's, so bpffs pins are shared).
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.name)).arg("--").arg(program);
+        cmd
+    }
+
+    /// Moves the calling thread into this namespace until the guard drops.
+    ///
+    /// # Errors
+    /// `setns` fails.
+    pub fn enter(&self) -> anyhow::Result<EnteredNetns> {
+        let original = File::open("/proc/thread-self/ns/net").context("open own netns")?;
+        let target = File::open(format!("/run/netns/{}", self.name)).context("open netns")?;
+        // SAFETY: valid namespace fd; only this thread moves.
+        if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("setns into {}: {}", self.name, std::io::Error::last_os_error());
+        }
+        Ok(EnteredNetns { original })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// The calling thread's stay in another namespace; drop returns it.
+pub struct EnteredNetns {
+    original: File,
+}
+
+impl Drop for EnteredNetns {
+    fn drop(&mut self) {
+        // SAFETY: valid namespace fd.
+        unsafe { libc::setns(self.original.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
+}
