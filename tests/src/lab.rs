@@ -1,1 +1,435 @@
-pub fn placeholder() {}
+//! A namespace lab: a client, a load balancer and three backends joined by a
+//! bridge, each backend running a real HTTP server (Python's http.server)
+//! bound to every address, the VIP on its loopback and `lb decap` on its
+//! interface; the load balancer running `lb run`. Everything is named with
+//! the lab's prefix and removed on drop, processes first (by pid).
+//!
+//! ```text
+//!   client 10.30.0.10 ──┐
+//!   lb     10.30.0.2  ──┤ bridge (namespace PREFIX-sw)
+//!   be1..3 10.30.0.21-23┘
+//! ```
+
+use std::{
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::netns::Netns;
+
+/// The VIP of the lab.
+pub const VIP: &str = "10.30.0.100";
+/// The load balancer's address.
+pub const LB_ADDR: &str = "10.30.0.2";
+/// The client's address.
+pub const CLIENT_ADDR: &str = "10.30.0.10";
+/// A source outside the allowed prefixes (TEST-NET-3), also on the client.
+pub const OUTSIDE_ADDR: &str = "203.0.113.7";
+/// Backend names and addresses.
+pub const BACKENDS: [(&str, &str); 3] = [("be1", "10.30.0.21"), ("be2", "10.30.0.22"), ("be3", "10.30.0.23")];
+/// Size of the `/whoami` body: large enough that replies outweigh requests,
+/// so a test can tell they did not cross the load balancer.
+pub const BODY_LEN: usize = 4096;
+
+/// XDP attach mode of the lab's programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Native XDP on the veths (with a pass-through program on the LB's peer).
+    Native,
+    /// Generic (skb) XDP.
+    Generic,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Generic => "generic",
+        }
+    }
+}
+
+/// A process started by the lab, ended by pid on drop.
+struct Proc {
+    what: String,
+    child: Child,
+}
+
+impl Proc {
+    fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The lab; dropping it ends its processes and removes its namespaces.
+pub struct Lab {
+    /// Prefix of every name the lab made.
+    pub prefix: String,
+    /// Name of the load balancer's interface (also its pin directory name).
+    pub lb_iface: String,
+    /// Working directory (config, logs, web roots).
+    pub dir: PathBuf,
+    lb_bin: PathBuf,
+    procs: Vec<Proc>,
+    servers: [Option<Proc>; 3],
+    agent: Option<Proc>,
+    // Declared last: namespaces go after the processes in them.
+    /// Namespaces: sw, client, lb, be1, be2, be3.
+    pub ns: Vec<Netns>,
+}
+
+/// The `lb` binary: `$LB_BIN`, else `lb` next to the running test's
+/// directory (target/debug/deps/.. -> target/debug/lb).
+pub fn lb_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("LB_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join("lb");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("cannot find the lb binary: build it (cargo build -p lb-userspace) or set LB_BIN")
+}
+
+impl Lab {
+    /// Builds the lab and starts servers, decapsulation and the agent with
+    /// health checks every 500 ms (rise 2, fall 2). Waits until a request
+    /// through the VIP succeeds (at most 20 s).
+    ///
+    /// # Errors
+    /// Any set-up step fails; what was made so far is removed.
+    pub fn start(prefix: &str, mode: Mode) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("{prefix}-lab"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        let mut lab = Self {
+            prefix: prefix.to_string(),
+            lb_iface: format!("{prefix}0"),
+            dir,
+            lb_bin: lb_binary()?,
+            procs: Vec::new(),
+            servers: [None, None, None],
+            agent: None,
+            ns: Vec::new(),
+        };
+        lab.build_network()?;
+        for i in 0..BACKENDS.len() {
+            lab.start_backend(i, mode)?;
+        }
+        // Native XDP_TX from the LB's veth reaches the bridge only if the
+        // peer runs an XDP program: a pass-through one (`lb decap`, no VIP).
+        if mode == Mode::Native {
+            let peer = format!("{prefix}p");
+            let p = lab.spawn(0, &lab.lb_bin.clone(), &["decap", "--iface", &peer, "--xdp-mode", "native"], "peer-pass")?;
+            lab.procs.push(p);
+        }
+        lab.write_config(mode)?;
+        lab.start_agent()?;
+        lab.wait_until_serving(Duration::from_secs(20))?;
+        Ok(lab)
+    }
+
+    fn ns_named(&self, suffix: &str) -> &Netns {
+        let name = format!("{}-{suffix}", self.prefix);
+        self.ns.iter().find(|n| n.name == name).expect("namespace of the lab")
+    }
+
+    /// The client's namespace.
+    pub fn client(&self) -> &Netns {
+        self.ns_named("client")
+    }
+
+    /// The load balancer's namespace.
+    pub fn lb(&self) -> &Netns {
+        self.ns_named("lb")
+    }
+
+    fn build_network(&mut self) -> anyhow::Result<()> {
+        let p = self.prefix.clone();
+        for suffix in ["sw", "client", "lb", "be1", "be2", "be3"] {
+            self.ns.push(Netns::new(&format!("{p}-{suffix}"))?);
+        }
+        let sw = &self.ns[0];
+        sw.ip(&["link", "add", "br0", "type", "bridge"])?;
+        sw.ip(&["link", "set", "dev", "br0", "up"])?;
+        let hosts: Vec<(&str, String, String, &str)> = [
+            ("client", "eth0".to_string(), format!("{p}c"), CLIENT_ADDR),
+            ("lb", self.lb_iface.clone(), format!("{p}p"), LB_ADDR),
+            ("be1", "eth0".to_string(), format!("{p}b1"), BACKENDS[0].1),
+            ("be2", "eth0".to_string(), format!("{p}b2"), BACKENDS[1].1),
+            ("be3", "eth0".to_string(), format!("{p}b3"), BACKENDS[2].1),
+        ]
+        .into_iter()
+        .map(|(h, i, peer, a)| (h, i, peer, a))
+        .collect();
+        for (host, iface, peer, addr) in &hosts {
+            let host_ns = format!("{p}-{host}");
+            sw.ip(&["link", "add", peer, "type", "veth", "peer", "name", iface, "netns", &host_ns])?;
+            sw.ip(&["link", "set", "dev", peer, "master", "br0", "up"])?;
+            let ns = self.ns_named(host);
+            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", iface])?;
+            ns.ip(&["link", "set", "dev", iface, "up"])?;
+        }
+        let client = self.client();
+        client.ip(&["addr", "add", &format!("{OUTSIDE_ADDR}/32"), "dev", "eth0"])?;
+        client.ip(&["route", "add", &format!("{VIP}/32"), "via", LB_ADDR])?;
+        crate::netns::disable_tx_checksum(client, "eth0")?;
+        for (name, _) in BACKENDS {
+            let be = self.ns_named(name);
+            be.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+            // The VIP is on loopback: never answer ARP for it on eth0.
+            be.sysctl("net.ipv4.conf.all.arp_ignore=1")?;
+            be.sysctl("net.ipv4.conf.all.arp_announce=2")?;
+        }
+        Ok(())
+    }
+
+    fn spawn(&self, ns_index: usize, program: &Path, args: &[&str], what: &str) -> anyhow::Result<Proc> {
+        let log = fs::File::create(self.dir.join(format!("{what}.log")))?;
+        let mut cmd = self.ns[ns_index].command(&program.display().to_string());
+        cmd.args(args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        let child = cmd.spawn().with_context(|| format!("starting {what}"))?;
+        Ok(Proc { what: what.to_string(), child })
+    }
+
+    fn ns_index(&self, suffix: &str) -> usize {
+        let name = format!("{}-{suffix}", self.prefix);
+        self.ns.iter().position(|n| n.name == name).expect("namespace of the lab")
+    }
+
+    fn start_backend(&mut self, i: usize, mode: Mode) -> anyhow::Result<()> {
+        let (name, _) = BACKENDS[i];
+        let root = self.dir.join(format!("www-{name}"));
+        fs::create_dir_all(&root)?;
+        // "be1" then padding: the first word names the backend.
+        let mut body = format!("{name} ").into_bytes();
+        body.resize(BODY_LEN, b'.');
+        fs::write(root.join("whoami"), body)?;
+        let idx = self.ns_index(name);
+        let decap = self.spawn(
+            idx,
+            &self.lb_bin.clone(),
+            &["decap", "--iface", "eth0", "--vip", VIP, "--xdp-mode", mode.as_str()],
+            &format!("decap-{name}"),
+        )?;
+        self.procs.push(decap);
+        self.start_server(i)
+    }
+
+    /// Starts backend `i`'s HTTP server (port 80, every address).
+    ///
+    /// # Errors
+    /// The process cannot be started.
+    pub fn start_server(&mut self, i: usize) -> anyhow::Result<()> {
+        let (name, _) = BACKENDS[i];
+        let root = self.dir.join(format!("www-{name}"));
+        let idx = self.ns_index(name);
+        let python = which("python3")?;
+        let server = self.spawn(
+            idx,
+            &python,
+            &["-m", "http.server", "80", "--bind", "0.0.0.0", "--directory", &root.display().to_string()],
+            &format!("http-{name}"),
+        )?;
+        self.servers[i] = Some(server);
+        Ok(())
+    }
+
+    /// Stops backend `i`'s HTTP server.
+    pub fn stop_server(&mut self, i: usize) {
+        if let Some(mut server) = self.servers[i].take() {
+            server.stop();
+        }
+    }
+
+    fn write_config(&self, mode: Mode) -> anyhow::Result<()> {
+        let mut text = format!(
+            "interface = \"{}\"\nxdp_mode = \"{}\"\n\n[maglev]\ntable_size = 65537\n\n[[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\n\n  [vip.health_check]\n  kind = \"tcp\"\n  interval = \"500ms\"\n  timeout = \"250ms\"\n  rise = 2\n  fall = 2\n",
+            self.lb_iface,
+            mode.as_str()
+        );
+        for (_, addr) in BACKENDS {
+            text.push_str(&format!("\n  [[vip.backend]]\n  address = \"{addr}\"\n"));
+        }
+        fs::File::create(self.config_path())?.write_all(text.as_bytes())?;
+        Ok(())
+    }
+
+    /// The agent's configuration file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("lb.toml")
+    }
+
+    /// Where the agent pins its maps.
+    pub fn pin_dir(&self) -> PathBuf {
+        Path::new("/sys/fs/bpf/lb").join(&self.lb_iface)
+    }
+
+    fn start_agent(&mut self) -> anyhow::Result<()> {
+        let idx = self.ns_index("lb");
+        let config = self.config_path().display().to_string();
+        let agent = self.spawn(idx, &self.lb_bin.clone(), &["run", "--config", &config], "agent")?;
+        self.agent = Some(agent);
+        Ok(())
+    }
+
+    /// The agent's log so far.
+    pub fn agent_log(&self) -> String {
+        fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Stops the agent (SIGTERM, then waits for it to exit).
+    pub fn stop_agent(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            agent.stop();
+        }
+    }
+
+    fn wait_until_serving(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(agent) = self.agent.as_mut()
+                && let Ok(Some(status)) = agent.child.try_wait()
+            {
+                bail!("the agent exited ({status}):\n{}", self.agent_log());
+            }
+            if self.pin_dir().join(lb_common::MAP_STATS).exists() && self.requests(1, None)[0].is_some() {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        bail!("no request through the VIP succeeded within {limit:?}; agent log:\n{}", self.agent_log())
+    }
+
+    /// Sends `count` HTTP requests to the VIP from the client, each on a new
+    /// connection (at most 2 s each), from `source` when given. Returns, per
+    /// request, the name of the backend that answered or `None` on failure.
+    pub fn requests(&self, count: usize, source: Option<&str>) -> Vec<Option<String>> {
+        let url = format!("http://{VIP}/whoami");
+        let mut cmd = self.client().command("curl");
+        cmd.args(["-s", "--max-time", "2", "-H", "Connection: close", "-w", "\n%{http_code}\n"]);
+        if let Some(source) = source {
+            cmd.args(["--interface", source]);
+        }
+        for _ in 0..count {
+            cmd.arg(&url);
+        }
+        let Ok(out) = cmd.stderr(Stdio::null()).output() else {
+            return vec![None; count];
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        // Each request prints BODY (or nothing), a newline, then its status code.
+        let mut results = Vec::with_capacity(count);
+        let mut lines = text.split('\n');
+        while results.len() < count {
+            let (Some(body), Some(code)) = (lines.next(), lines.next()) else { break };
+            let backend = body.split(' ').next().unwrap_or("").to_string();
+            results.push((code == "200" && !backend.is_empty()).then_some(backend));
+        }
+        results.resize(count, None);
+        results
+    }
+
+    /// Stops every process and removes the pins the agent may have left.
+    fn teardown(&mut self) {
+        self.stop_agent();
+        for server in self.servers.iter_mut().flatten() {
+            server.stop();
+        }
+        for proc in self.procs.iter_mut().rev() {
+            proc.stop();
+            let _ = &proc.what;
+        }
+        let _ = fs::remove_dir_all(self.pin_dir());
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.teardown();
+        // Namespaces (self.ns) drop after this, removing every interface.
+    }
+}
+
+fn which(program: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(program);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("{program} not found in PATH")
+}
+
+/// Interface counters of a namespace's interface, from its /proc/net/dev.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IfCounters {
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+}
+
+/// Reads `iface`'s counters in `ns`.
+///
+/// # Errors
+/// The file cannot be read or has no such interface.
+pub fn if_counters(ns: &Netns, iface: &str) -> anyhow::Result<IfCounters> {
+    let out = ns.command("cat").arg("/proc/net/dev").output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines() {
+        let Some((name, rest)) = line.split_once(':') else { continue };
+        if name.trim() != iface {
+            continue;
+        }
+        let f: Vec<u64> = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+        if f.len() >= 10 {
+            return Ok(IfCounters { rx_bytes: f[0], rx_packets: f[1], tx_bytes: f[8], tx_packets: f[9] });
+        }
+    }
+    bail!("no interface {iface} in {}", ns.name)
+}
+
+/// TCP segments a namespace sent, retransmissions included (`Tcp: OutSegs`
+/// plus `RetransSegs`).
+///
+/// # Errors
+/// The file cannot be read or parsed.
+pub fn tcp_out_segments(ns: &Netns) -> anyhow::Result<u64> {
+    let out = ns.command("cat").arg("/proc/net/snmp").output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else { bail!("no Tcp lines") };
+    let value = |name: &str| -> anyhow::Result<u64> {
+        let index = names.split_whitespace().position(|n| n == name).with_context(|| format!("no {name}"))?;
+        values.split_whitespace().nth(index).context("short line")?.parse().with_context(|| format!("{name} value"))
+    };
+    Ok(value("OutSegs")? + value("RetransSegs")?)
+}

@@ -102,3 +102,55 @@ impl Drop for EnteredNetns {
         unsafe { libc::setns(self.original.as_raw_fd(), libc::CLONE_NEWNET) };
     }
 }
+
+/// Turns transmit checksum offload off on `iface` of `ns` (what
+/// `ethtool -K IFACE tx off` does). A veth hands packets on with the TCP/UDP
+/// checksum left partial for the receiver to finish; XDP sees such frames as
+/// they are, so forwarded ones would arrive at a backend with a bad checksum.
+/// Real NICs put full checksums on the wire, so only labs need this.
+///
+/// # Errors
+/// Entering the namespace, the socket or the ioctl fails.
+pub fn disable_tx_checksum(ns: &Netns, iface: &str) -> anyhow::Result<()> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    // Run on a scratch thread so the caller's namespace never changes.
+    let (ns_name, iface) = (ns.name.clone(), iface.to_string());
+    std::thread::spawn(move || -> anyhow::Result<()> {
+        let ns = Netns { name: ns_name };
+        let entered = ns.enter();
+        std::mem::forget(ns); // not ours to delete
+        let _entered = entered?;
+        // SAFETY: plain socket for the ioctl, closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+        if fd < 0 {
+            bail!("socket: {}", std::io::Error::last_os_error());
+        }
+        let mut value = EthtoolValue { cmd: ETHTOOL_STXCSUM, data: 0 };
+        // SAFETY: zeroed ifreq is valid; the name fits (checked).
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        if iface.len() >= ifr.ifr_name.len() {
+            bail!("interface name too long: {iface}");
+        }
+        for (dst, src) in ifr.ifr_name.iter_mut().zip(iface.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        ifr.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+        // SAFETY: valid fd, ifreq pointing at a live ethtool_value.
+        let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL, &mut ifr) };
+        let err = std::io::Error::last_os_error();
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd) };
+        if rc != 0 {
+            bail!("SIOCETHTOOL ETHTOOL_STXCSUM on {iface}: {err}");
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("checksum thread panicked"))?
+}

@@ -1,0 +1,99 @@
+//! End to end through the real XDP path: a namespace lab (client, load
+//! balancer, three backends with real HTTP servers), `lb run` and `lb decap`
+//! as real processes, curl as the client.
+
+use std::{collections::HashMap, thread, time::Duration};
+
+use lb_common::Outcome;
+use lb_tests::lab::{self, BACKENDS, Lab, Mode, OUTSIDE_ADDR};
+use lb_userspace::maps::StatsReader;
+
+fn tally(results: &[Option<String>]) -> (usize, HashMap<String, usize>) {
+    let mut per_backend = HashMap::new();
+    let mut failed = 0;
+    for r in results {
+        match r {
+            Some(name) => *per_backend.entry(name.clone()).or_default() += 1,
+            None => failed += 1,
+        }
+    }
+    (failed, per_backend)
+}
+
+fn end_to_end(prefix: &str, mode: Mode) {
+    let mut lab = Lab::start(prefix, mode).expect("lab starts");
+    let stats = StatsReader::from_pins(&lab.pin_dir()).expect("pinned counters");
+
+    // 1. Spread: 300 requests, each a new connection (a new flow).
+    let client_before = lab::if_counters(lab.client(), "eth0").expect("client counters");
+    let lb_before = lab::if_counters(lab.lb(), &lab.lb_iface).expect("lb counters");
+    let results = lab.requests(300, None);
+    let client_after = lab::if_counters(lab.client(), "eth0").expect("client counters");
+    let lb_after = lab::if_counters(lab.lb(), &lab.lb_iface).expect("lb counters");
+    let (failed, per_backend) = tally(&results);
+    println!("[{mode:?}] 300 requests: {failed} failed, per backend {per_backend:?}");
+    assert_eq!(failed, 0, "every request succeeds; agent log:\n{}", lab.agent_log());
+    for (name, _) in BACKENDS {
+        let served = per_backend.get(name).copied().unwrap_or(0);
+        assert!(served > 0, "{name} served none: {per_backend:?}");
+        assert!(served <= 150, "{name} served {served} of 300 (more than 50%)");
+    }
+
+    // 2. Direct server return: the LB receives the client's packets only.
+    let client_tx = client_after.tx_packets - client_before.tx_packets;
+    let client_rx_bytes = client_after.rx_bytes - client_before.rx_bytes;
+    let lb_rx = lb_after.rx_packets - lb_before.rx_packets;
+    let lb_rx_bytes = lb_after.rx_bytes - lb_before.rx_bytes;
+    println!(
+        "[{mode:?}] client sent {client_tx} packets, received {client_rx_bytes} bytes; LB received {lb_rx} packets, {lb_rx_bytes} bytes"
+    );
+    assert!(lb_rx <= client_tx + 10, "the LB saw {lb_rx} packets, the client sent {client_tx}");
+    assert!(
+        lb_rx_bytes * 2 < client_rx_bytes,
+        "replies ({client_rx_bytes} bytes at the client) must not cross the LB ({lb_rx_bytes} bytes)"
+    );
+    assert!(stats.outcome(Outcome::Forwarded).packets >= client_tx.min(300), "XDP_TX counter moves");
+
+    // 3. Source filter: a client address outside the allowed prefixes.
+    let drops_before = stats.outcome(Outcome::DropSourceFilter).packets;
+    let segs_before = lab::tcp_out_segments(lab.client()).expect("snmp");
+    let outside = lab.requests(3, Some(OUTSIDE_ADDR));
+    let syns = lab::tcp_out_segments(lab.client()).expect("snmp") - segs_before;
+    let dropped = stats.outcome(Outcome::DropSourceFilter).packets - drops_before;
+    println!("[{mode:?}] from {OUTSIDE_ADDR}: {outside:?}; {syns} SYNs sent, {dropped} dropped by the source filter");
+    assert!(outside.iter().all(Option::is_none), "no request from outside succeeds");
+    assert!(syns >= 3 && dropped >= syns, "{dropped} drops for {syns} SYNs");
+
+    // 4. Failover: stop be1's server; within fall x interval + 1 s = 2 s every
+    // request succeeds on the two others.
+    lab.stop_server(0);
+    thread::sleep(Duration::from_millis(2000));
+    let (failed, per_backend) = tally(&lab.requests(60, None));
+    println!("[{mode:?}] be1 stopped: {failed} failed, per backend {per_backend:?}");
+    assert_eq!(failed, 0, "agent log:\n{}", lab.agent_log());
+    assert!(!per_backend.contains_key("be1"));
+
+    // 5. Recovery: within rise x interval + 1 s = 2 s be1 serves again.
+    lab.start_server(0).expect("restart be1");
+    thread::sleep(Duration::from_millis(2000));
+    let (failed, per_backend) = tally(&lab.requests(60, None));
+    println!("[{mode:?}] be1 restarted: {failed} failed, per backend {per_backend:?}");
+    assert_eq!(failed, 0);
+    assert!(per_backend.get("be1").copied().unwrap_or(0) > 0, "be1 serves again: {per_backend:?}");
+
+    // 6. Clean stop: SIGTERM detaches and removes the pins.
+    lab.stop_agent();
+    assert!(!lab.pin_dir().exists(), "pins removed on SIGTERM");
+    let log = lab.agent_log();
+    assert!(log.contains("detached from"), "{log}");
+}
+
+#[test]
+fn end_to_end_native() {
+    end_to_end("lbe2en", Mode::Native);
+}
+
+#[test]
+fn end_to_end_generic() {
+    end_to_end("lbe2eg", Mode::Generic);
+}
