@@ -8,9 +8,15 @@ const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
 
 fn main() -> anyhow::Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../lb-ebpf");
-    let root = root.to_str().ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {}", root.display()))?;
+    let root = root
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {}", root.display()))?;
     aya_build::build_ebpf(
-        [aya_build::Package { name: "lb-ebpf", root_dir: root, ..Default::default() }],
+        [aya_build::Package {
+            name: "lb-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
         aya_build::Toolchain::Custom(EBPF_TOOLCHAIN),
     )
 }

@@ -15,8 +15,14 @@ const SKIP_SEED: u32 = 0x4d47_0002;
 
 #[inline(always)]
 const fn mix(h: u32, k: u32) -> u32 {
-    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    let k = k
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]
@@ -33,7 +39,13 @@ const fn finish(h: u32, len_bytes: u32) -> u32 {
 /// order as they stand in the packet; `proto` is the IANA protocol number.
 /// Returns a 32-bit value; [`maglev_slot`] turns it into a table index.
 #[inline(always)]
-pub const fn flow_hash_v4(src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2], proto: u8) -> u32 {
+pub const fn flow_hash_v4(
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: [u8; 2],
+    dport: [u8; 2],
+    proto: u8,
+) -> u32 {
     let ports = u32::from_be_bytes([sport[0], sport[1], dport[0], dport[1]]);
     let mut h = FLOW_SEED;
     h = mix(h, u32::from_be_bytes(src));
@@ -56,7 +68,10 @@ const fn hash_bytes(seed: u32, bytes: &[u8]) -> u32 {
     let mut h = seed;
     let mut i = 0;
     while i + 4 <= bytes.len() {
-        h = mix(h, u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]));
+        h = mix(
+            h,
+            u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]),
+        );
         i += 4;
     }
     let mut tail = 0u32;
@@ -67,7 +82,10 @@ const fn hash_bytes(seed: u32, bytes: &[u8]) -> u32 {
         i += 1;
     }
     if shift != 0 {
-        h ^= tail.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+        h ^= tail
+            .wrapping_mul(0xcc9e_2d51)
+            .rotate_left(15)
+            .wrapping_mul(0x1b87_3593);
     }
     finish(h, bytes.len() as u32)
 }
@@ -90,13 +108,31 @@ mod tests {
     #[test]
     fn flow_hash_depends_on_every_field() {
         let base = flow_hash_v4([10, 0, 0, 1], [10, 0, 0, 100], [0x30, 0x39], [0, 80], 6);
-        assert_ne!(base, flow_hash_v4([10, 0, 0, 2], [10, 0, 0, 100], [0x30, 0x39], [0, 80], 6));
-        assert_ne!(base, flow_hash_v4([10, 0, 0, 1], [10, 0, 0, 101], [0x30, 0x39], [0, 80], 6));
-        assert_ne!(base, flow_hash_v4([10, 0, 0, 1], [10, 0, 0, 100], [0x30, 0x3a], [0, 80], 6));
-        assert_ne!(base, flow_hash_v4([10, 0, 0, 1], [10, 0, 0, 100], [0x30, 0x39], [0, 81], 6));
-        assert_ne!(base, flow_hash_v4([10, 0, 0, 1], [10, 0, 0, 100], [0x30, 0x39], [0, 80], 17));
+        assert_ne!(
+            base,
+            flow_hash_v4([10, 0, 0, 2], [10, 0, 0, 100], [0x30, 0x39], [0, 80], 6)
+        );
+        assert_ne!(
+            base,
+            flow_hash_v4([10, 0, 0, 1], [10, 0, 0, 101], [0x30, 0x39], [0, 80], 6)
+        );
+        assert_ne!(
+            base,
+            flow_hash_v4([10, 0, 0, 1], [10, 0, 0, 100], [0x30, 0x3a], [0, 80], 6)
+        );
+        assert_ne!(
+            base,
+            flow_hash_v4([10, 0, 0, 1], [10, 0, 0, 100], [0x30, 0x39], [0, 81], 6)
+        );
+        assert_ne!(
+            base,
+            flow_hash_v4([10, 0, 0, 1], [10, 0, 0, 100], [0x30, 0x39], [0, 80], 17)
+        );
         // Swapping the ports is a different flow.
-        assert_ne!(base, flow_hash_v4([10, 0, 0, 1], [10, 0, 0, 100], [0, 80], [0x30, 0x39], 6));
+        assert_ne!(
+            base,
+            flow_hash_v4([10, 0, 0, 1], [10, 0, 0, 100], [0, 80], [0x30, 0x39], 6)
+        );
     }
 
     #[test]
@@ -105,7 +141,13 @@ mod tests {
         // bucket within 5% of the mean (4096).
         let mut buckets = [0u32; 16];
         for port in 0..=u16::MAX {
-            let h = flow_hash_v4([10, 1, 2, 3], [10, 0, 0, 100], port.to_be_bytes(), [0, 80], 6);
+            let h = flow_hash_v4(
+                [10, 1, 2, 3],
+                [10, 0, 0, 100],
+                port.to_be_bytes(),
+                [0, 80],
+                6,
+            );
             buckets[(h % 16) as usize] += 1;
         }
         for count in buckets {
@@ -118,7 +160,10 @@ mod tests {
         // Published MurmurHash3_x86_32 vectors with seed 0.
         assert_eq!(hash_bytes(0, b""), 0);
         assert_eq!(hash_bytes(0, b"test"), 0xba6b_d213);
-        assert_eq!(hash_bytes(0, b"The quick brown fox jumps over the lazy dog"), 0x2e4f_f723);
+        assert_eq!(
+            hash_bytes(0, b"The quick brown fox jumps over the lazy dog"),
+            0x2e4f_f723
+        );
     }
 
     #[test]

@@ -75,7 +75,12 @@ const _: () = assert!(size_of::<VipKey>() == 20);
 impl VipKey {
     /// The key of an IPv4 VIP; `port` in host byte order.
     pub const fn v4(addr: [u8; 4], port: u16, proto: u8) -> Self {
-        Self { addr: AddrKey::v4(addr).addr, port: port.to_be_bytes(), proto, family: crate::FAMILY_V4 }
+        Self {
+            addr: AddrKey::v4(addr).addr,
+            port: port.to_be_bytes(),
+            proto,
+            family: crate::FAMILY_V4,
+        }
     }
 }
 
@@ -121,7 +126,11 @@ impl AddrKey {
         bytes[1] = addr[1];
         bytes[2] = addr[2];
         bytes[3] = addr[3];
-        Self { addr: bytes, family: crate::FAMILY_V4, _pad: [0; 3] }
+        Self {
+            addr: bytes,
+            family: crate::FAMILY_V4,
+            _pad: [0; 3],
+        }
     }
 }
 

@@ -4,7 +4,8 @@
 
 use aya_ebpf::{helpers::generated::bpf_redirect, programs::XdpContext};
 use lb_common::{
-    AddrKey, GLOBAL_F_READY, GLOBAL_F_SCOPE_ALL, Outcome, VIP_F_PASS_ON_NO_BACKEND, VipValue, flow_hash_v4,
+    AddrKey, GLOBAL_F_READY, GLOBAL_F_SCOPE_ALL, Outcome, VIP_F_PASS_ON_NO_BACKEND, VipValue,
+    flow_hash_v4,
 };
 use network_types::ip::Ipv4Hdr;
 
@@ -68,7 +69,12 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Outcome, Outcome> {
     };
     let outer = OuterV4 {
         src: globals.encap_src_v4,
-        dst: [backend.addr[0], backend.addr[1], backend.addr[2], backend.addr[3]],
+        dst: [
+            backend.addr[0],
+            backend.addr[1],
+            backend.addr[2],
+            backend.addr[3],
+        ],
         tos,
         tot_len,
     };
@@ -83,7 +89,11 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Outcome, Outcome> {
     count(&LB_BE_STATS, backend_id, bytes);
 
     match next_hop {
-        NextHop::Resolved { ifindex, smac, dmac } => {
+        NextHop::Resolved {
+            ifindex,
+            smac,
+            dmac,
+        } => {
             encap::set_macs(ctx, smac, dmac)?;
             if ifindex == ctx.ingress_ifindex() as u32 {
                 Ok(Outcome::Forwarded)

@@ -2,7 +2,10 @@
 //! outcome, turn it into an XDP action.
 #![no_std]
 #![no_main]
-#![expect(missing_docs, reason = "the #[xdp] macro does not carry doc comments to the functions it generates")]
+#![expect(
+    missing_docs,
+    reason = "the #[xdp] macro does not carry doc comments to the functions it generates"
+)]
 
 mod balance;
 mod csum;
@@ -25,6 +28,10 @@ use crate::maps::{LB_STATS, count};
 
 /// The load balancer, attached to the LB's NIC by `lb run`.
 #[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "#[xdp] entry points take the context by value"
+)]
 pub fn xdp_lb(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let outcome = match balance::try_lb(&ctx, bytes) {
@@ -36,6 +43,10 @@ pub fn xdp_lb(ctx: XdpContext) -> u32 {
 
 /// The backend side, attached to a backend's NIC by `lb decap`.
 #[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "#[xdp] entry points take the context by value"
+)]
 pub fn xdp_decap(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let outcome = decap::try_decap(&ctx);
@@ -49,7 +60,10 @@ fn action(outcome: Outcome) -> u32 {
     match outcome {
         Outcome::Forwarded => XDP_TX,
         Outcome::Redirected => XDP_REDIRECT,
-        Outcome::Passed | Outcome::PassedNoNeighbour | Outcome::PassedNoBackend | Outcome::Decapsulated => XDP_PASS,
+        Outcome::Passed
+        | Outcome::PassedNoNeighbour
+        | Outcome::PassedNoBackend
+        | Outcome::Decapsulated => XDP_PASS,
         Outcome::DropSourceFilter
         | Outcome::DropFragment
         | Outcome::DropMalformed

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
 use lb_common::{
-    AddrKey, Backend, Counter, Globals, MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES, MAX_VIPS, Outcome,
-    VipKey, VipValue,
+    AddrKey, Backend, Counter, Globals, MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES,
+    MAX_VIPS, Outcome, VipKey, VipValue,
 };
 
 /// VIP (address, port, protocol) -> its id, Maglev table and flags.

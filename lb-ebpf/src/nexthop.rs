@@ -1,7 +1,10 @@
 //! Next hop of an encapsulated packet, from the kernel's FIB and neighbour
 //! table (`bpf_fib_lookup`, include/uapi/linux/bpf.h).
 
-use aya_ebpf::{bindings::bpf_fib_lookup, helpers::generated::bpf_fib_lookup as fib_lookup, programs::XdpContext};
+use aya_ebpf::{
+    bindings::bpf_fib_lookup, helpers::generated::bpf_fib_lookup as fib_lookup,
+    programs::XdpContext,
+};
 use lb_common::PROTO_IPIP;
 
 const AF_INET: u8 = 2;
@@ -43,10 +46,19 @@ pub fn lookup_v4(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], tot_len: u16) -> 
     params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
     // SAFETY: params is a valid, writable bpf_fib_lookup of the given size.
     let ret = unsafe {
-        fib_lookup(ctx.ctx.cast(), &mut params, size_of::<bpf_fib_lookup>() as i32, 0)
+        fib_lookup(
+            ctx.ctx.cast(),
+            &mut params,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
     };
     match ret {
-        BPF_FIB_LKUP_RET_SUCCESS => NextHop::Resolved { ifindex: params.ifindex, smac: params.smac, dmac: params.dmac },
+        BPF_FIB_LKUP_RET_SUCCESS => NextHop::Resolved {
+            ifindex: params.ifindex,
+            smac: params.smac,
+            dmac: params.dmac,
+        },
         BPF_FIB_LKUP_RET_NO_NEIGH => NextHop::NoNeighbour,
         BPF_FIB_LKUP_RET_FRAG_NEEDED => NextHop::FragNeeded,
         _ => NextHop::NoRoute,

@@ -71,11 +71,14 @@ pub fn is_fragment(ip: &Ipv4Hdr) -> bool {
     u16::from_be_bytes(ip.frags) & IP_MF_OFFSET_MASK != 0
 }
 
+/// Source and destination ports, network byte order.
+pub type Ports = ([u8; 2], [u8; 2]);
+
 /// Source and destination ports (network byte order) of the TCP or UDP header
 /// at `offset`. `Ok(None)` for other protocols; `Err(DropMalformed)` when the
 /// header (20 bytes for TCP, 8 for UDP) is truncated.
 #[inline(always)]
-pub fn ports_at(ctx: &XdpContext, offset: usize, proto: u8) -> Result<Option<([u8; 2], [u8; 2])>, Outcome> {
+pub fn ports_at(ctx: &XdpContext, offset: usize, proto: u8) -> Result<Option<Ports>, Outcome> {
     if proto == PROTO_TCP {
         let tcp: *const TcpHdr = ptr_at(ctx, offset).ok_or(Outcome::DropMalformed)?;
         // SAFETY: bounds checked by ptr_at.

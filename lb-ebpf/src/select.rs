@@ -10,9 +10,9 @@ use crate::maps::{LB_BACKENDS, LB_MAGLEV, LB_VIPS};
 pub fn find_vip_v4(dst: [u8; 4], port: [u8; 2], proto: u8) -> Option<&'static VipValue> {
     let mut key = VipKey::v4(dst, 0, proto);
     key.port = port;
-    let value = LB_VIPS.get_ptr(&key).or_else(|| {
+    let value = LB_VIPS.get_ptr(key).or_else(|| {
         key.port = [0, 0];
-        LB_VIPS.get_ptr(&key)
+        LB_VIPS.get_ptr(key)
     })?;
     // SAFETY: map values live as long as the program runs; entries are only
     // replaced by the agent, never freed under a running program (RCU).
@@ -27,7 +27,9 @@ pub fn maglev_backend(vip: &VipValue, flow_hash: u32) -> Option<(u32, &'static B
     if vip.table_size == 0 {
         return None;
     }
-    let index = vip.table_offset.wrapping_add(maglev_slot(flow_hash, vip.table_size));
+    let index = vip
+        .table_offset
+        .wrapping_add(maglev_slot(flow_hash, vip.table_size));
     // Array::get checks `index` against the map's capacity, so a bad offset
     // written by the agent cannot read outside the map.
     let id = *LB_MAGLEV.get(index)?;

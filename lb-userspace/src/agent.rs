@@ -94,14 +94,37 @@ pub fn xdp_mode(mode: XdpModeConfig) -> XdpMode {
 ///
 /// # Errors
 /// [`AgentError::Program`] when the verifier or the attach refuses it.
-pub fn attach(ebpf: &mut Ebpf, name: &'static str, iface: &str, mode: XdpMode) -> Result<(), AgentError> {
+pub fn attach(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    iface: &str,
+    mode: XdpMode,
+) -> Result<(), AgentError> {
     let program: &mut Xdp = ebpf
         .program_mut(name)
-        .ok_or(AgentError::Program { op: "find", program: name, source: aya::programs::ProgramError::NotLoaded })?
+        .ok_or(AgentError::Program {
+            op: "find",
+            program: name,
+            source: aya::programs::ProgramError::NotLoaded,
+        })?
         .try_into()
-        .map_err(|source| AgentError::Program { op: "find", program: name, source })?;
-    program.load().map_err(|source| AgentError::Program { op: "load", program: name, source })?;
-    program.attach(iface, mode).map_err(|source| AgentError::Program { op: "attach", program: name, source })?;
+        .map_err(|source| AgentError::Program {
+            op: "find",
+            program: name,
+            source,
+        })?;
+    program.load().map_err(|source| AgentError::Program {
+        op: "load",
+        program: name,
+        source,
+    })?;
+    program
+        .attach(iface, mode)
+        .map_err(|source| AgentError::Program {
+            op: "attach",
+            program: name,
+            source,
+        })?;
     Ok(())
 }
 
@@ -110,7 +133,10 @@ pub fn attach(ebpf: &mut Ebpf, name: &'static str, iface: &str, mode: XdpMode) -
 fn pin_maps(ebpf: &Ebpf, dir: &Path) -> Result<(), AgentError> {
     netif::ensure_bpffs(Path::new(BPFFS)).map_err(io_err("mount bpffs on", BPFFS))?;
     if dir.exists() {
-        warn!("replacing stale pins in {} (an agent did not stop cleanly)", dir.display());
+        warn!(
+            "replacing stale pins in {} (an agent did not stop cleanly)",
+            dir.display()
+        );
         std::fs::remove_dir_all(dir).map_err(io_err("remove", dir.display().to_string()))?;
     }
     std::fs::create_dir_all(dir).map_err(io_err("create", dir.display().to_string()))?;
@@ -138,8 +164,14 @@ fn unpin(dir: &Path) {
 /// # Errors
 /// Anything that keeps the data plane from starting; once running, errors
 /// applying health results are logged and the agent goes on.
-pub async fn run(config: Config, iface: Option<String>, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    let iface = iface.or_else(|| config.interface.clone()).ok_or(AgentError::NoInterface)?;
+pub async fn run(
+    config: Config,
+    iface: Option<String>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let iface = iface
+        .or_else(|| config.interface.clone())
+        .ok_or(AgentError::NoInterface)?;
     netif::ifindex(&iface).ok_or_else(|| AgentError::UnknownInterface(iface.clone()))?;
     let encap_source = match config.encap_source_v4 {
         Some(a) => a,
@@ -148,12 +180,16 @@ pub async fn run(config: Config, iface: Option<String>, shutdown: impl Future<Ou
             .first()
             .ok_or_else(|| AgentError::NoSourceAddress(iface.clone()))?,
     };
-    if netif::enable_ipv4_forwarding(&iface).map_err(io_err("enable forwarding on", iface.clone()))? {
+    if netif::enable_ipv4_forwarding(&iface)
+        .map_err(io_err("enable forwarding on", iface.clone()))?
+    {
         info!("enabled IPv4 forwarding on {iface}: next-hop lookups (bpf_fib_lookup) need it");
     }
 
     let regions = balancer::table_regions(config.vips.len());
-    let mut ebpf = EbpfLoader::new().map_max_entries(MAP_MAGLEV, regions * config.table_size).load(object())?;
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(MAP_MAGLEV, regions * config.table_size)
+        .load(object())?;
     let pin_dir = PathBuf::from(PIN_ROOT).join(&iface);
     pin_maps(&ebpf, &pin_dir)?;
     let result = serve(&mut ebpf, &config, &iface, encap_source, regions, shutdown).await;
@@ -183,7 +219,8 @@ async fn serve(
     );
 
     let (tx, mut rx) = mpsc::channel(1024);
-    let checkers = health::spawn(health_targets(config), tx);
+    let checkers = health::spawn(health_targets(config), &tx);
+    drop(tx);
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(io_err("install handler for", "SIGHUP"))?;
     tokio::pin!(shutdown);
@@ -233,10 +270,20 @@ fn log_counters<M: crate::maps::MapWriter>(stats: &StatsReader, balancer: &Balan
             (c.packets > 0).then(|| format!("{}={}", o.name(), c.packets))
         })
         .collect();
-    info!("counters (packets): {}", if outcomes.is_empty() { "none".to_string() } else { outcomes.join(" ") });
+    info!(
+        "counters (packets): {}",
+        if outcomes.is_empty() {
+            "none".to_string()
+        } else {
+            outcomes.join(" ")
+        }
+    );
     for vip in balancer.vips() {
         let c = stats.vip(vip.id);
-        info!("VIP {:?}: {} packets, {} bytes", vip.config.name, c.packets, c.bytes);
+        info!(
+            "VIP {:?}: {} packets, {} bytes",
+            vip.config.name, c.packets, c.bytes
+        );
         for b in &vip.backends {
             let c = stats.backend(b.id);
             let addr: IpAddr = b.address;

@@ -9,8 +9,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use lb_common::{
-    AddrKey, BACKEND_F_ACTIVE, BACKEND_F_HEALTHY, Backend, GLOBAL_F_READY, GLOBAL_F_SCOPE_ALL, Globals,
-    LAYOUT_VERSION, MAX_BACKENDS, MAX_VIPS, VIP_F_PASS_ON_NO_BACKEND, VipKey, VipValue,
+    AddrKey, BACKEND_F_ACTIVE, BACKEND_F_HEALTHY, Backend, GLOBAL_F_READY, GLOBAL_F_SCOPE_ALL,
+    Globals, LAYOUT_VERSION, MAX_BACKENDS, MAX_VIPS, VIP_F_PASS_ON_NO_BACKEND, VipKey, VipValue,
 };
 
 use crate::{
@@ -39,7 +39,10 @@ pub enum BalancerError {
 /// one per VIP, as many again for replacements and for VIPs added later, and
 /// 16 more, so small configurations can grow without a restart.
 pub fn table_regions(vip_count: usize) -> u32 {
-    (vip_count as u32).saturating_mul(2).saturating_add(16).min(2 * MAX_VIPS + 16)
+    (vip_count as u32)
+        .saturating_mul(2)
+        .saturating_add(16)
+        .min(2 * MAX_VIPS + 16)
 }
 
 /// A backend of a VIP as the agent tracks it.
@@ -77,11 +80,17 @@ struct IdPool {
 
 impl IdPool {
     fn new(capacity: u32) -> Self {
-        Self { free: (0..capacity).rev().collect(), capacity }
+        Self {
+            free: (0..capacity).rev().collect(),
+            capacity,
+        }
     }
 
     fn take(&mut self, what: &'static str) -> Result<u32, BalancerError> {
-        self.free.pop().ok_or(BalancerError::Capacity { what, capacity: self.capacity })
+        self.free.pop().ok_or(BalancerError::Capacity {
+            what,
+            capacity: self.capacity,
+        })
     }
 
     fn give(&mut self, id: u32) {
@@ -125,7 +134,11 @@ pub fn backend_name(addr: IpAddr) -> Vec<u8> {
 }
 
 fn backend_value(addr: IpAddr, flags: u8, generation: u32) -> Backend {
-    let mut b = Backend { flags, generation, ..Backend::default() };
+    let mut b = Backend {
+        flags,
+        generation,
+        ..Backend::default()
+    };
     match addr {
         IpAddr::V4(a) => {
             b.addr[..4].copy_from_slice(&a.octets());
@@ -148,7 +161,12 @@ impl<M: MapWriter> Balancer<M> {
     ///
     /// # Errors
     /// A map write fails, or the maps are too small.
-    pub fn new(maps: M, config: &Config, encap_source_v4: Ipv4Addr, regions: u32) -> Result<Self, BalancerError> {
+    pub fn new(
+        maps: M,
+        config: &Config,
+        encap_source_v4: Ipv4Addr,
+        regions: u32,
+    ) -> Result<Self, BalancerError> {
         let mut balancer = Self {
             maps,
             table_size: config.table_size,
@@ -185,14 +203,32 @@ impl<M: MapWriter> Balancer<M> {
         for b in &vip.backends {
             let id = self.backend_ids.take("backend ids")?;
             self.generations[id as usize] = self.generations[id as usize].wrapping_add(1);
-            let value = backend_value(b.address, BACKEND_F_ACTIVE | BACKEND_F_HEALTHY, self.generations[id as usize]);
+            let value = backend_value(
+                b.address,
+                BACKEND_F_ACTIVE | BACKEND_F_HEALTHY,
+                self.generations[id as usize],
+            );
             self.maps.set_backend(id, &value)?;
-            backends.push(BackendState { address: b.address, weight: b.weight, id, healthy: true });
+            backends.push(BackendState {
+                address: b.address,
+                weight: b.weight,
+                id,
+                healthy: true,
+            });
         }
-        self.vips.push(VipState { config: vip.clone(), id, region: None, backends });
+        self.vips.push(VipState {
+            config: vip.clone(),
+            id,
+            region: None,
+            backends,
+        });
         let index = self.vips.len() - 1;
         self.publish_table(index)?;
-        let count = self.vips.iter().filter(|v| v.config.address == vip.address).count() as u32;
+        let count = self
+            .vips
+            .iter()
+            .filter(|v| v.config.address == vip.address)
+            .count() as u32;
         self.maps.set_vip_addr(&addr_key(vip.address), count)?;
         Ok(())
     }
@@ -206,13 +242,21 @@ impl<M: MapWriter> Balancer<M> {
     /// healthy backends: `table_size` backend ids, or empty when none is usable.
     pub fn table(&self, vip: usize) -> Vec<u32> {
         let state = &self.vips[vip];
-        let names: Vec<Vec<u8>> = state.backends.iter().map(|b| backend_name(b.address)).collect();
+        let names: Vec<Vec<u8>> = state
+            .backends
+            .iter()
+            .map(|b| backend_name(b.address))
+            .collect();
         let members: Vec<MaglevBackend<'_>> = state
             .backends
             .iter()
             .zip(&names)
             .filter(|(b, _)| b.healthy)
-            .map(|(b, name)| MaglevBackend { id: b.id, name, weight: b.weight })
+            .map(|(b, name)| MaglevBackend {
+                id: b.id,
+                name,
+                weight: b.weight,
+            })
             .collect();
         maglev::build(&members, self.table_size)
     }
@@ -239,7 +283,11 @@ impl<M: MapWriter> Balancer<M> {
         let value = VipValue {
             vip_id: state.id,
             table_offset: new_region.map_or(0, |r| r * self.table_size),
-            table_size: if new_region.is_some() { self.table_size } else { 0 },
+            table_size: if new_region.is_some() {
+                self.table_size
+            } else {
+                0
+            },
             flags,
         };
         self.maps.set_vip(&vip_key(&state.config), &value)?;
@@ -260,7 +308,12 @@ impl<M: MapWriter> Balancer<M> {
     ///
     /// # Errors
     /// A map write fails; the agent's state is left as before the call.
-    pub fn set_health(&mut self, vip: usize, backend: usize, healthy: bool) -> Result<bool, BalancerError> {
+    pub fn set_health(
+        &mut self,
+        vip: usize,
+        backend: usize,
+        healthy: bool,
+    ) -> Result<bool, BalancerError> {
         let b = &self.vips[vip].backends[backend];
         if b.healthy == healthy {
             return Ok(false);
@@ -273,7 +326,10 @@ impl<M: MapWriter> Balancer<M> {
         self.vips[vip].backends[backend].healthy = healthy;
         let result = self
             .maps
-            .set_backend(id, &backend_value(address, flags, self.generations[id as usize]))
+            .set_backend(
+                id,
+                &backend_value(address, flags, self.generations[id as usize]),
+            )
             .map_err(BalancerError::from)
             .and_then(|()| self.publish_table(vip));
         if result.is_err() {
@@ -320,12 +376,20 @@ on_no_backend = "pass"
 
     fn balancer() -> Balancer<FakeMaps> {
         let config = Config::parse(CONFIG, "t").expect("valid").config;
-        Balancer::new(FakeMaps::default(), &config, Ipv4Addr::new(10, 0, 0, 2), table_regions(2)).expect("fills")
+        Balancer::new(
+            FakeMaps::default(),
+            &config,
+            Ipv4Addr::new(10, 0, 0, 2),
+            table_regions(2),
+        )
+        .expect("fills")
     }
 
     fn table_in_maps(b: &Balancer<FakeMaps>, key: &VipKey) -> Vec<u32> {
         let v = b.maps().vips[key];
-        (0..v.table_size).map(|i| b.maps().maglev[&(v.table_offset + i)]).collect()
+        (0..v.table_size)
+            .map(|i| b.maps().maglev[&(v.table_offset + i)])
+            .collect()
     }
 
     #[test]
@@ -346,7 +410,10 @@ on_no_backend = "pass"
         // The weight-0 backend (drained) takes no entry.
         let drained = b.vips()[0].backends[2].id;
         assert!(!table.contains(&drained));
-        assert_eq!(m.vips[&VipKey::v4([10, 0, 0, 100], 53, 17)].flags, VIP_F_PASS_ON_NO_BACKEND);
+        assert_eq!(
+            m.vips[&VipKey::v4([10, 0, 0, 100], 53, 17)].flags,
+            VIP_F_PASS_ON_NO_BACKEND
+        );
     }
 
     #[test]
@@ -363,7 +430,10 @@ on_no_backend = "pass"
         assert!(b.set_health(0, 0, true).unwrap());
         let table = table_in_maps(&b, &web);
         assert!(table.contains(&first) && table.contains(&second));
-        assert_eq!(b.maps().backends[&first].flags, BACKEND_F_ACTIVE | BACKEND_F_HEALTHY);
+        assert_eq!(
+            b.maps().backends[&first].flags,
+            BACKEND_F_ACTIVE | BACKEND_F_HEALTHY
+        );
     }
 
     #[test]
@@ -378,7 +448,8 @@ on_no_backend = "pass"
             b.set_health(0, 0, i % 2 == 0).unwrap();
         }
         // Only ever two regions for this VIP plus one for the other.
-        let regions: std::collections::HashSet<u32> = b.maps().maglev.keys().map(|k| k / 251).collect();
+        let regions: std::collections::HashSet<u32> =
+            b.maps().maglev.keys().map(|k| k / 251).collect();
         assert!(regions.len() <= 3, "{regions:?}");
     }
 

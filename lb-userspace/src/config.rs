@@ -31,7 +31,13 @@ pub const MAX_WEIGHT: u32 = 10_000;
 pub const MAX_BACKENDS_PER_VIP: usize = 1000;
 /// Sources allowed when `source_filter.allow` is omitted: the private ranges
 /// (RFC 1918, RFC 6598 shared space, RFC 4193 unique local).
-pub const DEFAULT_ALLOW: [&str; 5] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"];
+pub const DEFAULT_ALLOW: [&str; 5] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "fc00::/7",
+];
 
 /// One problem found in a configuration: the key it is about and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -351,8 +357,10 @@ impl Config {
     /// [`ConfigError::Read`], [`ConfigError::Parse`] or [`ConfigError::Invalid`]
     /// with every problem found.
     pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -361,14 +369,22 @@ impl Config {
     /// # Errors
     /// [`ConfigError::Parse`] or [`ConfigError::Invalid`].
     pub fn parse(text: &str, origin: &str) -> Result<Loaded, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: origin.to_string(), message: e.to_string() })?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
         let mut v = Validator::default();
         let config = v.config(raw);
         if v.errors.is_empty() {
-            Ok(Loaded { config, warnings: v.warnings })
+            Ok(Loaded {
+                config,
+                warnings: v.warnings,
+            })
         } else {
-            Err(ConfigError::Invalid { path: origin.to_string(), problems: v.errors })
+            Err(ConfigError::Invalid {
+                path: origin.to_string(),
+                problems: v.errors,
+            })
         }
     }
 
@@ -386,24 +402,36 @@ struct Validator {
 
 impl Validator {
     fn error(&mut self, key: impl Into<String>, reason: impl Into<String>) {
-        self.errors.push(Problem { key: key.into(), reason: reason.into() });
+        self.errors.push(Problem {
+            key: key.into(),
+            reason: reason.into(),
+        });
     }
 
     fn warn(&mut self, key: impl Into<String>, reason: impl Into<String>) {
-        self.warnings.push(Problem { key: key.into(), reason: reason.into() });
+        self.warnings.push(Problem {
+            key: key.into(),
+            reason: reason.into(),
+        });
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
         if let Some(interface) = &raw.interface
             && (interface.is_empty() || interface.len() > 15 || interface.contains(['/', ' ']))
         {
-            self.error("interface", format!("{interface:?} is not a valid interface name"));
+            self.error(
+                "interface",
+                format!("{interface:?} is not a valid interface name"),
+            );
         }
         let api_listen = self.api(&raw.api);
         let allow = self.allow(&raw.source_filter);
         let (encap_source_v4, encap_source_v6, gue_port) = self.encap(&raw.encap);
         let table_size = self.table_size(&raw.maglev);
-        let conntrack_entries = raw.conntrack.max_entries.unwrap_or(DEFAULT_CONNTRACK_ENTRIES);
+        let conntrack_entries = raw
+            .conntrack
+            .max_entries
+            .unwrap_or(DEFAULT_CONNTRACK_ENTRIES);
         if conntrack_entries == 0 {
             self.error("conntrack.max_entries", "must be at least 1");
         }
@@ -426,7 +454,9 @@ impl Validator {
 
     fn api(&mut self, api: &RawApi) -> SocketAddr {
         let default: SocketAddr = DEFAULT_API_LISTEN.parse().expect("constant parses");
-        let Some(listen) = &api.listen else { return default };
+        let Some(listen) = &api.listen else {
+            return default;
+        };
         match listen.parse::<SocketAddr>() {
             Ok(addr) => {
                 if !addr.ip().is_loopback() {
@@ -443,9 +473,14 @@ impl Validator {
 
     fn allow(&mut self, filter: &RawSourceFilter) -> Vec<IpNet> {
         let given = filter.allow.clone();
-        let texts: Vec<String> = given.clone().unwrap_or_else(|| DEFAULT_ALLOW.iter().map(|s| s.to_string()).collect());
+        let texts: Vec<String> = given
+            .clone()
+            .unwrap_or_else(|| DEFAULT_ALLOW.iter().map(|s| s.to_string()).collect());
         if given.is_some() && texts.is_empty() {
-            self.error("source_filter.allow", "is empty: every packet to a VIP would be dropped");
+            self.error(
+                "source_filter.allow",
+                "is empty: every packet to a VIP would be dropped",
+            );
         }
         let mut seen = HashSet::new();
         let mut out = Vec::new();
@@ -453,7 +488,10 @@ impl Validator {
             let key = format!("source_filter.allow[{i}]");
             match text.parse::<IpNet>() {
                 Ok(net) if net.trunc() != net => {
-                    self.error(key, format!("{text:?} has host bits set (did you mean {}?)", net.trunc()));
+                    self.error(
+                        key,
+                        format!("{text:?} has host bits set (did you mean {}?)", net.trunc()),
+                    );
                 }
                 Ok(net) => {
                     if !seen.insert(net) {
@@ -466,7 +504,14 @@ impl Validator {
             }
         }
         if out.len() > lb_common::MAX_SOURCE_PREFIXES as usize {
-            self.error("source_filter.allow", format!("has {} prefixes, at most {}", out.len(), lb_common::MAX_SOURCE_PREFIXES));
+            self.error(
+                "source_filter.allow",
+                format!(
+                    "has {} prefixes, at most {}",
+                    out.len(),
+                    lb_common::MAX_SOURCE_PREFIXES
+                ),
+            );
         }
         out
     }
@@ -501,16 +546,25 @@ impl Validator {
     fn table_size(&mut self, maglev: &RawMaglev) -> u32 {
         let m = maglev.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
         if !(3..=MAX_TABLE_SIZE).contains(&m) {
-            self.error("maglev.table_size", format!("{m} is out of range (3 to {MAX_TABLE_SIZE})"));
+            self.error(
+                "maglev.table_size",
+                format!("{m} is out of range (3 to {MAX_TABLE_SIZE})"),
+            );
         } else if !is_prime(m) {
-            self.error("maglev.table_size", format!("{m} is not prime (Maglev needs a prime table size)"));
+            self.error(
+                "maglev.table_size",
+                format!("{m} is not prime (Maglev needs a prime table size)"),
+            );
         }
         m
     }
 
     fn vips(&mut self, raw: Vec<RawVip>, allow: &[IpNet], table_size: u32) -> Vec<Vip> {
         if raw.len() > lb_common::MAX_VIPS as usize {
-            self.error("vip", format!("{} VIPs, at most {}", raw.len(), lb_common::MAX_VIPS));
+            self.error(
+                "vip",
+                format!("{} VIPs, at most {}", raw.len(), lb_common::MAX_VIPS),
+            );
         }
         let mut names = HashSet::new();
         let mut keys = HashSet::new();
@@ -520,17 +574,30 @@ impl Validator {
             if vip.name.is_empty() {
                 self.error(format!("{key}.name"), "must not be empty");
             } else if !names.insert(vip.name.clone()) {
-                self.error(format!("{key}.name"), format!("{:?} is used by another VIP", vip.name));
+                self.error(
+                    format!("{key}.name"),
+                    format!("{:?} is used by another VIP", vip.name),
+                );
             }
             if !keys.insert((vip.address, vip.port, vip.protocol)) {
                 self.error(
                     key.clone(),
-                    format!("{} port {} {} is defined twice", vip.address, vip.port, vip.protocol),
+                    format!(
+                        "{} port {} {} is defined twice",
+                        vip.address, vip.port, vip.protocol
+                    ),
                 );
             }
             match vip.address {
-                IpAddr::V6(_) => self.error(format!("{key}.address"), "IPv6 VIPs are not supported yet"),
-                IpAddr::V4(a) if a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback() => {
+                IpAddr::V6(_) => {
+                    self.error(format!("{key}.address"), "IPv6 VIPs are not supported yet")
+                }
+                IpAddr::V4(a)
+                    if a.is_unspecified()
+                        || a.is_multicast()
+                        || a.is_broadcast()
+                        || a.is_loopback() =>
+                {
                     self.error(format!("{key}.address"), format!("{a} cannot be a VIP"));
                 }
                 addr => {
@@ -559,7 +626,11 @@ impl Validator {
 
     fn health_check(&mut self, vip_key: &str, vip: &RawVip) -> HealthCheck {
         let key = format!("{vip_key}.health_check");
-        let default_kind = if vip.port == 0 { HealthCheckKind::None } else { HealthCheckKind::Tcp };
+        let default_kind = if vip.port == 0 {
+            HealthCheckKind::None
+        } else {
+            HealthCheckKind::Tcp
+        };
         let Some(raw) = &vip.health_check else {
             return HealthCheck {
                 kind: default_kind,
@@ -571,8 +642,14 @@ impl Validator {
             };
         };
         match raw.kind {
-            HealthCheckKind::Http => self.error(format!("{key}.kind"), "\"http\" is not supported yet (use \"tcp\")"),
-            HealthCheckKind::Udp => self.error(format!("{key}.kind"), "\"udp\" is not supported yet (use \"tcp\")"),
+            HealthCheckKind::Http => self.error(
+                format!("{key}.kind"),
+                "\"http\" is not supported yet (use \"tcp\")",
+            ),
+            HealthCheckKind::Udp => self.error(
+                format!("{key}.kind"),
+                "\"udp\" is not supported yet (use \"tcp\")",
+            ),
             HealthCheckKind::Tcp | HealthCheckKind::None => {}
         }
         if raw.kind != HealthCheckKind::Http {
@@ -580,15 +657,29 @@ impl Validator {
                 self.error(format!("{key}.path"), "applies to kind \"http\" only");
             }
             if raw.expect_status.is_some() {
-                self.error(format!("{key}.expect_status"), "applies to kind \"http\" only");
+                self.error(
+                    format!("{key}.expect_status"),
+                    "applies to kind \"http\" only",
+                );
             }
         }
         let port = raw.port.unwrap_or(vip.port);
         if port == 0 && raw.kind != HealthCheckKind::None {
-            self.error(format!("{key}.port"), "is required (and not 0) when the VIP's port is 0");
+            self.error(
+                format!("{key}.port"),
+                "is required (and not 0) when the VIP's port is 0",
+            );
         }
-        let interval = self.duration(&format!("{key}.interval"), raw.interval.as_deref(), Duration::from_secs(1));
-        let timeout = self.duration(&format!("{key}.timeout"), raw.timeout.as_deref(), Duration::from_millis(500));
+        let interval = self.duration(
+            &format!("{key}.interval"),
+            raw.interval.as_deref(),
+            Duration::from_secs(1),
+        );
+        let timeout = self.duration(
+            &format!("{key}.timeout"),
+            raw.timeout.as_deref(),
+            Duration::from_millis(500),
+        );
         if timeout > interval {
             self.error(
                 format!("{key}.timeout"),
@@ -603,10 +694,20 @@ impl Validator {
         let fall = raw.fall.unwrap_or(3);
         for (name, value) in [("rise", rise), ("fall", fall)] {
             if !(1..=100).contains(&value) {
-                self.error(format!("{key}.{name}"), format!("{value} is out of range (1 to 100)"));
+                self.error(
+                    format!("{key}.{name}"),
+                    format!("{value} is out of range (1 to 100)"),
+                );
             }
         }
-        HealthCheck { kind: raw.kind, port, interval, timeout, rise, fall }
+        HealthCheck {
+            kind: raw.kind,
+            port,
+            interval,
+            timeout,
+            rise,
+            fall,
+        }
     }
 
     fn duration(&mut self, key: &str, text: Option<&str>, default: Duration) -> Duration {
@@ -622,7 +723,12 @@ impl Validator {
             }
             Ok(d) => d,
             Err(e) => {
-                self.error(key, format!("{text:?} is not a duration ({e}); write for example \"500ms\" or \"2s\""));
+                self.error(
+                    key,
+                    format!(
+                        "{text:?} is not a duration ({e}); write for example \"500ms\" or \"2s\""
+                    ),
+                );
                 default
             }
         }
@@ -634,14 +740,22 @@ impl Validator {
         for (j, backend) in vip.backends.iter().enumerate() {
             let key = format!("{vip_key}.backend[{j}]");
             if !seen.insert(backend.address) {
-                self.error(format!("{key}.address"), format!("{} is listed twice in VIP {:?}", backend.address, vip.name));
+                self.error(
+                    format!("{key}.address"),
+                    format!("{} is listed twice in VIP {:?}", backend.address, vip.name),
+                );
             }
             match backend.address {
                 IpAddr::V6(_) => self.error(
                     format!("{key}.address"),
                     "IPv6 backends are not supported yet (encapsulation is IPv4-in-IPv4)",
                 ),
-                IpAddr::V4(a) if a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback() => {
+                IpAddr::V4(a)
+                    if a.is_unspecified()
+                        || a.is_multicast()
+                        || a.is_broadcast()
+                        || a.is_loopback() =>
+                {
                     self.error(format!("{key}.address"), format!("{a} cannot be a backend"));
                 }
                 addr if addr == vip.address => {
@@ -651,12 +765,21 @@ impl Validator {
             }
             let weight = backend.weight.unwrap_or(1);
             if weight > MAX_WEIGHT {
-                self.error(format!("{key}.weight"), format!("{weight} is out of range (0 to {MAX_WEIGHT})"));
+                self.error(
+                    format!("{key}.weight"),
+                    format!("{weight} is out of range (0 to {MAX_WEIGHT})"),
+                );
             }
-            out.push(BackendConfig { address: backend.address, weight });
+            out.push(BackendConfig {
+                address: backend.address,
+                weight,
+            });
         }
         if out.len() > MAX_BACKENDS_PER_VIP {
-            self.error(format!("{vip_key}.backend"), format!("{} backends, at most {MAX_BACKENDS_PER_VIP}", out.len()));
+            self.error(
+                format!("{vip_key}.backend"),
+                format!("{} backends, at most {MAX_BACKENDS_PER_VIP}", out.len()),
+            );
         } else if out.len() as u64 * 100 > u64::from(table_size) && !out.is_empty() {
             self.warn(
                 "maglev.table_size",
@@ -668,11 +791,17 @@ impl Validator {
             );
         }
         if out.is_empty() {
-            self.warn(format!("{vip_key}.backend"), format!("VIP {:?} has no backend", vip.name));
+            self.warn(
+                format!("{vip_key}.backend"),
+                format!("VIP {:?} has no backend", vip.name),
+            );
         } else if out.iter().all(|b| b.weight == 0) {
             self.warn(
                 format!("{vip_key}.backend"),
-                format!("every backend of VIP {:?} has weight 0: it takes no new flow", vip.name),
+                format!(
+                    "every backend of VIP {:?} has weight 0: it takes no new flow",
+                    vip.name
+                ),
             );
         }
         out

@@ -16,13 +16,25 @@ use crate::{
     netif,
 };
 
-fn addr_map(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<HashMap<MapData, AddrKey, u32>, AgentError> {
+fn addr_map(
+    ebpf: &mut aya::Ebpf,
+    name: &'static str,
+) -> Result<HashMap<MapData, AddrKey, u32>, AgentError> {
     let map = ebpf.take_map(name).ok_or_else(|| MapWriteError {
         map: name,
         op: "take",
-        source: aya::maps::MapError::InvalidName { name: name.to_string() },
+        source: aya::maps::MapError::InvalidName {
+            name: name.to_string(),
+        },
     })?;
-    HashMap::try_from(map).map_err(|source| MapWriteError { map: name, op: "take", source }.into())
+    HashMap::try_from(map).map_err(|source| {
+        MapWriteError {
+            map: name,
+            op: "take",
+            source,
+        }
+        .into()
+    })
 }
 
 /// Attaches the decapsulation program to `iface` for `vips` until `shutdown`
@@ -33,24 +45,43 @@ fn addr_map(ebpf: &mut aya::Ebpf, name: &'static str) -> Result<HashMap<MapData,
 ///
 /// # Errors
 /// The interface is unknown, or loading, filling or attaching fails.
-pub async fn run(iface: &str, vips: &[Ipv4Addr], mode: XdpModeConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+pub async fn run(
+    iface: &str,
+    vips: &[Ipv4Addr],
+    mode: XdpModeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     netif::ifindex(iface).ok_or_else(|| AgentError::UnknownInterface(iface.to_string()))?;
     let mut ebpf = EbpfLoader::new().load(agent::object())?;
     let mut vip_map = addr_map(&mut ebpf, MAP_DECAP_VIPS)?;
     let mut local_map = addr_map(&mut ebpf, MAP_DECAP_LOCAL)?;
-    let locals = netif::ipv4_addresses(None).map_err(|source| AgentError::Io { op: "list addresses", path: "of this host".into(), source })?;
+    let locals = netif::ipv4_addresses(None).map_err(|source| AgentError::Io {
+        op: "list addresses",
+        path: "of this host".into(),
+        source,
+    })?;
     for vip in vips {
         vip_map
             .insert(AddrKey::v4(vip.octets()), 1, 0)
-            .map_err(|source| MapWriteError { map: MAP_DECAP_VIPS, op: "insert", source })?;
+            .map_err(|source| MapWriteError {
+                map: MAP_DECAP_VIPS,
+                op: "insert",
+                source,
+            })?;
     }
     for local in locals.iter().take(lb_common::MAX_LOCAL_ADDRS as usize) {
         local_map
             .insert(AddrKey::v4(local.octets()), 1, 0)
-            .map_err(|source| MapWriteError { map: MAP_DECAP_LOCAL, op: "insert", source })?;
+            .map_err(|source| MapWriteError {
+                map: MAP_DECAP_LOCAL,
+                op: "insert",
+                source,
+            })?;
     }
     agent::attach(&mut ebpf, "xdp_decap", iface, agent::xdp_mode(mode))?;
-    info!("xdp_decap attached to {iface} ({mode:?} mode) for VIPs {vips:?}; outer destinations {locals:?}");
+    info!(
+        "xdp_decap attached to {iface} ({mode:?} mode) for VIPs {vips:?}; outer destinations {locals:?}"
+    );
     shutdown.await;
     drop(ebpf);
     info!("detached from {iface}");

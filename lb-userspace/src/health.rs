@@ -52,9 +52,14 @@ pub async fn probe_tcp(addr: SocketAddr, timeout: Duration) -> Probe {
     let start = Instant::now();
     match time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(_stream)) => Ok(start.elapsed()),
-        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => Err("connection refused".into()),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            Err("connection refused".into())
+        }
         Ok(Err(e)) => Err(format!("connect failed: {e}")),
-        Err(_) => Err(format!("timeout after {}", humantime::format_duration(timeout))),
+        Err(_) => Err(format!(
+            "timeout after {}",
+            humantime::format_duration(timeout)
+        )),
     }
 }
 
@@ -71,7 +76,13 @@ pub struct Tracker {
 impl Tracker {
     /// A backend assumed healthy, not checked yet.
     pub fn new(rise: u32, fall: u32) -> Self {
-        Self { healthy: true, checked: false, streak: 0, rise, fall }
+        Self {
+            healthy: true,
+            checked: false,
+            streak: 0,
+            rise,
+            fall,
+        }
     }
 
     /// Records one result; returns the new state when it changed.
@@ -120,13 +131,21 @@ impl Jitter {
 /// Starts a checker task per target; each sends [`HealthEvent`]s on `events`
 /// and ends when the receiver is dropped or the task is aborted. Targets of
 /// kind `none` get no task.
-pub fn spawn(targets: Vec<Target>, events: mpsc::Sender<HealthEvent>) -> Vec<JoinHandle<()>> {
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+pub fn spawn(targets: Vec<Target>, events: &mpsc::Sender<HealthEvent>) -> Vec<JoinHandle<()>> {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
     targets
         .into_iter()
         .filter(|t| t.check.kind != HealthCheckKind::None)
         .enumerate()
-        .map(|(i, target)| tokio::spawn(check_loop(target, events.clone(), seed.wrapping_add(i as u64 * 0x9e37_79b9))))
+        .map(|(i, target)| {
+            tokio::spawn(check_loop(
+                target,
+                events.clone(),
+                seed.wrapping_add(i as u64 * 0x9e37_79b9),
+            ))
+        })
         .collect()
 }
 
@@ -145,10 +164,18 @@ async fn check_loop(target: Target, events: mpsc::Sender<HealthEvent>, seed: u64
         };
         if let Some(healthy) = tracker.record(probe.is_ok()) {
             let reason = match &probe {
-                Ok(latency) => format!("check succeeded in {}", humantime::format_duration(*latency)),
+                Ok(latency) => format!(
+                    "check succeeded in {}",
+                    humantime::format_duration(*latency)
+                ),
                 Err(reason) => reason.clone(),
             };
-            let event = HealthEvent { vip: target.vip, backend: target.backend, healthy, reason };
+            let event = HealthEvent {
+                vip: target.vip,
+                backend: target.backend,
+                healthy,
+                reason,
+            };
             if events.send(event).await.is_err() {
                 return;
             }
@@ -166,14 +193,22 @@ mod tests {
     #[test]
     fn first_result_decides_then_rise_and_fall_apply() {
         let mut t = Tracker::new(2, 3);
-        assert_eq!(t.record(false), Some(false), "first failure marks down at once");
+        assert_eq!(
+            t.record(false),
+            Some(false),
+            "first failure marks down at once"
+        );
         assert_eq!(t.record(true), None);
         assert_eq!(t.record(false), None, "a failure resets the rise streak");
         assert_eq!(t.record(true), None);
         assert_eq!(t.record(true), Some(true), "two successes in a row: up");
         assert_eq!(t.record(false), None);
         assert_eq!(t.record(false), None);
-        assert_eq!(t.record(false), Some(false), "three failures in a row: down");
+        assert_eq!(
+            t.record(false),
+            Some(false),
+            "three failures in a row: down"
+        );
     }
 
     #[test]

@@ -74,7 +74,9 @@ mod tests {
     use super::*;
 
     fn names(n: u32) -> Vec<[u8; 4]> {
-        (0..n).map(|i| [10, 0, (i / 250) as u8, (i % 250 + 1) as u8]).collect()
+        (0..n)
+            .map(|i| [10, 0, (i / 250) as u8, (i % 250 + 1) as u8])
+            .collect()
     }
 
     fn shares(table: &[u32]) -> HashMap<u32, usize> {
@@ -88,28 +90,50 @@ mod tests {
     #[test]
     fn hundred_equal_backends_are_balanced_within_one_percent() {
         let names = names(100);
-        let backends: Vec<_> =
-            names.iter().enumerate().map(|(i, n)| MaglevBackend { id: i as u32, name: n, weight: 1 }).collect();
+        let backends: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| MaglevBackend {
+                id: i as u32,
+                name: n,
+                weight: 1,
+            })
+            .collect();
         let table = build(&backends, 65537);
         let counts = shares(&table);
         assert_eq!(counts.len(), 100);
         let mean = 65537.0 / 100.0;
         for (id, count) in counts {
             let deviation = (count as f64 - mean).abs() / mean;
-            assert!(deviation <= 0.01, "backend {id}: {count} entries, {:.2}% from the mean", deviation * 100.0);
+            assert!(
+                deviation <= 0.01,
+                "backend {id}: {count} entries, {:.2}% from the mean",
+                deviation * 100.0
+            );
         }
     }
 
     #[test]
     fn removing_one_of_ten_moves_about_a_tenth() {
         let names = names(10);
-        let all: Vec<_> =
-            names.iter().enumerate().map(|(i, n)| MaglevBackend { id: i as u32, name: n, weight: 1 }).collect();
+        let all: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| MaglevBackend {
+                id: i as u32,
+                name: n,
+                weight: 1,
+            })
+            .collect();
         let before = build(&all, 65537);
         let after = build(&all[1..], 65537);
         let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
         let share = moved as f64 / 65537.0;
-        assert!(share <= 0.1 + 0.02, "removing 1 of 10 moved {:.2}% of entries", share * 100.0);
+        assert!(
+            share <= 0.1 + 0.02,
+            "removing 1 of 10 moved {:.2}% of entries",
+            share * 100.0
+        );
         // Entries of the removed backend must all move; those are ~10%.
         assert!(share >= 0.09, "moved {:.2}%", share * 100.0);
         assert!(!after.contains(&0));
@@ -119,21 +143,43 @@ mod tests {
     fn weights_set_shares() {
         let names = names(3);
         let backends = [
-            MaglevBackend { id: 0, name: &names[0], weight: 1 },
-            MaglevBackend { id: 1, name: &names[1], weight: 2 },
-            MaglevBackend { id: 2, name: &names[2], weight: 0 },
+            MaglevBackend {
+                id: 0,
+                name: &names[0],
+                weight: 1,
+            },
+            MaglevBackend {
+                id: 1,
+                name: &names[1],
+                weight: 2,
+            },
+            MaglevBackend {
+                id: 2,
+                name: &names[2],
+                weight: 0,
+            },
         ];
         let counts = shares(&build(&backends, 65537));
         assert_eq!(counts.get(&2), None, "weight 0 takes no entry");
         let ratio = counts[&1] as f64 / counts[&0] as f64;
-        assert!((1.95..=2.05).contains(&ratio), "weight 2 : weight 1 = {ratio}");
+        assert!(
+            (1.95..=2.05).contains(&ratio),
+            "weight 2 : weight 1 = {ratio}"
+        );
     }
 
     #[test]
     fn order_of_backends_does_not_matter() {
         let names = names(5);
-        let mut backends: Vec<_> =
-            names.iter().enumerate().map(|(i, n)| MaglevBackend { id: i as u32, name: n, weight: 1 }).collect();
+        let mut backends: Vec<_> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| MaglevBackend {
+                id: i as u32,
+                name: n,
+                weight: 1,
+            })
+            .collect();
         let a = build(&backends, 251);
         backends.reverse();
         assert_eq!(a, build(&backends, 251));
@@ -142,6 +188,16 @@ mod tests {
     #[test]
     fn no_live_backend_gives_no_table() {
         assert!(build(&[], 251).is_empty());
-        assert!(build(&[MaglevBackend { id: 0, name: &[1], weight: 0 }], 251).is_empty());
+        assert!(
+            build(
+                &[MaglevBackend {
+                    id: 0,
+                    name: &[1],
+                    weight: 0
+                }],
+                251
+            )
+            .is_empty()
+        );
     }
 }

@@ -74,7 +74,10 @@ impl From<Mode> for XdpModeConfig {
 /// Completes on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };
@@ -119,19 +122,30 @@ fn main() -> ExitCode {
         Command::Run { config, iface } => report(runtime().and_then(|rt| {
             rt.block_on(async {
                 let config = load_config(&config)?;
-                agent::run(config, iface, shutdown_signal()).await.context("lb run")
+                agent::run(config, iface, shutdown_signal())
+                    .await
+                    .context("lb run")
             })
         })),
-        Command::Decap { iface, vips, xdp_mode } => report(
-            runtime().and_then(|rt| {
-                rt.block_on(async { decap::run(&iface, &vips, xdp_mode.into(), shutdown_signal()).await.context("lb decap") })
-            }),
-        ),
+        Command::Decap {
+            iface,
+            vips,
+            xdp_mode,
+        } => report(runtime().and_then(|rt| {
+            rt.block_on(async {
+                decap::run(&iface, &vips, xdp_mode.into(), shutdown_signal())
+                    .await
+                    .context("lb decap")
+            })
+        })),
     }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {

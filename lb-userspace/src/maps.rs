@@ -2,18 +2,15 @@
 //! bookkeeping in [`crate::balancer`] is unit-tested without root, and its
 //! implementation over aya's maps.
 
-use std::{
-    collections::HashMap as StdHashMap,
-    net::Ipv4Addr,
-};
+use std::{collections::HashMap as StdHashMap, net::Ipv4Addr};
 
 use aya::{
     Ebpf,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use lb_common::{
-    AddrKey, Backend, Counter, Globals, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_GLOBALS, MAP_MAGLEV, MAP_SRC_ALLOW_V4,
-    MAP_STATS, MAP_VIP_ADDRS, MAP_VIP_STATS, MAP_VIPS, Outcome, VipKey, VipValue,
+    AddrKey, Backend, Counter, Globals, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_GLOBALS, MAP_MAGLEV,
+    MAP_SRC_ALLOW_V4, MAP_STATS, MAP_VIP_ADDRS, MAP_VIP_STATS, MAP_VIPS, Outcome, VipKey, VipValue,
 };
 
 /// A failed map operation.
@@ -66,7 +63,9 @@ where
     let map = ebpf.take_map(name).ok_or_else(|| MapWriteError {
         map: name,
         op: "take",
-        source: MapError::InvalidName { name: name.to_string() },
+        source: MapError::InvalidName {
+            name: name.to_string(),
+        },
     })?;
     T::try_from(map).map_err(wrap(name, "take"))
 }
@@ -90,7 +89,9 @@ impl AyaMaps {
 
 impl MapWriter for AyaMaps {
     fn set_globals(&mut self, globals: &Globals) -> Result<(), MapWriteError> {
-        self.globals.set(0, globals, 0).map_err(wrap(MAP_GLOBALS, "set"))
+        self.globals
+            .set(0, globals, 0)
+            .map_err(wrap(MAP_GLOBALS, "set"))
     }
 
     fn allow_v4(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<(), MapWriteError> {
@@ -100,20 +101,28 @@ impl MapWriter for AyaMaps {
     }
 
     fn set_vip(&mut self, key: &VipKey, value: &VipValue) -> Result<(), MapWriteError> {
-        self.vips.insert(key, value, 0).map_err(wrap(MAP_VIPS, "insert"))
+        self.vips
+            .insert(key, value, 0)
+            .map_err(wrap(MAP_VIPS, "insert"))
     }
 
     fn set_vip_addr(&mut self, key: &AddrKey, count: u32) -> Result<(), MapWriteError> {
-        self.vip_addrs.insert(key, count, 0).map_err(wrap(MAP_VIP_ADDRS, "insert"))
+        self.vip_addrs
+            .insert(key, count, 0)
+            .map_err(wrap(MAP_VIP_ADDRS, "insert"))
     }
 
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapWriteError> {
-        self.backends.set(id, backend, 0).map_err(wrap(MAP_BACKENDS, "set"))
+        self.backends
+            .set(id, backend, 0)
+            .map_err(wrap(MAP_BACKENDS, "set"))
     }
 
     fn write_table(&mut self, offset: u32, entries: &[u32]) -> Result<(), MapWriteError> {
         for (i, id) in entries.iter().enumerate() {
-            self.maglev.set(offset + i as u32, id, 0).map_err(wrap(MAP_MAGLEV, "set"))?;
+            self.maglev
+                .set(offset + i as u32, id, 0)
+                .map_err(wrap(MAP_MAGLEV, "set"))?;
         }
         Ok(())
     }
@@ -201,7 +210,10 @@ impl StatsReader {
     /// # Errors
     /// A pin is missing or not a map of the expected type.
     pub fn from_pins(dir: &std::path::Path) -> Result<Self, MapWriteError> {
-        fn open(dir: &std::path::Path, name: &'static str) -> Result<PerCpuArray<MapData, Counter>, MapWriteError> {
+        fn open(
+            dir: &std::path::Path,
+            name: &'static str,
+        ) -> Result<PerCpuArray<MapData, Counter>, MapWriteError> {
             let data = MapData::from_pin(dir.join(name)).map_err(wrap(name, "open pin"))?;
             PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).map_err(wrap(name, "open pin"))
         }

@@ -89,7 +89,16 @@ pub fn ensure_bpffs(dir: &Path) -> io::Result<bool> {
     }
     let fstype = c"bpf";
     // SAFETY: all strings are NUL-terminated; no data argument.
-    if unsafe { libc::mount(fstype.as_ptr(), c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) } != 0 {
+    if unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            c.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    } != 0
+    {
         return Err(io::Error::last_os_error());
     }
     Ok(true)

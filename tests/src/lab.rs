@@ -14,7 +14,7 @@ use std::{
     fs,
     io::Write as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -32,7 +32,11 @@ pub const CLIENT_ADDR: &str = "10.30.0.10";
 /// A source outside the allowed prefixes (TEST-NET-3), also on the client.
 pub const OUTSIDE_ADDR: &str = "203.0.113.7";
 /// Backend names and addresses.
-pub const BACKENDS: [(&str, &str); 3] = [("be1", "10.30.0.21"), ("be2", "10.30.0.22"), ("be3", "10.30.0.23")];
+pub const BACKENDS: [(&str, &str); 3] = [
+    ("be1", "10.30.0.21"),
+    ("be2", "10.30.0.22"),
+    ("be3", "10.30.0.23"),
+];
 /// Size of the `/whoami` body: large enough that replies outweigh requests,
 /// so a test can tell they did not cross the load balancer.
 pub const BODY_LEN: usize = 4096;
@@ -142,9 +146,15 @@ impl Lab {
         // peer runs an XDP program: a pass-through one (`lb decap`, no VIP).
         if mode == Mode::Native {
             let peer = format!("{prefix}p");
-            let p = lab.spawn(0, &lab.lb_bin.clone(), &["decap", "--iface", &peer, "--xdp-mode", "native"], "peer-pass")?;
+            let p = lab.spawn(
+                0,
+                &lab.lb_bin.clone(),
+                &["decap", "--iface", &peer, "--xdp-mode", "native"],
+                "peer-pass",
+            )?;
             lab.procs.push(p);
         }
+        lab.wait_for_servers(Duration::from_secs(10))?;
         lab.write_config(mode)?;
         lab.start_agent()?;
         lab.wait_until_serving(Duration::from_secs(20))?;
@@ -153,7 +163,10 @@ impl Lab {
 
     fn ns_named(&self, suffix: &str) -> &Netns {
         let name = format!("{}-{suffix}", self.prefix);
-        self.ns.iter().find(|n| n.name == name).expect("namespace of the lab")
+        self.ns
+            .iter()
+            .find(|n| n.name == name)
+            .expect("namespace of the lab")
     }
 
     /// The client's namespace.
@@ -182,11 +195,12 @@ impl Lab {
             ("be3", "eth0".to_string(), format!("{p}b3"), BACKENDS[2].1),
         ]
         .into_iter()
-        .map(|(h, i, peer, a)| (h, i, peer, a))
         .collect();
         for (host, iface, peer, addr) in &hosts {
             let host_ns = format!("{p}-{host}");
-            sw.ip(&["link", "add", peer, "type", "veth", "peer", "name", iface, "netns", &host_ns])?;
+            sw.ip(&[
+                "link", "add", peer, "type", "veth", "peer", "name", iface, "netns", &host_ns,
+            ])?;
             sw.ip(&["link", "set", "dev", peer, "master", "br0", "up"])?;
             let ns = self.ns_named(host);
             ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", iface])?;
@@ -206,17 +220,32 @@ impl Lab {
         Ok(())
     }
 
-    fn spawn(&self, ns_index: usize, program: &Path, args: &[&str], what: &str) -> anyhow::Result<Proc> {
+    fn spawn(
+        &self,
+        ns_index: usize,
+        program: &Path,
+        args: &[&str],
+        what: &str,
+    ) -> anyhow::Result<Proc> {
         let log = fs::File::create(self.dir.join(format!("{what}.log")))?;
         let mut cmd = self.ns[ns_index].command(&program.display().to_string());
-        cmd.args(args).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
         let child = cmd.spawn().with_context(|| format!("starting {what}"))?;
-        Ok(Proc { what: what.to_string(), child })
+        Ok(Proc {
+            what: what.to_string(),
+            child,
+        })
     }
 
     fn ns_index(&self, suffix: &str) -> usize {
         let name = format!("{}-{suffix}", self.prefix);
-        self.ns.iter().position(|n| n.name == name).expect("namespace of the lab")
+        self.ns
+            .iter()
+            .position(|n| n.name == name)
+            .expect("namespace of the lab")
     }
 
     fn start_backend(&mut self, i: usize, mode: Mode) -> anyhow::Result<()> {
@@ -231,7 +260,15 @@ impl Lab {
         let decap = self.spawn(
             idx,
             &self.lb_bin.clone(),
-            &["decap", "--iface", "eth0", "--vip", VIP, "--xdp-mode", mode.as_str()],
+            &[
+                "decap",
+                "--iface",
+                "eth0",
+                "--vip",
+                VIP,
+                "--xdp-mode",
+                mode.as_str(),
+            ],
             &format!("decap-{name}"),
         )?;
         self.procs.push(decap);
@@ -250,10 +287,48 @@ impl Lab {
         let server = self.spawn(
             idx,
             &python,
-            &["-m", "http.server", "80", "--bind", "0.0.0.0", "--directory", &root.display().to_string()],
+            &[
+                "-m",
+                "http.server",
+                "80",
+                "--bind",
+                "0.0.0.0",
+                "--directory",
+                &root.display().to_string(),
+            ],
             &format!("http-{name}"),
         )?;
         self.servers[i] = Some(server);
+        Ok(())
+    }
+
+    /// Waits until every backend's server answers on its own address.
+    fn wait_for_servers(&self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        for (name, addr) in BACKENDS {
+            loop {
+                let ok = self
+                    .client()
+                    .command("curl")
+                    .args([
+                        "-s",
+                        "-o",
+                        "/dev/null",
+                        "--max-time",
+                        "1",
+                        &format!("http://{addr}/whoami"),
+                    ])
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if ok {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("the HTTP server of {name} did not start within {limit:?}");
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
         Ok(())
     }
 
@@ -290,7 +365,12 @@ impl Lab {
     fn start_agent(&mut self) -> anyhow::Result<()> {
         let idx = self.ns_index("lb");
         let config = self.config_path().display().to_string();
-        let agent = self.spawn(idx, &self.lb_bin.clone(), &["run", "--config", &config], "agent")?;
+        let agent = self.spawn(
+            idx,
+            &self.lb_bin.clone(),
+            &["run", "--config", &config],
+            "agent",
+        )?;
         self.agent = Some(agent);
         Ok(())
     }
@@ -315,12 +395,17 @@ impl Lab {
             {
                 bail!("the agent exited ({status}):\n{}", self.agent_log());
             }
-            if self.pin_dir().join(lb_common::MAP_STATS).exists() && self.requests(1, None)[0].is_some() {
+            if self.pin_dir().join(lb_common::MAP_STATS).exists()
+                && self.requests(1, None)[0].is_some()
+            {
                 return Ok(());
             }
             thread::sleep(Duration::from_millis(200));
         }
-        bail!("no request through the VIP succeeded within {limit:?}; agent log:\n{}", self.agent_log())
+        bail!(
+            "no request through the VIP succeeded within {limit:?}; agent log:\n{}",
+            self.agent_log()
+        )
     }
 
     /// Sends `count` HTTP requests to the VIP from the client, each on a new
@@ -329,7 +414,15 @@ impl Lab {
     pub fn requests(&self, count: usize, source: Option<&str>) -> Vec<Option<String>> {
         let url = format!("http://{VIP}/whoami");
         let mut cmd = self.client().command("curl");
-        cmd.args(["-s", "--max-time", "2", "-H", "Connection: close", "-w", "\n%{http_code}\n"]);
+        cmd.args([
+            "-s",
+            "--max-time",
+            "2",
+            "-H",
+            "Connection: close",
+            "-w",
+            "\n%{http_code}\n",
+        ]);
         if let Some(source) = source {
             cmd.args(["--interface", source]);
         }
@@ -344,7 +437,9 @@ impl Lab {
         let mut results = Vec::with_capacity(count);
         let mut lines = text.split('\n');
         while results.len() < count {
-            let (Some(body), Some(code)) = (lines.next(), lines.next()) else { break };
+            let (Some(body), Some(code)) = (lines.next(), lines.next()) else {
+                break;
+            };
             let backend = body.split(' ').next().unwrap_or("").to_string();
             results.push((code == "200" && !backend.is_empty()).then_some(backend));
         }
@@ -405,13 +500,23 @@ pub fn if_counters(ns: &Netns, iface: &str) -> anyhow::Result<IfCounters> {
     let out = ns.command("cat").arg("/proc/net/dev").output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     for line in text.lines() {
-        let Some((name, rest)) = line.split_once(':') else { continue };
+        let Some((name, rest)) = line.split_once(':') else {
+            continue;
+        };
         if name.trim() != iface {
             continue;
         }
-        let f: Vec<u64> = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
         if f.len() >= 10 {
-            return Ok(IfCounters { rx_bytes: f[0], rx_packets: f[1], tx_bytes: f[8], tx_packets: f[9] });
+            return Ok(IfCounters {
+                rx_bytes: f[0],
+                rx_packets: f[1],
+                tx_bytes: f[8],
+                tx_packets: f[9],
+            });
         }
     }
     bail!("no interface {iface} in {}", ns.name)
@@ -426,10 +531,20 @@ pub fn tcp_out_segments(ns: &Netns) -> anyhow::Result<u64> {
     let out = ns.command("cat").arg("/proc/net/snmp").output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
-    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else { bail!("no Tcp lines") };
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+        bail!("no Tcp lines")
+    };
     let value = |name: &str| -> anyhow::Result<u64> {
-        let index = names.split_whitespace().position(|n| n == name).with_context(|| format!("no {name}"))?;
-        values.split_whitespace().nth(index).context("short line")?.parse().with_context(|| format!("{name} value"))
+        let index = names
+            .split_whitespace()
+            .position(|n| n == name)
+            .with_context(|| format!("no {name}"))?;
+        values
+            .split_whitespace()
+            .nth(index)
+            .context("short line")?
+            .parse()
+            .with_context(|| format!("{name} value"))
     };
     Ok(value("OutSegs")? + value("RetransSegs")?)
 }

@@ -17,7 +17,11 @@ pub fn ip(args: &[&str]) -> anyhow::Result<()> {
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let out: Output = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -39,7 +43,9 @@ impl Netns {
     pub fn new(name: &str) -> anyhow::Result<Self> {
         let _ = Command::new("ip").args(["netns", "del", name]).output();
         ip(&["netns", "add", name])?;
-        let ns = Self { name: name.to_string() };
+        let ns = Self {
+            name: name.to_string(),
+        };
         ns.ip(&["link", "set", "dev", "lo", "up"])?;
         Ok(ns)
     }
@@ -66,7 +72,9 @@ impl Netns {
     /// mount namespace stays the caller's, so bpffs pins are shared).
     pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.name)).arg("--").arg(program);
+        cmd.arg(format!("--net=/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program);
         cmd
     }
 
@@ -79,7 +87,11 @@ impl Netns {
         let target = File::open(format!("/run/netns/{}", self.name)).context("open netns")?;
         // SAFETY: valid namespace fd; only this thread moves.
         if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns into {}: {}", self.name, std::io::Error::last_os_error());
+            bail!(
+                "setns into {}: {}",
+                self.name,
+                std::io::Error::last_os_error()
+            );
         }
         Ok(EnteredNetns { original })
     }
@@ -87,7 +99,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -131,7 +145,10 @@ pub fn disable_tx_checksum(ns: &Netns, iface: &str) -> anyhow::Result<()> {
         if fd < 0 {
             bail!("socket: {}", std::io::Error::last_os_error());
         }
-        let mut value = EthtoolValue { cmd: ETHTOOL_STXCSUM, data: 0 };
+        let mut value = EthtoolValue {
+            cmd: ETHTOOL_STXCSUM,
+            data: 0,
+        };
         // SAFETY: zeroed ifreq is valid; the name fits (checked).
         let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
         if iface.len() >= ifr.ifr_name.len() {

@@ -32,11 +32,19 @@ fn end_to_end(prefix: &str, mode: Mode) {
     let lb_after = lab::if_counters(lab.lb(), &lab.lb_iface).expect("lb counters");
     let (failed, per_backend) = tally(&results);
     println!("[{mode:?}] 300 requests: {failed} failed, per backend {per_backend:?}");
-    assert_eq!(failed, 0, "every request succeeds; agent log:\n{}", lab.agent_log());
+    assert_eq!(
+        failed,
+        0,
+        "every request succeeds; agent log:\n{}",
+        lab.agent_log()
+    );
     for (name, _) in BACKENDS {
         let served = per_backend.get(name).copied().unwrap_or(0);
         assert!(served > 0, "{name} served none: {per_backend:?}");
-        assert!(served <= 150, "{name} served {served} of 300 (more than 50%)");
+        assert!(
+            served <= 150,
+            "{name} served {served} of 300 (more than 50%)"
+        );
     }
 
     // 2. Direct server return: the LB receives the client's packets only.
@@ -47,12 +55,18 @@ fn end_to_end(prefix: &str, mode: Mode) {
     println!(
         "[{mode:?}] client sent {client_tx} packets, received {client_rx_bytes} bytes; LB received {lb_rx} packets, {lb_rx_bytes} bytes"
     );
-    assert!(lb_rx <= client_tx + 10, "the LB saw {lb_rx} packets, the client sent {client_tx}");
+    assert!(
+        lb_rx <= client_tx + 10,
+        "the LB saw {lb_rx} packets, the client sent {client_tx}"
+    );
     assert!(
         lb_rx_bytes * 2 < client_rx_bytes,
         "replies ({client_rx_bytes} bytes at the client) must not cross the LB ({lb_rx_bytes} bytes)"
     );
-    assert!(stats.outcome(Outcome::Forwarded).packets >= client_tx.min(300), "XDP_TX counter moves");
+    assert!(
+        stats.outcome(Outcome::Forwarded).packets >= client_tx.min(300),
+        "XDP_TX counter moves"
+    );
 
     // 3. Source filter: a client address outside the allowed prefixes.
     let drops_before = stats.outcome(Outcome::DropSourceFilter).packets;
@@ -60,9 +74,17 @@ fn end_to_end(prefix: &str, mode: Mode) {
     let outside = lab.requests(3, Some(OUTSIDE_ADDR));
     let syns = lab::tcp_out_segments(lab.client()).expect("snmp") - segs_before;
     let dropped = stats.outcome(Outcome::DropSourceFilter).packets - drops_before;
-    println!("[{mode:?}] from {OUTSIDE_ADDR}: {outside:?}; {syns} SYNs sent, {dropped} dropped by the source filter");
-    assert!(outside.iter().all(Option::is_none), "no request from outside succeeds");
-    assert!(syns >= 3 && dropped >= syns, "{dropped} drops for {syns} SYNs");
+    println!(
+        "[{mode:?}] from {OUTSIDE_ADDR}: {outside:?}; {syns} SYNs sent, {dropped} dropped by the source filter"
+    );
+    assert!(
+        outside.iter().all(Option::is_none),
+        "no request from outside succeeds"
+    );
+    assert!(
+        syns >= 3 && dropped >= syns,
+        "{dropped} drops for {syns} SYNs"
+    );
 
     // 4. Failover: stop be1's server; within fall x interval + 1 s = 2 s every
     // request succeeds on the two others.
@@ -79,7 +101,10 @@ fn end_to_end(prefix: &str, mode: Mode) {
     let (failed, per_backend) = tally(&lab.requests(60, None));
     println!("[{mode:?}] be1 restarted: {failed} failed, per backend {per_backend:?}");
     assert_eq!(failed, 0);
-    assert!(per_backend.get("be1").copied().unwrap_or(0) > 0, "be1 serves again: {per_backend:?}");
+    assert!(
+        per_backend.get("be1").copied().unwrap_or(0) > 0,
+        "be1 serves again: {per_backend:?}"
+    );
 
     // 6. Clean stop: SIGTERM detaches and removes the pins.
     lab.stop_agent();

@@ -79,17 +79,32 @@ struct Fixture {
 impl Fixture {
     fn new(test: &str) -> Self {
         let ns = Netns::new(&format!("lbpt-{test}")).expect("netns");
-        ns.ip(&["link", "add", "pt0", "type", "veth", "peer", "name", "pt1"]).expect("veth");
-        ns.ip(&["link", "set", "dev", "pt0", "address", "02:00:00:00:00:02"]).expect("mac");
-        ns.ip(&["addr", "add", "10.20.0.2/24", "dev", "pt0"]).expect("addr");
+        ns.ip(&["link", "add", "pt0", "type", "veth", "peer", "name", "pt1"])
+            .expect("veth");
+        ns.ip(&["link", "set", "dev", "pt0", "address", "02:00:00:00:00:02"])
+            .expect("mac");
+        ns.ip(&["addr", "add", "10.20.0.2/24", "dev", "pt0"])
+            .expect("addr");
         ns.ip(&["link", "set", "dev", "pt0", "up"]).expect("up");
         ns.ip(&["link", "set", "dev", "pt1", "up"]).expect("up");
         for b in [21u8, 22] {
             let addr = format!("10.20.0.{b}");
             let mac = format!("02:00:00:00:00:{b:02x}");
-            ns.ip(&["neigh", "add", &addr, "lladdr", &mac, "dev", "pt0", "nud", "permanent"]).expect("neigh");
+            ns.ip(&[
+                "neigh",
+                "add",
+                &addr,
+                "lladdr",
+                &mac,
+                "dev",
+                "pt0",
+                "nud",
+                "permanent",
+            ])
+            .expect("neigh");
         }
-        ns.sysctl("net.ipv4.conf.pt0.forwarding=1").expect("forwarding");
+        ns.sysctl("net.ipv4.conf.pt0.forwarding=1")
+            .expect("forwarding");
         let entered = ns.enter().expect("enter netns");
         let ifindex = lb_userspace::netif::ifindex("pt0").expect("pt0 exists");
 
@@ -100,21 +115,44 @@ impl Fixture {
             .load(agent::object())
             .expect("load object");
         let stats = StatsReader::take(&mut ebpf).expect("stats maps");
-        let balancer =
-            Balancer::new(AyaMaps::take(&mut ebpf).expect("maps"), &config, Ipv4Addr::from(LB_ADDR), regions)
-                .expect("fill maps");
+        let balancer = Balancer::new(
+            AyaMaps::take(&mut ebpf).expect("maps"),
+            &config,
+            Ipv4Addr::from(LB_ADDR),
+            regions,
+        )
+        .expect("fill maps");
         for name in ["xdp_lb", "xdp_decap"] {
-            let prog: &mut Xdp = ebpf.program_mut(name).expect("program").try_into().expect("xdp");
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .expect("program")
+                .try_into()
+                .expect("xdp");
             prog.load().expect("verifier accepts the program");
         }
-        Self { ebpf, balancer, stats, ifindex, _entered: entered, _ns: ns }
+        Self {
+            ebpf,
+            balancer,
+            stats,
+            ifindex,
+            _entered: entered,
+            _ns: ns,
+        }
     }
 
     /// Runs `program` on `frame` arriving on pt0: (return code, output frame).
     fn run(&self, program: &str, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog: &Xdp = self.ebpf.program(program).expect("program").try_into().expect("xdp");
+        let prog: &Xdp = self
+            .ebpf
+            .program(program)
+            .expect("program")
+            .try_into()
+            .expect("xdp");
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-        let ctx: Vec<u8> = [0, frame.len() as u32, 0, self.ifindex, 0, 0].iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let ctx: Vec<u8> = [0, frame.len() as u32, 0, self.ifindex, 0, 0]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
         let mut out = vec![0u8; frame.len() + 512];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
@@ -130,12 +168,24 @@ impl Fixture {
     }
 
     /// The backend address userspace computes for a flow to VIP `vip_index`.
-    fn expected_backend(&self, vip_index: usize, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> [u8; 4] {
+    fn expected_backend(
+        &self,
+        vip_index: usize,
+        src: [u8; 4],
+        dst: [u8; 4],
+        sport: u16,
+        dport: u16,
+        proto: u8,
+    ) -> [u8; 4] {
         let hash = flow_hash_v4(src, dst, sport.to_be_bytes(), dport.to_be_bytes(), proto);
         let table = self.balancer.table(vip_index);
         let id = table[maglev_slot(hash, table.len() as u32) as usize];
         let vip = &self.balancer.vips()[vip_index];
-        let backend = vip.backends.iter().find(|b| b.id == id).expect("id of this VIP");
+        let backend = vip
+            .backends
+            .iter()
+            .find(|b| b.id == id)
+            .expect("id of this VIP");
         match backend.address {
             std::net::IpAddr::V4(a) => a.octets(),
             std::net::IpAddr::V6(_) => unreachable!("IPv4 only"),
@@ -156,7 +206,11 @@ fn tcp_syn(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
 
 fn udp_datagram(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut frame = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv4(src, dst, 64).udp(sport, dport).write(&mut frame, payload).expect("build");
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv4(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut frame, payload)
+        .expect("build");
     frame
 }
 
@@ -164,7 +218,13 @@ fn udp_datagram(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u
 /// MACs, a valid outer IPv4 header from the LB to `backend`, and `inner`
 /// unchanged after it.
 #[track_caller]
-fn assert_encapsulated(out: &[u8], l2_len: usize, macs: ([u8; 6], [u8; 6]), backend: [u8; 4], inner: &[u8]) {
+fn assert_encapsulated(
+    out: &[u8],
+    l2_len: usize,
+    macs: ([u8; 6], [u8; 6]),
+    backend: [u8; 4],
+    inner: &[u8],
+) {
     assert_eq!(&out[0..6], &macs.1, "destination MAC");
     assert_eq!(&out[6..12], &macs.0, "source MAC");
     let (outer, rest) = Ipv4Header::from_slice(&out[l2_len..]).expect("outer IPv4 header");
@@ -174,7 +234,11 @@ fn assert_encapsulated(out: &[u8], l2_len: usize, macs: ([u8; 6], [u8; 6]), back
     assert!(outer.dont_fragment, "outer DF set");
     assert!(!outer.more_fragments);
     assert_eq!(outer.time_to_live, 64);
-    assert_eq!(outer.header_checksum, outer.calc_header_checksum(), "outer checksum");
+    assert_eq!(
+        outer.header_checksum,
+        outer.calc_header_checksum(),
+        "outer checksum"
+    );
     assert_eq!(usize::from(outer.total_len), 20 + inner.len());
     assert_eq!(rest, inner, "inner packet unchanged");
 }
@@ -189,13 +253,23 @@ fn tcp_syn_to_vip_is_encapsulated_to_the_backend_userspace_computes() {
         assert_eq!(action, XDP_TX, "egress is the ingress interface");
         let backend = fx.expected_backend(0, CLIENT, VIP, sport, 80, 6);
         seen.insert(backend);
-        assert_encapsulated(&out, 14, (LB_MAC, backend_mac(backend)), backend, &frame[14..]);
+        assert_encapsulated(
+            &out,
+            14,
+            (LB_MAC, backend_mac(backend)),
+            backend,
+            &frame[14..],
+        );
     }
     assert_eq!(seen.len(), 2, "64 flows reach both backends");
     assert_eq!(fx.count(Outcome::Forwarded), 64);
     let web = &fx.balancer.vips()[0];
     assert_eq!(fx.stats.vip(web.id).packets, 64);
-    let per_backend: u64 = web.backends.iter().map(|b| fx.stats.backend(b.id).packets).sum();
+    let per_backend: u64 = web
+        .backends
+        .iter()
+        .map(|b| fx.stats.backend(b.id).packets)
+        .sum();
     assert_eq!(per_backend, 64);
 }
 
@@ -206,17 +280,23 @@ fn udp_datagram_to_vip_is_encapsulated() {
     let (action, out) = fx.run("xdp_lb", &frame);
     assert_eq!(action, XDP_TX);
     let backend = fx.expected_backend(1, CLIENT, VIP, 5353, 53, 17);
-    assert_encapsulated(&out, 14, (LB_MAC, backend_mac(backend)), backend, &frame[14..]);
+    assert_encapsulated(
+        &out,
+        14,
+        (LB_MAC, backend_mac(backend)),
+        backend,
+        &frame[14..],
+    );
 }
 
 #[test]
 fn non_vip_traffic_passes_unchanged() {
     let fx = Fixture::new("nonvip");
     for frame in [
-        tcp_syn(CLIENT, LB_ADDR, 40000, 22),            // to the LB itself
-        tcp_syn(CLIENT, VIP, 40000, 81),                // VIP address, other port
+        tcp_syn(CLIENT, LB_ADDR, 40000, 22), // to the LB itself
+        tcp_syn(CLIENT, VIP, 40000, 81),     // VIP address, other port
         udp_datagram(CLIENT, [10, 20, 0, 55], 1, 2, b""), // another host
-        tcp_syn(OUTSIDE, LB_ADDR, 40000, 22),           // outside source, not to a VIP: scope "vip"
+        tcp_syn(OUTSIDE, LB_ADDR, 40000, 22), // outside source, not to a VIP: scope "vip"
     ] {
         let (action, out) = fx.run("xdp_lb", &frame);
         assert_eq!(action, XDP_PASS);
@@ -242,7 +322,8 @@ fn source_outside_the_allowed_prefixes_is_dropped_and_counted() {
 fn fragments_of_vip_traffic_are_dropped() {
     let fx = Fixture::new("frag");
     for (more, offset) in [(true, 0u16), (false, 185)] {
-        let mut header = Ipv4Header::new(8, 64, etherparse::IpNumber::UDP, CLIENT, VIP).expect("header");
+        let mut header =
+            Ipv4Header::new(8, 64, etherparse::IpNumber::UDP, CLIENT, VIP).expect("header");
         header.more_fragments = more;
         header.fragment_offset = etherparse::IpFragOffset::try_new(offset).expect("offset");
         let mut frame = Vec::new();
@@ -270,8 +351,11 @@ fn truncated_headers_are_not_forwarded_and_are_counted() {
         .tcp(40000, 80, 1, 1000)
         .write(&mut tagged, &[])
         .expect("build");
-    let cases: [(&str, &[u8]); 3] =
-        [("802.1Q tag", &tagged[..16]), ("IPv4 header", &syn[..14 + 12]), ("TCP header", &syn[..14 + 20 + 10])];
+    let cases: [(&str, &[u8]); 3] = [
+        ("802.1Q tag", &tagged[..16]),
+        ("IPv4 header", &syn[..14 + 12]),
+        ("TCP header", &syn[..14 + 20 + 10]),
+    ];
     for (what, frame) in cases {
         let (action, _) = fx.run("xdp_lb", frame);
         assert_eq!(action, XDP_DROP, "truncated {what}");
@@ -295,7 +379,13 @@ fn vlan_tagged_syn_is_forwarded_with_its_tag() {
     assert_eq!(action, XDP_TX);
     assert_eq!(&out[12..18], &frame[12..18], "802.1Q tag kept");
     let backend = fx.expected_backend(0, CLIENT, VIP, 40001, 80, 6);
-    assert_encapsulated(&out, 18, (LB_MAC, backend_mac(backend)), backend, &frame[18..]);
+    assert_encapsulated(
+        &out,
+        18,
+        (LB_MAC, backend_mac(backend)),
+        backend,
+        &frame[18..],
+    );
 }
 
 #[test]
@@ -303,9 +393,18 @@ fn missing_neighbour_hands_the_encapsulated_packet_to_the_kernel() {
     let fx = Fixture::new("noneigh");
     let frame = tcp_syn(CLIENT, VIP_NO_NEIGH, 40000, 8080);
     let (action, out) = fx.run("xdp_lb", &frame);
-    assert_eq!(action, XDP_PASS, "no silent drop: the kernel forwards and resolves");
+    assert_eq!(
+        action, XDP_PASS,
+        "no silent drop: the kernel forwards and resolves"
+    );
     // MACs unchanged: the frame is still addressed to the LB.
-    assert_encapsulated(&out, 14, (CLIENT_MAC, LB_MAC), [10, 20, 0, 23], &frame[14..]);
+    assert_encapsulated(
+        &out,
+        14,
+        (CLIENT_MAC, LB_MAC),
+        [10, 20, 0, 23],
+        &frame[14..],
+    );
     assert_eq!(fx.count(Outcome::PassedNoNeighbour), 1);
 }
 
@@ -320,7 +419,11 @@ fn unhealthy_backends_are_skipped_and_no_backend_drops() {
     for sport in 41000..41016u16 {
         let (action, out) = fx.run("xdp_lb", &tcp_syn(CLIENT, VIP, sport, 80));
         assert_eq!(action, XDP_TX);
-        assert_eq!(&out[14 + 16..14 + 20], &healthy, "every flow on the healthy backend");
+        assert_eq!(
+            &out[14 + 16..14 + 20],
+            &healthy,
+            "every flow on the healthy backend"
+        );
     }
     fx.balancer.set_health(0, 1, false).expect("mark down");
     let (action, _) = fx.run("xdp_lb", &tcp_syn(CLIENT, VIP, 41000, 80));
@@ -342,11 +445,16 @@ fn decap_strips_the_outer_header_for_served_vips_only() {
     let mut fx = Fixture::new("decap");
     // This host (the namespace) has 10.20.0.2; it serves VIP 10.20.0.100.
     let mut vips: aya::maps::HashMap<_, lb_common::AddrKey, u32> =
-        aya::maps::HashMap::try_from(fx.ebpf.map_mut(lb_common::MAP_DECAP_VIPS).expect("map")).expect("hash");
-    vips.insert(lb_common::AddrKey::v4(VIP), 1, 0).expect("insert");
+        aya::maps::HashMap::try_from(fx.ebpf.map_mut(lb_common::MAP_DECAP_VIPS).expect("map"))
+            .expect("hash");
+    vips.insert(lb_common::AddrKey::v4(VIP), 1, 0)
+        .expect("insert");
     let mut locals: aya::maps::HashMap<_, lb_common::AddrKey, u32> =
-        aya::maps::HashMap::try_from(fx.ebpf.map_mut(lb_common::MAP_DECAP_LOCAL).expect("map")).expect("hash");
-    locals.insert(lb_common::AddrKey::v4(LB_ADDR), 1, 0).expect("insert");
+        aya::maps::HashMap::try_from(fx.ebpf.map_mut(lb_common::MAP_DECAP_LOCAL).expect("map"))
+            .expect("hash");
+    locals
+        .insert(lb_common::AddrKey::v4(LB_ADDR), 1, 0)
+        .expect("insert");
 
     let inner = tcp_syn(CLIENT, VIP, 40000, 80);
     let frame = ipip(LB_ADDR, &inner[14..]);

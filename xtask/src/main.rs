@@ -1,1 +1,252 @@
-fn main(){}
+//! `cargo xtask`: set-up, build, test, demo and run. Installs what a fresh
+//! machine lacks (the pinned nightly with rust-src, bpf-linker 0.10.4, and the
+//! lab's programs) before building, saying what it does.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+/// The nightly that builds the eBPF crate; keep in sync with
+/// lb-userspace/build.rs.
+const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
+/// bpf-linker drives the LLVM inside that nightly; later versions need a
+/// system LLVM 22.
+const BPF_LINKER_VERSION: &str = "0.10.4";
+
+#[derive(Parser)]
+#[command(about = "Build, test, demo and run the XDP load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: the eBPF toolchain, bpf-linker, and the
+    /// programs the lab uses (ip, nsenter, curl, python3).
+    Setup,
+    /// Set up, then build the agent (with the XDP programs embedded).
+    Build,
+    /// Set up, build, then run every test (unit, packet, integration); needs root.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, then run the namespace demo; needs root.
+    Demo,
+    /// Set up, build, then run `lb ARGS` as root (via sudo when not root).
+    Run {
+        /// Arguments for `lb`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Lint the host crates and the eBPF crate.
+    Clippy,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Task::Setup => setup(),
+        Task::Build => {
+            setup()?;
+            build(&root)
+        }
+        Task::Test { args } => {
+            setup()?;
+            build(&root)?;
+            require_root("the tests create network namespaces and load XDP programs")?;
+            let mut cmd = cargo();
+            cmd.current_dir(&root)
+                .args(["test", "--all-targets"])
+                .args(&args)
+                .env("LB_BIN", lb_binary(&root));
+            status(&mut cmd)
+        }
+        Task::Demo => {
+            setup()?;
+            build(&root)?;
+            status(as_root(&root.join("target/debug/lb-demo"))?.env("LB_BIN", lb_binary(&root)))
+        }
+        Task::Run { args } => {
+            setup()?;
+            build(&root)?;
+            status(as_root(&lb_binary(&root))?.args(args))
+        }
+        Task::Clippy => {
+            setup()?;
+            status(cargo().current_dir(&root).args([
+                "clippy",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+            status(
+                Command::new("rustup")
+                    .current_dir(root.join("lb-ebpf"))
+                    .args([
+                        "run",
+                        EBPF_TOOLCHAIN,
+                        "cargo",
+                        "clippy",
+                        "--target",
+                        "bpfel-unknown-none",
+                        "-Z",
+                        "build-std=core",
+                    ])
+                    .args(["--bins", "--", "-D", "warnings"]),
+            )
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn lb_binary(root: &Path) -> PathBuf {
+    root.join("target/debug/lb")
+}
+
+fn status(cmd: &mut Command) -> anyhow::Result<()> {
+    let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
+}
+
+fn require_root(why: &str) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("run as root: {why} (for example: sudo -E cargo xtask ...)");
+    }
+    Ok(())
+}
+
+/// A command that runs `program` as root: directly when we are root, else via sudo.
+fn as_root(program: &Path) -> anyhow::Result<Command> {
+    if is_root() {
+        return Ok(Command::new(program));
+    }
+    if output(Command::new("sh").args(["-c", "command -v sudo"])).is_none() {
+        bail!("{} needs root and sudo is not installed", program.display());
+    }
+    let mut cmd = Command::new("sudo");
+    cmd.args(["-E", "--"]).arg(program);
+    Ok(cmd)
+}
+
+fn setup() -> anyhow::Result<()> {
+    ensure_ebpf_toolchain()?;
+    ensure_bpf_linker()?;
+    ensure_lab_programs()
+}
+
+fn ensure_ebpf_toolchain() -> anyhow::Result<()> {
+    let sysroot =
+        output(Command::new("rustup").args(["run", EBPF_TOOLCHAIN, "rustc", "--print", "sysroot"]));
+    let has_src = sysroot.as_deref().is_some_and(|s| {
+        Path::new(s.trim())
+            .join("lib/rustlib/src/rust/library/core")
+            .is_dir()
+    });
+    if has_src {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Rust {EBPF_TOOLCHAIN} with rust-src (builds the XDP programs)");
+    status(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        EBPF_TOOLCHAIN,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+}
+
+fn ensure_bpf_linker() -> anyhow::Result<()> {
+    let version = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if version.contains(BPF_LINKER_VERSION) {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing bpf-linker {BPF_LINKER_VERSION} (links the XDP programs; about a minute)"
+    );
+    status(cargo().args([
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--locked",
+        "--force",
+    ]))
+}
+
+/// The lab (tests and demo) runs `ip`, `nsenter`, `curl` and `python3`.
+fn ensure_lab_programs() -> anyhow::Result<()> {
+    let needed = [
+        ("ip", "iproute2"),
+        ("nsenter", "util-linux"),
+        ("curl", "curl"),
+        ("python3", "python3"),
+    ];
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|(program, _)| {
+            output(Command::new("sh").args(["-c", &format!("command -v {program}")])).is_none()
+        })
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("missing programs for the namespace lab; install the packages {missing:?}");
+    }
+    eprintln!(
+        "xtask: installing {missing:?} from the distribution's packages (the namespace lab uses them)"
+    );
+    status(Command::new("apt-get").args(["update", "-q"]))?;
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(&missing),
+    )
+}
+
+fn build(root: &Path) -> anyhow::Result<()> {
+    status(cargo().current_dir(root).args([
+        "build",
+        "-p",
+        "lb-userspace",
+        "-p",
+        "lb-tests",
+        "--bins",
+    ]))
+}

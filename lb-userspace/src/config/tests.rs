@@ -49,7 +49,9 @@ protocol = "tcp"
 fn problems(text: &str) -> Vec<String> {
     match Config::parse(text, "test.toml") {
         Ok(_) => Vec::new(),
-        Err(ConfigError::Invalid { problems, .. }) => problems.iter().map(ToString::to_string).collect(),
+        Err(ConfigError::Invalid { problems, .. }) => {
+            problems.iter().map(ToString::to_string).collect()
+        }
         Err(other) => vec![other.to_string()],
     }
 }
@@ -94,41 +96,63 @@ protocol = "tcp"
     assert_eq!(c.table_size, DEFAULT_TABLE_SIZE);
     assert_eq!(c.api_listen.to_string(), DEFAULT_API_LISTEN);
     let hc = &c.vips[0].health_check;
-    assert_eq!((hc.kind, hc.port, hc.rise, hc.fall), (HealthCheckKind::Tcp, 443, 2, 3));
+    assert_eq!(
+        (hc.kind, hc.port, hc.rise, hc.fall),
+        (HealthCheckKind::Tcp, 443, 2, 3)
+    );
     assert_eq!(c.vips[0].backends[0].weight, 1);
 }
 
 #[test]
 fn unknown_keys_are_errors() {
-    let err = Config::parse(&GOOD.replace("xdp_mode = \"native\"", "xdp_mode = \"native\"\ncolour = 1"), "t")
+    let err = Config::parse(
+        &GOOD.replace("xdp_mode = \"native\"", "xdp_mode = \"native\"\ncolour = 1"),
+        "t",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("unknown field `colour`"), "{err}");
+    let err = Config::parse(&GOOD.replace("weight = 2", "weight = 2\nwieght = 3"), "t")
         .unwrap_err()
         .to_string();
-    assert!(err.contains("unknown field `colour`"), "{err}");
-    let err = Config::parse(&GOOD.replace("weight = 2", "weight = 2\nwieght = 3"), "t").unwrap_err().to_string();
     assert!(err.contains("unknown field `wieght`"), "{err}");
 }
 
 #[test]
 fn bad_enum_values_are_errors() {
-    let err = Config::parse(&GOOD.replace("\"native\"", "\"turbo\""), "t").unwrap_err().to_string();
+    let err = Config::parse(&GOOD.replace("\"native\"", "\"turbo\""), "t")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("unknown variant `turbo`"), "{err}");
-    let err = Config::parse(&GOOD.replace("protocol = \"tcp\"", "protocol = \"sctp\""), "t").unwrap_err().to_string();
+    let err = Config::parse(
+        &GOOD.replace("protocol = \"tcp\"", "protocol = \"sctp\""),
+        "t",
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("unknown variant `sctp`"), "{err}");
 }
 
 #[test]
 fn interface_name_is_checked() {
-    rejects(&GOOD.replace("\"eth0\"", "\"a/b\""), "interface: \"a/b\" is not a valid interface name");
+    rejects(
+        &GOOD.replace("\"eth0\"", "\"a/b\""),
+        "interface: \"a/b\" is not a valid interface name",
+    );
 }
 
 #[test]
 fn api_listen_must_be_address_and_port() {
-    rejects(&GOOD.replace("\"127.0.0.1:9470\"", "\"localhost\""), "api.listen: \"localhost\" is not an address:port");
+    rejects(
+        &GOOD.replace("\"127.0.0.1:9470\"", "\"localhost\""),
+        "api.listen: \"localhost\" is not an address:port",
+    );
 }
 
 #[test]
 fn api_listen_off_loopback_warns() {
-    let loaded = Config::parse(&GOOD.replace("127.0.0.1:9470", "10.0.0.1:9470"), "t").expect("valid");
+    let loaded =
+        Config::parse(&GOOD.replace("127.0.0.1:9470", "10.0.0.1:9470"), "t").expect("valid");
     assert_eq!(
         loaded.warnings[0].to_string(),
         "api.listen: 10.0.0.1:9470 is not a loopback address: the API is reachable from the network"
@@ -137,9 +161,18 @@ fn api_listen_off_loopback_warns() {
 
 #[test]
 fn allow_prefixes_are_checked() {
-    rejects(&GOOD.replace("\"192.168.0.0/16\"", "\"192.168.0.1/16\""), "source_filter.allow[1]: \"192.168.0.1/16\" has host bits set (did you mean 192.168.0.0/16?)");
-    rejects(&GOOD.replace("\"192.168.0.0/16\"", "\"banana\""), "source_filter.allow[1]: \"banana\" is not a prefix (address/length)");
-    rejects(&GOOD.replace("\"192.168.0.0/16\"", "\"10.0.0.0/8\""), "source_filter.allow[1]: \"10.0.0.0/8\" is listed twice");
+    rejects(
+        &GOOD.replace("\"192.168.0.0/16\"", "\"192.168.0.1/16\""),
+        "source_filter.allow[1]: \"192.168.0.1/16\" has host bits set (did you mean 192.168.0.0/16?)",
+    );
+    rejects(
+        &GOOD.replace("\"192.168.0.0/16\"", "\"banana\""),
+        "source_filter.allow[1]: \"banana\" is not a prefix (address/length)",
+    );
+    rejects(
+        &GOOD.replace("\"192.168.0.0/16\"", "\"10.0.0.0/8\""),
+        "source_filter.allow[1]: \"10.0.0.0/8\" is listed twice",
+    );
 }
 
 #[test]
@@ -164,24 +197,45 @@ fn vip_outside_allow_is_an_error() {
 
 #[test]
 fn gue_is_not_supported_yet() {
-    rejects(&GOOD.replace("kind = \"ipip\"", "kind = \"gue\""), "encap.kind: \"gue\" is not supported yet (use \"ipip\")");
+    rejects(
+        &GOOD.replace("kind = \"ipip\"", "kind = \"gue\""),
+        "encap.kind: \"gue\" is not supported yet (use \"ipip\")",
+    );
 }
 
 #[test]
 fn encap_sources_must_be_of_their_family() {
-    rejects(&GOOD.replace("source_v4 = \"10.10.0.2\"", "source_v4 = \"fd00::2\""), "encap.source_v4: fd00::2 is not an IPv4 address");
     rejects(
-        &GOOD.replace("source_v4 = \"10.10.0.2\"", "source_v4 = \"10.10.0.2\"\nsource_v6 = \"10.10.0.3\""),
+        &GOOD.replace("source_v4 = \"10.10.0.2\"", "source_v4 = \"fd00::2\""),
+        "encap.source_v4: fd00::2 is not an IPv4 address",
+    );
+    rejects(
+        &GOOD.replace(
+            "source_v4 = \"10.10.0.2\"",
+            "source_v4 = \"10.10.0.2\"\nsource_v6 = \"10.10.0.3\"",
+        ),
         "encap.source_v6: 10.10.0.3 is not an IPv6 address",
     );
-    rejects(&GOOD.replace("source_v4 = \"10.10.0.2\"", "gue_port = 0"), "encap.gue_port: must not be 0");
+    rejects(
+        &GOOD.replace("source_v4 = \"10.10.0.2\"", "gue_port = 0"),
+        "encap.gue_port: must not be 0",
+    );
 }
 
 #[test]
 fn table_size_must_be_a_prime_in_range() {
-    rejects(&GOOD.replace("65537", "65536"), "maglev.table_size: 65536 is not prime (Maglev needs a prime table size)");
-    rejects(&GOOD.replace("65537", "2"), "maglev.table_size: 2 is out of range (3 to 16777213)");
-    rejects(&GOOD.replace("65537", "16777259"), "maglev.table_size: 16777259 is out of range (3 to 16777213)");
+    rejects(
+        &GOOD.replace("65537", "65536"),
+        "maglev.table_size: 65536 is not prime (Maglev needs a prime table size)",
+    );
+    rejects(
+        &GOOD.replace("65537", "2"),
+        "maglev.table_size: 2 is out of range (3 to 16777213)",
+    );
+    rejects(
+        &GOOD.replace("65537", "16777259"),
+        "maglev.table_size: 16777259 is out of range (3 to 16777213)",
+    );
 }
 
 #[test]
@@ -195,7 +249,10 @@ fn small_table_warns() {
 
 #[test]
 fn conntrack_must_hold_a_flow() {
-    rejects(&GOOD.replace("max_entries = 1000", "max_entries = 0"), "conntrack.max_entries: must be at least 1");
+    rejects(
+        &GOOD.replace("max_entries = 1000", "max_entries = 0"),
+        "conntrack.max_entries: must be at least 1",
+    );
 }
 
 fn two_vips(second: &str) -> String {
@@ -204,69 +261,145 @@ fn two_vips(second: &str) -> String {
 
 #[test]
 fn vip_names_and_keys_are_unique() {
-    let dup_name = two_vips("[[vip]]\nname = \"internal-api\"\naddress = \"10.10.0.101\"\nport = 80\nprotocol = \"tcp\"\n[[vip.backend]]\naddress = \"10.10.0.21\"\n");
-    rejects(&dup_name, "vip[1].name: \"internal-api\" is used by another VIP");
-    let dup_key = two_vips("[[vip]]\nname = \"other\"\naddress = \"10.10.0.100\"\nport = 80\nprotocol = \"tcp\"\n[[vip.backend]]\naddress = \"10.10.0.21\"\n");
+    let dup_name = two_vips(
+        "[[vip]]\nname = \"internal-api\"\naddress = \"10.10.0.101\"\nport = 80\nprotocol = \"tcp\"\n[[vip.backend]]\naddress = \"10.10.0.21\"\n",
+    );
+    rejects(
+        &dup_name,
+        "vip[1].name: \"internal-api\" is used by another VIP",
+    );
+    let dup_key = two_vips(
+        "[[vip]]\nname = \"other\"\naddress = \"10.10.0.100\"\nport = 80\nprotocol = \"tcp\"\n[[vip.backend]]\naddress = \"10.10.0.21\"\n",
+    );
     rejects(&dup_key, "vip[1]: 10.10.0.100 port 80 tcp is defined twice");
-    let empty = two_vips("[[vip]]\nname = \"\"\naddress = \"10.10.0.101\"\nport = 80\nprotocol = \"tcp\"\n[[vip.backend]]\naddress = \"10.10.0.21\"\n");
+    let empty = two_vips(
+        "[[vip]]\nname = \"\"\naddress = \"10.10.0.101\"\nport = 80\nprotocol = \"tcp\"\n[[vip.backend]]\naddress = \"10.10.0.21\"\n",
+    );
     rejects(&empty, "vip[1].name: must not be empty");
     // Same address and port with another protocol is a different VIP.
-    let udp = two_vips("[[vip]]\nname = \"dns\"\naddress = \"10.10.0.100\"\nport = 80\nprotocol = \"udp\"\n[[vip.backend]]\naddress = \"10.10.0.21\"\n");
+    let udp = two_vips(
+        "[[vip]]\nname = \"dns\"\naddress = \"10.10.0.100\"\nport = 80\nprotocol = \"udp\"\n[[vip.backend]]\naddress = \"10.10.0.21\"\n",
+    );
     assert!(problems(&udp).is_empty());
 }
 
 #[test]
 fn vip_addresses_are_checked() {
-    rejects(&GOOD.replace("address = \"10.10.0.100\"", "address = \"fd00::100\""), "vip[0].address: IPv6 VIPs are not supported yet");
-    rejects(&GOOD.replace("address = \"10.10.0.100\"", "address = \"0.0.0.0\""), "vip[0].address: 0.0.0.0 cannot be a VIP");
+    rejects(
+        &GOOD.replace("address = \"10.10.0.100\"", "address = \"fd00::100\""),
+        "vip[0].address: IPv6 VIPs are not supported yet",
+    );
+    rejects(
+        &GOOD.replace("address = \"10.10.0.100\"", "address = \"0.0.0.0\""),
+        "vip[0].address: 0.0.0.0 cannot be a VIP",
+    );
 }
 
 #[test]
 fn health_check_rules() {
-    rejects(&GOOD.replace("kind = \"tcp\"", "kind = \"http\""), "vip[0].health_check.kind: \"http\" is not supported yet (use \"tcp\")");
-    rejects(&GOOD.replace("kind = \"tcp\"", "kind = \"udp\""), "vip[0].health_check.kind: \"udp\" is not supported yet (use \"tcp\")");
-    rejects(&GOOD.replace("port = 8080", "port = 8080\npath = \"/\""), "vip[0].health_check.path: applies to kind \"http\" only");
-    rejects(&GOOD.replace("port = 8080", "port = 8080\nexpect_status = 200"), "vip[0].health_check.expect_status: applies to kind \"http\" only");
-    rejects(&GOOD.replace("timeout = \"500ms\"", "timeout = \"2s\""), "vip[0].health_check.timeout: 2s is longer than interval 1s");
-    rejects(&GOOD.replace("interval = \"1s\"", "interval = \"soon\""), "vip[0].health_check.interval: \"soon\" is not a duration (expected number at 0); write for example \"500ms\" or \"2s\"");
-    rejects(&GOOD.replace("timeout = \"500ms\"", "timeout = \"1ms\""), "vip[0].health_check.timeout: \"1ms\" is shorter than 10ms");
-    rejects(&GOOD.replace("interval = \"1s\"", "interval = \"2h\""), "vip[0].health_check.interval: \"2h\" is longer than 1h");
-    rejects(&GOOD.replace("rise = 2", "rise = 0"), "vip[0].health_check.rise: 0 is out of range (1 to 100)");
-    rejects(&GOOD.replace("fall = 3", "fall = 101"), "vip[0].health_check.fall: 101 is out of range (1 to 100)");
+    rejects(
+        &GOOD.replace("kind = \"tcp\"", "kind = \"http\""),
+        "vip[0].health_check.kind: \"http\" is not supported yet (use \"tcp\")",
+    );
+    rejects(
+        &GOOD.replace("kind = \"tcp\"", "kind = \"udp\""),
+        "vip[0].health_check.kind: \"udp\" is not supported yet (use \"tcp\")",
+    );
+    rejects(
+        &GOOD.replace("port = 8080", "port = 8080\npath = \"/\""),
+        "vip[0].health_check.path: applies to kind \"http\" only",
+    );
+    rejects(
+        &GOOD.replace("port = 8080", "port = 8080\nexpect_status = 200"),
+        "vip[0].health_check.expect_status: applies to kind \"http\" only",
+    );
+    rejects(
+        &GOOD.replace("timeout = \"500ms\"", "timeout = \"2s\""),
+        "vip[0].health_check.timeout: 2s is longer than interval 1s",
+    );
+    rejects(
+        &GOOD.replace("interval = \"1s\"", "interval = \"soon\""),
+        "vip[0].health_check.interval: \"soon\" is not a duration (expected number at 0); write for example \"500ms\" or \"2s\"",
+    );
+    rejects(
+        &GOOD.replace("timeout = \"500ms\"", "timeout = \"1ms\""),
+        "vip[0].health_check.timeout: \"1ms\" is shorter than 10ms",
+    );
+    rejects(
+        &GOOD.replace("interval = \"1s\"", "interval = \"2h\""),
+        "vip[0].health_check.interval: \"2h\" is longer than 1h",
+    );
+    rejects(
+        &GOOD.replace("rise = 2", "rise = 0"),
+        "vip[0].health_check.rise: 0 is out of range (1 to 100)",
+    );
+    rejects(
+        &GOOD.replace("fall = 3", "fall = 101"),
+        "vip[0].health_check.fall: 101 is out of range (1 to 100)",
+    );
 }
 
 #[test]
 fn wildcard_port_vip_needs_a_health_check_port() {
     rejects(
-        &GOOD.replace("port = 80\n", "port = 0\n").replace("  port = 8080\n", ""),
+        &GOOD
+            .replace("port = 80\n", "port = 0\n")
+            .replace("  port = 8080\n", ""),
         "vip[0].health_check.port: is required (and not 0) when the VIP's port is 0",
     );
 }
 
 #[test]
 fn backend_rules() {
-    rejects(&GOOD.replace("10.10.0.22", "10.10.0.21"), "vip[0].backend[1].address: 10.10.0.21 is listed twice in VIP \"internal-api\"");
-    rejects(&GOOD.replace("10.10.0.22", "fd00::22"), "vip[0].backend[1].address: IPv6 backends are not supported yet (encapsulation is IPv4-in-IPv4)");
-    rejects(&GOOD.replace("10.10.0.22", "10.10.0.100"), "vip[0].backend[1].address: is the VIP's own address");
-    rejects(&GOOD.replace("10.10.0.22", "224.0.0.1"), "vip[0].backend[1].address: 224.0.0.1 cannot be a backend");
-    rejects(&GOOD.replace("weight = 2", "weight = 10001"), "vip[0].backend[1].weight: 10001 is out of range (0 to 10000)");
+    rejects(
+        &GOOD.replace("10.10.0.22", "10.10.0.21"),
+        "vip[0].backend[1].address: 10.10.0.21 is listed twice in VIP \"internal-api\"",
+    );
+    rejects(
+        &GOOD.replace("10.10.0.22", "fd00::22"),
+        "vip[0].backend[1].address: IPv6 backends are not supported yet (encapsulation is IPv4-in-IPv4)",
+    );
+    rejects(
+        &GOOD.replace("10.10.0.22", "10.10.0.100"),
+        "vip[0].backend[1].address: is the VIP's own address",
+    );
+    rejects(
+        &GOOD.replace("10.10.0.22", "224.0.0.1"),
+        "vip[0].backend[1].address: 224.0.0.1 cannot be a backend",
+    );
+    rejects(
+        &GOOD.replace("weight = 2", "weight = 10001"),
+        "vip[0].backend[1].weight: 10001 is out of range (0 to 10000)",
+    );
 }
 
 #[test]
 fn zero_weight_only_and_empty_vips_warn() {
-    let loaded = Config::parse(&GOOD.replace("weight = 1", "weight = 0").replace("weight = 2", "weight = 0"), "t").expect("valid");
+    let loaded = Config::parse(
+        &GOOD
+            .replace("weight = 1", "weight = 0")
+            .replace("weight = 2", "weight = 0"),
+        "t",
+    )
+    .expect("valid");
     assert_eq!(
         loaded.warnings[0].to_string(),
         "vip[0].backend: every backend of VIP \"internal-api\" has weight 0: it takes no new flow"
     );
     let no_backend = GOOD.split("  [[vip.backend]]").next().unwrap().to_string();
     let loaded = Config::parse(&no_backend, "t").expect("valid");
-    assert_eq!(loaded.warnings[0].to_string(), "vip[0].backend: VIP \"internal-api\" has no backend");
+    assert_eq!(
+        loaded.warnings[0].to_string(),
+        "vip[0].backend: VIP \"internal-api\" has no backend"
+    );
 }
 
 #[test]
 fn every_error_is_reported_at_once() {
-    let text = GOOD.replace("65537", "65536").replace("10.10.0.22", "10.10.0.21").replace("rise = 2", "rise = 0");
+    let text = GOOD
+        .replace("65537", "65536")
+        .replace("10.10.0.22", "10.10.0.21")
+        .replace("rise = 2", "rise = 0");
     assert_eq!(problems(&text).len(), 3);
 }
 
