@@ -14,7 +14,7 @@ pub mod stats;
 
 pub use hash::{flow_hash_v4, maglev_permutation, maglev_slot};
 pub use maps::*;
-pub use stats::{Counter, Outcome};
+pub use stats::{ConnEvent, Counter, Outcome};
 
 /// Address family code used in map keys and values for IPv4.
 pub const FAMILY_V4: u8 = 4;

@@ -31,6 +31,12 @@ pub const MAP_VIP_STATS: &str = "LB_VIP_STATS";
 /// Per-backend counters: per-CPU array of [`crate::Counter`] indexed by
 /// backend id, [`MAX_BACKENDS`] entries.
 pub const MAP_BACKEND_STATS: &str = "LB_BE_STATS";
+/// Connection table: LRU hash of [`FlowKey`] -> [`ConnValue`], capacity
+/// `conntrack.max_entries` (set at load).
+pub const MAP_CONNS: &str = "LB_CONNS";
+/// Connection-table counters: per-CPU array of [`crate::Counter`] indexed by
+/// [`crate::ConnEvent`], [`crate::ConnEvent::COUNT`] entries.
+pub const MAP_CONN_STATS: &str = "LB_CONN_STATS";
 /// Backend side: VIPs this host serves, [`AddrKey`] -> `u32` (unused value 1),
 /// hash map of [`MAX_VIPS`] entries.
 pub const MAP_DECAP_VIPS: &str = "DECAP_VIPS";
@@ -157,6 +163,56 @@ pub const BACKEND_F_ACTIVE: u8 = 1;
 /// [`Backend::flags`]: the backend passes its health check.
 pub const BACKEND_F_HEALTHY: u8 = 2;
 
+/// Key of [`MAP_CONNS`]: a flow's 5-tuple. 40 bytes; IPv4 addresses in the
+/// first 4 bytes of each address, the rest zero. Zero the key before filling
+/// it, or lookups miss.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Source address, network byte order.
+    pub src: [u8; 16],
+    /// Destination (VIP) address, network byte order.
+    pub dst: [u8; 16],
+    /// Source port, network byte order.
+    pub sport: [u8; 2],
+    /// Destination port, network byte order.
+    pub dport: [u8; 2],
+    /// IANA protocol number.
+    pub proto: u8,
+    /// [`crate::FAMILY_V4`] or [`crate::FAMILY_V6`].
+    pub family: u8,
+    /// Zero.
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+impl FlowKey {
+    /// The key of an IPv4 flow; ports in network byte order.
+    pub const fn v4(src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2], proto: u8) -> Self {
+        Self {
+            src: AddrKey::v4(src).addr,
+            dst: AddrKey::v4(dst).addr,
+            sport,
+            dport,
+            proto,
+            family: crate::FAMILY_V4,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Value of [`MAP_CONNS`]: the backend a flow was given. 8 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnValue {
+    /// Backend id (index into [`MAP_BACKENDS`]).
+    pub backend_id: u32,
+    /// [`Backend::generation`] when the flow was given the backend: a
+    /// different generation means the id now names another backend.
+    pub generation: u32,
+}
+const _: () = assert!(size_of::<ConnValue>() == 8);
+
 /// Value of [`MAP_GLOBALS`] (one entry). 32 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -190,5 +246,7 @@ mod pod {
     unsafe impl aya::Pod for super::AddrKey {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::Globals {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::ConnValue {}
     unsafe impl aya::Pod for crate::Counter {}
 }

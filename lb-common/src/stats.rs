@@ -83,6 +83,35 @@ impl Outcome {
     }
 }
 
+/// What the connection table did for a packet of a VIP flow: the index of its
+/// counter in [`crate::MAP_CONN_STATS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnEvent {
+    /// The flow had an entry and its backend is still usable: kept.
+    Hit = 0,
+    /// The flow had no entry: chosen by Maglev and recorded.
+    Miss = 1,
+    /// The flow's backend was removed or is unhealthy: chosen again by Maglev.
+    Rehash = 2,
+}
+
+impl ConnEvent {
+    /// Number of events: the size of [`crate::MAP_CONN_STATS`].
+    pub const COUNT: u32 = 3;
+    /// Every event, in index order.
+    pub const ALL: [ConnEvent; Self::COUNT as usize] = [Self::Hit, Self::Miss, Self::Rehash];
+
+    /// Name used in metrics, status and logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Hit => "conntrack_hit",
+            Self::Miss => "conntrack_miss",
+            Self::Rehash => "conntrack_rehash",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Outcome;

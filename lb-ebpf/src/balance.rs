@@ -4,8 +4,8 @@
 
 use aya_ebpf::{helpers::generated::bpf_redirect, programs::XdpContext};
 use lb_common::{
-    AddrKey, GLOBAL_F_READY, GLOBAL_F_SCOPE_ALL, Outcome, VIP_F_PASS_ON_NO_BACKEND, VipValue,
-    flow_hash_v4,
+    AddrKey, FlowKey, GLOBAL_F_READY, GLOBAL_F_SCOPE_ALL, Outcome, VIP_F_PASS_ON_NO_BACKEND,
+    VipValue, flow_hash_v4,
 };
 use network_types::ip::Ipv4Hdr;
 
@@ -15,7 +15,7 @@ use crate::{
     maps::{LB_BE_STATS, LB_GLOBALS, LB_VIP_ADDRS, LB_VIP_STATS, count},
     nexthop::{self, NextHop},
     parse::{ipv4_at, is_fragment, l3_offset_v4, ports_at},
-    select::{find_vip_v4, maglev_backend},
+    select::{find_vip_v4, flow_backend},
 };
 
 /// Processes one frame of `bytes` bytes. `Ok` and `Err` both carry the
@@ -61,7 +61,8 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Outcome, Outcome> {
     count(&LB_VIP_STATS, vip.vip_id, bytes);
 
     let hash = flow_hash_v4(src, dst, sport, dport, proto);
-    let Some((backend_id, backend)) = maglev_backend(vip, hash) else {
+    let flow = FlowKey::v4(src, dst, sport, dport, proto);
+    let Some((backend_id, backend)) = flow_backend(vip, &flow, hash, bytes) else {
         return no_backend(vip);
     };
     let Some(tot_len) = inner_len.checked_add(Ipv4Hdr::LEN as u16) else {

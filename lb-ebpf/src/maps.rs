@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    AddrKey, Backend, Counter, Globals, MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES,
-    MAX_VIPS, Outcome, VipKey, VipValue,
+    AddrKey, Backend, ConnEvent, ConnValue, Counter, FlowKey, Globals, MAX_BACKENDS,
+    MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES, MAX_VIPS, Outcome, VipKey, VipValue,
 };
 
 /// VIP (address, port, protocol) -> its id, Maglev table and flags.
@@ -45,6 +45,14 @@ pub static LB_VIP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MA
 /// Per-backend counters, indexed by backend id.
 #[map]
 pub static LB_BE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Connection table: flow -> backend it was given. Size set at load.
+#[map]
+pub static LB_CONNS: LruHashMap<FlowKey, ConnValue> = LruHashMap::with_max_entries(1, 0);
+
+/// Connection-table counters, indexed by `ConnEvent`.
+#[map]
+pub static LB_CONN_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(ConnEvent::COUNT, 0);
 
 /// Backend side: VIPs served by this host.
 #[map]

@@ -1,8 +1,12 @@
-//! Backend selection: VIP lookup and the Maglev table read.
+//! Backend selection: VIP lookup, the connection table, and the Maglev
+//! table read.
 
-use lb_common::{BACKEND_F_ACTIVE, BACKEND_F_HEALTHY, Backend, VipKey, VipValue, maglev_slot};
+use lb_common::{
+    BACKEND_F_ACTIVE, BACKEND_F_HEALTHY, Backend, ConnEvent, ConnValue, FlowKey, VipKey, VipValue,
+    maglev_slot,
+};
 
-use crate::maps::{LB_BACKENDS, LB_MAGLEV, LB_VIPS};
+use crate::maps::{LB_BACKENDS, LB_CONN_STATS, LB_CONNS, LB_MAGLEV, LB_VIPS, count};
 
 /// The VIP for (IPv4 address, port, protocol), falling back to the port-0
 /// wildcard VIP of that address and protocol. Ports in network byte order.
@@ -19,9 +23,20 @@ pub fn find_vip_v4(dst: [u8; 4], port: [u8; 2], proto: u8) -> Option<&'static Vi
     Some(unsafe { &*value })
 }
 
+/// Backend `id` when it is in its VIP's set and healthy.
+#[inline(always)]
+fn usable_backend(id: u32) -> Option<&'static Backend> {
+    let backend = LB_BACKENDS.get(id)?;
+    let usable = BACKEND_F_ACTIVE | BACKEND_F_HEALTHY;
+    if backend.flags & usable != usable {
+        return None;
+    }
+    Some(backend)
+}
+
 /// The backend a flow hash selects in a VIP's Maglev table: one array read
-/// and one backend read. `None` when the VIP has no table yet, or when the
-/// entry's backend is not active and healthy (the agent is between updates).
+/// and one backend read. `None` when the VIP has no table, or when the
+/// entry's backend is not usable (the agent is between updates).
 #[inline(always)]
 pub fn maglev_backend(vip: &VipValue, flow_hash: u32) -> Option<(u32, &'static Backend)> {
     if vip.table_size == 0 {
@@ -33,10 +48,44 @@ pub fn maglev_backend(vip: &VipValue, flow_hash: u32) -> Option<(u32, &'static B
     // Array::get checks `index` against the map's capacity, so a bad offset
     // written by the agent cannot read outside the map.
     let id = *LB_MAGLEV.get(index)?;
-    let backend = LB_BACKENDS.get(id)?;
-    let usable = BACKEND_F_ACTIVE | BACKEND_F_HEALTHY;
-    if backend.flags & usable != usable {
-        return None;
-    }
+    Some((id, usable_backend(id)?))
+}
+
+/// The backend of a flow: the one in its connection-table entry while that
+/// backend is still in the VIP's set and healthy (whatever else changed: a
+/// drained backend keeps its flows), else the Maglev choice, recorded.
+/// Counts a hit, miss or re-hash in `LB_CONN_STATS`.
+#[inline(always)]
+pub fn flow_backend(
+    vip: &VipValue,
+    flow: &FlowKey,
+    flow_hash: u32,
+    bytes: u64,
+) -> Option<(u32, &'static Backend)> {
+    let event = match LB_CONNS.get_ptr(flow) {
+        Some(entry) => {
+            // SAFETY: a map value pointer, valid during this program run.
+            let entry = unsafe { *entry };
+            if let Some(backend) = usable_backend(entry.backend_id)
+                && backend.generation == entry.generation
+            {
+                count(&LB_CONN_STATS, ConnEvent::Hit as u32, bytes);
+                return Some((entry.backend_id, backend));
+            }
+            ConnEvent::Rehash
+        }
+        None => ConnEvent::Miss,
+    };
+    count(&LB_CONN_STATS, event as u32, bytes);
+    let (id, backend) = maglev_backend(vip, flow_hash)?;
+    // A full LRU evicts its oldest flow; a failed insert only costs a later miss.
+    let _ = LB_CONNS.insert(
+        flow,
+        ConnValue {
+            backend_id: id,
+            generation: backend.generation,
+        },
+        0,
+    );
     Some((id, backend))
 }

@@ -11,7 +11,7 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{Xdp, XdpMode},
 };
-use lb_common::{MAP_MAGLEV, Outcome};
+use lb_common::{MAP_CONNS, MAP_MAGLEV, Outcome};
 use log::{info, warn};
 use tokio::sync::mpsc;
 
@@ -189,6 +189,7 @@ pub async fn run(
     let regions = balancer::table_regions(config.vips.len());
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(MAP_MAGLEV, regions * config.table_size)
+        .map_max_entries(MAP_CONNS, config.conntrack_entries)
         .load(object())?;
     let pin_dir = PathBuf::from(PIN_ROOT).join(&iface);
     pin_maps(&ebpf, &pin_dir)?;

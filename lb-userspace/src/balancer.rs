@@ -338,6 +338,48 @@ impl<M: MapWriter> Balancer<M> {
         result.map(|()| true)
     }
 
+    /// Sets the weight of backend `backend` of VIP `vip` and republishes the
+    /// VIP's table. Weight 0 drains: the backend takes no new flow, and flows
+    /// in the connection table stay on it. Returns whether it changed.
+    ///
+    /// # Errors
+    /// A map write fails; the agent's state is left as before the call.
+    pub fn set_weight(
+        &mut self,
+        vip: usize,
+        backend: usize,
+        weight: u32,
+    ) -> Result<bool, BalancerError> {
+        let old = std::mem::replace(&mut self.vips[vip].backends[backend].weight, weight);
+        if old == weight {
+            return Ok(false);
+        }
+        if let Err(e) = self.publish_table(vip) {
+            self.vips[vip].backends[backend].weight = old;
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// Removes backend `backend` from VIP `vip`: the VIP's table is
+    /// republished without it, then its entry is marked inactive (so flows
+    /// in the connection table are hashed again) and its id freed.
+    ///
+    /// # Errors
+    /// A map write fails.
+    pub fn remove_backend(&mut self, vip: usize, backend: usize) -> Result<(), BalancerError> {
+        let removed = self.vips[vip].backends.remove(backend);
+        if let Err(e) = self.publish_table(vip) {
+            self.vips[vip].backends.insert(backend, removed);
+            return Err(e);
+        }
+        let generation = self.generations[removed.id as usize];
+        self.maps
+            .set_backend(removed.id, &backend_value(removed.address, 0, generation))?;
+        self.backend_ids.give(removed.id);
+        Ok(())
+    }
+
     /// The map writer (for tests and for reading back).
     pub fn maps(&self) -> &M {
         &self.maps
@@ -451,6 +493,42 @@ on_no_backend = "pass"
         let regions: std::collections::HashSet<u32> =
             b.maps().maglev.keys().map(|k| k / 251).collect();
         assert!(regions.len() <= 3, "{regions:?}");
+    }
+
+    #[test]
+    fn drain_and_removal() {
+        let mut b = balancer();
+        let web = VipKey::v4([10, 0, 0, 100], 80, 6);
+        let first = b.vips()[0].backends[0].id;
+        assert!(b.set_weight(0, 0, 0).unwrap());
+        assert!(
+            !table_in_maps(&b, &web).contains(&first),
+            "drained: no new flow"
+        );
+        assert_eq!(
+            b.maps().backends[&first].flags,
+            BACKEND_F_ACTIVE | BACKEND_F_HEALTHY,
+            "still usable by its flows"
+        );
+        b.remove_backend(0, 0).unwrap();
+        assert_eq!(
+            b.maps().backends[&first].flags,
+            0,
+            "removed: its flows are hashed again"
+        );
+        assert_eq!(b.vips()[0].backends.len(), 2);
+        // The freed id is given out again with a new generation.
+        let old_generation = b.maps().backends[&first].generation;
+        let config = Config::parse(CONFIG, "t").expect("valid").config;
+        b.add_vip(&Vip {
+            name: "more".into(),
+            port: 81,
+            ..config.vips[0].clone()
+        })
+        .unwrap();
+        let reused = b.vips()[2].backends[0].id;
+        assert_eq!(reused, first);
+        assert_ne!(b.maps().backends[&reused].generation, old_generation);
     }
 
     #[test]

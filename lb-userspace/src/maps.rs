@@ -9,8 +9,9 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use lb_common::{
-    AddrKey, Backend, Counter, Globals, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_GLOBALS, MAP_MAGLEV,
-    MAP_SRC_ALLOW_V4, MAP_STATS, MAP_VIP_ADDRS, MAP_VIP_STATS, MAP_VIPS, Outcome, VipKey, VipValue,
+    AddrKey, Backend, ConnEvent, Counter, Globals, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONN_STATS,
+    MAP_GLOBALS, MAP_MAGLEV, MAP_SRC_ALLOW_V4, MAP_STATS, MAP_VIP_ADDRS, MAP_VIP_STATS, MAP_VIPS,
+    Outcome, VipKey, VipValue,
 };
 
 /// A failed map operation.
@@ -179,6 +180,7 @@ pub struct StatsReader {
     outcomes: PerCpuArray<MapData, Counter>,
     vips: PerCpuArray<MapData, Counter>,
     backends: PerCpuArray<MapData, Counter>,
+    conns: PerCpuArray<MapData, Counter>,
 }
 
 fn sum(map: &PerCpuArray<MapData, Counter>, index: u32) -> Counter {
@@ -202,6 +204,7 @@ impl StatsReader {
             outcomes: take(ebpf, MAP_STATS)?,
             vips: take(ebpf, MAP_VIP_STATS)?,
             backends: take(ebpf, MAP_BACKEND_STATS)?,
+            conns: take(ebpf, MAP_CONN_STATS)?,
         })
     }
 
@@ -221,12 +224,18 @@ impl StatsReader {
             outcomes: open(dir, MAP_STATS)?,
             vips: open(dir, MAP_VIP_STATS)?,
             backends: open(dir, MAP_BACKEND_STATS)?,
+            conns: open(dir, MAP_CONN_STATS)?,
         })
     }
 
     /// Counter of one outcome.
     pub fn outcome(&self, outcome: Outcome) -> Counter {
         sum(&self.outcomes, outcome as u32)
+    }
+
+    /// Counter of one connection-table event.
+    pub fn conn(&self, event: ConnEvent) -> Counter {
+        sum(&self.conns, event as u32)
     }
 
     /// Counter of VIP id `id`.

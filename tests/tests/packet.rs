@@ -12,7 +12,7 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use etherparse::{IpHeaders, Ipv4Header, PacketBuilder, VlanId};
-use lb_common::{MAP_MAGLEV, Outcome, flow_hash_v4, maglev_slot};
+use lb_common::{ConnEvent, MAP_CONNS, MAP_MAGLEV, Outcome, flow_hash_v4, maglev_slot};
 use lb_tests::netns::{EnteredNetns, Netns};
 use lb_userspace::{
     agent,
@@ -45,6 +45,8 @@ protocol = "tcp"
   address = "10.20.0.21"
   [[vip.backend]]
   address = "10.20.0.22"
+  [[vip.backend]]
+  address = "10.20.0.24"
 [[vip]]
 name = "dns"
 address = "10.20.0.100"
@@ -87,7 +89,7 @@ impl Fixture {
             .expect("addr");
         ns.ip(&["link", "set", "dev", "pt0", "up"]).expect("up");
         ns.ip(&["link", "set", "dev", "pt1", "up"]).expect("up");
-        for b in [21u8, 22] {
+        for b in [21u8, 22, 24] {
             let addr = format!("10.20.0.{b}");
             let mac = format!("02:00:00:00:00:{b:02x}");
             ns.ip(&[
@@ -112,6 +114,7 @@ impl Fixture {
         let regions = balancer::table_regions(config.vips.len());
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_MAGLEV, regions * config.table_size)
+            .map_max_entries(MAP_CONNS, config.conntrack_entries)
             .load(agent::object())
             .expect("load object");
         let stats = StatsReader::take(&mut ebpf).expect("stats maps");
@@ -261,7 +264,7 @@ fn tcp_syn_to_vip_is_encapsulated_to_the_backend_userspace_computes() {
             &frame[14..],
         );
     }
-    assert_eq!(seen.len(), 2, "64 flows reach both backends");
+    assert_eq!(seen.len(), 3, "64 flows reach every backend");
     assert_eq!(fx.count(Outcome::Forwarded), 64);
     let web = &fx.balancer.vips()[0];
     assert_eq!(fx.stats.vip(web.id).packets, 64);
@@ -412,6 +415,7 @@ fn missing_neighbour_hands_the_encapsulated_packet_to_the_kernel() {
 fn unhealthy_backends_are_skipped_and_no_backend_drops() {
     let mut fx = Fixture::new("health");
     fx.balancer.set_health(0, 0, false).expect("mark down");
+    fx.balancer.set_health(0, 2, false).expect("mark down");
     let healthy = match fx.balancer.vips()[0].backends[1].address {
         std::net::IpAddr::V4(a) => a.octets(),
         std::net::IpAddr::V6(_) => unreachable!(),
@@ -420,8 +424,8 @@ fn unhealthy_backends_are_skipped_and_no_backend_drops() {
         let (action, out) = fx.run("xdp_lb", &tcp_syn(CLIENT, VIP, sport, 80));
         assert_eq!(action, XDP_TX);
         assert_eq!(
-            &out[14 + 16..14 + 20],
-            &healthy,
+            outer_destination(&out),
+            healthy,
             "every flow on the healthy backend"
         );
     }
@@ -473,4 +477,110 @@ fn decap_strips_the_outer_header_for_served_vips_only() {
     let (action, out) = fx.run("xdp_decap", &frame);
     assert_eq!((action, out), (XDP_PASS, frame));
     assert_eq!(fx.count(Outcome::Decapsulated), 1);
+}
+
+/// The backend an encapsulated frame goes to (outer destination).
+fn outer_destination(out: &[u8]) -> [u8; 4] {
+    out[14 + 16..14 + 20].try_into().expect("4 bytes")
+}
+
+/// Sends the next packet of each flow (source ports `ports`) and returns the
+/// backend each went to.
+fn send(fx: &Fixture, ports: &[u16]) -> Vec<[u8; 4]> {
+    ports
+        .iter()
+        .map(|&sport| {
+            let (action, out) = fx.run("xdp_lb", &tcp_syn(CLIENT, VIP, sport, 80));
+            assert_eq!(action, XDP_TX);
+            outer_destination(&out)
+        })
+        .collect()
+}
+
+#[test]
+fn flows_keep_their_backend_through_changes_until_it_leaves() {
+    let mut fx = Fixture::new("conntrack");
+    let ports: Vec<u16> = (42000..42600).collect();
+    let first = send(&fx, &ports);
+    assert_eq!(fx.stats.conn(ConnEvent::Miss).packets, ports.len() as u64);
+    let addr = |i: usize| match fx.balancer.vips()[0].backends[i].address {
+        std::net::IpAddr::V4(a) => a.octets(),
+        std::net::IpAddr::V6(_) => unreachable!(),
+    };
+    let (be21, be22, be24) = (addr(0), addr(1), addr(2));
+
+    // 1. Another backend's weight changes: Maglev would move some flows, the
+    // connection table keeps every one.
+    fx.balancer.set_weight(0, 1, 10).expect("weight");
+    let moved_by_maglev = ports
+        .iter()
+        .zip(&first)
+        .filter(|(p, b)| fx.expected_backend(0, CLIENT, VIP, **p, 80, 6) != **b)
+        .count();
+    assert!(
+        moved_by_maglev > 0,
+        "the weight change moves some flows in the Maglev table"
+    );
+    assert_eq!(
+        send(&fx, &ports),
+        first,
+        "after a weight change: same backends"
+    );
+    assert_eq!(fx.stats.conn(ConnEvent::Hit).packets, ports.len() as u64);
+
+    // 2. Another backend (.24) is removed: flows elsewhere stay, its own move.
+    fx.balancer.remove_backend(0, 2).expect("remove");
+    let after_remove = send(&fx, &ports);
+    for ((port, before), after) in ports.iter().zip(&first).zip(&after_remove) {
+        if *before == be24 {
+            assert_eq!(
+                *after,
+                fx.expected_backend(0, CLIENT, VIP, *port, 80, 6),
+                "re-hashed by Maglev"
+            );
+            assert_ne!(*after, be24);
+        } else {
+            assert_eq!(
+                after, before,
+                "flow on {before:?} kept after another backend left"
+            );
+        }
+    }
+    let on_24 = first.iter().filter(|b| **b == be24).count() as u64;
+    assert!(on_24 > 0);
+    assert_eq!(fx.stats.conn(ConnEvent::Rehash).packets, on_24);
+
+    // 3. Its own backend (.21) is marked unhealthy: its flows move to .22, the rest stay.
+    fx.balancer.set_health(0, 0, false).expect("unhealthy");
+    let after_down = send(&fx, &ports);
+    for (before, after) in after_remove.iter().zip(&after_down) {
+        if *before == be21 {
+            assert_eq!(*after, be22, "flow of an unhealthy backend moves");
+        } else {
+            assert_eq!(after, before);
+        }
+    }
+}
+
+#[test]
+fn drained_backend_keeps_its_flows_and_takes_no_new_ones() {
+    let mut fx = Fixture::new("drain");
+    let ports: Vec<u16> = (43000..43300).collect();
+    let first = send(&fx, &ports);
+    let drained = match fx.balancer.vips()[0].backends[0].address {
+        std::net::IpAddr::V4(a) => a.octets(),
+        std::net::IpAddr::V6(_) => unreachable!(),
+    };
+    assert!(first.contains(&drained));
+    fx.balancer.set_weight(0, 0, 0).expect("drain");
+    assert_eq!(
+        send(&fx, &ports),
+        first,
+        "existing flows stay, on the drained backend too"
+    );
+    let new_flows: Vec<u16> = (44000..44300).collect();
+    assert!(
+        !send(&fx, &new_flows).contains(&drained),
+        "no new flow on a drained backend"
+    );
 }
