@@ -45,6 +45,10 @@ fn main() -> anyhow::Result<()> {
             println!("  {:<22} {:>8} {:>10}", outcome.name(), c.packets, c.bytes);
         }
     }
+    for event in lb_common::ConnEvent::ALL {
+        let c = stats.conn(event);
+        println!("  {:<22} {:>8} {:>10}", event.name(), c.packets, c.bytes);
+    }
     lab.stop_agent();
     println!("\nthe agent's last words (per VIP and per backend counters):");
     for line in lab
