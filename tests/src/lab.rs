@@ -61,7 +61,6 @@ impl Mode {
 
 /// A process started by the lab, ended by pid on drop.
 struct Proc {
-    what: String,
     child: Child,
 }
 
@@ -455,7 +454,6 @@ impl Lab {
         }
         for proc in self.procs.iter_mut().rev() {
             proc.stop();
-            let _ = &proc.what;
         }
         let _ = fs::remove_dir_all(self.pin_dir());
     }
