@@ -233,10 +233,7 @@ impl Lab {
             .stdout(log.try_clone()?)
             .stderr(log);
         let child = cmd.spawn().with_context(|| format!("starting {what}"))?;
-        Ok(Proc {
-            what: what.to_string(),
-            child,
-        })
+        Ok(Proc { child })
     }
 
     fn ns_index(&self, suffix: &str) -> usize {
