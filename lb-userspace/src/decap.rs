@@ -12,7 +12,7 @@ use log::info;
 use crate::{
     agent::{self, AgentError},
     config::XdpModeConfig,
-    maps::MapWriteError,
+    maps::{self, MapWriteError},
     netif,
 };
 
@@ -20,21 +20,7 @@ fn addr_map(
     ebpf: &mut aya::Ebpf,
     name: &'static str,
 ) -> Result<HashMap<MapData, AddrKey, u32>, AgentError> {
-    let map = ebpf.take_map(name).ok_or_else(|| MapWriteError {
-        map: name,
-        op: "take",
-        source: aya::maps::MapError::InvalidName {
-            name: name.to_string(),
-        },
-    })?;
-    HashMap::try_from(map).map_err(|source| {
-        MapWriteError {
-            map: name,
-            op: "take",
-            source,
-        }
-        .into()
-    })
+    Ok(maps::take(ebpf, name)?)
 }
 
 /// Attaches the decapsulation program to `iface` for `vips` until `shutdown`

@@ -57,7 +57,11 @@ pub struct AyaMaps {
     globals: Array<MapData, Globals>,
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapWriteError>
+/// Takes map `name` out of a loaded object as type `T`.
+///
+/// # Errors
+/// The map is missing or of another type.
+pub fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapWriteError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {

@@ -187,9 +187,14 @@ impl Fixture {
         let backend = vip
             .backends
             .iter()
-            .find(|b| b.id == id)
+            .position(|b| b.id == id)
             .expect("id of this VIP");
-        match backend.address {
+        self.backend_addr(vip_index, backend)
+    }
+
+    /// IPv4 address of backend `backend` of VIP `vip` (the lab is IPv4 only).
+    fn backend_addr(&self, vip: usize, backend: usize) -> [u8; 4] {
+        match self.balancer.vips()[vip].backends[backend].address {
             std::net::IpAddr::V4(a) => a.octets(),
             std::net::IpAddr::V6(_) => unreachable!("IPv4 only"),
         }
@@ -416,10 +421,7 @@ fn unhealthy_backends_are_skipped_and_no_backend_drops() {
     let mut fx = Fixture::new("health");
     fx.balancer.set_health(0, 0, false).expect("mark down");
     fx.balancer.set_health(0, 2, false).expect("mark down");
-    let healthy = match fx.balancer.vips()[0].backends[1].address {
-        std::net::IpAddr::V4(a) => a.octets(),
-        std::net::IpAddr::V6(_) => unreachable!(),
-    };
+    let healthy = fx.backend_addr(0, 1);
     for sport in 41000..41016u16 {
         let (action, out) = fx.run("xdp_lb", &tcp_syn(CLIENT, VIP, sport, 80));
         assert_eq!(action, XDP_TX);
@@ -503,10 +505,7 @@ fn flows_keep_their_backend_through_changes_until_it_leaves() {
     let ports: Vec<u16> = (42000..42600).collect();
     let first = send(&fx, &ports);
     assert_eq!(fx.stats.conn(ConnEvent::Miss).packets, ports.len() as u64);
-    let addr = |i: usize| match fx.balancer.vips()[0].backends[i].address {
-        std::net::IpAddr::V4(a) => a.octets(),
-        std::net::IpAddr::V6(_) => unreachable!(),
-    };
+    let addr = |i: usize| fx.backend_addr(0, i);
     let (be21, be22, be24) = (addr(0), addr(1), addr(2));
 
     // 1. Another backend's weight changes: Maglev would move some flows, the
@@ -567,10 +566,7 @@ fn drained_backend_keeps_its_flows_and_takes_no_new_ones() {
     let mut fx = Fixture::new("drain");
     let ports: Vec<u16> = (43000..43300).collect();
     let first = send(&fx, &ports);
-    let drained = match fx.balancer.vips()[0].backends[0].address {
-        std::net::IpAddr::V4(a) => a.octets(),
-        std::net::IpAddr::V6(_) => unreachable!(),
-    };
+    let drained = fx.backend_addr(0, 0);
     assert!(first.contains(&drained));
     fx.balancer.set_weight(0, 0, 0).expect("drain");
     assert_eq!(
