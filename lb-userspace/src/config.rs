@@ -29,6 +29,15 @@ pub const DEFAULT_GUE_PORT: u16 = 6080;
 pub const MAX_WEIGHT: u32 = 10_000;
 /// Most backends of one VIP.
 pub const MAX_BACKENDS_PER_VIP: usize = 1000;
+/// Default `health_check.path` of an `http` check.
+pub const DEFAULT_HTTP_PATH: &str = "/";
+/// Default `health_check.expect_status` of an `http` check.
+pub const DEFAULT_EXPECT_STATUS: u16 = 200;
+/// Default `health_check.payload` of a `udp` check.
+pub const DEFAULT_UDP_PAYLOAD: &str = "ping";
+/// Longest `health_check.payload` in bytes: one datagram that fits a
+/// 1500-byte MTU with IPv6 and UDP headers and some room for tunnels.
+pub const MAX_UDP_PAYLOAD: usize = 1400;
 /// Sources allowed when `source_filter.allow` is omitted: the private ranges
 /// (RFC 1918, RFC 6598 shared space, RFC 4193 unique local).
 pub const DEFAULT_ALLOW: [&str; 5] = [
@@ -162,6 +171,7 @@ struct RawHealthCheck {
     port: Option<u16>,
     path: Option<String>,
     expect_status: Option<u16>,
+    payload: Option<String>,
     interval: Option<String>,
     timeout: Option<String>,
     rise: Option<u32>,
@@ -258,12 +268,30 @@ pub enum OnNoBackend {
 pub enum HealthCheckKind {
     /// A TCP connection that completes.
     Tcp,
-    /// An HTTP GET answered with `expect_status` (not supported yet).
+    /// An HTTP/1.1 GET of `path` answered with status `expect_status`.
     Http,
-    /// A UDP datagram answered (not supported yet).
+    /// A UDP datagram (`payload`) that gets any reply.
     Udp,
     /// No check: backends are always healthy.
     None,
+}
+
+impl HealthCheckKind {
+    /// The kind's name in the configuration.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Http => "http",
+            Self::Udp => "udp",
+            Self::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for HealthCheckKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A validated configuration.
@@ -315,12 +343,22 @@ pub struct Vip {
 }
 
 /// A validated health check.
+///
+/// The fields of one kind keep their defaults under the others (validation
+/// rejects `path` with kind `tcp`, for example), so comparing two checks
+/// compares what they do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
     /// Kind.
     pub kind: HealthCheckKind,
     /// Port checked on each backend.
     pub port: u16,
+    /// `http`: the path (and query) requested; starts with `/`.
+    pub path: String,
+    /// `http`: the only status that counts as success (100 to 599).
+    pub expect_status: u16,
+    /// `udp`: the datagram sent, as UTF-8 bytes (1 to [`MAX_UDP_PAYLOAD`]).
+    pub payload: String,
     /// Time between checks of one backend.
     pub interval: Duration,
     /// Longest a check may take; never longer than `interval`.
@@ -635,33 +673,67 @@ impl Validator {
             return HealthCheck {
                 kind: default_kind,
                 port: vip.port,
+                path: DEFAULT_HTTP_PATH.to_string(),
+                expect_status: DEFAULT_EXPECT_STATUS,
+                payload: DEFAULT_UDP_PAYLOAD.to_string(),
                 interval: Duration::from_secs(1),
                 timeout: Duration::from_millis(500),
                 rise: 2,
                 fall: 3,
             };
         };
-        match raw.kind {
-            HealthCheckKind::Http => self.error(
-                format!("{key}.kind"),
-                "\"http\" is not supported yet (use \"tcp\")",
+        // Keys of another kind are errors rather than ignored: a `path` under
+        // kind "tcp" is most likely a check someone meant to be "http".
+        for (name, given, kind) in [
+            ("path", raw.path.is_some(), HealthCheckKind::Http),
+            (
+                "expect_status",
+                raw.expect_status.is_some(),
+                HealthCheckKind::Http,
             ),
-            HealthCheckKind::Udp => self.error(
-                format!("{key}.kind"),
-                "\"udp\" is not supported yet (use \"tcp\")",
-            ),
-            HealthCheckKind::Tcp | HealthCheckKind::None => {}
-        }
-        if raw.kind != HealthCheckKind::Http {
-            if raw.path.is_some() {
-                self.error(format!("{key}.path"), "applies to kind \"http\" only");
-            }
-            if raw.expect_status.is_some() {
+            ("payload", raw.payload.is_some(), HealthCheckKind::Udp),
+        ] {
+            if given && raw.kind != kind {
                 self.error(
-                    format!("{key}.expect_status"),
-                    "applies to kind \"http\" only",
+                    format!("{key}.{name}"),
+                    format!("applies to kind \"{}\" only", kind.name()),
                 );
             }
+        }
+        let path = raw.path.clone().unwrap_or_else(|| DEFAULT_HTTP_PATH.into());
+        if !path.starts_with('/') {
+            self.error(
+                format!("{key}.path"),
+                format!("{path:?} does not start with \"/\""),
+            );
+        } else if path.bytes().any(|b| !b.is_ascii_graphic() || b == b'#') {
+            // An HTTP/1.1 origin-form request target (RFC 9112 section 3.2.1)
+            // is visible ASCII only, and has no fragment.
+            self.error(
+                format!("{key}.path"),
+                format!(
+                    "{path:?} has a space, a \"#\" or a non-ASCII character (percent-encode it)"
+                ),
+            );
+        }
+        let expect_status = raw.expect_status.unwrap_or(DEFAULT_EXPECT_STATUS);
+        if !(100..=599).contains(&expect_status) {
+            self.error(
+                format!("{key}.expect_status"),
+                format!("{expect_status} is out of range (100 to 599)"),
+            );
+        }
+        let payload = raw
+            .payload
+            .clone()
+            .unwrap_or_else(|| DEFAULT_UDP_PAYLOAD.into());
+        if payload.is_empty() {
+            self.error(format!("{key}.payload"), "must not be empty");
+        } else if payload.len() > MAX_UDP_PAYLOAD {
+            self.error(
+                format!("{key}.payload"),
+                format!("is {} bytes, at most {MAX_UDP_PAYLOAD}", payload.len()),
+            );
         }
         let port = raw.port.unwrap_or(vip.port);
         if port == 0 && raw.kind != HealthCheckKind::None {
@@ -703,6 +775,9 @@ impl Validator {
         HealthCheck {
             kind: raw.kind,
             port,
+            path,
+            expect_status,
+            payload,
             interval,
             timeout,
             rise,

@@ -9,3 +9,4 @@ pub mod health;
 pub mod maglev;
 pub mod maps;
 pub mod netif;
+pub mod probe;

@@ -100,6 +100,10 @@ protocol = "tcp"
         (hc.kind, hc.port, hc.rise, hc.fall),
         (HealthCheckKind::Tcp, 443, 2, 3)
     );
+    assert_eq!(
+        (hc.path.as_str(), hc.expect_status, hc.payload.as_str()),
+        ("/", 200, "ping")
+    );
     assert_eq!(c.vips[0].backends[0].weight, 1);
 }
 
@@ -295,16 +299,120 @@ fn vip_addresses_are_checked() {
     );
 }
 
+/// GOOD with its health check's `kind = "tcp"` line replaced by `lines`.
+fn check(lines: &str) -> String {
+    GOOD.replace("  kind = \"tcp\"\n", &format!("  {lines}\n"))
+}
+
+#[test]
+fn http_and_udp_checks_parse_with_their_defaults() {
+    let hc = |text: &str| {
+        Config::parse(text, "t").expect("valid").config.vips[0]
+            .health_check
+            .clone()
+    };
+    let http = hc(&check("kind = \"http\""));
+    assert_eq!(
+        (http.kind, http.port, http.path.as_str(), http.expect_status),
+        (HealthCheckKind::Http, 8080, "/", 200)
+    );
+    let http = hc(&check(
+        "kind = \"http\"\npath = \"/healthz?full=1\"\nexpect_status = 204",
+    ));
+    assert_eq!(
+        (http.path.as_str(), http.expect_status),
+        ("/healthz?full=1", 204)
+    );
+    let udp = hc(&check("kind = \"udp\""));
+    assert_eq!(
+        (udp.kind, udp.payload.as_str()),
+        (HealthCheckKind::Udp, DEFAULT_UDP_PAYLOAD)
+    );
+    let udp = hc(&check("kind = \"udp\"\npayload = \"héllo\""));
+    assert_eq!(udp.payload, "héllo");
+    // The limit counts UTF-8 bytes: 700 two-byte characters fit exactly.
+    let udp = hc(&check(&format!(
+        "kind = \"udp\"\npayload = \"{}\"",
+        "é".repeat(700)
+    )));
+    assert_eq!(udp.payload.len(), MAX_UDP_PAYLOAD);
+}
+
+#[test]
+fn http_and_udp_check_rules() {
+    rejects(
+        &check("kind = \"http\"\npath = \"healthz\""),
+        "vip[0].health_check.path: \"healthz\" does not start with \"/\"",
+    );
+    rejects(
+        &check("kind = \"http\"\npath = \"/a b\""),
+        "vip[0].health_check.path: \"/a b\" has a space, a \"#\" or a non-ASCII character (percent-encode it)",
+    );
+    rejects(
+        &check("kind = \"http\"\npath = \"/status#top\""),
+        "vip[0].health_check.path: \"/status#top\" has a space, a \"#\" or a non-ASCII character (percent-encode it)",
+    );
+    rejects(
+        &check("kind = \"http\"\npath = \"/café\""),
+        "vip[0].health_check.path: \"/café\" has a space, a \"#\" or a non-ASCII character (percent-encode it)",
+    );
+    rejects(
+        &check("kind = \"http\"\nexpect_status = 99"),
+        "vip[0].health_check.expect_status: 99 is out of range (100 to 599)",
+    );
+    rejects(
+        &check("kind = \"http\"\nexpect_status = 600"),
+        "vip[0].health_check.expect_status: 600 is out of range (100 to 599)",
+    );
+    rejects(
+        &check("kind = \"udp\"\npayload = \"\""),
+        "vip[0].health_check.payload: must not be empty",
+    );
+    rejects(
+        &check(&format!(
+            "kind = \"udp\"\npayload = \"{}\"",
+            "x".repeat(1401)
+        )),
+        "vip[0].health_check.payload: is 1401 bytes, at most 1400",
+    );
+    rejects(
+        &check(&format!(
+            "kind = \"udp\"\npayload = \"{}\"",
+            "é".repeat(701)
+        )),
+        "vip[0].health_check.payload: is 1402 bytes, at most 1400",
+    );
+}
+
+#[test]
+fn health_check_keys_of_another_kind_are_errors() {
+    rejects(
+        &check("kind = \"tcp\"\npayload = \"ping\""),
+        "vip[0].health_check.payload: applies to kind \"udp\" only",
+    );
+    rejects(
+        &check("kind = \"http\"\npayload = \"ping\""),
+        "vip[0].health_check.payload: applies to kind \"udp\" only",
+    );
+    rejects(
+        &check("kind = \"udp\"\npath = \"/\""),
+        "vip[0].health_check.path: applies to kind \"http\" only",
+    );
+    rejects(
+        &check("kind = \"none\"\nexpect_status = 200"),
+        "vip[0].health_check.expect_status: applies to kind \"http\" only",
+    );
+    assert_eq!(
+        problems(&check("kind = \"udp\"\npath = \"/\"\nexpect_status = 200")),
+        vec![
+            "vip[0].health_check.path: applies to kind \"http\" only".to_string(),
+            "vip[0].health_check.expect_status: applies to kind \"http\" only".to_string(),
+        ]
+    );
+}
+
 #[test]
 fn health_check_rules() {
-    rejects(
-        &GOOD.replace("kind = \"tcp\"", "kind = \"http\""),
-        "vip[0].health_check.kind: \"http\" is not supported yet (use \"tcp\")",
-    );
-    rejects(
-        &GOOD.replace("kind = \"tcp\"", "kind = \"udp\""),
-        "vip[0].health_check.kind: \"udp\" is not supported yet (use \"tcp\")",
-    );
     rejects(
         &GOOD.replace("port = 8080", "port = 8080\npath = \"/\""),
         "vip[0].health_check.path: applies to kind \"http\" only",
