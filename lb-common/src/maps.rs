@@ -15,6 +15,10 @@ pub const MAP_VIP_ADDRS: &str = "LB_VIP_ADDRS";
 /// [`VipValue::table_offset`]; the agent writes a new table into a free region
 /// and then points the VIP at it, so a reader never sees a half-written table.
 pub const MAP_MAGLEV: &str = "LB_MAGLEV";
+/// Creation flags of [`MAP_MAGLEV`]: `BPF_F_MMAPABLE` (kernel 5.5+), so the
+/// agent writes tables through a shared mapping instead of one system call
+/// per entry.
+pub const MAGLEV_MAP_FLAGS: u32 = 1 << 10;
 /// Backends: array of [`Backend`] indexed by backend id, [`MAX_BACKENDS`] entries.
 pub const MAP_BACKENDS: &str = "LB_BACKENDS";
 /// Allowed IPv4 source prefixes: LPM trie of `[u8; 4]` -> `u32` (unused value
@@ -58,7 +62,11 @@ pub const MAX_TABLE_SIZE: u32 = 16_777_213;
 
 /// Version of every layout in this module. The agent stores it in
 /// [`Globals::layout_version`]; bump it on any change of a map type.
-pub const LAYOUT_VERSION: u32 = 1;
+/// An agent refuses to adopt pinned maps of another version.
+///
+/// History: 1, first layout; 2, [`Backend::vip_id`],
+/// [`Globals::table_size`] and a memory-mappable [`MAP_MAGLEV`].
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Key of [`MAP_VIPS`]: a VIP's address, port and protocol. 20 bytes.
 /// `port` 0 is the wildcard (every port of that address and protocol).
@@ -150,8 +158,9 @@ pub struct Backend {
     pub family: u8,
     /// `BACKEND_F_*` bits.
     pub flags: u8,
-    /// Zero.
-    pub _pad: [u8; 2],
+    /// Id of the VIP this entry belongs to (ids are per (VIP, backend)).
+    /// Only the agent reads it: to adopt pinned maps after a restart.
+    pub vip_id: u16,
     /// Bumped each time the id is given to another backend, so a stale
     /// reference (a connection-table entry) can tell.
     pub generation: u32,
@@ -225,8 +234,9 @@ pub struct Globals {
     pub encap_src_v6: [u8; 16],
     /// [`LAYOUT_VERSION`] of the agent that filled the maps.
     pub layout_version: u32,
-    /// Zero.
-    pub _pad: u32,
+    /// Maglev table size `M` of every VIP. Only the agent reads it: to
+    /// adopt pinned maps after a restart.
+    pub table_size: u32,
 }
 const _: () = assert!(size_of::<Globals>() == 32);
 

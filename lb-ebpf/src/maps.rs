@@ -19,8 +19,9 @@ pub static LB_VIPS: HashMap<VipKey, VipValue> = HashMap::with_max_entries(MAX_VI
 pub static LB_VIP_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
 
 /// Maglev tables of every VIP, back to back: backend ids. Size set at load.
+/// Memory-mappable, so the agent writes a whole table with one copy.
 #[map]
-pub static LB_MAGLEV: Array<u32> = Array::with_max_entries(1, 0);
+pub static LB_MAGLEV: Array<u32> = Array::with_max_entries(1, lb_common::MAGLEV_MAP_FLAGS);
 
 /// Backend id -> backend address and state.
 #[map]

@@ -2,11 +2,21 @@
 //! table region, which backend has which id and health, and the map writes
 //! that keep the kernel's maps equal to it.
 //!
+//! Every change is applied as a difference ([`Balancer::apply`], SPEC 7):
+//! VIPs are matched by address, port and protocol, backends by address
+//! within their VIP; what is unchanged is not written, so untouched VIPs,
+//! their tables and their flows are not disturbed. The same difference
+//! adopts maps an earlier agent left pinned ([`Balancer::adopt`]).
+//!
 //! A VIP's Maglev table is replaced by writing the new table into a free
 //! region of the Maglev map and then pointing the VIP's entry at it (one map
 //! update), so a packet sees either the old table or the new one, never a mix.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use lb_common::{
     AddrKey, BACKEND_F_ACTIVE, BACKEND_F_HEALTHY, Backend, GLOBAL_F_READY, GLOBAL_F_SCOPE_ALL,
@@ -32,6 +42,18 @@ pub enum BalancerError {
         what: &'static str,
         /// Its capacity.
         capacity: u32,
+    },
+    /// A setting that sizes the maps changed; it needs a new data plane.
+    #[error(
+        "{key} cannot change while the data plane runs ({old} -> {new}): stop the agent without --keep-attached and start it again"
+    )]
+    Immutable {
+        /// The configuration key.
+        key: &'static str,
+        /// Running value.
+        old: String,
+        /// Requested value.
+        new: String,
     },
 }
 
@@ -69,6 +91,64 @@ pub struct VipState {
     pub region: Option<u32>,
     /// Its backends, in configuration order.
     pub backends: Vec<BackendState>,
+    /// Members (id, weight) of the table in `region`; `None` when not known
+    /// (adopted from an earlier agent: compared by content instead).
+    published: Option<Vec<(u32, u32)>>,
+    /// `VIP_F_*` flags in the VIP's map entry.
+    flags: u32,
+}
+
+impl VipState {
+    /// The backends that get Maglev entries: healthy, weight above 0.
+    fn members(&self) -> Vec<(u32, u32)> {
+        self.backends
+            .iter()
+            .filter(|b| b.healthy && b.weight > 0)
+            .map(|b| (b.id, b.weight))
+            .collect()
+    }
+}
+
+/// What [`Balancer::apply`] changed, for the log.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// VIPs added.
+    pub vips_added: usize,
+    /// VIPs removed.
+    pub vips_removed: usize,
+    /// Backends added.
+    pub backends_added: usize,
+    /// Backends removed.
+    pub backends_removed: usize,
+    /// Backends whose weight changed.
+    pub weights_changed: usize,
+    /// Maglev tables written.
+    pub tables_written: usize,
+    /// Other writes: VIP flags, VIP addresses, source prefixes, globals.
+    pub other_writes: usize,
+}
+
+impl Changes {
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl fmt::Display for Changes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "VIPs +{} -{}, backends +{} -{}, weights changed {}, Maglev tables written {}, other map writes {}",
+            self.vips_added,
+            self.vips_removed,
+            self.backends_added,
+            self.backends_removed,
+            self.weights_changed,
+            self.tables_written,
+            self.other_writes
+        )
+    }
 }
 
 /// Free-list allocator of ids `0..capacity`, lowest first.
@@ -79,9 +159,10 @@ struct IdPool {
 }
 
 impl IdPool {
-    fn new(capacity: u32) -> Self {
+    /// Every id free except those in `used`.
+    fn new(capacity: u32, used: &HashSet<u32>) -> Self {
         Self {
-            free: (0..capacity).rev().collect(),
+            free: (0..capacity).rev().filter(|id| !used.contains(id)).collect(),
             capacity,
         }
     }
@@ -107,6 +188,11 @@ pub struct Balancer<M: MapWriter> {
     backend_ids: IdPool,
     regions: IdPool,
     generations: Vec<u32>,
+    /// VIP counts per VIP address, as in the map.
+    addr_counts: HashMap<AddrKey, u32>,
+    /// Allowed IPv4 prefixes, as in the map.
+    allow_v4: HashSet<(Ipv4Addr, u8)>,
+    globals: Globals,
 }
 
 /// The map key of a VIP.
@@ -133,10 +219,20 @@ pub fn backend_name(addr: IpAddr) -> Vec<u8> {
     }
 }
 
-fn backend_value(addr: IpAddr, flags: u8, generation: u32) -> Backend {
+/// The address of a backend map entry.
+pub fn backend_address(b: &Backend) -> IpAddr {
+    if b.family == lb_common::FAMILY_V6 {
+        IpAddr::from(b.addr)
+    } else {
+        IpAddr::from([b.addr[0], b.addr[1], b.addr[2], b.addr[3]])
+    }
+}
+
+fn backend_value(addr: IpAddr, flags: u8, generation: u32, vip_id: u32) -> Backend {
     let mut b = Backend {
         flags,
         generation,
+        vip_id: vip_id as u16,
         ..Backend::default()
     };
     match addr {
@@ -152,9 +248,33 @@ fn backend_value(addr: IpAddr, flags: u8, generation: u32) -> Backend {
     b
 }
 
+fn vip_flags(vip: &Vip) -> u32 {
+    if vip.on_no_backend == OnNoBackend::Pass {
+        VIP_F_PASS_ON_NO_BACKEND
+    } else {
+        0
+    }
+}
+
 impl<M: MapWriter> Balancer<M> {
-    /// Fills empty maps from `config`: backends, Maglev tables, VIPs, the
-    /// source filter, and last the globals with the ready flag, so the
+    fn empty(maps: M, table_size: u32, regions: u32) -> Self {
+        let none = HashSet::new();
+        Self {
+            maps,
+            table_size,
+            vips: Vec::new(),
+            vip_ids: IdPool::new(MAX_VIPS, &none),
+            backend_ids: IdPool::new(MAX_BACKENDS, &none),
+            regions: IdPool::new(regions, &none),
+            generations: vec![0; MAX_BACKENDS as usize],
+            addr_counts: HashMap::new(),
+            allow_v4: HashSet::new(),
+            globals: Globals::default(),
+        }
+    }
+
+    /// Fills empty maps from `config`: source filter, backends, Maglev
+    /// tables, VIPs, and last the globals with the ready flag, so the
     /// program forwards nothing before everything is in place. Every backend
     /// starts healthy (its first check decides, see [`crate::health`]).
     /// `regions` is the capacity of the Maglev map in tables.
@@ -167,69 +287,395 @@ impl<M: MapWriter> Balancer<M> {
         encap_source_v4: Ipv4Addr,
         regions: u32,
     ) -> Result<Self, BalancerError> {
-        let mut balancer = Self {
-            maps,
-            table_size: config.table_size,
-            vips: Vec::new(),
-            vip_ids: IdPool::new(MAX_VIPS),
-            backend_ids: IdPool::new(MAX_BACKENDS),
-            regions: IdPool::new(regions),
-            generations: vec![0; MAX_BACKENDS as usize],
-        };
-        for vip in &config.vips {
-            balancer.add_vip(vip)?;
+        let mut balancer = Self::empty(maps, config.table_size, regions);
+        balancer.apply(config, encap_source_v4)?;
+        Ok(balancer)
+    }
+
+    /// Takes over maps filled by an earlier agent (pinned, with the same
+    /// layout): rebuilds the ids, regions, generations and health from them,
+    /// then applies `config` as a difference. With the configuration the
+    /// maps were filled from, nothing is written; flows in the connection
+    /// table keep their backends. Backends keep the health the maps hold.
+    /// `regions` is the capacity of the Maglev map in tables.
+    ///
+    /// # Errors
+    /// The maps cannot be read or written, or `config` does not fit them
+    /// ([`BalancerError::Immutable`] when its table size differs).
+    pub fn adopt(
+        maps: M,
+        config: &Config,
+        encap_source_v4: Ipv4Addr,
+        regions: u32,
+    ) -> Result<(Self, Changes), BalancerError> {
+        let globals = maps.globals()?;
+        let table_size = globals.table_size;
+        if table_size != config.table_size {
+            return Err(BalancerError::Immutable {
+                key: "maglev.table_size",
+                old: table_size.to_string(),
+                new: config.table_size.to_string(),
+            });
         }
-        for net in &config.allow {
-            if let ipnet::IpNet::V4(net) = net {
-                balancer.maps.allow_v4(net.network(), net.prefix_len())?;
+        let backends = maps.backends()?;
+        let map_vips = maps.vips()?;
+        let wanted: HashMap<VipKey, &Vip> = config.vips.iter().map(|v| (vip_key(v), v)).collect();
+        let mut b = Self::empty(maps, table_size, regions);
+        b.globals = globals;
+        b.allow_v4 = b.maps.allowed_v4()?.into_iter().collect();
+        b.addr_counts = b.maps.vip_addrs()?.into_iter().collect();
+        for (id, backend) in &backends {
+            b.generations[*id as usize] = backend.generation;
+        }
+        let mut changes = Changes::default();
+        let (mut used_vips, mut used_regions, mut used_backends) =
+            (HashSet::new(), HashSet::new(), HashSet::new());
+        for (key, value) in map_vips {
+            let members = backends
+                .iter()
+                .filter(|(_, be)| be.flags & BACKEND_F_ACTIVE != 0 && u32::from(be.vip_id) == value.vip_id);
+            let Some(vip) = wanted.get(&key) else {
+                // Gone from the configuration: remove it now.
+                b.maps.remove_vip(&key)?;
+                for (id, be) in members {
+                    b.maps.set_backend(*id, &Backend { flags: 0, ..*be })?;
+                    changes.backends_removed += 1;
+                }
+                changes.vips_removed += 1;
+                continue;
+            };
+            used_vips.insert(value.vip_id);
+            let region = (value.table_size > 0).then(|| value.table_offset / table_size);
+            used_regions.extend(region);
+            let states = members
+                .map(|(id, be)| {
+                    used_backends.insert(*id);
+                    let address = backend_address(be);
+                    BackendState {
+                        address,
+                        weight: vip
+                            .backends
+                            .iter()
+                            .find(|c| c.address == address)
+                            .map_or(0, |c| c.weight),
+                        id: *id,
+                        healthy: be.flags & BACKEND_F_HEALTHY != 0,
+                    }
+                })
+                .collect();
+            b.vips.push(VipState {
+                config: (*vip).clone(),
+                id: value.vip_id,
+                region,
+                backends: states,
+                published: None,
+                flags: value.flags,
+            });
+        }
+        // Active entries of no VIP: an agent stopped between writes.
+        for (id, be) in &backends {
+            if be.flags & BACKEND_F_ACTIVE != 0 && !used_backends.contains(id) {
+                b.maps.set_backend(*id, &Backend { flags: 0, ..*be })?;
             }
         }
+        b.vip_ids = IdPool::new(MAX_VIPS, &used_vips);
+        b.backend_ids = IdPool::new(MAX_BACKENDS, &used_backends);
+        b.regions = IdPool::new(regions, &used_regions);
+        let more = b.apply(config, encap_source_v4)?;
+        changes.vips_added += more.vips_added;
+        changes.vips_removed += more.vips_removed;
+        changes.backends_added += more.backends_added;
+        changes.backends_removed += more.backends_removed;
+        changes.weights_changed += more.weights_changed;
+        changes.tables_written += more.tables_written;
+        changes.other_writes += more.other_writes;
+        Ok((b, changes))
+    }
+
+    /// Makes the maps say what `config` says, writing only the difference
+    /// from what they say now (SPEC 7). Checks everything that could refuse
+    /// the configuration (immutable settings, capacity) before the first
+    /// write, so a refused configuration leaves the maps untouched.
+    /// Backends new to a VIP start healthy; kept backends keep their
+    /// health, id and connection-table entries.
+    ///
+    /// # Errors
+    /// [`BalancerError::Immutable`] or [`BalancerError::Capacity`] with
+    /// nothing written; a map write failure part way (logged by the caller;
+    /// the agent's state matches what was written).
+    pub fn apply(
+        &mut self,
+        config: &Config,
+        encap_source_v4: Ipv4Addr,
+    ) -> Result<Changes, BalancerError> {
+        self.check_fits(config)?;
+        let mut changes = Changes::default();
+
+        let allow: HashSet<(Ipv4Addr, u8)> = config
+            .allow
+            .iter()
+            .filter_map(|n| match n {
+                ipnet::IpNet::V4(n) => Some((n.network(), n.prefix_len())),
+                ipnet::IpNet::V6(_) => None,
+            })
+            .collect();
+        for &(addr, len) in allow.difference(&self.allow_v4) {
+            self.maps.allow_v4(addr, len)?;
+            changes.other_writes += 1;
+        }
+
+        // VIPs gone, then VIPs kept (updated) or new, in configuration order.
+        let wanted: HashSet<VipKey> = config.vips.iter().map(vip_key).collect();
+        let mut i = 0;
+        while i < self.vips.len() {
+            if wanted.contains(&vip_key(&self.vips[i].config)) {
+                i += 1;
+            } else {
+                changes.backends_removed += self.vips[i].backends.len();
+                self.remove_vip(i)?;
+                changes.vips_removed += 1;
+            }
+        }
+        let mut ordered = Vec::with_capacity(config.vips.len());
+        for vip in &config.vips {
+            let key = vip_key(vip);
+            match self.vips.iter().position(|v| vip_key(&v.config) == key) {
+                Some(i) => {
+                    self.update_vip(i, vip, &mut changes)?;
+                    ordered.push(self.vips[i].id);
+                }
+                None => {
+                    self.add_vip(vip)?;
+                    changes.vips_added += 1;
+                    changes.backends_added += vip.backends.len();
+                    changes.tables_written += 1;
+                    ordered.push(self.vips[self.vips.len() - 1].id);
+                }
+            }
+        }
+        self.vips.sort_by_key(|v| ordered.iter().position(|&id| id == v.id));
+
+        let mut counts: HashMap<AddrKey, u32> = HashMap::new();
+        for vip in &self.vips {
+            *counts.entry(addr_key(vip.config.address)).or_default() += 1;
+        }
+        let keys: HashSet<AddrKey> = counts.keys().chain(self.addr_counts.keys()).copied().collect();
+        for key in keys {
+            let new = counts.get(&key).copied().unwrap_or(0);
+            if self.addr_counts.get(&key).copied().unwrap_or(0) != new {
+                self.maps.set_vip_addr(&key, new)?;
+                changes.other_writes += 1;
+            }
+        }
+        self.addr_counts = counts;
+
+        let stale: Vec<(Ipv4Addr, u8)> = self.allow_v4.difference(&allow).copied().collect();
+        for (addr, len) in stale {
+            self.maps.disallow_v4(addr, len)?;
+            changes.other_writes += 1;
+        }
+        self.allow_v4 = allow;
+
         let mut flags = GLOBAL_F_READY;
         if config.scope == FilterScope::All {
             flags |= GLOBAL_F_SCOPE_ALL;
         }
-        balancer.maps.set_globals(&Globals {
+        let globals = Globals {
             encap_src_v4: encap_source_v4.octets(),
             flags,
             layout_version: LAYOUT_VERSION,
-            ..Globals::default()
-        })?;
-        Ok(balancer)
+            table_size: self.table_size,
+            ..self.globals
+        };
+        if globals != self.globals {
+            self.maps.set_globals(&globals)?;
+            self.globals = globals;
+            changes.other_writes += 1;
+        }
+        Ok(changes)
+    }
+
+    /// Refuses, before any write, a configuration the maps cannot take.
+    fn check_fits(&self, config: &Config) -> Result<(), BalancerError> {
+        if config.table_size != self.table_size {
+            return Err(BalancerError::Immutable {
+                key: "maglev.table_size",
+                old: self.table_size.to_string(),
+                new: config.table_size.to_string(),
+            });
+        }
+        let mut new_backends = 0;
+        let mut freed_backends = 0;
+        let mut kept_vips = 0;
+        for vip in &config.vips {
+            let key = vip_key(vip);
+            match self.vips.iter().find(|v| vip_key(&v.config) == key) {
+                Some(old) => {
+                    kept_vips += 1;
+                    new_backends += vip
+                        .backends
+                        .iter()
+                        .filter(|b| !old.backends.iter().any(|o| o.address == b.address))
+                        .count();
+                }
+                None => new_backends += vip.backends.len(),
+            }
+        }
+        for old in &self.vips {
+            if !config.vips.iter().any(|v| vip_key(v) == vip_key(&old.config)) {
+                freed_backends += old.backends.len();
+            }
+        }
+        if new_backends > self.backend_ids.free.len() + freed_backends {
+            return Err(BalancerError::Capacity {
+                what: "backend ids",
+                capacity: MAX_BACKENDS,
+            });
+        }
+        if config.vips.len() > MAX_VIPS as usize {
+            return Err(BalancerError::Capacity {
+                what: "VIP ids",
+                capacity: MAX_VIPS,
+            });
+        }
+        // Every VIP may need a new region while its old one is still in use.
+        let in_use = self.vips.iter().filter(|v| v.region.is_some()).count();
+        let needed = config.vips.len() - kept_vips + 1;
+        let free = self.regions.capacity as usize - in_use
+            + self
+                .vips
+                .iter()
+                .filter(|v| v.region.is_some() && !config.vips.iter().any(|c| vip_key(c) == vip_key(&v.config)))
+                .count();
+        if needed > free {
+            return Err(BalancerError::Capacity {
+                what: "Maglev table regions (set at start from the number of VIPs)",
+                capacity: self.regions.capacity,
+            });
+        }
+        Ok(())
+    }
+
+    fn new_backend(&mut self, address: IpAddr, weight: u32, vip_id: u32) -> Result<BackendState, BalancerError> {
+        let id = self.backend_ids.take("backend ids")?;
+        let generation = self.generations[id as usize].wrapping_add(1);
+        self.generations[id as usize] = generation;
+        let value = backend_value(address, BACKEND_F_ACTIVE | BACKEND_F_HEALTHY, generation, vip_id);
+        if let Err(e) = self.maps.set_backend(id, &value) {
+            self.backend_ids.give(id);
+            return Err(e.into());
+        }
+        Ok(BackendState {
+            address,
+            weight,
+            id,
+            healthy: true,
+        })
+    }
+
+    /// Marks backend entry `b` inactive (its flows are hashed again) and frees its id.
+    fn retire_backend(&mut self, b: &BackendState, vip_id: u32) -> Result<(), BalancerError> {
+        let generation = self.generations[b.id as usize];
+        self.maps
+            .set_backend(b.id, &backend_value(b.address, 0, generation, vip_id))?;
+        self.backend_ids.give(b.id);
+        Ok(())
     }
 
     fn add_vip(&mut self, vip: &Vip) -> Result<(), BalancerError> {
         let id = self.vip_ids.take("VIP ids")?;
         let mut backends = Vec::with_capacity(vip.backends.len());
         for b in &vip.backends {
-            let id = self.backend_ids.take("backend ids")?;
-            self.generations[id as usize] = self.generations[id as usize].wrapping_add(1);
-            let value = backend_value(
-                b.address,
-                BACKEND_F_ACTIVE | BACKEND_F_HEALTHY,
-                self.generations[id as usize],
-            );
-            self.maps.set_backend(id, &value)?;
-            backends.push(BackendState {
-                address: b.address,
-                weight: b.weight,
-                id,
-                healthy: true,
-            });
+            backends.push(self.new_backend(b.address, b.weight, id)?);
         }
         self.vips.push(VipState {
             config: vip.clone(),
             id,
             region: None,
             backends,
+            published: None,
+            flags: vip_flags(vip),
         });
         let index = self.vips.len() - 1;
-        self.publish_table(index)?;
-        let count = self
-            .vips
-            .iter()
-            .filter(|v| v.config.address == vip.address)
-            .count() as u32;
-        self.maps.set_vip_addr(&addr_key(vip.address), count)?;
+        self.publish_table(index)
+    }
+
+    /// Brings kept VIP `i` to `vip`: new backends, weights, flags, then the
+    /// table (only when its members changed), then retires removed backends.
+    fn update_vip(&mut self, i: usize, vip: &Vip, changes: &mut Changes) -> Result<(), BalancerError> {
+        let id = self.vips[i].id;
+        let mut old = std::mem::take(&mut self.vips[i].backends);
+        let mut backends = Vec::with_capacity(vip.backends.len());
+        for b in &vip.backends {
+            match old.iter().position(|o| o.address == b.address) {
+                Some(p) => {
+                    let mut kept = old.remove(p);
+                    if kept.weight != b.weight {
+                        kept.weight = b.weight;
+                        changes.weights_changed += 1;
+                    }
+                    backends.push(kept);
+                }
+                None => match self.new_backend(b.address, b.weight, id) {
+                    Ok(state) => {
+                        backends.push(state);
+                        changes.backends_added += 1;
+                    }
+                    Err(e) => {
+                        backends.append(&mut old);
+                        self.vips[i].backends = backends;
+                        return Err(e);
+                    }
+                },
+            }
+        }
+        self.vips[i].config = vip.clone();
+        // Removed backends stay in the state until the new table is out.
+        let removed = old;
+        self.vips[i].backends = backends;
+        if self.table_changed(i)? {
+            self.publish_table(i)?;
+            changes.tables_written += 1;
+        } else if self.vips[i].flags != vip_flags(vip) {
+            self.write_vip(i)?;
+            changes.other_writes += 1;
+        }
+        for b in &removed {
+            self.retire_backend(b, id)?;
+            changes.backends_removed += 1;
+        }
+        Ok(())
+    }
+
+    /// Whether VIP `i`'s table must be written: its members changed, or (adopted)
+    /// the table in its region differs from the one its members give.
+    fn table_changed(&mut self, i: usize) -> Result<bool, BalancerError> {
+        let members = self.vips[i].members();
+        match (&self.vips[i].published, self.vips[i].region) {
+            (Some(published), _) => Ok(*published != members),
+            (None, None) => Ok(!members.is_empty()),
+            (None, Some(region)) => {
+                let table = self.table(i);
+                let current = self.maps.table(region * self.table_size, self.table_size)?;
+                if table == current {
+                    self.vips[i].published = Some(members);
+                    return Ok(false);
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    fn remove_vip(&mut self, i: usize) -> Result<(), BalancerError> {
+        let vip = self.vips.remove(i);
+        self.maps.remove_vip(&vip_key(&vip.config))?;
+        for b in &vip.backends {
+            self.retire_backend(b, vip.id)?;
+        }
+        if let Some(region) = vip.region {
+            self.regions.give(region);
+        }
+        self.vip_ids.give(vip.id);
         Ok(())
     }
 
@@ -261,6 +707,25 @@ impl<M: MapWriter> Balancer<M> {
         maglev::build(&members, self.table_size)
     }
 
+    /// Writes VIP `i`'s map entry for its current region and flags.
+    fn write_vip(&mut self, i: usize) -> Result<(), BalancerError> {
+        let state = &self.vips[i];
+        let flags = vip_flags(&state.config);
+        let value = VipValue {
+            vip_id: state.id,
+            table_offset: state.region.map_or(0, |r| r * self.table_size),
+            table_size: if state.region.is_some() {
+                self.table_size
+            } else {
+                0
+            },
+            flags,
+        };
+        self.maps.set_vip(&vip_key(&state.config), &value)?;
+        self.vips[i].flags = flags;
+        Ok(())
+    }
+
     /// Builds VIP `vip`'s table, writes it into a free region and points the
     /// VIP at it; the old region is freed.
     fn publish_table(&mut self, vip: usize) -> Result<(), BalancerError> {
@@ -275,23 +740,15 @@ impl<M: MapWriter> Balancer<M> {
             }
             Some(region)
         };
-        let state = &self.vips[vip];
-        let mut flags = 0;
-        if state.config.on_no_backend == OnNoBackend::Pass {
-            flags |= VIP_F_PASS_ON_NO_BACKEND;
-        }
-        let value = VipValue {
-            vip_id: state.id,
-            table_offset: new_region.map_or(0, |r| r * self.table_size),
-            table_size: if new_region.is_some() {
-                self.table_size
-            } else {
-                0
-            },
-            flags,
-        };
-        self.maps.set_vip(&vip_key(&state.config), &value)?;
         let old = std::mem::replace(&mut self.vips[vip].region, new_region);
+        if let Err(e) = self.write_vip(vip) {
+            self.vips[vip].region = old;
+            if let Some(r) = new_region {
+                self.regions.give(r);
+            }
+            return Err(e);
+        }
+        self.vips[vip].published = Some(self.vips[vip].members());
         // A packet that read the old offset just before the update may still
         // be reading the old region; it is only rewritten by a later update,
         // which takes at least a table build (milliseconds) to come.
@@ -299,6 +756,16 @@ impl<M: MapWriter> Balancer<M> {
             self.regions.give(old);
         }
         Ok(())
+    }
+
+    /// Where backend id `id` is: (VIP index, backend index).
+    pub fn find_backend(&self, id: u32) -> Option<(usize, usize)> {
+        self.vips.iter().enumerate().find_map(|(v, vip)| {
+            vip.backends
+                .iter()
+                .position(|b| b.id == id)
+                .map(|b| (v, b))
+        })
     }
 
     /// Records a health-check result for backend `backend` of VIP `vip`
@@ -318,7 +785,7 @@ impl<M: MapWriter> Balancer<M> {
         if b.healthy == healthy {
             return Ok(false);
         }
-        let (id, address) = (b.id, b.address);
+        let (id, address, vip_id) = (b.id, b.address, self.vips[vip].id);
         let mut flags = BACKEND_F_ACTIVE;
         if healthy {
             flags |= BACKEND_F_HEALTHY;
@@ -328,10 +795,15 @@ impl<M: MapWriter> Balancer<M> {
             .maps
             .set_backend(
                 id,
-                &backend_value(address, flags, self.generations[id as usize]),
+                &backend_value(address, flags, self.generations[id as usize], vip_id),
             )
             .map_err(BalancerError::from)
-            .and_then(|()| self.publish_table(vip));
+            .and_then(|()| {
+                if self.table_changed(vip)? {
+                    self.publish_table(vip)?;
+                }
+                Ok(())
+            });
         if result.is_err() {
             self.vips[vip].backends[backend].healthy = !healthy;
         }
@@ -373,11 +845,8 @@ impl<M: MapWriter> Balancer<M> {
             self.vips[vip].backends.insert(backend, removed);
             return Err(e);
         }
-        let generation = self.generations[removed.id as usize];
-        self.maps
-            .set_backend(removed.id, &backend_value(removed.address, 0, generation))?;
-        self.backend_ids.give(removed.id);
-        Ok(())
+        let vip_id = self.vips[vip].id;
+        self.retire_backend(&removed, vip_id)
     }
 
     /// The map writer (for tests and for reading back).
@@ -539,5 +1008,115 @@ on_no_backend = "pass"
         assert_eq!(b.maps().vips[&dns].table_size, 0);
         b.set_health(1, 0, true).unwrap();
         assert_eq!(b.maps().vips[&dns].table_size, 251);
+    }
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, "t").expect("valid").config
+    }
+
+    #[test]
+    fn adopting_maps_of_the_same_config_writes_nothing_and_keeps_ids() {
+        let mut before = balancer();
+        before.set_health(0, 1, false).unwrap();
+        let maps = before.maps().clone();
+        let (adopted, changes) = Balancer::adopt(
+            maps.clone(),
+            &config(CONFIG),
+            Ipv4Addr::new(10, 0, 0, 2),
+            table_regions(2),
+        )
+        .unwrap();
+        assert!(changes.is_empty(), "{changes}");
+        assert_eq!(adopted.maps().writes, maps.writes, "no map write");
+        for (a, b) in adopted.vips().iter().zip(before.vips()) {
+            assert_eq!(a.id, b.id);
+            assert_eq!(a.region, b.region);
+            assert_eq!(a.backends, b.backends, "ids, weights and health kept");
+        }
+    }
+
+    #[test]
+    fn adopting_with_another_config_applies_only_the_difference() {
+        let before = balancer();
+        let web = VipKey::v4([10, 0, 0, 100], 80, 6);
+        let dns = VipKey::v4([10, 0, 0, 100], 53, 17);
+        let web_before = before.maps().vips[&web];
+        // dns gone, a backend added to web.
+        let text = CONFIG.split("[[vip]]\nname = \"dns\"").next().unwrap().to_string()
+            + "  [[vip.backend]]\n  address = \"10.0.0.24\"\n";
+        let (adopted, changes) = Balancer::adopt(
+            before.maps().clone(),
+            &config(&text),
+            Ipv4Addr::new(10, 0, 0, 2),
+            table_regions(2),
+        )
+        .unwrap();
+        assert_eq!((changes.vips_removed, changes.backends_added), (1, 1), "{changes}");
+        let m = adopted.maps();
+        assert!(!m.vips.contains_key(&dns));
+        assert_eq!(m.vips[&web].vip_id, web_before.vip_id);
+        assert_ne!(m.vips[&web].table_offset, web_before.table_offset, "new table, new region");
+        let dns_backend = IpAddr::from([10, 0, 0, 31]);
+        assert!(
+            m.backends
+                .values()
+                .all(|b| b.flags == 0 || backend_address(b) != dns_backend),
+            "dns's backend retired"
+        );
+        assert_eq!(m.vip_addrs[&AddrKey::v4([10, 0, 0, 100])], 1);
+    }
+
+    #[test]
+    fn reload_touches_only_what_changed() {
+        let mut b = balancer();
+        let web = VipKey::v4([10, 0, 0, 100], 80, 6);
+        let dns = VipKey::v4([10, 0, 0, 100], 53, 17);
+        let dns_before = b.maps().vips[&dns];
+        let web_ids: Vec<u32> = b.vips()[0].backends.iter().map(|x| x.id).collect();
+        // Weight of one web backend changes; a new VIP appears.
+        let text = CONFIG.replace(
+            "  [[vip.backend]]\n  address = \"10.0.0.22\"\n",
+            "  [[vip.backend]]\n  address = \"10.0.0.22\"\n  weight = 3\n",
+        ) + "[[vip]]\nname = \"extra\"\naddress = \"10.0.0.101\"\nport = 80\nprotocol = \"tcp\"\n  [[vip.backend]]\n  address = \"10.0.0.41\"\n";
+        let changes = b.apply(&config(&text), Ipv4Addr::new(10, 0, 0, 2)).unwrap();
+        assert_eq!(
+            (changes.vips_added, changes.weights_changed, changes.tables_written),
+            (1, 1, 2),
+            "{changes}"
+        );
+        assert_eq!(b.maps().vips[&dns], dns_before, "untouched VIP, same table");
+        let ids: Vec<u32> = b.vips()[0].backends.iter().map(|x| x.id).collect();
+        assert_eq!(ids, web_ids, "kept backends keep their ids");
+        assert_eq!(b.vips()[2].config.name, "extra");
+        // The same configuration again writes nothing.
+        let writes = b.maps().writes;
+        let again = b.apply(&config(&text), Ipv4Addr::new(10, 0, 0, 2)).unwrap();
+        assert!(again.is_empty(), "{again}");
+        assert_eq!(b.maps().writes, writes);
+        // Back to the first configuration: the extra VIP and its backend go.
+        let back = b.apply(&config(CONFIG), Ipv4Addr::new(10, 0, 0, 2)).unwrap();
+        assert_eq!((back.vips_removed, back.backends_removed), (1, 1), "{back}");
+        assert!(!b.maps().vips.contains_key(&VipKey::v4([10, 0, 0, 101], 80, 6)));
+        assert!(!b.maps().vip_addrs.contains_key(&AddrKey::v4([10, 0, 0, 101])));
+        assert_eq!(table_in_maps(&b, &web), b.table(0));
+    }
+
+    #[test]
+    fn a_refused_config_writes_nothing() {
+        let mut b = balancer();
+        let writes = b.maps().writes;
+        let bigger = CONFIG.replace("table_size = 251", "table_size = 257");
+        let err = b.apply(&config(&bigger), Ipv4Addr::new(10, 0, 0, 2)).unwrap_err();
+        assert!(err.to_string().contains("maglev.table_size cannot change"), "{err}");
+        // More VIPs than the Maglev map has regions for.
+        let mut many = CONFIG.to_string();
+        for i in 0..30 {
+            many += &format!(
+                "[[vip]]\nname = \"v{i}\"\naddress = \"10.0.1.{i}\"\nport = 80\nprotocol = \"tcp\"\n  [[vip.backend]]\n  address = \"10.0.0.41\"\n"
+            );
+        }
+        let err = b.apply(&config(&many), Ipv4Addr::new(10, 0, 0, 2)).unwrap_err();
+        assert!(err.to_string().contains("Maglev table regions"), "{err}");
+        assert_eq!(b.maps().writes, writes, "nothing written");
     }
 }
