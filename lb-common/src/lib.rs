@@ -8,10 +8,12 @@
 //! implement `aya::Pod` so the agent can read and write them.
 #![no_std]
 
+pub mod bench;
 pub mod hash;
 pub mod maps;
 pub mod stats;
 
+pub use bench::*;
 pub use hash::{flow_hash_v4, maglev_permutation, maglev_slot};
 pub use maps::*;
 pub use stats::{ConnEvent, Counter, Outcome};

@@ -8,6 +8,7 @@
 )]
 
 mod balance;
+mod bench;
 mod csum;
 mod decap;
 mod encap;
@@ -52,6 +53,36 @@ pub fn xdp_decap(ctx: XdpContext) -> u32 {
     let outcome = decap::try_decap(&ctx);
     count(&LB_STATS, outcome as u32, bytes);
     action(outcome)
+}
+
+/// Benchmark baseline: drops every frame, doing nothing else.
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "#[xdp] entry points take the context by value"
+)]
+pub fn bench_drop(_ctx: XdpContext) -> u32 {
+    XDP_DROP
+}
+
+/// Benchmark baseline: parses Ethernet, IPv4 and TCP, then drops.
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "#[xdp] entry points take the context by value"
+)]
+pub fn bench_parse_drop(ctx: XdpContext) -> u32 {
+    bench::parse_drop(&ctx)
+}
+
+/// Benchmark wrapper: restores the frame, then tail-calls the program under test.
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "#[xdp] entry points take the context by value"
+)]
+pub fn bench_restore(ctx: XdpContext) -> u32 {
+    bench::restore(&ctx)
 }
 
 /// The XDP action of an outcome.

@@ -1,0 +1,497 @@
+//! Per-packet cost through `BPF_PROG_TEST_RUN`: each packet class of
+//! `xdp_lb` beside the baselines `bench_drop` and `bench_parse_drop`,
+//! measured in the same run on one pinned CPU.
+//!
+//! With `repeat > 1` the kernel reruns the program on the same buffer, so
+//! `xdp_lb` would encapsulate its own output from the second repetition on.
+//! Every `xdp_lb` case therefore runs under `bench_restore`, which restores
+//! the frame from a template and tail-calls `xdp_lb`; the wrapper's own cost
+//! (`bench_restore` tail-calling `bench_drop`, minus `bench_drop`) is
+//! measured in the same run and subtracted. After each run the counters and
+//! the return code must show that every repetition took the claimed path.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context as _, bail, ensure};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, ProgramArray},
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use etherparse::PacketBuilder;
+use lb_common::{
+    BENCH_F_VARY_FLOW, BENCH_FRAME_LEN, BenchTemplate, ConnEvent, MAP_BENCH_PROGS,
+    MAP_BENCH_TEMPLATE, MAP_CONNS, MAP_MAGLEV, Outcome, PROG_BENCH_DROP, PROG_BENCH_PARSE_DROP,
+    PROG_BENCH_RESTORE,
+};
+use lb_tests::netns::{EnteredNetns, Netns};
+use lb_userspace::{
+    agent,
+    balancer::{self, Balancer},
+    config::Config,
+    maps::{AyaMaps, StatsReader},
+};
+
+use crate::report::Report;
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const LB_MAC: [u8; 6] = [0x02, 0x40, 0, 0, 0, 0x02];
+const CLIENT_MAC: [u8; 6] = [0x02, 0x40, 0, 0, 0, 0x10];
+const LB_ADDR: [u8; 4] = [10, 40, 0, 2];
+const VIP: [u8; 4] = [10, 40, 0, 100];
+const CLIENT: [u8; 4] = [10, 40, 0, 10];
+const OTHER_HOST: [u8; 4] = [10, 40, 0, 55];
+/// A source outside the allowed prefixes (TEST-NET-3).
+const OUTSIDE: [u8; 4] = [203, 0, 113, 7];
+
+/// Repetitions per run and runs per case (the median is reported).
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    /// `repeat` of one `BPF_PROG_TEST_RUN`.
+    pub repeat: u32,
+    /// Runs per case.
+    pub runs: usize,
+}
+
+/// What a case's repetitions must all have done.
+#[derive(Clone, Copy)]
+struct Expect {
+    action: u32,
+    outcome: Option<Outcome>,
+    conn: Option<ConnEvent>,
+    /// Length of the output frame of the last repetition.
+    out_len: usize,
+}
+
+fn config(conntrack: u32) -> String {
+    format!(
+        r#"
+[maglev]
+table_size = 65537
+[conntrack]
+max_entries = {conntrack}
+[[vip]]
+name = "web"
+address = "10.40.0.100"
+port = 80
+protocol = "tcp"
+  [[vip.backend]]
+  address = "10.40.0.21"
+  [[vip.backend]]
+  address = "10.40.0.22"
+  [[vip.backend]]
+  address = "10.40.0.23"
+[[vip]]
+name = "dns"
+address = "10.40.0.100"
+port = 53
+protocol = "udp"
+  [[vip.backend]]
+  address = "10.40.0.21"
+  [[vip.backend]]
+  address = "10.40.0.22"
+  [[vip.backend]]
+  address = "10.40.0.23"
+"#
+    )
+}
+
+/// A TCP segment padded to [`BENCH_FRAME_LEN`] bytes with payload.
+fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, syn: bool) -> [u8; BENCH_FRAME_LEN] {
+    let builder = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 65535);
+    let builder = if syn { builder.syn() } else { builder.ack(1) };
+    let payload = [0u8; BENCH_FRAME_LEN - 14 - 20 - 20];
+    let mut frame = Vec::new();
+    builder.write(&mut frame, &payload).expect("build");
+    frame.try_into().expect("64 bytes")
+}
+
+/// A UDP datagram padded to [`BENCH_FRAME_LEN`] bytes with payload.
+fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> [u8; BENCH_FRAME_LEN] {
+    let payload = [0u8; BENCH_FRAME_LEN - 14 - 20 - 8];
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv4(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut frame, &payload)
+        .expect("build");
+    frame.try_into().expect("64 bytes")
+}
+
+/// The loaded object in its namespace, pinned to one CPU.
+struct Bench {
+    ebpf: Ebpf,
+    stats: StatsReader,
+    template: Array<MapData, BenchTemplate>,
+    progs: ProgramArray<MapData>,
+    ifindex: u32,
+    _balancer: Balancer<AyaMaps>,
+    _entered: EnteredNetns,
+    _ns: Netns,
+}
+
+impl Bench {
+    fn new(prefix: &str, conntrack: u32) -> anyhow::Result<Self> {
+        // veth bp0 (10.40.0.2/24, the LB's side, forwarding on) with permanent
+        // neighbours for the backends, so bpf_fib_lookup resolves them.
+        let ns = Netns::new(&format!("{prefix}-prog"))?;
+        ns.ip(&["link", "add", "bp0", "type", "veth", "peer", "name", "bp1"])?;
+        ns.ip(&["link", "set", "dev", "bp0", "address", "02:40:00:00:00:02"])?;
+        ns.ip(&["addr", "add", "10.40.0.2/24", "dev", "bp0"])?;
+        ns.ip(&["link", "set", "dev", "bp0", "up"])?;
+        ns.ip(&["link", "set", "dev", "bp1", "up"])?;
+        for b in [21u8, 22, 23] {
+            ns.ip(&[
+                "neigh",
+                "add",
+                &format!("10.40.0.{b}"),
+                "lladdr",
+                &format!("02:40:00:00:00:{b:02x}"),
+                "dev",
+                "bp0",
+                "nud",
+                "permanent",
+            ])?;
+        }
+        ns.sysctl("net.ipv4.conf.bp0.forwarding=1")?;
+        let entered = ns.enter()?;
+        let ifindex = lb_userspace::netif::ifindex("bp0").context("bp0")?;
+
+        let config = Config::parse(&config(conntrack), "bench")?.config;
+        let regions = balancer::table_regions(config.vips.len());
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_MAGLEV, regions * config.table_size)
+            .map_max_entries(MAP_CONNS, config.conntrack_entries)
+            .load(agent::object())
+            .context("loading the object")?;
+        let stats = StatsReader::take(&mut ebpf)?;
+        let balancer = Balancer::new(
+            AyaMaps::take(&mut ebpf)?,
+            &config,
+            Ipv4Addr::from(LB_ADDR),
+            regions,
+        )?;
+        for name in [
+            "xdp_lb",
+            PROG_BENCH_DROP,
+            PROG_BENCH_PARSE_DROP,
+            PROG_BENCH_RESTORE,
+        ] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name}"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("the verifier refuses {name}"))?;
+        }
+        let template = Array::try_from(
+            ebpf.take_map(MAP_BENCH_TEMPLATE)
+                .context(MAP_BENCH_TEMPLATE)?,
+        )?;
+        let progs =
+            ProgramArray::try_from(ebpf.take_map(MAP_BENCH_PROGS).context(MAP_BENCH_PROGS)?)?;
+        Ok(Self {
+            ebpf,
+            stats,
+            template,
+            progs,
+            ifindex,
+            _balancer: balancer,
+            _entered: entered,
+            _ns: ns,
+        })
+    }
+
+    fn prog(&self, name: &str) -> anyhow::Result<&Xdp> {
+        Ok(self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("program {name}"))?
+            .try_into()?)
+    }
+
+    /// Points the wrapper at `target` and its template at `frame`.
+    fn wrap(
+        &mut self,
+        target: &str,
+        frame: &[u8; BENCH_FRAME_LEN],
+        flags: u32,
+    ) -> anyhow::Result<()> {
+        let fd = self.prog(target)?.fd()?.try_clone()?;
+        self.progs.set(0, &fd, 0)?;
+        self.template.set(0, BenchTemplate::new(frame, flags), 0)?;
+        Ok(())
+    }
+
+    /// One `BPF_PROG_TEST_RUN` of `program` on `frame`, arriving on bp0:
+    /// (return code of the last repetition, its output length, ns per repetition).
+    fn run(&self, program: &str, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, usize, f64)> {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+        let ctx: Vec<u8> = [0, frame.len() as u32, 0, self.ifindex, 0, 0]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        opts.repeat = repeat;
+        let result = self.prog(program)?.test_run(opts)?;
+        Ok((
+            result.return_value,
+            result.data_size_out as usize,
+            result.duration.as_nanos() as f64,
+        ))
+    }
+
+    /// Runs a case `plan.runs` times, checking each run; the median ns.
+    fn measure(
+        &self,
+        what: &str,
+        program: &str,
+        frame: &[u8; BENCH_FRAME_LEN],
+        plan: Plan,
+        expect: Expect,
+    ) -> anyhow::Result<f64> {
+        let mut samples = Vec::with_capacity(plan.runs);
+        for _ in 0..plan.runs {
+            let outcome_before = expect.outcome.map(|o| self.stats.outcome(o).packets);
+            let conn_before = expect.conn.map(|e| self.stats.conn(e).packets);
+            let (action, out_len, ns) = self.run(program, frame, plan.repeat)?;
+            ensure!(
+                action == expect.action,
+                "{what}: return code {action}, expected {}",
+                expect.action
+            );
+            ensure!(
+                out_len == expect.out_len,
+                "{what}: output of {out_len} bytes, expected {} (was the frame restored?)",
+                expect.out_len
+            );
+            if let (Some(o), Some(before)) = (expect.outcome, outcome_before) {
+                let n = self.stats.outcome(o).packets - before;
+                ensure!(
+                    n == u64::from(plan.repeat),
+                    "{what}: {} counted {n} times in {} repetitions",
+                    o.name(),
+                    plan.repeat
+                );
+            }
+            if let (Some(e), Some(before)) = (expect.conn, conn_before) {
+                let n = self.stats.conn(e).packets - before;
+                ensure!(
+                    n == u64::from(plan.repeat),
+                    "{what}: {} counted {n} times in {} repetitions",
+                    e.name(),
+                    plan.repeat
+                );
+            }
+            samples.push(ns);
+        }
+        Ok(median(&mut samples))
+    }
+}
+
+/// Median of a non-empty sample.
+pub fn median(samples: &mut [f64]) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    let n = samples.len();
+    if n % 2 == 1 {
+        samples[n / 2]
+    } else {
+        (samples[n / 2 - 1] + samples[n / 2]) / 2.0
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+///
+/// # Errors
+/// `sched_setaffinity` fails.
+pub fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays inside it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; set is a valid cpu_set_t.
+    if unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        bail!(
+            "sched_setaffinity(cpu {cpu}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// Runs every case and adds its rows to `report`. Runs on a scratch thread
+/// pinned to the last CPU, so the caller's affinity and namespace stay.
+///
+/// # Errors
+/// Set-up fails, the verifier refuses a program, or a repetition took
+/// another path than its case claims.
+pub fn bench(prefix: &str, plan: Plan, report: &mut Report) -> anyhow::Result<()> {
+    let prefix = prefix.to_string();
+    let cpu = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) - 1;
+    let rows = std::thread::spawn(move || -> anyhow::Result<Vec<(String, f64, String)>> {
+        pin_to_cpu(cpu)?;
+        run_cases(&prefix, plan)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the test-run thread panicked"))??;
+    let baseline = rows
+        .iter()
+        .find(|(case, ..)| case.starts_with("baseline: parse"))
+        .map_or(f64::NAN, |r| r.1);
+    let cpu_note = format!(
+        "CPU {cpu}, median of {} runs x {} repetitions",
+        plan.runs, plan.repeat
+    );
+    for (case, ns, note) in rows {
+        report.row(
+            "per-packet",
+            case,
+            format!("{ns:.1} ns"),
+            format!("{:.2}x", ns / baseline),
+            if note.is_empty() {
+                cpu_note.clone()
+            } else {
+                format!("{note}; {cpu_note}")
+            },
+        );
+    }
+    Ok(())
+}
+
+fn run_cases(prefix: &str, plan: Plan) -> anyhow::Result<Vec<(String, f64, String)>> {
+    // Every "new flow" repetition inserts one flow: room for all of them
+    // (and the warm-up), so none evicts another.
+    let new_flows = u64::from(plan.repeat) * plan.runs as u64 + 1024;
+    let conntrack = u32::try_from(new_flows.next_power_of_two()).unwrap_or(u32::MAX);
+    let mut b = Bench::new(prefix, conntrack)?;
+    let syn = tcp(CLIENT, VIP, 40000, 80, true);
+    let ack = tcp(CLIENT, VIP, 40001, 80, false);
+    let dgram = udp(CLIENT, VIP, 5353, 53);
+    let outside = tcp(OUTSIDE, VIP, 40000, 80, true);
+    let non_vip = tcp(CLIENT, OTHER_HOST, 40000, 22, true);
+    let plain = |action| Expect {
+        action,
+        outcome: None,
+        conn: None,
+        out_len: BENCH_FRAME_LEN,
+    };
+    let encap = BENCH_FRAME_LEN + 20;
+    let mut rows = Vec::new();
+
+    let drop = b.measure("bench_drop", PROG_BENCH_DROP, &syn, plan, plain(XDP_DROP))?;
+    let parse = b.measure(
+        "bench_parse_drop",
+        PROG_BENCH_PARSE_DROP,
+        &syn,
+        plan,
+        plain(XDP_DROP),
+    )?;
+    rows.push(("baseline: bare XDP_DROP".into(), drop, "bench_drop".into()));
+    rows.push((
+        "baseline: parse Eth/IPv4/TCP, drop".into(),
+        parse,
+        "bench_parse_drop".into(),
+    ));
+
+    // The wrapper's own cost, with and without flow numbering.
+    b.wrap(PROG_BENCH_DROP, &syn, 0)?;
+    let wrap_fixed = b.measure("wrapper", PROG_BENCH_RESTORE, &syn, plan, plain(XDP_DROP))? - drop;
+    b.wrap(PROG_BENCH_DROP, &syn, BENCH_F_VARY_FLOW)?;
+    let wrap_vary = b.measure(
+        "wrapper (vary)",
+        PROG_BENCH_RESTORE,
+        &syn,
+        plan,
+        plain(XDP_DROP),
+    )? - drop;
+    rows.push((
+        "wrapper overhead (restore + tail call)".into(),
+        wrap_fixed,
+        format!("subtracted below; {wrap_vary:.1} ns with flow numbering"),
+    ));
+
+    let cases: [(&str, &[u8; BENCH_FRAME_LEN], u32, Expect, &str); 5] = [
+        (
+            "xdp_lb: new TCP flow (Maglev + encap)",
+            &syn,
+            BENCH_F_VARY_FLOW,
+            Expect {
+                action: XDP_TX,
+                outcome: Some(Outcome::Forwarded),
+                conn: Some(ConnEvent::Miss),
+                out_len: encap,
+            },
+            "every repetition a new flow: forwarded_tx and conntrack_miss = repetitions",
+        ),
+        (
+            "xdp_lb: established TCP flow (conntrack hit)",
+            &ack,
+            0,
+            Expect {
+                action: XDP_TX,
+                outcome: Some(Outcome::Forwarded),
+                conn: Some(ConnEvent::Hit),
+                out_len: encap,
+            },
+            "forwarded_tx and conntrack_hit = repetitions",
+        ),
+        (
+            "xdp_lb: UDP datagram to a VIP",
+            &dgram,
+            0,
+            Expect {
+                action: XDP_TX,
+                outcome: Some(Outcome::Forwarded),
+                conn: Some(ConnEvent::Hit),
+                out_len: encap,
+            },
+            "one flow (conntrack hit); forwarded_tx = repetitions",
+        ),
+        (
+            "xdp_lb: dropped by the source filter",
+            &outside,
+            0,
+            Expect {
+                action: XDP_DROP,
+                outcome: Some(Outcome::DropSourceFilter),
+                conn: None,
+                out_len: BENCH_FRAME_LEN,
+            },
+            "drop_source_filter = repetitions",
+        ),
+        (
+            "xdp_lb: non-VIP packet passed",
+            &non_vip,
+            0,
+            Expect {
+                action: XDP_PASS,
+                outcome: Some(Outcome::Passed),
+                conn: None,
+                out_len: BENCH_FRAME_LEN,
+            },
+            "passed = repetitions",
+        ),
+    ];
+    for (case, frame, flags, expect, note) in cases {
+        b.wrap("xdp_lb", frame, flags)?;
+        // Warm-up: the established and UDP flows get their entry here, so
+        // every measured repetition hits it.
+        let _ = b.run(PROG_BENCH_RESTORE, frame, 1)?;
+        let total = b.measure(case, PROG_BENCH_RESTORE, frame, plan, expect)?;
+        let overhead = if flags & BENCH_F_VARY_FLOW != 0 {
+            wrap_vary
+        } else {
+            wrap_fixed
+        };
+        rows.push((case.to_string(), total - overhead, note.to_string()));
+    }
+    Ok(rows)
+}

@@ -1,0 +1,77 @@
+//! Names and layouts shared by the benchmark programs of `lb-ebpf` (module
+//! `bench`) and `lb-bench`: the baselines (`bench_drop`, `bench_parse_drop`)
+//! and the frame-restoring wrapper (`bench_restore`) that `cargo xtask bench`
+//! runs through `BPF_PROG_TEST_RUN`. The agent never uses them.
+
+/// Program: returns XDP_DROP at once (the cheapest possible XDP program).
+pub const PROG_BENCH_DROP: &str = "bench_drop";
+/// Program: parses Ethernet, IPv4 and TCP with the balancer's own parser,
+/// then drops: the cost every packet pays before any lookup.
+pub const PROG_BENCH_PARSE_DROP: &str = "bench_parse_drop";
+/// Program: restores the frame from [`MAP_BENCH_TEMPLATE`] and tail-calls
+/// slot 0 of [`MAP_BENCH_PROGS`]. With `repeat > 1` the kernel reruns a
+/// program on the same buffer, so a program that rewrites the frame would
+/// otherwise measure its own output from the second repetition on.
+pub const PROG_BENCH_RESTORE: &str = "bench_restore";
+
+/// Template of the frame to restore: array of one [`BenchTemplate`].
+pub const MAP_BENCH_TEMPLATE: &str = "BENCH_TEMPLATE";
+/// The program under test: program array, slot 0 ([`BENCH_PROGS_LEN`] slots).
+pub const MAP_BENCH_PROGS: &str = "BENCH_PROGS";
+/// Repetition counter of the wrapper: per-CPU array of one `u32`, bumped on
+/// every run; with [`BENCH_F_VARY_FLOW`] it numbers the flows.
+pub const MAP_BENCH_SEQ: &str = "BENCH_SEQ";
+/// Slots of [`MAP_BENCH_PROGS`].
+pub const BENCH_PROGS_LEN: u32 = 1;
+
+/// Length of every frame the wrapper restores: an untagged Ethernet frame
+/// with an IPv4 header without options (callers pad the payload to fit).
+pub const BENCH_FRAME_LEN: usize = 64;
+/// Offset of the IPv4 source address in a template frame (Ethernet 14 +
+/// 12); the wrapper writes the flow number's high half into its last two bytes.
+pub const BENCH_SRC_ADDR_OFFSET: usize = 26;
+/// Offset of the TCP/UDP source port in a template frame (Ethernet 14 +
+/// IPv4 20); the wrapper writes the flow number's low half there.
+pub const BENCH_SPORT_OFFSET: usize = 34;
+
+/// [`BenchTemplate::flags`]: make every repetition a different flow, so a
+/// "new flow" really misses the connection table. Writes the repetition
+/// number into the source port and the last two bytes of the source address
+/// (2^32 flows; the inner IPv4 checksum is not updated, which the balancer
+/// does not check).
+pub const BENCH_F_VARY_FLOW: u32 = 1;
+
+/// Value of [`MAP_BENCH_TEMPLATE`]. 72 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchTemplate {
+    /// `BENCH_F_*` bits.
+    pub flags: u32,
+    /// Zero.
+    pub _pad: u32,
+    /// The frame, as 8-byte words so the wrapper copies it in 8 stores.
+    pub frame: [u64; BENCH_FRAME_LEN / 8],
+}
+const _: () = assert!(size_of::<BenchTemplate>() == 8 + BENCH_FRAME_LEN);
+
+impl BenchTemplate {
+    /// A template holding `frame` (exactly [`BENCH_FRAME_LEN`] bytes).
+    pub fn new(frame: &[u8; BENCH_FRAME_LEN], flags: u32) -> Self {
+        let mut words = [0u64; BENCH_FRAME_LEN / 8];
+        for (word, bytes) in words.iter_mut().zip(frame.chunks_exact(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(bytes);
+            // Native order: the wrapper stores the words as they are.
+            *word = u64::from_ne_bytes(b);
+        }
+        Self {
+            flags,
+            _pad: 0,
+            frame: words,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: `#[repr(C)]`, integers only, no implicit padding (size asserted).
+unsafe impl aya::Pod for BenchTemplate {}

@@ -1,0 +1,94 @@
+//! Benchmark programs for `cargo xtask bench`: two baselines and the wrapper
+//! that restores the input frame before each `BPF_PROG_TEST_RUN` repetition.
+//! Never attached by the agent.
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS},
+    helpers::generated::bpf_xdp_adjust_head,
+    programs::XdpContext,
+};
+use lb_common::{
+    BENCH_F_VARY_FLOW, BENCH_FRAME_LEN, BENCH_SPORT_OFFSET, BENCH_SRC_ADDR_OFFSET, PROTO_TCP,
+};
+
+use crate::{
+    maps::{BENCH_PROGS, BENCH_SEQ, BENCH_TEMPLATE},
+    parse::{ipv4_at, l3_offset_v4, ports_at, ptr_at},
+};
+
+/// Parse-then-drop baseline: Ethernet, IPv4 and TCP through the balancer's
+/// own parser, then XDP_DROP. The ports decide the action so the compiler
+/// cannot drop the reads: XDP_PASS for a non-TCP or non-IPv4 frame and for
+/// the (never sent) port pair 0 -> 0, XDP_ABORTED for a malformed one.
+#[inline(always)]
+pub fn parse_drop(ctx: &XdpContext) -> u32 {
+    let Ok(Some(l3)) = l3_offset_v4(ctx) else {
+        return XDP_PASS;
+    };
+    let Ok(ip) = ipv4_at(ctx, l3) else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: bounds checked by ipv4_at.
+    let proto = unsafe { (*ip.hdr).proto };
+    if proto != PROTO_TCP {
+        return XDP_PASS;
+    }
+    match ports_at(ctx, l3 + ip.len, proto) {
+        Ok(Some((sport, dport))) if sport != [0, 0] || dport != [0, 0] => XDP_DROP,
+        Ok(_) => XDP_PASS,
+        Err(_) => XDP_ABORTED,
+    }
+}
+
+/// The wrapper: puts the frame back to the template (undoing a length change
+/// of the previous repetition with `bpf_xdp_adjust_head`, then copying the
+/// fixed-size template), numbers the flow when asked, and tail-calls the
+/// program under test. XDP_ABORTED when any step fails, so the caller sees it.
+#[inline(always)]
+pub fn restore(ctx: &XdpContext) -> u32 {
+    let Some(template) = BENCH_TEMPLATE.get(0) else {
+        return XDP_ABORTED;
+    };
+    // The previous repetition may have pushed (encapsulation: -20) or pulled
+    // the head; move it back so the frame is BENCH_FRAME_LEN bytes again.
+    let delta = (ctx.data_end() - ctx.data()) as i32 - BENCH_FRAME_LEN as i32;
+    // SAFETY: plain helper call on our context; packet pointers are taken
+    // again below.
+    if delta != 0 && unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) } != 0 {
+        return XDP_ABORTED;
+    }
+    let Some(frame) = ptr_at::<[u64; BENCH_FRAME_LEN / 8]>(ctx, 0) else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: bounds checked by ptr_at. The frame of BPF_PROG_TEST_RUN
+    // starts XDP_PACKET_HEADROOM (256) bytes into its buffer, so it is
+    // 8-aligned after the head is moved back; the verifier forbids testing a
+    // packet pointer's bits, and x86-64 BPF allows unaligned packet stores.
+    unsafe { *frame = template.frame };
+
+    let Some(seq) = BENCH_SEQ.get_ptr_mut(0) else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: per-CPU value, no other writer on this CPU while we run.
+    let n = unsafe {
+        *seq = (*seq).wrapping_add(1);
+        *seq
+    };
+    if template.flags & BENCH_F_VARY_FLOW != 0 {
+        let (Some(addr), Some(port)) = (
+            ptr_at::<[u8; 2]>(ctx, BENCH_SRC_ADDR_OFFSET + 2),
+            ptr_at::<[u8; 2]>(ctx, BENCH_SPORT_OFFSET),
+        ) else {
+            return XDP_ABORTED;
+        };
+        let bytes = n.to_be_bytes();
+        // SAFETY: bounds checked by ptr_at.
+        unsafe {
+            *addr = [bytes[0], bytes[1]];
+            *port = [bytes[2], bytes[3]];
+        }
+    }
+    // SAFETY: tail call to slot 0; returns only when the slot is empty.
+    unsafe { BENCH_PROGS.tail_call(ctx, 0) };
+    XDP_ABORTED
+}
