@@ -162,7 +162,10 @@ impl IdPool {
     /// Every id free except those in `used`.
     fn new(capacity: u32, used: &HashSet<u32>) -> Self {
         Self {
-            free: (0..capacity).rev().filter(|id| !used.contains(id)).collect(),
+            free: (0..capacity)
+                .rev()
+                .filter(|id| !used.contains(id))
+                .collect(),
             capacity,
         }
     }
@@ -331,9 +334,9 @@ impl<M: MapWriter> Balancer<M> {
         let (mut used_vips, mut used_regions, mut used_backends) =
             (HashSet::new(), HashSet::new(), HashSet::new());
         for (key, value) in map_vips {
-            let members = backends
-                .iter()
-                .filter(|(_, be)| be.flags & BACKEND_F_ACTIVE != 0 && u32::from(be.vip_id) == value.vip_id);
+            let members = backends.iter().filter(|(_, be)| {
+                be.flags & BACKEND_F_ACTIVE != 0 && u32::from(be.vip_id) == value.vip_id
+            });
             let Some(vip) = wanted.get(&key) else {
                 // Gone from the configuration: remove it now.
                 b.maps.remove_vip(&key)?;
@@ -453,13 +456,18 @@ impl<M: MapWriter> Balancer<M> {
                 }
             }
         }
-        self.vips.sort_by_key(|v| ordered.iter().position(|&id| id == v.id));
+        self.vips
+            .sort_by_key(|v| ordered.iter().position(|&id| id == v.id));
 
         let mut counts: HashMap<AddrKey, u32> = HashMap::new();
         for vip in &self.vips {
             *counts.entry(addr_key(vip.config.address)).or_default() += 1;
         }
-        let keys: HashSet<AddrKey> = counts.keys().chain(self.addr_counts.keys()).copied().collect();
+        let keys: HashSet<AddrKey> = counts
+            .keys()
+            .chain(self.addr_counts.keys())
+            .copied()
+            .collect();
         for key in keys {
             let new = counts.get(&key).copied().unwrap_or(0);
             if self.addr_counts.get(&key).copied().unwrap_or(0) != new {
@@ -522,7 +530,11 @@ impl<M: MapWriter> Balancer<M> {
             }
         }
         for old in &self.vips {
-            if !config.vips.iter().any(|v| vip_key(v) == vip_key(&old.config)) {
+            if !config
+                .vips
+                .iter()
+                .any(|v| vip_key(v) == vip_key(&old.config))
+            {
                 freed_backends += old.backends.len();
             }
         }
@@ -545,7 +557,10 @@ impl<M: MapWriter> Balancer<M> {
             + self
                 .vips
                 .iter()
-                .filter(|v| v.region.is_some() && !config.vips.iter().any(|c| vip_key(c) == vip_key(&v.config)))
+                .filter(|v| {
+                    v.region.is_some()
+                        && !config.vips.iter().any(|c| vip_key(c) == vip_key(&v.config))
+                })
                 .count();
         if needed > free {
             return Err(BalancerError::Capacity {
@@ -556,11 +571,21 @@ impl<M: MapWriter> Balancer<M> {
         Ok(())
     }
 
-    fn new_backend(&mut self, address: IpAddr, weight: u32, vip_id: u32) -> Result<BackendState, BalancerError> {
+    fn new_backend(
+        &mut self,
+        address: IpAddr,
+        weight: u32,
+        vip_id: u32,
+    ) -> Result<BackendState, BalancerError> {
         let id = self.backend_ids.take("backend ids")?;
         let generation = self.generations[id as usize].wrapping_add(1);
         self.generations[id as usize] = generation;
-        let value = backend_value(address, BACKEND_F_ACTIVE | BACKEND_F_HEALTHY, generation, vip_id);
+        let value = backend_value(
+            address,
+            BACKEND_F_ACTIVE | BACKEND_F_HEALTHY,
+            generation,
+            vip_id,
+        );
         if let Err(e) = self.maps.set_backend(id, &value) {
             self.backend_ids.give(id);
             return Err(e.into());
@@ -602,7 +627,12 @@ impl<M: MapWriter> Balancer<M> {
 
     /// Brings kept VIP `i` to `vip`: new backends, weights, flags, then the
     /// table (only when its members changed), then retires removed backends.
-    fn update_vip(&mut self, i: usize, vip: &Vip, changes: &mut Changes) -> Result<(), BalancerError> {
+    fn update_vip(
+        &mut self,
+        i: usize,
+        vip: &Vip,
+        changes: &mut Changes,
+    ) -> Result<(), BalancerError> {
         let id = self.vips[i].id;
         let mut old = std::mem::take(&mut self.vips[i].backends);
         let mut backends = Vec::with_capacity(vip.backends.len());
@@ -760,12 +790,10 @@ impl<M: MapWriter> Balancer<M> {
 
     /// Where backend id `id` is: (VIP index, backend index).
     pub fn find_backend(&self, id: u32) -> Option<(usize, usize)> {
-        self.vips.iter().enumerate().find_map(|(v, vip)| {
-            vip.backends
-                .iter()
-                .position(|b| b.id == id)
-                .map(|b| (v, b))
-        })
+        self.vips
+            .iter()
+            .enumerate()
+            .find_map(|(v, vip)| vip.backends.iter().position(|b| b.id == id).map(|b| (v, b)))
     }
 
     /// Records a health-check result for backend `backend` of VIP `vip`
@@ -1042,7 +1070,11 @@ on_no_backend = "pass"
         let dns = VipKey::v4([10, 0, 0, 100], 53, 17);
         let web_before = before.maps().vips[&web];
         // dns gone, a backend added to web.
-        let text = CONFIG.split("[[vip]]\nname = \"dns\"").next().unwrap().to_string()
+        let text = CONFIG
+            .split("[[vip]]\nname = \"dns\"")
+            .next()
+            .unwrap()
+            .to_string()
             + "  [[vip.backend]]\n  address = \"10.0.0.24\"\n";
         let (adopted, changes) = Balancer::adopt(
             before.maps().clone(),
@@ -1051,11 +1083,18 @@ on_no_backend = "pass"
             table_regions(2),
         )
         .unwrap();
-        assert_eq!((changes.vips_removed, changes.backends_added), (1, 1), "{changes}");
+        assert_eq!(
+            (changes.vips_removed, changes.backends_added),
+            (1, 1),
+            "{changes}"
+        );
         let m = adopted.maps();
         assert!(!m.vips.contains_key(&dns));
         assert_eq!(m.vips[&web].vip_id, web_before.vip_id);
-        assert_ne!(m.vips[&web].table_offset, web_before.table_offset, "new table, new region");
+        assert_ne!(
+            m.vips[&web].table_offset, web_before.table_offset,
+            "new table, new region"
+        );
         let dns_backend = IpAddr::from([10, 0, 0, 31]);
         assert!(
             m.backends
@@ -1080,7 +1119,11 @@ on_no_backend = "pass"
         ) + "[[vip]]\nname = \"extra\"\naddress = \"10.0.0.101\"\nport = 80\nprotocol = \"tcp\"\n  [[vip.backend]]\n  address = \"10.0.0.41\"\n";
         let changes = b.apply(&config(&text), Ipv4Addr::new(10, 0, 0, 2)).unwrap();
         assert_eq!(
-            (changes.vips_added, changes.weights_changed, changes.tables_written),
+            (
+                changes.vips_added,
+                changes.weights_changed,
+                changes.tables_written
+            ),
             (1, 1, 2),
             "{changes}"
         );
@@ -1094,10 +1137,20 @@ on_no_backend = "pass"
         assert!(again.is_empty(), "{again}");
         assert_eq!(b.maps().writes, writes);
         // Back to the first configuration: the extra VIP and its backend go.
-        let back = b.apply(&config(CONFIG), Ipv4Addr::new(10, 0, 0, 2)).unwrap();
+        let back = b
+            .apply(&config(CONFIG), Ipv4Addr::new(10, 0, 0, 2))
+            .unwrap();
         assert_eq!((back.vips_removed, back.backends_removed), (1, 1), "{back}");
-        assert!(!b.maps().vips.contains_key(&VipKey::v4([10, 0, 0, 101], 80, 6)));
-        assert!(!b.maps().vip_addrs.contains_key(&AddrKey::v4([10, 0, 0, 101])));
+        assert!(
+            !b.maps()
+                .vips
+                .contains_key(&VipKey::v4([10, 0, 0, 101], 80, 6))
+        );
+        assert!(
+            !b.maps()
+                .vip_addrs
+                .contains_key(&AddrKey::v4([10, 0, 0, 101]))
+        );
         assert_eq!(table_in_maps(&b, &web), b.table(0));
     }
 
@@ -1106,8 +1159,13 @@ on_no_backend = "pass"
         let mut b = balancer();
         let writes = b.maps().writes;
         let bigger = CONFIG.replace("table_size = 251", "table_size = 257");
-        let err = b.apply(&config(&bigger), Ipv4Addr::new(10, 0, 0, 2)).unwrap_err();
-        assert!(err.to_string().contains("maglev.table_size cannot change"), "{err}");
+        let err = b
+            .apply(&config(&bigger), Ipv4Addr::new(10, 0, 0, 2))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("maglev.table_size cannot change"),
+            "{err}"
+        );
         // More VIPs than the Maglev map has regions for.
         let mut many = CONFIG.to_string();
         for i in 0..30 {
@@ -1115,7 +1173,9 @@ on_no_backend = "pass"
                 "[[vip]]\nname = \"v{i}\"\naddress = \"10.0.1.{i}\"\nport = 80\nprotocol = \"tcp\"\n  [[vip.backend]]\n  address = \"10.0.0.41\"\n"
             );
         }
-        let err = b.apply(&config(&many), Ipv4Addr::new(10, 0, 0, 2)).unwrap_err();
+        let err = b
+            .apply(&config(&many), Ipv4Addr::new(10, 0, 0, 2))
+            .unwrap_err();
         assert!(err.to_string().contains("Maglev table regions"), "{err}");
         assert_eq!(b.maps().writes, writes, "nothing written");
     }

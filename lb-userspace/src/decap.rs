@@ -64,11 +64,12 @@ pub async fn run(
                 source,
             })?;
     }
-    agent::attach(&mut ebpf, "xdp_decap", iface, agent::xdp_mode(mode))?;
+    let link = agent::attach(&mut ebpf, "xdp_decap", iface, agent::xdp_mode(mode))?;
     info!(
         "xdp_decap attached to {iface} ({mode:?} mode) for VIPs {vips:?}; outer destinations {locals:?}"
     );
     shutdown.await;
+    drop(link);
     drop(ebpf);
     info!("detached from {iface}");
     Ok(())

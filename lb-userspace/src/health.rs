@@ -1,66 +1,48 @@
-//! Active health checks: one tokio task per (VIP, backend), each bounded by
-//! its timeout, started with a spread so checks do not fire together, with
-//! jitter on every interval. Results go to the agent as [`HealthEvent`]s,
-//! only when a backend's state changes.
+//! Active health checks: one tokio task per backend (per (VIP, backend)
+//! pair), each bounded by its timeout, started with a spread so checks do
+//! not fire together, with jitter on every interval. Every result goes to
+//! the agent as a [`CheckResult`] (for status and metrics), marked with the
+//! backend's new state when it changed.
 //!
-//! State machine: a backend starts healthy (so a restarted agent forwards at
-//! once); its first check result sets its state directly; after that it
-//! takes `fall` consecutive failures to become unhealthy and `rise`
-//! consecutive successes to become healthy again.
+//! State machine: a backend starts in the state the agent gives it
+//! (healthy when new; as the maps say when adopted); its first check result
+//! sets its state directly; after that it takes `fall` consecutive failures
+//! to become unhealthy and `rise` consecutive successes to become healthy.
 
-use std::{
-    io,
-    net::SocketAddr,
-    time::{Duration, Instant},
+use std::{collections::HashMap, net::SocketAddr};
+
+use tokio::{sync::mpsc, task::JoinHandle, time};
+
+use crate::{
+    config::{HealthCheck, HealthCheckKind},
+    probe::{self, Probe},
 };
 
-use tokio::{net::TcpStream, sync::mpsc, task::JoinHandle, time};
-
-use crate::config::{HealthCheck, HealthCheckKind};
-
-/// What to check.
-#[derive(Debug, Clone)]
+/// What to check: one backend of one VIP.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    /// Index of the VIP in the running configuration.
-    pub vip: usize,
-    /// Index of the backend in that VIP.
-    pub backend: usize,
+    /// The backend's id (index into the backends map).
+    pub backend_id: u32,
     /// Address and port to check.
     pub addr: SocketAddr,
     /// How.
     pub check: HealthCheck,
-}
-
-/// A backend changed state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthEvent {
-    /// Index of the VIP.
-    pub vip: usize,
-    /// Index of the backend in that VIP.
-    pub backend: usize,
-    /// The new state.
+    /// State assumed before the first result.
     pub healthy: bool,
-    /// The last check's result: latency on success, failure reason otherwise.
-    pub reason: String,
 }
 
-/// Result of one check: its latency, or why it failed.
-pub type Probe = Result<Duration, String>;
-
-/// Runs one TCP check: a connection to `addr` that completes within `timeout`.
-pub async fn probe_tcp(addr: SocketAddr, timeout: Duration) -> Probe {
-    let start = Instant::now();
-    match time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(_stream)) => Ok(start.elapsed()),
-        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            Err("connection refused".into())
-        }
-        Ok(Err(e)) => Err(format!("connect failed: {e}")),
-        Err(_) => Err(format!(
-            "timeout after {}",
-            humantime::format_duration(timeout)
-        )),
-    }
+/// One check's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckResult {
+    /// The backend's id.
+    pub backend_id: u32,
+    /// Which checker sent it (see [`Checkers::is_current`]): results of a
+    /// checker stopped by a reload are ignored.
+    pub token: u64,
+    /// Latency, or why the check failed.
+    pub probe: Probe,
+    /// `Some(new state)` when this result changed the backend's state.
+    pub change: Option<bool>,
 }
 
 /// Rise/fall bookkeeping of one backend.
@@ -74,10 +56,10 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// A backend assumed healthy, not checked yet.
-    pub fn new(rise: u32, fall: u32) -> Self {
+    /// A backend assumed `healthy` (or not), not checked yet.
+    pub fn new(rise: u32, fall: u32, healthy: bool) -> Self {
         Self {
-            healthy: true,
+            healthy,
             checked: false,
             streak: 0,
             rise,
@@ -128,57 +110,108 @@ impl Jitter {
     }
 }
 
-/// Starts a checker task per target; each sends [`HealthEvent`]s on `events`
-/// and ends when the receiver is dropped or the task is aborted. Targets of
-/// kind `none` get no task.
-pub fn spawn(targets: Vec<Target>, events: &mpsc::Sender<HealthEvent>) -> Vec<JoinHandle<()>> {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64);
-    targets
-        .into_iter()
-        .filter(|t| t.check.kind != HealthCheckKind::None)
-        .enumerate()
-        .map(|(i, target)| {
-            tokio::spawn(check_loop(
-                target,
-                events.clone(),
-                seed.wrapping_add(i as u64 * 0x9e37_79b9),
-            ))
-        })
-        .collect()
+/// The running checkers, one per backend id, kept across reloads: a
+/// backend whose address and check are unchanged keeps its checker (and
+/// its rise/fall state).
+#[derive(Default)]
+pub struct Checkers {
+    running: HashMap<u32, (Target, u64, JoinHandle<()>)>,
+    next_token: u64,
+    seed: u64,
 }
 
-async fn check_loop(target: Target, events: mpsc::Sender<HealthEvent>, seed: u64) {
+impl Checkers {
+    /// No checker yet.
+    pub fn new() -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        Self {
+            running: HashMap::new(),
+            next_token: 1,
+            seed,
+        }
+    }
+
+    /// Makes the running checkers match `targets`: starts the new ones,
+    /// stops those not wanted any more, restarts those whose address or
+    /// check changed. Targets of kind `none` get no checker. Returns how
+    /// many were started and stopped.
+    pub fn sync(
+        &mut self,
+        targets: Vec<Target>,
+        events: &mpsc::Sender<CheckResult>,
+    ) -> (usize, usize) {
+        let wanted: HashMap<u32, Target> = targets
+            .into_iter()
+            .filter(|t| t.check.kind != HealthCheckKind::None)
+            .map(|t| (t.backend_id, t))
+            .collect();
+        let mut stopped = 0;
+        self.running.retain(|id, (running, _, handle)| {
+            let keep = wanted
+                .get(id)
+                .is_some_and(|t| t.addr == running.addr && t.check == running.check);
+            if !keep {
+                handle.abort();
+                stopped += 1;
+            }
+            keep
+        });
+        let mut started = 0;
+        for (id, target) in wanted {
+            if self.running.contains_key(&id) {
+                continue;
+            }
+            let token = self.next_token;
+            self.next_token += 1;
+            let seed = self.seed.wrapping_add(token.wrapping_mul(0x9e37_79b9));
+            let handle = tokio::spawn(check_loop(target.clone(), token, events.clone(), seed));
+            self.running.insert(id, (target, token, handle));
+            started += 1;
+        }
+        (started, stopped)
+    }
+
+    /// Whether `result` comes from the current checker of its backend.
+    pub fn is_current(&self, result: &CheckResult) -> bool {
+        self.running
+            .get(&result.backend_id)
+            .is_some_and(|(_, token, _)| *token == result.token)
+    }
+
+    /// Stops every checker.
+    pub fn stop(&mut self) {
+        for (_, (_, _, handle)) in self.running.drain() {
+            handle.abort();
+        }
+    }
+}
+
+impl Drop for Checkers {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn check_loop(target: Target, token: u64, events: mpsc::Sender<CheckResult>, seed: u64) {
     let mut jitter = Jitter::new(seed);
-    let mut tracker = Tracker::new(target.check.rise, target.check.fall);
+    let mut tracker = Tracker::new(target.check.rise, target.check.fall, target.healthy);
     let interval = target.check.interval;
     // Spread the first checks over a tenth of the interval.
     time::sleep(interval.mul_f64(0.1 * jitter.next())).await;
     loop {
         let started = time::Instant::now();
-        let probe = match target.check.kind {
-            HealthCheckKind::Tcp => probe_tcp(target.addr, target.check.timeout).await,
-            // Rejected by validation until implemented; never spawned for None.
-            HealthCheckKind::Http | HealthCheckKind::Udp | HealthCheckKind::None => return,
+        let probe = probe::probe(&target.check, target.addr).await;
+        let change = tracker.record(probe.is_ok());
+        let result = CheckResult {
+            backend_id: target.backend_id,
+            token,
+            probe,
+            change,
         };
-        if let Some(healthy) = tracker.record(probe.is_ok()) {
-            let reason = match &probe {
-                Ok(latency) => format!(
-                    "check succeeded in {}",
-                    humantime::format_duration(*latency)
-                ),
-                Err(reason) => reason.clone(),
-            };
-            let event = HealthEvent {
-                vip: target.vip,
-                backend: target.backend,
-                healthy,
-                reason,
-            };
-            if events.send(event).await.is_err() {
-                return;
-            }
+        if events.send(result).await.is_err() {
+            return;
         }
         // Next check one interval after this one started, ±5%.
         let next = interval.mul_f64(0.95 + 0.1 * jitter.next());
@@ -192,7 +225,7 @@ mod tests {
 
     #[test]
     fn first_result_decides_then_rise_and_fall_apply() {
-        let mut t = Tracker::new(2, 3);
+        let mut t = Tracker::new(2, 3, true);
         assert_eq!(
             t.record(false),
             Some(false),
@@ -213,19 +246,9 @@ mod tests {
 
     #[test]
     fn first_success_keeps_the_assumed_state() {
-        let mut t = Tracker::new(1, 1);
+        let mut t = Tracker::new(1, 1, true);
         assert_eq!(t.record(true), None);
         assert_eq!(t.record(false), Some(false));
         assert_eq!(t.record(true), Some(true));
-    }
-
-    #[tokio::test]
-    async fn tcp_probe_tells_success_from_refusal() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let open = listener.local_addr().unwrap();
-        assert!(probe_tcp(open, Duration::from_secs(1)).await.is_ok());
-        drop(listener);
-        let refused = probe_tcp(open, Duration::from_secs(1)).await.unwrap_err();
-        assert_eq!(refused, "connection refused");
     }
 }

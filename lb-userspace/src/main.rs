@@ -22,8 +22,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load and attach the balancer, fill its maps, health-check backends;
-    /// detach cleanly on SIGINT or SIGTERM.
+    /// Load and attach the balancer (or adopt the one pinned for the
+    /// interface), fill its maps, health-check backends; reload on SIGHUP and
+    /// when the configuration file changes; detach on SIGINT or SIGTERM.
     Run {
         /// Configuration file (TOML).
         #[arg(long, short)]
@@ -31,6 +32,11 @@ enum Command {
         /// Interface to attach to; overrides `interface` in the configuration.
         #[arg(long)]
         iface: Option<String>,
+        /// On exit, leave the data plane attached and its maps and link
+        /// pinned under /sys/fs/bpf/lb/IFACE: it goes on forwarding with the
+        /// last state, and the next `lb run` adopts it without dropping a flow.
+        #[arg(long)]
+        keep_attached: bool,
     },
     /// Validate a configuration: exit 0 with a summary, or 1 with every error.
     Check {
@@ -119,10 +125,19 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config, iface } => report(runtime().and_then(|rt| {
+        Command::Run {
+            config: config_path,
+            iface,
+            keep_attached,
+        } => report(runtime().and_then(|rt| {
             rt.block_on(async {
-                let config = load_config(&config)?;
-                agent::run(config, iface, shutdown_signal())
+                let config = load_config(&config_path)?;
+                let options = agent::RunOptions {
+                    config_path,
+                    iface,
+                    keep_attached,
+                };
+                agent::run(config, options, shutdown_signal())
                     .await
                     .context("lb run")
             })

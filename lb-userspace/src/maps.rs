@@ -14,9 +14,9 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
 };
 use lb_common::{
-    AddrKey, Backend, ConnEvent, Counter, Globals, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONN_STATS,
-    MAGLEV_MAP_FLAGS, MAP_GLOBALS, MAP_MAGLEV, MAP_SRC_ALLOW_V4, MAP_STATS, MAP_VIP_ADDRS, MAP_VIP_STATS, MAP_VIPS,
-    Outcome, VipKey, VipValue,
+    AddrKey, Backend, ConnEvent, Counter, Globals, MAGLEV_MAP_FLAGS, MAP_BACKEND_STATS,
+    MAP_BACKENDS, MAP_CONN_STATS, MAP_GLOBALS, MAP_MAGLEV, MAP_SRC_ALLOW_V4, MAP_STATS,
+    MAP_VIP_ADDRS, MAP_VIP_STATS, MAP_VIPS, Outcome, VipKey, VipValue,
 };
 
 /// A failed map operation.
@@ -72,7 +72,9 @@ pub trait MapWriter {
 
 /// The Maglev map, written and read through a shared memory mapping
 /// (`BPF_F_MMAPABLE`, see [`lb_common::MAGLEV_MAP_FLAGS`]): a table of
-/// 65 537 entries is one copy instead of 65 537 system calls.
+/// 65 537 entries is one pass over memory instead of 65 537 system calls.
+/// The kernel lays array elements out every 8 bytes (`round_up(value_size,
+/// 8)`), so entry `i` is the `u32` at byte `8 * i`.
 pub struct MaglevMap {
     ptr: std::ptr::NonNull<u32>,
     entries: usize,
@@ -80,6 +82,9 @@ pub struct MaglevMap {
     // Keeps the map alive as long as the mapping.
     _data: MapData,
 }
+
+/// `u32`s per array element in the mapping: elements are 8-byte aligned.
+const ELEM_STRIDE: usize = 2;
 
 // SAFETY: the mapping is owned by this value and only reached through `&self`
 // / `&mut self`; the kernel side reads it concurrently by design.
@@ -108,7 +113,7 @@ impl MaglevMap {
         let entries = info.max_entries() as usize;
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let mapped_len = (entries * 4).div_ceil(page) * page;
+        let mapped_len = (entries * ELEM_STRIDE * 4).div_ceil(page) * page;
         // SAFETY: a fresh shared mapping of the map's fd, of the size the
         // kernel allows for it (rounded up to pages); checked below.
         let ptr = unsafe {
@@ -147,14 +152,15 @@ impl MaglevMap {
         }
     }
 
+    /// The mapping as `u32`s: entry `i` at `ELEM_STRIDE * i`.
     fn as_slice(&self) -> &[u32] {
-        // SAFETY: `entries` u32 values are mapped at `ptr` for our lifetime.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.entries) }
+        // SAFETY: `entries` elements of 8 bytes are mapped at `ptr` for our lifetime.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.entries * ELEM_STRIDE) }
     }
 
     fn as_mut_slice(&mut self) -> &mut [u32] {
         // SAFETY: as above, and `&mut self` makes this the only userspace view.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.entries) }
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.entries * ELEM_STRIDE) }
     }
 
     /// Copies `entries` to index `offset` on.
@@ -163,7 +169,10 @@ impl MaglevMap {
     /// The range is outside the map.
     pub fn write(&mut self, offset: u32, entries: &[u32]) -> Result<(), MapWriteError> {
         let range = self.range(offset, entries.len())?;
-        self.as_mut_slice()[range].copy_from_slice(entries);
+        let slots = &mut self.as_mut_slice()[range.start * ELEM_STRIDE..range.end * ELEM_STRIDE];
+        for (slot, id) in slots.chunks_exact_mut(ELEM_STRIDE).zip(entries) {
+            slot[0] = *id;
+        }
         // Order the table before the VIP update that publishes it (that
         // update is a system call, itself a full barrier; this is belt and
         // braces).
@@ -177,7 +186,13 @@ impl MaglevMap {
     /// The range is outside the map.
     pub fn read(&self, offset: u32, len: u32) -> Result<Vec<u32>, MapWriteError> {
         let range = self.range(offset, len as usize)?;
-        Ok(self.as_slice()[range].to_vec())
+        Ok(
+            self.as_slice()[range.start * ELEM_STRIDE..range.end * ELEM_STRIDE]
+                .iter()
+                .step_by(ELEM_STRIDE)
+                .copied()
+                .collect(),
+        )
     }
 }
 
@@ -267,7 +282,8 @@ impl AyaMaps {
     /// A pin is missing, or a map is of another type or size than this
     /// agent's (check [`pinned_layout`] first for a clearer message).
     pub fn from_pins(dir: &Path) -> Result<Self, MapWriteError> {
-        let maglev = MapData::from_pin(dir.join(MAP_MAGLEV)).map_err(wrap(MAP_MAGLEV, "open pin"))?;
+        let maglev =
+            MapData::from_pin(dir.join(MAP_MAGLEV)).map_err(wrap(MAP_MAGLEV, "open pin"))?;
         Ok(Self {
             vips: open_pin(dir, MAP_VIPS)?,
             vip_addrs: open_pin(dir, MAP_VIP_ADDRS)?,
