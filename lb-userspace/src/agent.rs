@@ -187,6 +187,13 @@ pub struct RunOptions {
 /// drive one data plane.
 struct InstanceLock {
     _file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Drop for InstanceLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 impl InstanceLock {
@@ -205,7 +212,7 @@ impl InstanceLock {
         if rc != 0 {
             return Err(AgentError::Running(iface.to_string()));
         }
-        Ok(Self { _file: file })
+        Ok(Self { _file: file, path })
     }
 }
 

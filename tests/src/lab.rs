@@ -1,13 +1,15 @@
-//! A namespace lab: a client, a load balancer and three backends joined by a
-//! bridge, each backend running a real HTTP server (Python's http.server)
-//! bound to every address, the VIP on its loopback and `lb decap` on its
-//! interface; the load balancer running `lb run`. Everything is named with
-//! the lab's prefix and removed on drop, processes first (by pid).
+//! A namespace lab: a client, a load balancer and three backends (a fourth,
+//! spare one on request) joined by a bridge, each backend running a real
+//! HTTP server (Python's http.server) bound to every address, optionally a
+//! line echo server on port 7000, the VIP on its loopback and `lb decap` on
+//! its interface; the load balancer running `lb run`. Everything is named
+//! with the lab's prefix and removed on drop, processes first (by pid).
 //!
 //! ```text
 //!   client 10.30.0.10 ──┐
 //!   lb     10.30.0.2  ──┤ bridge (namespace PREFIX-sw)
-//!   be1..3 10.30.0.21-23┘
+//!   be1..3 10.30.0.21-23┤
+//!   be4    10.30.0.24  ─┘ (spare: not in the first configuration)
 //! ```
 
 use std::{
@@ -37,6 +39,38 @@ pub const BACKENDS: [(&str, &str); 3] = [
     ("be2", "10.30.0.22"),
     ("be3", "10.30.0.23"),
 ];
+/// The spare backend: built with [`Options::spare_backend`], not in the
+/// first configuration.
+pub const SPARE_BACKEND: (&str, &str) = ("be4", "10.30.0.24");
+/// Port of the echo servers ([`Options::echo`]) and of the `echo` VIP.
+pub const ECHO_PORT: u16 = 7000;
+
+/// The echo server: greets each connection with the backend's name and a
+/// newline, then sends back every line it receives.
+const ECHO_SERVER: &str = r#"
+import socketserver, sys
+NAME = sys.argv[1].encode()
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self):
+        self.wfile.write(NAME + b"\n")
+        for line in self.rfile:
+            self.wfile.write(line)
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+Server(("0.0.0.0", int(sys.argv[2])), Echo).serve_forever()
+"#;
+
+/// What the lab builds besides the basics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Build [`SPARE_BACKEND`] too (running its servers, not configured).
+    pub spare_backend: bool,
+    /// Run an echo server on every backend and configure VIP `echo` on
+    /// [`ECHO_PORT`] over be1..be3.
+    pub echo: bool,
+}
+
 /// Size of the `/whoami` body: large enough that replies outweigh requests,
 /// so a test can tell they did not cross the load balancer.
 pub const BODY_LEN: usize = 4096;
@@ -92,8 +126,10 @@ pub struct Lab {
     /// Working directory (config, logs, web roots).
     pub dir: PathBuf,
     lb_bin: PathBuf,
+    options: Options,
+    mode: Mode,
     procs: Vec<Proc>,
-    servers: [Option<Proc>; 3],
+    servers: Vec<Option<Proc>>,
     agent: Option<Proc>,
     // Declared last: namespaces go after the processes in them.
     /// Namespaces: sw, client, lb, be1, be2, be3.
@@ -124,6 +160,14 @@ impl Lab {
     /// # Errors
     /// Any set-up step fails; what was made so far is removed.
     pub fn start(prefix: &str, mode: Mode) -> anyhow::Result<Self> {
+        Self::start_with(prefix, mode, Options::default())
+    }
+
+    /// [`Lab::start`] with `options`.
+    ///
+    /// # Errors
+    /// Any set-up step fails; what was made so far is removed.
+    pub fn start_with(prefix: &str, mode: Mode, options: Options) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("{prefix}-lab"));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
@@ -132,13 +176,16 @@ impl Lab {
             lb_iface: format!("{prefix}0"),
             dir,
             lb_bin: lb_binary()?,
+            options,
+            mode,
             procs: Vec::new(),
-            servers: [None, None, None],
+            servers: Vec::new(),
             agent: None,
             ns: Vec::new(),
         };
         lab.build_network()?;
-        for i in 0..BACKENDS.len() {
+        lab.servers = (0..lab.backends().len()).map(|_| None).collect();
+        for i in 0..lab.backends().len() {
             lab.start_backend(i, mode)?;
         }
         // Native XDP_TX from the LB's veth reaches the bridge only if the
@@ -154,10 +201,21 @@ impl Lab {
             lab.procs.push(p);
         }
         lab.wait_for_servers(Duration::from_secs(10))?;
-        lab.write_config(mode)?;
-        lab.start_agent()?;
+        let echo: Vec<(&str, u32)> = BACKENDS.iter().map(|&(name, _)| (name, 1)).collect();
+        lab.write_config(&lab.config_text(&echo, ""))?;
+        lab.start_agent(&[])?;
         lab.wait_until_serving(Duration::from_secs(20))?;
         Ok(lab)
+    }
+
+    /// The backends the lab built: be1..be3, and be4 with
+    /// [`Options::spare_backend`].
+    pub fn backends(&self) -> Vec<(&'static str, &'static str)> {
+        let mut all = BACKENDS.to_vec();
+        if self.options.spare_backend {
+            all.push(SPARE_BACKEND);
+        }
+        all
     }
 
     fn ns_named(&self, suffix: &str) -> &Netns {
@@ -180,21 +238,23 @@ impl Lab {
 
     fn build_network(&mut self) -> anyhow::Result<()> {
         let p = self.prefix.clone();
-        for suffix in ["sw", "client", "lb", "be1", "be2", "be3"] {
+        let backends = self.backends();
+        for suffix in ["sw", "client", "lb"]
+            .into_iter()
+            .chain(backends.iter().map(|b| b.0))
+        {
             self.ns.push(Netns::new(&format!("{p}-{suffix}"))?);
         }
         let sw = &self.ns[0];
         sw.ip(&["link", "add", "br0", "type", "bridge"])?;
         sw.ip(&["link", "set", "dev", "br0", "up"])?;
-        let hosts: Vec<(&str, String, String, &str)> = [
+        let mut hosts: Vec<(&str, String, String, &str)> = vec![
             ("client", "eth0".to_string(), format!("{p}c"), CLIENT_ADDR),
             ("lb", self.lb_iface.clone(), format!("{p}p"), LB_ADDR),
-            ("be1", "eth0".to_string(), format!("{p}b1"), BACKENDS[0].1),
-            ("be2", "eth0".to_string(), format!("{p}b2"), BACKENDS[1].1),
-            ("be3", "eth0".to_string(), format!("{p}b3"), BACKENDS[2].1),
-        ]
-        .into_iter()
-        .collect();
+        ];
+        for (i, (name, addr)) in backends.iter().enumerate() {
+            hosts.push((name, "eth0".to_string(), format!("{p}b{}", i + 1), addr));
+        }
         for (host, iface, peer, addr) in &hosts {
             let host_ns = format!("{p}-{host}");
             sw.ip(&[
@@ -209,7 +269,7 @@ impl Lab {
         client.ip(&["addr", "add", &format!("{OUTSIDE_ADDR}/32"), "dev", "eth0"])?;
         client.ip(&["route", "add", &format!("{VIP}/32"), "via", LB_ADDR])?;
         crate::netns::disable_tx_checksum(client, "eth0")?;
-        for (name, _) in BACKENDS {
+        for (name, _) in backends {
             let be = self.ns_named(name);
             be.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
             // The VIP is on loopback: never answer ARP for it on eth0.
@@ -226,7 +286,11 @@ impl Lab {
         args: &[&str],
         what: &str,
     ) -> anyhow::Result<Proc> {
-        let log = fs::File::create(self.dir.join(format!("{what}.log")))?;
+        // Appended: a restarted agent adds to its log.
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{what}.log")))?;
         let mut cmd = self.ns[ns_index].command(&program.display().to_string());
         cmd.args(args)
             .stdin(Stdio::null())
@@ -245,7 +309,7 @@ impl Lab {
     }
 
     fn start_backend(&mut self, i: usize, mode: Mode) -> anyhow::Result<()> {
-        let (name, _) = BACKENDS[i];
+        let (name, _) = self.backends()[i];
         let root = self.dir.join(format!("www-{name}"));
         fs::create_dir_all(&root)?;
         // "be1" then padding: the first word names the backend.
@@ -268,6 +332,17 @@ impl Lab {
             &format!("decap-{name}"),
         )?;
         self.procs.push(decap);
+        if self.options.echo {
+            let script = self.dir.join("echo.py");
+            fs::write(&script, ECHO_SERVER)?;
+            let echo = self.spawn(
+                idx,
+                &which("python3")?,
+                &[&script.display().to_string(), name, &ECHO_PORT.to_string()],
+                &format!("echo-{name}"),
+            )?;
+            self.procs.push(echo);
+        }
         self.start_server(i)
     }
 
@@ -276,7 +351,7 @@ impl Lab {
     /// # Errors
     /// The process cannot be started.
     pub fn start_server(&mut self, i: usize) -> anyhow::Result<()> {
-        let (name, _) = BACKENDS[i];
+        let (name, _) = self.backends()[i];
         let root = self.dir.join(format!("www-{name}"));
         let idx = self.ns_index(name);
         let python = which("python3")?;
@@ -301,7 +376,7 @@ impl Lab {
     /// Waits until every backend's server answers on its own address.
     fn wait_for_servers(&self, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
-        for (name, addr) in BACKENDS {
+        for (name, addr) in self.backends() {
             loop {
                 let ok = self
                     .client()
@@ -335,15 +410,45 @@ impl Lab {
         }
     }
 
-    fn write_config(&self, mode: Mode) -> anyhow::Result<()> {
+    /// The lab's configuration: VIP `web` (port 80) over be1..be3 and, with
+    /// [`Options::echo`], VIP `echo` ([`ECHO_PORT`]) over `echo_backends`
+    /// (name, weight); then `extra` (more TOML, e.g. another `[[vip]]`).
+    /// Health checks every 500 ms, timeout 250 ms, rise 2, fall 2.
+    pub fn config_text(&self, echo_backends: &[(&str, u32)], extra: &str) -> String {
+        let check = "\n  [vip.health_check]\n  kind = \"tcp\"\n  interval = \"500ms\"\n  timeout = \"250ms\"\n  rise = 2\n  fall = 2\n";
         let mut text = format!(
-            "interface = \"{}\"\nxdp_mode = \"{}\"\n\n[maglev]\ntable_size = 65537\n\n[[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\n\n  [vip.health_check]\n  kind = \"tcp\"\n  interval = \"500ms\"\n  timeout = \"250ms\"\n  rise = 2\n  fall = 2\n",
+            "interface = \"{}\"\nxdp_mode = \"{}\"\n\n[maglev]\ntable_size = 65537\n\n[[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\n{check}",
             self.lb_iface,
-            mode.as_str()
+            self.mode.as_str()
         );
         for (_, addr) in BACKENDS {
             text.push_str(&format!("\n  [[vip.backend]]\n  address = \"{addr}\"\n"));
         }
+        if self.options.echo {
+            text.push_str(&format!(
+                "\n[[vip]]\nname = \"echo\"\naddress = \"{VIP}\"\nport = {ECHO_PORT}\nprotocol = \"tcp\"\n{check}"
+            ));
+            for (name, weight) in echo_backends {
+                let (_, addr) = self
+                    .backends()
+                    .into_iter()
+                    .find(|b| b.0 == *name)
+                    .expect("a backend of the lab");
+                text.push_str(&format!(
+                    "\n  [[vip.backend]]\n  address = \"{addr}\"\n  weight = {weight}\n"
+                ));
+            }
+        }
+        text.push_str(extra);
+        text
+    }
+
+    /// Writes the agent's configuration file (in place, as an editor that
+    /// truncates and writes does).
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn write_config(&self, text: &str) -> anyhow::Result<()> {
         fs::File::create(self.config_path())?.write_all(text.as_bytes())?;
         Ok(())
     }
@@ -358,17 +463,57 @@ impl Lab {
         Path::new("/sys/fs/bpf/lb").join(&self.lb_iface)
     }
 
-    fn start_agent(&mut self) -> anyhow::Result<()> {
+    /// Starts the agent (`lb run --config FILE EXTRA_ARGS`), appending to
+    /// its log.
+    ///
+    /// # Errors
+    /// The process cannot be started.
+    pub fn start_agent(&mut self, extra_args: &[&str]) -> anyhow::Result<()> {
         let idx = self.ns_index("lb");
         let config = self.config_path().display().to_string();
-        let agent = self.spawn(
-            idx,
-            &self.lb_bin.clone(),
-            &["run", "--config", &config],
-            "agent",
-        )?;
+        let mut args = vec!["run", "--config", &config];
+        args.extend_from_slice(extra_args);
+        let agent = self.spawn(idx, &self.lb_bin.clone(), &args, "agent")?;
         self.agent = Some(agent);
         Ok(())
+    }
+
+    /// Kills the agent with SIGKILL and waits for it to exit.
+    pub fn kill_agent(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            let _ = agent.child.kill();
+            let _ = agent.child.wait();
+        }
+    }
+
+    /// Whether the agent process is running.
+    pub fn agent_running(&mut self) -> bool {
+        self.agent
+            .as_mut()
+            .is_some_and(|a| matches!(a.child.try_wait(), Ok(None)))
+    }
+
+    /// How many lines of the agent's log contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.agent_log()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits (at most `limit`) until the agent's log has at least `count`
+    /// lines containing `needle`; returns whether it did.
+    pub fn wait_for_log(&self, needle: &str, count: usize, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.log_count(needle) >= count {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The agent's log so far.
@@ -453,6 +598,7 @@ impl Lab {
             proc.stop();
         }
         let _ = fs::remove_dir_all(self.pin_dir());
+        let _ = fs::remove_file(format!("/run/lb/{}.lock", self.lb_iface));
     }
 }
 

@@ -1,0 +1,344 @@
+//! Flows survive every change (issue 3): 50 long-lived TCP connections
+//! through VIP `echo`, each exchanging a line every 100 ms with the echo
+//! servers of the namespace lab, stay open while the configuration is
+//! reloaded in many ways and the agent is killed and restarted. After each
+//! step, new connections are checked to follow the new configuration.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::{BufRead as _, BufReader, Write as _},
+    net::{SocketAddr, TcpStream},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use lb_common::{MAP_VIPS, VipKey, VipValue};
+use lb_tests::lab::{ECHO_PORT, Lab, Mode, Options, VIP};
+use lb_userspace::maps::open_pin;
+
+const CONNECTIONS: usize = 50;
+const EXCHANGE_EVERY: Duration = Duration::from_millis(100);
+/// A reply later than this is a stall, and fails the connection.
+const STALL: Duration = Duration::from_secs(1);
+/// How long each step lets the connections run after its change.
+const SOAK: Duration = Duration::from_millis(1500);
+
+fn echo_addr() -> SocketAddr {
+    SocketAddr::new(VIP.parse().expect("VIP"), ECHO_PORT)
+}
+
+/// Connects to the echo VIP and reads the greeting: the backend's name.
+fn connect() -> Result<(BufReader<TcpStream>, String), String> {
+    let stream = TcpStream::connect_timeout(&echo_addr(), Duration::from_secs(2))
+        .map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(STALL))
+        .map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(stream);
+    let mut greeting = String::new();
+    reader
+        .read_line(&mut greeting)
+        .map_err(|e| format!("greeting: {e}"))?;
+    Ok((reader, greeting.trim().to_string()))
+}
+
+/// Opens `n` short connections; returns how many each backend took and
+/// how many failed.
+fn spread(n: usize) -> (BTreeMap<String, usize>, usize) {
+    let mut per_backend = BTreeMap::new();
+    let mut failed = 0;
+    for _ in 0..n {
+        match connect() {
+            Ok((_, name)) => *per_backend.entry(name).or_default() += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    (per_backend, failed)
+}
+
+/// One long-lived connection, driven by its own thread.
+struct Conn {
+    backend: String,
+    failure: Mutex<Option<String>>,
+    exchanges: AtomicU64,
+}
+
+fn drive(conn: &Conn, mut reader: BufReader<TcpStream>, id: usize, stop: &AtomicBool) {
+    let fail = |why: String| *conn.failure.lock().expect("lock") = Some(why);
+    let mut seq = 0u64;
+    // Bounded: at most 10 minutes of exchanges.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        seq += 1;
+        let line = format!("{id} {seq}\n");
+        let sent = Instant::now();
+        if let Err(e) = reader.get_mut().write_all(line.as_bytes()) {
+            return fail(format!("send #{seq}: {e}"));
+        }
+        let mut reply = String::new();
+        match reader.read_line(&mut reply) {
+            Ok(0) => return fail(format!("closed by peer at #{seq}")),
+            Ok(_) if reply != line => return fail(format!("reply {reply:?} to {line:?}")),
+            Ok(_) => {}
+            Err(e) => return fail(format!("receive #{seq}: {e}")),
+        }
+        if sent.elapsed() > STALL {
+            return fail(format!("stalled {:?} at #{seq}", sent.elapsed()));
+        }
+        conn.exchanges.fetch_add(1, Ordering::Relaxed);
+        thread::sleep(EXCHANGE_EVERY.saturating_sub(sent.elapsed()));
+    }
+}
+
+fn survivors(conns: &[Arc<Conn>]) -> usize {
+    conns
+        .iter()
+        .filter(|c| c.failure.lock().expect("lock").is_none())
+        .count()
+}
+
+fn pinned_vips(lab: &Lab) -> Vec<(VipKey, VipValue)> {
+    let map: BpfHashMap<MapData, VipKey, VipValue> =
+        open_pin(&lab.pin_dir(), MAP_VIPS).expect("pinned VIP map");
+    let mut vips: Vec<_> = map.iter().map(|r| r.expect("VIP entry")).collect();
+    vips.sort_by_key(|(k, _)| (k.addr, k.port, k.proto));
+    vips
+}
+
+/// Rewrites the configuration and waits until the agent has reloaded it.
+fn reload(lab: &Lab, text: &str) {
+    let before = lab.log_count("configuration reloaded");
+    lab.write_config(text).expect("write config");
+    assert!(
+        lab.wait_for_log(
+            "configuration reloaded",
+            before + 1,
+            Duration::from_secs(10)
+        ),
+        "the agent did not reload; log:\n{}",
+        lab.agent_log()
+    );
+}
+
+fn restart_and_wait_for_adoption(lab: &mut Lab, args: &[&str]) {
+    let before = lab.log_count("adopted the data plane");
+    lab.start_agent(args).expect("agent starts");
+    assert!(
+        lab.wait_for_log(
+            "adopted the data plane",
+            before + 1,
+            Duration::from_secs(15)
+        ),
+        "the agent did not adopt the pinned data plane; log:\n{}",
+        lab.agent_log()
+    );
+}
+
+#[test]
+fn long_lived_connections_survive_reloads_and_restarts() {
+    let mut lab = Lab::start_with(
+        "lbsurv",
+        Mode::Native,
+        Options {
+            spare_backend: true,
+            echo: true,
+        },
+    )
+    .expect("lab starts");
+    let _client = lab.client().enter().expect("enter the client's namespace");
+
+    let three = [("be1", 1), ("be2", 1), ("be3", 1)];
+    let (initial, failed) = spread(48);
+    assert_eq!(failed, 0, "{initial:?}");
+    assert_eq!(
+        initial.len(),
+        3,
+        "new connections spread over be1..be3: {initial:?}"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut conns = Vec::new();
+    let mut threads = Vec::new();
+    for id in 0..CONNECTIONS {
+        let (reader, backend) = connect().expect("long-lived connection");
+        let conn = Arc::new(Conn {
+            backend,
+            failure: Mutex::new(None),
+            exchanges: AtomicU64::new(0),
+        });
+        let (c, s) = (conn.clone(), stop.clone());
+        threads.push(thread::spawn(move || drive(&c, reader, id, &s)));
+        conns.push(conn);
+    }
+    let mut on: BTreeMap<&str, usize> = BTreeMap::new();
+    for c in &conns {
+        *on.entry(c.backend.as_str()).or_default() += 1;
+    }
+    println!("50 long-lived connections on {on:?}");
+    assert!(!on.contains_key("be4"));
+
+    let mut report: Vec<(&str, usize, String)> = Vec::new();
+    let mut step = |name: &'static str, lab: &Lab, check: &dyn Fn(&BTreeMap<String, usize>)| {
+        let exchanged = conns
+            .iter()
+            .map(|c| c.exchanges.load(Ordering::Relaxed))
+            .sum::<u64>();
+        thread::sleep(SOAK);
+        let now = conns
+            .iter()
+            .map(|c| c.exchanges.load(Ordering::Relaxed))
+            .sum::<u64>();
+        assert!(
+            now > exchanged,
+            "{name}: the connections went on exchanging"
+        );
+        // 120: be1 at weight 4 of 6 then takes more than the others
+        // together but for a 4-sigma draw.
+        let (spread, failed) = spread(120);
+        assert_eq!(failed, 0, "{name}: new connections: {spread:?}");
+        check(&spread);
+        let alive = survivors(&conns);
+        println!("step {name:<32} survivors {alive}/{CONNECTIONS}, new connections {spread:?}");
+        report.push((name, alive, format!("{spread:?}")));
+        let failures: Vec<String> = conns
+            .iter()
+            .filter_map(|c| c.failure.lock().expect("lock").clone())
+            .collect();
+        assert!(
+            failures.is_empty(),
+            "{name}: connections failed: {failures:?}; agent log:\n{}",
+            lab.agent_log()
+        );
+    };
+
+    // 1. A fourth backend is added.
+    reload(
+        &lab,
+        &lab.config_text(&[three[0], three[1], three[2], ("be4", 1)], ""),
+    );
+    step("add backend be4", &lab, &|s| {
+        assert!(
+            s.get("be4").copied().unwrap_or(0) > 0,
+            "be4 takes new connections: {s:?}"
+        );
+    });
+    // 2. Another backend (not theirs) is removed.
+    reload(&lab, &lab.config_text(&three, ""));
+    step("remove backend be4", &lab, &|s| {
+        assert!(!s.contains_key("be4"), "be4 takes nothing: {s:?}");
+        assert_eq!(s.len(), 3, "{s:?}");
+    });
+    // 3. A weight changes, written in three quick writes: one reload.
+    let weighted = lab.config_text(&[("be1", 4), ("be2", 1), ("be3", 1)], "");
+    let before = lab.log_count("configuration reloaded");
+    for text in [
+        &lab.config_text(&three, ""),
+        &weighted[..weighted.len() / 2],
+        &weighted,
+    ] {
+        lab.write_config(text).expect("write config");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(lab.wait_for_log(
+        "configuration reloaded",
+        before + 1,
+        Duration::from_secs(10)
+    ));
+    thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        lab.log_count("configuration reloaded"),
+        before + 1,
+        "three quick writes give one reload"
+    );
+    let be1_heavy = |s: &BTreeMap<String, usize>| {
+        let n = |b: &str| s.get(b).copied().unwrap_or(0);
+        assert!(
+            n("be1") > n("be2") + n("be3"),
+            "be1 (weight 4 of 6) takes most new connections: {s:?}"
+        );
+    };
+    step("weight of be1 1 -> 4", &lab, &be1_heavy);
+    // 4. An unrelated VIP is added, then removed.
+    let extra = "\n[[vip]]\nname = \"extra\"\naddress = \"10.30.0.101\"\nport = 7000\nprotocol = \"tcp\"\n  [[vip.backend]]\n  address = \"10.30.0.22\"\n";
+    let vips_before = pinned_vips(&lab);
+    reload(
+        &lab,
+        &lab.config_text(&[("be1", 4), ("be2", 1), ("be3", 1)], extra),
+    );
+    let with_extra = pinned_vips(&lab);
+    assert_eq!(with_extra.len(), vips_before.len() + 1, "VIP extra added");
+    for entry in &vips_before {
+        assert!(
+            with_extra.contains(entry),
+            "other VIPs untouched: {entry:?}"
+        );
+    }
+    step("add unrelated VIP", &lab, &be1_heavy);
+    reload(&lab, &weighted);
+    assert_eq!(
+        pinned_vips(&lab),
+        vips_before,
+        "VIP extra removed, others untouched"
+    );
+    step("remove unrelated VIP", &lab, &be1_heavy);
+    // 5. An invalid configuration is rejected; nothing changes.
+    let rejected = lab.log_count("configuration rejected");
+    lab.write_config(&weighted.replace("table_size = 65537", "table_size = 65536"))
+        .expect("write config");
+    assert!(
+        lab.wait_for_log(
+            "configuration rejected",
+            rejected + 1,
+            Duration::from_secs(10)
+        ),
+        "invalid configuration rejected; log:\n{}",
+        lab.agent_log()
+    );
+    assert!(
+        lab.agent_log().contains("65536"),
+        "the error names the bad value"
+    );
+    assert_eq!(pinned_vips(&lab), vips_before, "maps unchanged");
+    step("invalid config rejected", &lab, &be1_heavy);
+    lab.write_config(&weighted).expect("write config");
+    // 6. The agent is killed with SIGKILL and started again.
+    lab.kill_agent();
+    thread::sleep(Duration::from_millis(500));
+    restart_and_wait_for_adoption(&mut lab, &["--keep-attached"]);
+    assert_eq!(pinned_vips(&lab), vips_before, "adoption rewrote nothing");
+    step("SIGKILL and restart", &lab, &be1_heavy);
+    // 7. The agent stops with --keep-attached and starts again.
+    lab.stop_agent();
+    assert!(
+        lab.agent_log()
+            .contains("--keep-attached: xdp_lb stays attached"),
+        "{}",
+        lab.agent_log()
+    );
+    assert!(lab.pin_dir().join("link").exists(), "link still pinned");
+    thread::sleep(Duration::from_millis(500));
+    restart_and_wait_for_adoption(&mut lab, &[]);
+    step("--keep-attached stop and restart", &lab, &be1_heavy);
+
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().expect("connection thread");
+    }
+    let exchanges: u64 = conns
+        .iter()
+        .map(|c| c.exchanges.load(Ordering::Relaxed))
+        .sum();
+    println!(
+        "\nper-step survivors of {CONNECTIONS} long-lived connections ({exchanges} exchanges):"
+    );
+    for (name, alive, spread) in &report {
+        println!("  {name:<34} {alive:>3}   new connections {spread}");
+    }
+    let per: HashMap<&str, usize> = report.iter().map(|(n, a, _)| (*n, *a)).collect();
+    assert!(per.values().all(|&a| a == CONNECTIONS));
+}
