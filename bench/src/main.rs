@@ -4,10 +4,16 @@
 //! 1. Per-packet cost of each packet class through `BPF_PROG_TEST_RUN`,
 //!    beside two baseline programs, on one pinned CPU ([`prog`]).
 //! 2. Maglev build time and the time to apply a large configuration ([`apply`]).
+//! 3. In a namespace lab ([`lab`]): UDP packet rate through `xdp_lb` against
+//!    `bench_drop` on the same veth, and HTTP with wrk through the balancer
+//!    and through HAProxy on the same backends ([`net`]).
 
 mod apply;
+mod lab;
+mod net;
 mod prog;
 mod report;
+mod traffic;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -25,10 +31,33 @@ struct Cli {
     /// Where to write the markdown report.
     #[arg(long, default_value = "target/bench/report.md")]
     out: PathBuf,
+    /// Skip the namespace lab (packet rate and HTTP).
+    #[arg(long)]
+    no_lab: bool,
+    /// The `lb` binary the lab runs (default: `$LB_BIN`, else `lb` beside this binary).
+    #[arg(long)]
+    lb_bin: Option<PathBuf>,
+    #[command(subcommand)]
+    helper: Option<Helper>,
+}
+
+/// Roles the bench runs itself in for the lab.
+#[derive(clap::Subcommand)]
+enum Helper {
+    /// A backend's HTTP server (runs until killed).
+    #[command(hide = true)]
+    ServeHttp {
+        /// TCP port.
+        #[arg(long)]
+        port: u16,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Helper::ServeHttp { port }) = cli.helper {
+        return traffic::serve_http(port);
+    }
     // SAFETY: plain getter.
     if unsafe { libc::geteuid() } != 0 {
         bail!("lb-bench needs root: it makes network namespaces and loads XDP programs");
@@ -62,6 +91,34 @@ fn main() -> anyhow::Result<()> {
         &mut report,
     )
     .context("config apply bench")?;
+
+    if !cli.no_lab {
+        println!("\n3. namespace lab");
+        let lb_bin = match cli
+            .lb_bin
+            .or_else(|| std::env::var_os("LB_BIN").map(PathBuf::from))
+        {
+            Some(path) => path,
+            None => std::env::current_exe()?
+                .parent()
+                .context("binary directory")?
+                .join("lb"),
+        };
+        let durations = if cli.quick {
+            net::Durations {
+                flood: Duration::from_secs(2),
+                wrk: Duration::from_secs(2),
+                connections: 16,
+            }
+        } else {
+            net::Durations {
+                flood: Duration::from_secs(5),
+                wrk: Duration::from_secs(8),
+                connections: 32,
+            }
+        };
+        net::bench(&prefix, &lb_bin, durations, &mut report).context("lab bench")?;
+    }
 
     report.notes.push(
         "Per-packet figures are kernel-timed averages over the repetitions of one BPF_PROG_TEST_RUN, on one pinned CPU; between runs of the bench they move by about ±10-15 ns on a 2-vCPU VM, so compare each row with the baselines of the same run (the ratio column), not with another run.".into(),

@@ -1,4 +1,4 @@
-//! `cargo xtask`: set-up, build, test, demo and run. Installs what a fresh
+//! `cargo xtask`: set-up, build, test, demo, bench and run. Installs what a fresh
 //! machine lacks (the pinned nightly with rust-src, bpf-linker 0.10.4, and the
 //! lab's programs) before building, saying what it does.
 
@@ -39,6 +39,13 @@ enum Task {
     },
     /// Set up, build, then run the namespace demo; needs root.
     Demo,
+    /// Set up, build in release mode, then run the benchmark as root; prints
+    /// one table and writes it to target/bench/report.md.
+    Bench {
+        /// Extra arguments for `lb-bench` (for example `--quick`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Set up, build, then run `lb ARGS` as root (via sudo when not root).
     Run {
         /// Arguments for `lb`.
@@ -73,6 +80,27 @@ fn main() -> anyhow::Result<()> {
             setup()?;
             build(&root)?;
             status(as_root(&root.join("target/debug/lb-demo"))?.env("LB_BIN", lb_binary(&root)))
+        }
+        Task::Bench { args } => {
+            setup()?;
+            // Release: the bench times userspace code (Maglev builds, config
+            // apply) and runs the agent under load.
+            status(cargo().current_dir(&root).args([
+                "build",
+                "--release",
+                "-p",
+                "lb-userspace",
+                "-p",
+                "lb-bench",
+                "--bins",
+            ]))?;
+            let release = root.join("target/release");
+            status(
+                as_root(&release.join("lb-bench"))?
+                    .current_dir(&root)
+                    .args(args)
+                    .env("LB_BIN", release.join("lb")),
+            )
         }
         Task::Run { args } => {
             setup()?;

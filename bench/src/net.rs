@@ -1,0 +1,302 @@
+//! The lab measurements: UDP packet rate through `xdp_lb` against
+//! `bench_drop` on the same interface, and HTTP through the balancer (DSR)
+//! against HAProxy in TCP mode on the same backends.
+
+use std::{
+    net::Ipv4Addr,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use aya::{
+    EbpfLoader,
+    programs::{Xdp, XdpMode, loaded_programs},
+};
+use lb_common::{Outcome, PROG_BENCH_DROP};
+use lb_userspace::{agent, maps::StatsReader};
+
+use crate::{
+    lab::{BACKENDS, CLIENT_ADDR, HAPROXY_PORT, LB_ADDR, Lab, VIP},
+    report::Report,
+    traffic::{self, WrkResult},
+};
+
+/// How long each lab measurement runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Durations {
+    /// One packet-rate run.
+    pub flood: Duration,
+    /// One wrk run.
+    pub wrk: Duration,
+    /// wrk connections.
+    pub connections: u32,
+}
+
+/// (run count, run time) of program `id`; needs BPF stats enabled.
+fn prog_stats(id: u32) -> anyhow::Result<(u64, Duration)> {
+    for info in loaded_programs() {
+        let info = info?;
+        if info.id() == id {
+            return Ok((info.run_count(), info.run_time()));
+        }
+    }
+    bail!("no program with id {id}")
+}
+
+fn v4(addr: &str) -> [u8; 4] {
+    addr.parse::<Ipv4Addr>().expect("lab address").octets()
+}
+
+/// Installs the Debian packages of `programs` that are missing.
+///
+/// # Errors
+/// apt-get fails.
+pub fn ensure_programs(programs: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = programs
+        .iter()
+        .filter(|(p, _)| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {p}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("installing {missing:?} from the distribution's packages (the bench uses them)");
+    crate::lab::output(Command::new("apt-get").args(["update", "-q"]))?;
+    crate::lab::output(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    Ok(())
+}
+
+/// A flood of `d.flood`; (packets/s the LB program ran, packets/s sent, ns
+/// of BPF run time per packet).
+fn rate(lab: &Lab, prog_id: u32, d: Durations) -> anyhow::Result<(f64, f64, f64)> {
+    let (count0, time0) = prog_stats(prog_id)?;
+    let start = Instant::now();
+    let sent = traffic::udp_flood(
+        lab.ns("client"),
+        v4(VIP),
+        v4(CLIENT_ADDR),
+        d.flood,
+        200_000_000,
+    )?;
+    let elapsed = start.elapsed().as_secs_f64();
+    // Let the last frames through before reading the counters.
+    std::thread::sleep(Duration::from_millis(200));
+    let (count1, time1) = prog_stats(prog_id)?;
+    let runs = count1 - count0;
+    ensure!(runs > 0, "the LB program did not run during the flood");
+    let ns = (time1 - time0).as_nanos() as f64 / runs as f64;
+    Ok((runs as f64 / elapsed, sent as f64 / elapsed, ns))
+}
+
+/// What a wrk run cost on the LB side.
+struct Cost {
+    result: WrkResult,
+    /// LB-side CPU time per request, µs.
+    lb_us: f64,
+    /// Softirq time of all CPUs during the run, as a share of one CPU.
+    softirq: f64,
+    /// Busy time of all CPUs during the run, as a share of one CPU.
+    busy: f64,
+}
+
+/// Runs wrk from the client against `url`; `lb_cpu` reads the LB side's
+/// CPU time before and after.
+fn wrk(
+    lab: &Lab,
+    url: &str,
+    close: bool,
+    d: Durations,
+    lb_cpu: &dyn Fn() -> anyhow::Result<Duration>,
+) -> anyhow::Result<Cost> {
+    let mut cmd = lab.ns("client").command("wrk");
+    cmd.args([
+        "-t2",
+        &format!("-c{}", d.connections),
+        &format!("-d{}s", d.wrk.as_secs()),
+        "--timeout",
+        "2s",
+        "--latency",
+    ]);
+    if close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    cmd.arg(url);
+    let (soft0, busy0) = traffic::system_cpu()?;
+    let lb0 = lb_cpu()?;
+    let start = Instant::now();
+    let text = crate::lab::output(&mut cmd)?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let lb1 = lb_cpu()?;
+    let (soft1, busy1) = traffic::system_cpu()?;
+    let result = traffic::parse_wrk(&text)?;
+    let lb_us = (lb1 - lb0).as_secs_f64() * 1e6 / result.requests.max(1) as f64;
+    Ok(Cost {
+        result,
+        lb_us,
+        softirq: (soft1 - soft0).as_secs_f64() / elapsed,
+        busy: (busy1 - busy0).as_secs_f64() / elapsed,
+    })
+}
+
+fn http_row(report: &mut Report, case: &str, c: &Cost, lb_what: &str, peer_rps: Option<f64>) {
+    let r = &c.result;
+    let errors = if r.errors.is_empty() {
+        String::new()
+    } else {
+        format!("; wrk: {}", r.errors)
+    };
+    report.row(
+        "HTTP",
+        case,
+        format!("{:.0} req/s", r.rps),
+        peer_rps.map_or(String::new(), |p| format!("{:.2}x", r.rps / p)),
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms; LB CPU {:.1} µs/req ({lb_what}); all CPUs: softirq {:.0}%, busy {:.0}% of one CPU; noisy{errors}",
+            r.p50_ms,
+            r.p99_ms,
+            c.lb_us,
+            c.softirq * 100.0,
+            c.busy * 100.0
+        ),
+    );
+}
+
+/// Runs the lab part: packet rate, then HTTP through XDP and HAProxy.
+///
+/// # Errors
+/// The lab cannot be built, a tool is missing, or a run fails.
+pub fn bench(prefix: &str, lb_bin: &Path, d: Durations, report: &mut Report) -> anyhow::Result<()> {
+    ensure_programs(&[("wrk", "wrk"), ("haproxy", "haproxy")])?;
+    // Run-time statistics of every BPF program while this guard lives.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+    let mut lab = Lab::start(prefix, lb_bin)?;
+    let lb_prog = lab.lb_prog_id()?;
+    let pins = StatsReader::from_pins(&lab.pin_dir())?;
+
+    // 1. Packet rate through xdp_lb (UDP VIP, XDP_TX back out).
+    let fwd0 = pins.outcome(Outcome::Forwarded).packets;
+    let (fwd_pps, fwd_sent, fwd_ns) = rate(&lab, lb_prog, d)?;
+    let forwarded = pins.outcome(Outcome::Forwarded).packets - fwd0;
+    ensure!(forwarded > 0, "no packet forwarded during the flood");
+
+    // 2. HTTP through the balancer (DSR) and through HAProxy. HAProxy runs
+    // while xdp_lb stays attached (it passes non-VIP traffic), so the LB's
+    // interface has the same settings (XDP on, TSO off) for both.
+    let lb_cpu = || -> anyhow::Result<Duration> { Ok(prog_stats(lb_prog)?.1) };
+    let url = format!("http://{VIP}/");
+    let xdp_ka = wrk(&lab, &url, false, d, &lb_cpu)?;
+    let xdp_close = wrk(&lab, &url, true, d, &lb_cpu)?;
+    let cfg = lab.dir.join("haproxy.cfg");
+    let mut text = format!(
+        "global\n    maxconn 4000\n\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\nfrontend fe\n    bind {LB_ADDR}:{HAPROXY_PORT}\n    default_backend be\n\nbackend be\n    balance roundrobin\n"
+    );
+    for (name, addr) in BACKENDS {
+        text.push_str(&format!("    server {name} {addr}:80 check inter 1s\n"));
+    }
+    std::fs::write(&cfg, text)?;
+    let haproxy = lab.spawn(
+        "lb",
+        Path::new("haproxy"),
+        &["-db", "-f", &cfg.display().to_string()],
+        "haproxy",
+    )?;
+    let pid = haproxy.pid();
+    lab.keep(haproxy);
+    let hurl = format!("http://{LB_ADDR}:{HAPROXY_PORT}/");
+    lab.wait_http(&hurl, Duration::from_secs(10))
+        .context("HAProxy did not come up")?;
+    let hp_cpu = || traffic::process_cpu(pid);
+    let hp_ka = wrk(&lab, &hurl, false, d, &hp_cpu)?;
+    let hp_close = wrk(&lab, &hurl, true, d, &hp_cpu)?;
+
+    // 3. The same flood against bare XDP_DROP on the same interface.
+    lab.stop_agent();
+    let (drop_pps, drop_sent, drop_ns) = {
+        let _in_lb = lab.ns("lb").enter()?;
+        let mut ebpf = EbpfLoader::new().load(agent::object())?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROG_BENCH_DROP)
+            .context(PROG_BENCH_DROP)?
+            .try_into()?;
+        prog.load()?;
+        prog.attach(&lab.lb_iface, XdpMode::Driver)
+            .context("attaching bench_drop")?;
+        let id = prog.info()?.id();
+        let r = rate(&lab, id, d);
+        drop(ebpf); // detaches, inside the LB's namespace
+        r?
+    };
+
+    let flood_note = |sent: f64, ns: f64| {
+        format!(
+            "LB program runs/s (BPF stats) over {:.0} s of 60-byte frames, 64 flows, AF_PACKET sender offering {:.2} Mpps; BPF run time {ns:.0} ns/packet; sender, bridge, LB and backends share the CPUs: noisy",
+            d.flood.as_secs_f64(),
+            sent / 1e6
+        )
+    };
+    report.row(
+        "veth",
+        "XDP_DROP (bench_drop on the LB's veth)",
+        format!("{:.3} Mpps", drop_pps / 1e6),
+        "1.00x",
+        flood_note(drop_sent, drop_ns),
+    );
+    report.row(
+        "veth",
+        "UDP to a VIP through xdp_lb (encap + XDP_TX)",
+        format!("{:.3} Mpps", fwd_pps / 1e6),
+        format!("{:.2}x", fwd_pps / drop_pps),
+        format!(
+            "{}; forwarded_tx counted {forwarded}",
+            flood_note(fwd_sent, fwd_ns)
+        ),
+    );
+    http_row(
+        report,
+        "keep-alive, through xdp_lb (DSR)",
+        &xdp_ka,
+        "BPF run time of xdp_lb",
+        None,
+    );
+    http_row(
+        report,
+        "keep-alive, through HAProxy (TCP mode)",
+        &hp_ka,
+        "haproxy process time",
+        Some(xdp_ka.result.rps),
+    );
+    http_row(
+        report,
+        "new connection per request, through xdp_lb",
+        &xdp_close,
+        "BPF run time of xdp_lb",
+        None,
+    );
+    http_row(
+        report,
+        "new connection per request, through HAProxy",
+        &hp_close,
+        "haproxy process time",
+        Some(xdp_close.result.rps),
+    );
+    report.notes.push(format!(
+        "HTTP: wrk -t2 -c{} -d{}s from the client namespace; backends answer {} bytes from the bench's own small server. HAProxy is not DSR: replies come back through it, while xdp_lb sees only client-to-VIP packets. The ratio of a HAProxy row is to the xdp_lb row above it. LB CPU for xdp_lb is the BPF run time of the program only (not the veth driver work around it); for HAProxy it is the process's user+system time (not the kernel's softirq work for its sockets). 'All CPUs' figures include client, bridge and backends on the same machine.",
+        d.connections,
+        d.wrk.as_secs(),
+        traffic::BODY_LEN
+    ));
+    drop(lab);
+    Ok(())
+}
