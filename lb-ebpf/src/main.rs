@@ -57,10 +57,6 @@ pub fn xdp_decap(ctx: XdpContext) -> u32 {
 
 /// Benchmark baseline: drops every frame, doing nothing else.
 #[xdp]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "#[xdp] entry points take the context by value"
-)]
 pub fn bench_drop(_ctx: XdpContext) -> u32 {
     XDP_DROP
 }
