@@ -80,6 +80,11 @@ struct Fixture {
 
 impl Fixture {
     fn new(test: &str) -> Self {
+        Self::with_config(test, CONFIG)
+    }
+
+    /// A fixture whose maps are filled from `config` (TOML).
+    fn with_config(test: &str, config: &str) -> Self {
         let ns = Netns::new(&format!("lbpt-{test}")).expect("netns");
         ns.ip(&["link", "add", "pt0", "type", "veth", "peer", "name", "pt1"])
             .expect("veth");
@@ -89,7 +94,8 @@ impl Fixture {
             .expect("addr");
         ns.ip(&["link", "set", "dev", "pt0", "up"]).expect("up");
         ns.ip(&["link", "set", "dev", "pt1", "up"]).expect("up");
-        for b in [21u8, 22, 24] {
+        // .21, .22, .24 and the disruption test's .31 to .41; not .23.
+        for b in [21u8, 22, 24].into_iter().chain(31..=41) {
             let addr = format!("10.20.0.{b}");
             let mac = format!("02:00:00:00:00:{b:02x}");
             ns.ip(&[
@@ -110,7 +116,7 @@ impl Fixture {
         let entered = ns.enter().expect("enter netns");
         let ifindex = lb_userspace::netif::ifindex("pt0").expect("pt0 exists");
 
-        let config = Config::parse(CONFIG, "packet-test").expect("valid").config;
+        let config = Config::parse(config, "packet-test").expect("valid").config;
         let regions = balancer::table_regions(config.vips.len());
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_MAGLEV, regions * config.table_size)
@@ -579,4 +585,114 @@ fn drained_backend_keeps_its_flows_and_takes_no_new_ones() {
         !send(&fx, &new_flows).contains(&drained),
         "no new flow on a drained backend"
     );
+}
+
+/// The configuration of the disruption test: VIP `many` over backends
+/// 10.20.0.31 onwards (`count` of them, skipping `skip`), M = 65537.
+fn many_backends(first: u8, count: u8, skip: Option<u8>) -> String {
+    let mut text = String::from(
+        "[maglev]\ntable_size = 65537\n[conntrack]\nmax_entries = 262144\n[[vip]]\nname = \"many\"\naddress = \"10.20.0.100\"\nport = 80\nprotocol = \"tcp\"\n",
+    );
+    for b in (first..first + count).filter(|b| Some(*b) != skip) {
+        text += &format!("  [[vip.backend]]\n  address = \"10.20.0.{b}\"\n");
+    }
+    text
+}
+
+/// Flow `i` of the disruption test: a distinct (source address, port).
+fn flow(i: u32) -> ([u8; 4], u16) {
+    ([10, 21, (i >> 8) as u8, i as u8], 1024 + (i >> 16) as u16)
+}
+
+/// Sends one SYN of each of `n` flows; returns the backend each went to.
+fn send_flows(fx: &Fixture, n: u32) -> Vec<[u8; 4]> {
+    (0..n)
+        .map(|i| {
+            let (src, sport) = flow(i);
+            let (action, out) = fx.run("xdp_lb", &tcp_syn(src, VIP, sport, 80));
+            assert_eq!(action, XDP_TX, "flow {i}");
+            outer_destination(&out)
+        })
+        .collect()
+}
+
+/// Empties the connection table, so the next packets show Maglev's choice.
+fn flush_connection_table(fx: &mut Fixture) {
+    let mut conns: aya::maps::HashMap<_, lb_common::FlowKey, lb_common::ConnValue> =
+        aya::maps::HashMap::try_from(fx.ebpf.map_mut(MAP_CONNS).expect("connection table"))
+            .expect("hash map");
+    let keys: Vec<_> = conns.keys().filter_map(Result::ok).collect();
+    for key in keys {
+        conns.remove(&key).expect("remove entry");
+    }
+}
+
+/// Share of flows whose backend differs between `a` and `b`, among the
+/// flows `which` selects (by their backend in `a`).
+fn moved(a: &[[u8; 4]], b: &[[u8; 4]], which: impl Fn(&[u8; 4]) -> bool) -> (usize, usize) {
+    let pairs = a.iter().zip(b).filter(|(x, _)| which(x));
+    let total = pairs.clone().count();
+    (pairs.filter(|(x, y)| x != y).count(), total)
+}
+
+#[test]
+fn disruption_of_100k_flows_when_a_backend_leaves_or_joins() {
+    const FLOWS: u32 = 100_000;
+    let mut fx = Fixture::with_config("disrupt", &many_backends(31, 10, None));
+    let source = Ipv4Addr::from(LB_ADDR);
+    let share = |(m, t): (usize, usize)| m as f64 / t.max(1) as f64;
+
+    // Ten backends; every flow enters the connection table.
+    let before = send_flows(&fx, FLOWS);
+    assert_eq!(fx.stats.conn(ConnEvent::Miss).packets, u64::from(FLOWS));
+    let removed = [10, 20, 0, 34];
+
+    // One of N = 10 leaves (a reload without .34).
+    let config = Config::parse(&many_backends(31, 10, Some(34)), "t").expect("valid").config;
+    fx.balancer.apply(&config, source).expect("reload");
+    let kept = send_flows(&fx, FLOWS);
+    let (on_removed, others) = (|b: &[u8; 4]| *b == removed, |b: &[u8; 4]| *b != removed);
+    let kept_moved = moved(&before, &kept, others);
+    let removed_moved = moved(&before, &kept, on_removed);
+    flush_connection_table(&mut fx);
+    let maglev = send_flows(&fx, FLOWS);
+    let maglev_all = moved(&before, &maglev, |_| true);
+    let maglev_others = moved(&before, &maglev, others);
+    println!(
+        "remove 1 of 10: Maglev alone moves {:.2}% of all flows ({:.2}% of those not on the removed backend); \
+         with the connection table {:.2}% of flows not on it move, {:.1}% of its own",
+        100.0 * share(maglev_all),
+        100.0 * share(maglev_others),
+        100.0 * share(kept_moved),
+        100.0 * share(removed_moved),
+    );
+    assert_eq!(kept_moved.0, 0, "flows in the connection table stay: {kept_moved:?}");
+    assert_eq!(removed_moved.0, removed_moved.1, "the removed backend's flows all move");
+    assert!((0.08..0.13).contains(&share(maglev_all)), "close to 1/N: {maglev_all:?}");
+    assert!(share(maglev_others) < 0.03, "Maglev is nearly minimal: {maglev_others:?}");
+
+    // One joins (nine to ten, .41 new); the table now holds `maglev`'s choices.
+    let config = Config::parse(&many_backends(31, 11, Some(34)), "t").expect("valid").config;
+    fx.balancer.apply(&config, source).expect("reload");
+    let added = [10, 20, 0, 41];
+    let kept = send_flows(&fx, FLOWS);
+    let kept_moved = moved(&maglev, &kept, |_| true);
+    flush_connection_table(&mut fx);
+    let after = send_flows(&fx, FLOWS);
+    let maglev_all = moved(&maglev, &after, |_| true);
+    let to_new = after
+        .iter()
+        .zip(&maglev)
+        .filter(|(a, m)| a != m && **a == added)
+        .count();
+    println!(
+        "add 1 to 9: Maglev alone moves {:.2}% of all flows ({:.1}% of those to the new backend); \
+         with the connection table {:.2}% move",
+        100.0 * share(maglev_all),
+        100.0 * to_new as f64 / maglev_all.0.max(1) as f64,
+        100.0 * share(kept_moved),
+    );
+    assert_eq!(kept_moved.0, 0, "flows in the connection table stay");
+    assert!((0.08..0.13).contains(&share(maglev_all)), "close to 1/N: {maglev_all:?}");
+    assert!(to_new as f64 > 0.8 * maglev_all.0 as f64, "moved flows go mostly to the new backend");
 }
