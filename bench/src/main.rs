@@ -67,6 +67,9 @@ fn main() -> anyhow::Result<()> {
         machine: report::machine(),
         ..Report::default()
     };
+    report.machine.push(
+        "noisy: every lab row (veth, HTTP: client, bridge, LB and backends share the cores, with whatever else runs); per-packet rows move by about 10-15 ns between runs (read the ratio to the baseline of the same run); Maglev and apply rows are wall-clock times of an unpinned thread".into(),
+    );
     for line in &report.machine {
         println!("{line}");
     }

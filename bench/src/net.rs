@@ -246,6 +246,12 @@ pub fn bench(prefix: &str, lb_bin: &Path, d: Durations, report: &mut Report) -> 
             sent / 1e6
         )
     };
+    if drop_pps >= 0.9 * drop_sent {
+        report.notes.push(format!(
+            "veth: the XDP_DROP rate ({:.3} Mpps) is the sender's whole offered rate: it is bounded by the sender on this machine, not by the drop program, so the forwarding ratio understates the drop path's headroom.",
+            drop_pps / 1e6
+        ));
+    }
     report.row(
         "veth",
         "XDP_DROP (bench_drop on the LB's veth)",
