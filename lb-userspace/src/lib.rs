@@ -5,6 +5,7 @@ pub mod agent;
 pub mod balancer;
 pub mod config;
 pub mod decap;
+pub mod explain;
 pub mod health;
 pub mod maglev;
 pub mod maps;

@@ -1,13 +1,17 @@
 //! `lb`: the load balancer's command line (SPEC section 5).
 
-use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lb_userspace::{
     agent,
-    config::{Config, ConfigError, XdpModeConfig},
-    decap,
+    config::{Config, ConfigError, Protocol, XdpModeConfig},
+    decap, explain,
 };
 use log::{error, warn};
 
@@ -44,6 +48,26 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Which backend a flow goes to, and why: VIP, flow hash, Maglev slot,
+    /// backend; with a running agent, the live table and the connection table.
+    Explain {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Protocol of the flow.
+        #[arg(long, value_enum)]
+        proto: Proto,
+        /// Client address and port, e.g. 10.1.2.3:40000.
+        #[arg(long)]
+        src: SocketAddr,
+        /// VIP address and port, e.g. 10.10.0.100:80.
+        #[arg(long)]
+        dst: SocketAddr,
+        /// Interface of the running data plane to consult; overrides
+        /// `interface` in the configuration.
+        #[arg(long)]
+        iface: Option<String>,
+    },
     /// On a backend host: decapsulate IP-in-IP packets for these VIPs and
     /// pass the inner packets to the kernel, until SIGINT or SIGTERM.
     Decap {
@@ -58,6 +82,12 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         xdp_mode: Mode,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Proto {
+    Tcp,
+    Udp,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -142,6 +172,39 @@ fn main() -> ExitCode {
                     .context("lb run")
             })
         })),
+        Command::Explain {
+            config,
+            proto,
+            src,
+            dst,
+            iface,
+        } => {
+            let config = match Config::load(&config) {
+                Ok(loaded) => loaded.config,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let protocol = match proto {
+                Proto::Tcp => Protocol::Tcp,
+                Proto::Udp => Protocol::Udp,
+            };
+            let pins = iface
+                .or_else(|| config.interface.clone())
+                .map(|i| Path::new(agent::PIN_ROOT).join(i))
+                .filter(|dir| dir.join(agent::LINK_PIN).exists());
+            match explain::explain(&config, protocol, src, dst, pins.as_deref()) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Decap {
             iface,
             vips,

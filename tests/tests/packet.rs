@@ -648,7 +648,9 @@ fn disruption_of_100k_flows_when_a_backend_leaves_or_joins() {
     let removed = [10, 20, 0, 34];
 
     // One of N = 10 leaves (a reload without .34).
-    let config = Config::parse(&many_backends(31, 10, Some(34)), "t").expect("valid").config;
+    let config = Config::parse(&many_backends(31, 10, Some(34)), "t")
+        .expect("valid")
+        .config;
     fx.balancer.apply(&config, source).expect("reload");
     let kept = send_flows(&fx, FLOWS);
     let (on_removed, others) = (|b: &[u8; 4]| *b == removed, |b: &[u8; 4]| *b != removed);
@@ -666,13 +668,27 @@ fn disruption_of_100k_flows_when_a_backend_leaves_or_joins() {
         100.0 * share(kept_moved),
         100.0 * share(removed_moved),
     );
-    assert_eq!(kept_moved.0, 0, "flows in the connection table stay: {kept_moved:?}");
-    assert_eq!(removed_moved.0, removed_moved.1, "the removed backend's flows all move");
-    assert!((0.08..0.13).contains(&share(maglev_all)), "close to 1/N: {maglev_all:?}");
-    assert!(share(maglev_others) < 0.03, "Maglev is nearly minimal: {maglev_others:?}");
+    assert_eq!(
+        kept_moved.0, 0,
+        "flows in the connection table stay: {kept_moved:?}"
+    );
+    assert_eq!(
+        removed_moved.0, removed_moved.1,
+        "the removed backend's flows all move"
+    );
+    assert!(
+        (0.08..0.13).contains(&share(maglev_all)),
+        "close to 1/N: {maglev_all:?}"
+    );
+    assert!(
+        share(maglev_others) < 0.03,
+        "Maglev is nearly minimal: {maglev_others:?}"
+    );
 
     // One joins (nine to ten, .41 new); the table now holds `maglev`'s choices.
-    let config = Config::parse(&many_backends(31, 11, Some(34)), "t").expect("valid").config;
+    let config = Config::parse(&many_backends(31, 11, Some(34)), "t")
+        .expect("valid")
+        .config;
     fx.balancer.apply(&config, source).expect("reload");
     let added = [10, 20, 0, 41];
     let kept = send_flows(&fx, FLOWS);
@@ -693,6 +709,12 @@ fn disruption_of_100k_flows_when_a_backend_leaves_or_joins() {
         100.0 * share(kept_moved),
     );
     assert_eq!(kept_moved.0, 0, "flows in the connection table stay");
-    assert!((0.08..0.13).contains(&share(maglev_all)), "close to 1/N: {maglev_all:?}");
-    assert!(to_new as f64 > 0.8 * maglev_all.0 as f64, "moved flows go mostly to the new backend");
+    assert!(
+        (0.08..0.13).contains(&share(maglev_all)),
+        "close to 1/N: {maglev_all:?}"
+    );
+    assert!(
+        to_new as f64 > 0.8 * maglev_all.0 as f64,
+        "moved flows go mostly to the new backend"
+    );
 }

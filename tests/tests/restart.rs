@@ -27,8 +27,10 @@ struct Rig {
 impl Rig {
     fn new() -> Self {
         let ns = Netns::new("lbrst-lb").expect("netns");
-        ns.ip(&["link", "add", IFACE, "type", "veth", "peer", "name", "lbrst1"])
-            .expect("veth");
+        ns.ip(&[
+            "link", "add", IFACE, "type", "veth", "peer", "name", "lbrst1",
+        ])
+        .expect("veth");
         ns.ip(&["addr", "add", "10.50.0.2/24", "dev", IFACE])
             .expect("addr");
         for dev in [IFACE, "lbrst1"] {
@@ -83,9 +85,20 @@ impl Rig {
     fn wait_for(&mut self, needle: &str, count: usize) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while self.log().matches(needle).count() < count {
-            let exited = self.agent.as_mut().and_then(|a| a.try_wait().ok().flatten());
-            assert!(exited.is_none(), "agent exited ({exited:?}):\n{}", self.log());
-            assert!(Instant::now() < deadline, "no {needle:?} in:\n{}", self.log());
+            let exited = self
+                .agent
+                .as_mut()
+                .and_then(|a| a.try_wait().ok().flatten());
+            assert!(
+                exited.is_none(),
+                "agent exited ({exited:?}):\n{}",
+                self.log()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in:\n{}",
+                self.log()
+            );
             thread::sleep(Duration::from_millis(50));
         }
     }
@@ -157,7 +170,11 @@ fn keep_attached_adopt_detach_and_refuse_another_layout() {
     let second = rig
         .ns
         .command(&lb_binary().expect("lb").display().to_string())
-        .args(["run", "--config", &rig.dir.join("lb.toml").display().to_string()])
+        .args([
+            "run",
+            "--config",
+            &rig.dir.join("lb.toml").display().to_string(),
+        ])
         .output()
         .expect("second agent");
     assert!(!second.status.success());
@@ -189,6 +206,9 @@ fn keep_attached_adopt_detach_and_refuse_another_layout() {
         LAYOUT_VERSION - 1
     );
     assert!(rig.log().contains(&expected), "{}", rig.log());
-    assert!(rig.pins().join("link").exists(), "refused maps left in place");
+    assert!(
+        rig.pins().join("link").exists(),
+        "refused maps left in place"
+    );
     assert!(rig.xdp_attached());
 }

@@ -64,6 +64,7 @@ fn spread(n: usize) -> (BTreeMap<String, usize>, usize) {
 /// One long-lived connection, driven by its own thread.
 struct Conn {
     backend: String,
+    local: SocketAddr,
     failure: Mutex<Option<String>>,
     exchanges: AtomicU64,
 }
@@ -166,8 +167,10 @@ fn long_lived_connections_survive_reloads_and_restarts() {
     let mut threads = Vec::new();
     for id in 0..CONNECTIONS {
         let (reader, backend) = connect().expect("long-lived connection");
+        let local = reader.get_ref().local_addr().expect("local address");
         let conn = Arc::new(Conn {
             backend,
+            local,
             failure: Mutex::new(None),
             exchanges: AtomicU64::new(0),
         });
@@ -324,6 +327,42 @@ fn long_lived_connections_survive_reloads_and_restarts() {
     thread::sleep(Duration::from_millis(500));
     restart_and_wait_for_adoption(&mut lab, &[]);
     step("--keep-attached stop and restart", &lab, &be1_heavy);
+
+    // `lb explain` finds each connection in the connection table, on the
+    // backend that greeted it (be1's weight change moved some of these
+    // flows in the Maglev table).
+    let mut overridden = 0;
+    for c in &conns {
+        let out = std::process::Command::new(lb_tests::lab::lb_binary().expect("lb"))
+            .args([
+                "explain",
+                "--config",
+                &lab.config_path().display().to_string(),
+            ])
+            .args(["--proto", "tcp", "--src", &c.local.to_string()])
+            .args(["--dst", &echo_addr().to_string()])
+            .output()
+            .expect("lb explain");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        let addr = lab
+            .backends()
+            .into_iter()
+            .find(|b| b.0 == c.backend)
+            .expect("backend")
+            .1;
+        assert!(
+            text.contains(&format!("connection table: entry -> {addr} ")),
+            "{}:\n{text}",
+            c.backend
+        );
+        if !text.contains(&format!("Maglev table (live health): {addr} ")) {
+            overridden += 1;
+        }
+    }
+    println!(
+        "lb explain: 50 of 50 connections in the connection table, {overridden} overriding the Maglev table"
+    );
 
     stop.store(true, Ordering::Relaxed);
     for t in threads {

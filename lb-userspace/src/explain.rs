@@ -1,0 +1,294 @@
+//! `lb explain`: which backend a flow goes to, and why: the VIP it matches,
+//! its flow hash, its Maglev slot and the backend there; and, when an agent
+//! runs a data plane for the interface, what the live Maglev table and the
+//! connection table say (a connection-table entry for a usable backend
+//! overrides the Maglev choice).
+
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
+
+use aya::maps::{Array, HashMap, MapData};
+use lb_common::{
+    BACKEND_F_ACTIVE, BACKEND_F_HEALTHY, Backend, ConnValue, FlowKey, MAP_BACKENDS, MAP_CONNS,
+    MAP_MAGLEV, MAP_VIPS, VipKey, VipValue, flow_hash_v4, maglev_slot,
+};
+
+use crate::{
+    balancer::{backend_address, backend_name, vip_key},
+    config::{Config, Protocol, Vip},
+    maglev::{self, MaglevBackend},
+    maps::{MapWriteError, open_pin},
+};
+
+/// Why a flow cannot be explained.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    /// Only IPv4 flows are balanced so far.
+    #[error("{0}: only IPv4 flows are balanced (IPv6 is not supported yet)")]
+    NotIpv4(SocketAddr),
+    /// Reading the running data plane failed.
+    #[error(transparent)]
+    Map(#[from] MapWriteError),
+}
+
+/// The VIP of `config` a packet to `dst` with `protocol` matches: exact port
+/// first, then a port-0 (every port) VIP, as the data plane looks it up.
+pub fn find_vip(config: &Config, dst: SocketAddr, protocol: Protocol) -> Option<&Vip> {
+    let matches = |port: u16| {
+        config
+            .vips
+            .iter()
+            .find(|v| v.address == dst.ip() && v.protocol == protocol && v.port == port)
+    };
+    matches(dst.port()).or_else(|| matches(0))
+}
+
+fn octets(addr: SocketAddr) -> Result<[u8; 4], ExplainError> {
+    match addr.ip() {
+        IpAddr::V4(a) => Ok(a.octets()),
+        IpAddr::V6(_) => Err(ExplainError::NotIpv4(addr)),
+    }
+}
+
+/// Explains flow `src` -> `dst` over `protocol` against `config` and, when
+/// `pins` names the pin directory of a running data plane, against it.
+/// Returns the text to print.
+///
+/// # Errors
+/// An IPv6 flow, or pinned maps that cannot be read.
+pub fn explain(
+    config: &Config,
+    protocol: Protocol,
+    src: SocketAddr,
+    dst: SocketAddr,
+    pins: Option<&Path>,
+) -> Result<String, ExplainError> {
+    let (s, d) = (octets(src)?, octets(dst)?);
+    let mut out = String::new();
+    let proto = protocol.number();
+    let _ = writeln!(out, "flow {protocol} {src} -> {dst}");
+    if !config.allow.iter().any(|net| net.contains(&src.ip())) {
+        let _ = writeln!(
+            out,
+            "source {} is outside every allowed prefix: dropped by the source filter",
+            src.ip()
+        );
+        return Ok(out);
+    }
+    let Some(vip) = find_vip(config, dst, protocol) else {
+        let _ = writeln!(
+            out,
+            "no VIP matches {dst} ({protocol}): passed to the kernel untouched"
+        );
+        return Ok(out);
+    };
+    let sport = src.port().to_be_bytes();
+    let dport = dst.port().to_be_bytes();
+    let hash = flow_hash_v4(s, d, sport, dport, proto);
+    let m = config.table_size;
+    let slot = maglev_slot(hash, m);
+    let _ = writeln!(
+        out,
+        "VIP {:?} ({}:{} {}), {} backends",
+        vip.name,
+        vip.address,
+        vip.port,
+        vip.protocol,
+        vip.backends.len()
+    );
+    let _ = writeln!(out, "flow hash {hash:#010x}; Maglev slot {slot} of {m}");
+    let names: Vec<Vec<u8>> = vip
+        .backends
+        .iter()
+        .map(|b| backend_name(b.address))
+        .collect();
+    let members: Vec<MaglevBackend<'_>> = vip
+        .backends
+        .iter()
+        .zip(&names)
+        .enumerate()
+        .map(|(i, (b, name))| MaglevBackend {
+            id: i as u32,
+            name,
+            weight: b.weight,
+        })
+        .collect();
+    let table = maglev::build(&members, m);
+    match table.get(slot as usize) {
+        Some(&i) => {
+            let _ = writeln!(
+                out,
+                "backend by the configuration (every backend healthy): {}",
+                vip.backends[i as usize].address
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "no backend with a weight above 0: on_no_backend applies"
+            );
+        }
+    }
+    let Some(pins) = pins else {
+        let _ = writeln!(
+            out,
+            "no running data plane found: connection table not consulted"
+        );
+        return Ok(out);
+    };
+    let vips: HashMap<MapData, VipKey, VipValue> = open_pin(pins, MAP_VIPS)?;
+    let backends: Array<MapData, Backend> = open_pin(pins, MAP_BACKENDS)?;
+    let maglev: Array<MapData, u32> = open_pin(pins, MAP_MAGLEV)?;
+    let conns: HashMap<MapData, FlowKey, ConnValue> = open_pin(pins, MAP_CONNS)?;
+    let _ = writeln!(out, "running data plane ({}):", pins.display());
+    let key = vip_key(vip);
+    let Ok(value) = vips.get(&key, 0) else {
+        let _ = writeln!(
+            out,
+            "  the VIP is not in the running data plane (reload pending?)"
+        );
+        return Ok(out);
+    };
+    let describe = |id: u32| -> String {
+        match backends.get(&id, 0) {
+            Ok(b) => {
+                let usable = BACKEND_F_ACTIVE | BACKEND_F_HEALTHY;
+                let state = if b.flags & usable == usable {
+                    "healthy"
+                } else if b.flags & BACKEND_F_ACTIVE != 0 {
+                    "unhealthy"
+                } else {
+                    "removed"
+                };
+                format!("{} (id {id}, {state})", backend_address(&b))
+            }
+            Err(_) => format!("id {id} (unreadable)"),
+        }
+    };
+    if value.table_size == 0 {
+        let _ = writeln!(out, "  Maglev table: empty (no healthy backend)");
+    } else {
+        let slot = maglev_slot(hash, value.table_size);
+        match maglev.get(&(value.table_offset + slot), 0) {
+            Ok(id) => {
+                let _ = writeln!(out, "  Maglev table (live health): {}", describe(id));
+            }
+            Err(e) => {
+                let _ = writeln!(out, "  Maglev table unreadable: {e}");
+            }
+        }
+    }
+    match conns.get(&FlowKey::v4(s, d, sport, dport, proto), 0) {
+        Ok(entry) => {
+            let current = backends.get(&entry.backend_id, 0).ok();
+            let usable = current.is_some_and(|b| {
+                b.flags & (BACKEND_F_ACTIVE | BACKEND_F_HEALTHY)
+                    == BACKEND_F_ACTIVE | BACKEND_F_HEALTHY
+                    && b.generation == entry.generation
+            });
+            if usable {
+                let _ = writeln!(
+                    out,
+                    "  connection table: entry -> {}; it overrides the Maglev table",
+                    describe(entry.backend_id)
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "  connection table: stale entry -> {} (generation {}); the next packet is hashed again",
+                    describe(entry.backend_id),
+                    entry.generation
+                );
+            }
+        }
+        Err(_) => {
+            let _ = writeln!(
+                out,
+                "  connection table: no entry; the next packet takes the Maglev choice"
+            );
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[maglev]
+table_size = 251
+[[vip]]
+name = "web"
+address = "10.0.0.100"
+port = 80
+protocol = "tcp"
+  [[vip.backend]]
+  address = "10.0.0.21"
+  [[vip.backend]]
+  address = "10.0.0.22"
+[[vip]]
+name = "any"
+address = "10.0.0.100"
+port = 0
+protocol = "tcp"
+  [vip.health_check]
+  kind = "tcp"
+  port = 9
+  [[vip.backend]]
+  address = "10.0.0.31"
+"#;
+
+    fn run(src: &str, dst: &str) -> String {
+        let config = Config::parse(CONFIG, "t").expect("valid").config;
+        explain(
+            &config,
+            Protocol::Tcp,
+            src.parse().unwrap(),
+            dst.parse().unwrap(),
+            None,
+        )
+        .expect("explains")
+    }
+
+    #[test]
+    fn exact_port_then_wildcard_then_no_vip() {
+        assert!(run("10.1.0.1:40000", "10.0.0.100:80").contains("VIP \"web\""));
+        assert!(run("10.1.0.1:40000", "10.0.0.100:443").contains("VIP \"any\""));
+        assert!(run("10.1.0.1:40000", "10.0.0.101:80").contains("no VIP matches"));
+        assert!(run("203.0.113.7:40000", "10.0.0.100:80").contains("source filter"));
+    }
+
+    #[test]
+    fn backend_is_the_one_the_table_gives_for_the_hash() {
+        let text = run("10.1.0.1:40000", "10.0.0.100:80");
+        let hash = flow_hash_v4(
+            [10, 1, 0, 1],
+            [10, 0, 0, 100],
+            40000u16.to_be_bytes(),
+            80u16.to_be_bytes(),
+            6,
+        );
+        assert!(
+            text.contains(&format!(
+                "flow hash {hash:#010x}; Maglev slot {} of 251",
+                maglev_slot(hash, 251)
+            )),
+            "{text}"
+        );
+        // Every source port lands on one of the two backends, both used.
+        let mut seen = std::collections::HashSet::new();
+        for port in 40000..40050 {
+            let text = run(&format!("10.1.0.1:{port}"), "10.0.0.100:80");
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("backend by the configuration"))
+                .expect("backend line");
+            seen.insert(line.rsplit(' ').next().unwrap().to_string());
+        }
+        assert_eq!(seen.len(), 2, "{seen:?}");
+    }
+}
