@@ -6,6 +6,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -22,6 +23,7 @@ use log::{error, info, warn};
 use tokio::{sync::mpsc, time};
 
 use crate::{
+    api::{self, Shared},
     balancer::{self, Balancer, BalancerError, Changes},
     config::{Config, XdpModeConfig},
     health::{CheckResult, Checkers, Target},
@@ -358,7 +360,10 @@ pub async fn run(
             }
         }
     };
+    let shared = Shared::new(&iface, StatsReader::from_pins(&plane.dir)?);
+    shared.set_vips(plane.balancer.vips());
     let mut agent = Agent {
+        shared,
         plane,
         config,
         iface: iface.clone(),
@@ -396,6 +401,7 @@ pub async fn run(
 
 /// The running agent.
 struct Agent {
+    shared: Arc<Shared>,
     plane: DataPlane,
     config: Config,
     iface: String,
@@ -405,12 +411,27 @@ struct Agent {
     reloads_failed: u64,
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Quiet time after a change of the configuration file before it is read:
 /// several quick writes give one reload.
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(300);
 
 impl Agent {
     async fn serve(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+        let listen = self.config.api_listen;
+        let server = api::serve(listen, self.shared.clone())
+            .await
+            .map_err(io_err("serve the API on", listen.to_string()))?;
+        info!("API on http://{listen}: /metrics, /status, /healthz");
+        let _server = AbortOnDrop(server);
         let (tx, mut rx) = mpsc::channel(1024);
         let mut checkers = Checkers::new();
         checkers.sync(self.health_targets(), &tx);
@@ -454,6 +475,7 @@ impl Agent {
 
     /// Applies one health-check result.
     fn on_check(&mut self, result: &CheckResult) {
+        self.shared.record_check(result.backend_id, &result.probe);
         let Some(healthy) = result.change else {
             return;
         };
@@ -475,6 +497,7 @@ impl Agent {
             Ok(_) => warn!("backend {address} of VIP {name:?} is unhealthy: {reason}"),
             Err(e) => warn!("applying health of backend {address} of VIP {name:?}: {e}"),
         }
+        self.shared.set_vips(self.plane.balancer.vips());
     }
 
     /// Reads the configuration file again and applies the difference; a
@@ -483,6 +506,7 @@ impl Agent {
         let path = self.options.config_path.clone();
         match self.try_reload(&path) {
             Ok(None) => {
+                self.shared.record_reload(Ok(()));
                 self.reloads_ok += 1;
                 info!(
                     "configuration reloaded ({why}): {} unchanged",
@@ -490,6 +514,8 @@ impl Agent {
                 );
             }
             Ok(Some(changes)) => {
+                self.shared.record_reload(Ok(()));
+                self.shared.set_vips(self.plane.balancer.vips());
                 self.reloads_ok += 1;
                 let (started, stopped) = checkers.sync(self.health_targets(), events);
                 info!(
@@ -498,6 +524,7 @@ impl Agent {
                 );
             }
             Err(e) => {
+                self.shared.record_reload(Err(e.clone()));
                 self.reloads_failed += 1;
                 error!("configuration rejected ({why}), the running one stays in force: {e}");
             }

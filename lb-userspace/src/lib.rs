@@ -2,6 +2,7 @@
 //! health checks, and the `lb` commands built on them.
 
 pub mod agent;
+pub mod api;
 pub mod balancer;
 pub mod config;
 pub mod decap;

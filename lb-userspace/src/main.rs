@@ -48,6 +48,16 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Show a running agent's VIPs, backends (health, weight, last check),
+    /// counters and reloads, from its API.
+    Status {
+        /// Address of the agent's API (`api.listen`).
+        #[arg(long, default_value = "127.0.0.1:9470")]
+        api: SocketAddr,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Which backend a flow goes to, and why: VIP, flow hash, Maglev slot,
     /// backend; with a running agent, the live table and the connection table.
     Explain {
@@ -170,6 +180,18 @@ fn main() -> ExitCode {
                 agent::run(config, options, shutdown_signal())
                     .await
                     .context("lb run")
+            })
+        })),
+        Command::Status { api, json } => report(runtime().and_then(|rt| {
+            rt.block_on(async {
+                let status =
+                    lb_userspace::api::fetch_status(api, std::time::Duration::from_secs(5)).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&status)?);
+                } else {
+                    print!("{}", lb_userspace::api::render_table(&status));
+                }
+                Ok(())
             })
         })),
         Command::Explain {

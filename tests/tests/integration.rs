@@ -20,6 +20,61 @@ fn tally(results: &[Option<String>]) -> (usize, HashMap<String, usize>) {
     (failed, per_backend)
 }
 
+/// `/metrics` of the lab's agent (its API listens on loopback in the LB's
+/// namespace).
+fn metrics(lab: &Lab) -> String {
+    let out = lab
+        .lb()
+        .command("curl")
+        .args(["-s", "--max-time", "2", "http://127.0.0.1:9470/metrics"])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of the sample `series` (name and labels as printed) in `text`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// `lb status` (table, or JSON with `--json`) run in the LB's namespace.
+fn lb_status(lab: &Lab, json: bool) -> String {
+    let lb = lab::lb_binary().expect("lb");
+    let mut cmd = lab.lb().command(&lb.display().to_string());
+    cmd.arg("status");
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.output().expect("lb status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Parses the backend rows of `lb status`'s table: address -> (state, weight, packets).
+fn status_rows(table: &str) -> HashMap<String, (String, u32, u64)> {
+    table
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 5 && f[0].starts_with("10.30.0.")).then(|| {
+                (
+                    f[0].to_string(),
+                    (
+                        f[1].to_string(),
+                        f[2].parse().expect("weight"),
+                        f[3].parse().expect("packets"),
+                    ),
+                )
+            })
+        })
+        .collect()
+}
+
 fn end_to_end(prefix: &str, mode: Mode) {
     let mut lab = Lab::start(prefix, mode).expect("lab starts");
     let stats = StatsReader::from_pins(&lab.pin_dir()).expect("pinned counters");
@@ -70,6 +125,34 @@ fn end_to_end(prefix: &str, mode: Mode) {
         "XDP_TX counter moves"
     );
 
+    // Metrics and status show the traffic.
+    let m = metrics(&lab);
+    let vip_packets = sample(&m, "lb_vip_packets_total{vip=\"web\"}").expect("VIP counter");
+    assert!(
+        vip_packets >= 300.0,
+        "lb_vip_packets_total moved: {vip_packets}"
+    );
+    assert!(sample(&m, "lb_packets_total{outcome=\"forwarded_tx\"}").is_some_and(|v| v >= 300.0));
+    assert_eq!(
+        sample(&m, "lb_backend_healthy{vip=\"web\",backend=\"10.30.0.21\"}"),
+        Some(1.0)
+    );
+    assert!(
+        sample(
+            &m,
+            "lb_health_check_duration_seconds_count{vip=\"web\",backend=\"10.30.0.21\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "check latency histogram: {m}"
+    );
+    let rows = status_rows(&lb_status(&lab, false));
+    println!("[{mode:?}] lb status rows: {rows:?}");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for (state, weight, packets) in rows.values() {
+        assert_eq!((state.as_str(), *weight), ("healthy", 1));
+        assert!(*packets > 0, "every backend took packets");
+    }
+
     // 3. Source filter: a client address outside the allowed prefixes.
     let drops_before = stats.outcome(Outcome::DropSourceFilter).packets;
     let segs_before = lab::tcp_out_segments(lab.client()).expect("snmp");
@@ -96,6 +179,25 @@ fn end_to_end(prefix: &str, mode: Mode) {
     println!("[{mode:?}] be1 stopped: {failed} failed, per backend {per_backend:?}");
     assert_eq!(failed, 0, "agent log:\n{}", lab.agent_log());
     assert!(!per_backend.contains_key("be1"));
+    let m = metrics(&lab);
+    assert_eq!(
+        sample(&m, "lb_backend_healthy{vip=\"web\",backend=\"10.30.0.21\"}"),
+        Some(0.0),
+        "health gauge flips"
+    );
+    let status: lb_userspace::api::Status =
+        serde_json::from_str(&lb_status(&lab, true)).expect("lb status --json");
+    let be1 = &status.vips[0].backends[0];
+    assert_eq!(be1.state, "unhealthy");
+    let check = be1.last_check.as_ref().expect("last check");
+    assert_eq!(
+        (check.ok, check.reason.as_str()),
+        (false, "connection refused")
+    );
+    assert_eq!(
+        status_rows(&lb_status(&lab, false))["10.30.0.21"].0,
+        "unhealthy"
+    );
 
     // 5. Recovery: within rise x interval + 1 s = 2 s be1 serves again.
     lab.start_server(0).expect("restart be1");

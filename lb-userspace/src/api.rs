@@ -1,0 +1,621 @@
+//! The agent's HTTP API (SPEC 4, 7), read-only, on `api.listen` (loopback
+//! by default): `/metrics` in Prometheus text format, `/status` as JSON,
+//! `/healthz`. Counters are read from the per-CPU maps (summed over CPUs)
+//! at each request; the rest comes from a [`Status`] snapshot the agent
+//! keeps current.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use lb_common::{ConnEvent, Counter, Outcome};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{
+        MetricType,
+        counter::ConstCounter,
+        family::Family,
+        gauge::ConstGauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{balancer::VipState, maps::StatsReader, probe::Probe};
+
+/// Packets and bytes, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Traffic {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+impl From<Counter> for Traffic {
+    fn from(c: Counter) -> Self {
+        Self {
+            packets: c.packets,
+            bytes: c.bytes,
+        }
+    }
+}
+
+/// The last health check of a backend.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LastCheck {
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Latency in milliseconds, on success.
+    pub latency_ms: Option<f64>,
+    /// Why it failed (`refused`, `timeout after 250ms`, `status 500,
+    /// expected 200`, ...), or "ok".
+    pub reason: String,
+    /// Seconds since it completed.
+    pub age_seconds: f64,
+}
+
+/// A backend on `/status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackendStatus {
+    /// Address.
+    pub address: String,
+    /// Weight (0: draining).
+    pub weight: u32,
+    /// `healthy`, `unhealthy` or `draining` (healthy, weight 0).
+    pub state: String,
+    /// Last health check, if any ran.
+    pub last_check: Option<LastCheck>,
+    /// Traffic sent to it.
+    pub traffic: Traffic,
+}
+
+/// A VIP on `/status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VipStatus {
+    /// Name.
+    pub name: String,
+    /// `address:port` (port 0: every port).
+    pub address: String,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// Health-check kind.
+    pub health_check: String,
+    /// Traffic to it.
+    pub traffic: Traffic,
+    /// Its backends, in configuration order.
+    pub backends: Vec<BackendStatus>,
+}
+
+/// Reloads so far.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Reloads {
+    /// Applied (unchanged files included).
+    pub applied: u64,
+    /// Rejected (invalid, or not applicable); the running config stayed.
+    pub rejected: u64,
+    /// Errors of the last rejected configuration, until one is applied.
+    pub last_error: Option<String>,
+}
+
+/// `/status`: the running configuration's VIPs and backends with state, last
+/// check and counters; per-outcome and connection-table counters; reloads.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    /// Agent version.
+    pub version: String,
+    /// Seconds since the agent started.
+    pub uptime_seconds: f64,
+    /// Interface the data plane is attached to.
+    pub interface: String,
+    /// VIPs.
+    pub vips: Vec<VipStatus>,
+    /// Packets and bytes per outcome (`forwarded_tx`, `drop_source_filter`, ...).
+    pub outcomes: BTreeMap<String, Traffic>,
+    /// Connection-table events: `hit`, `miss`, `rehash`.
+    pub conntrack: BTreeMap<String, Traffic>,
+    /// Reloads.
+    pub reloads: Reloads,
+}
+
+#[derive(Debug, Clone)]
+struct BackendView {
+    id: u32,
+    address: String,
+    weight: u32,
+    healthy: bool,
+}
+
+#[derive(Debug, Clone)]
+struct VipView {
+    id: u32,
+    name: String,
+    address: String,
+    protocol: String,
+    health_check: String,
+    backends: Vec<BackendView>,
+}
+
+#[derive(Debug, Default)]
+struct View {
+    vips: Vec<VipView>,
+    checks: HashMap<u32, (Probe, Instant)>,
+    reloads: Reloads,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// What the API shows, shared by the agent (writer) and the server.
+pub struct Shared {
+    started: Instant,
+    interface: String,
+    view: Mutex<View>,
+    stats: Mutex<StatsReader>,
+    check_latency: Family<Labels, Histogram, fn() -> Histogram>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("interface", &self.interface)
+            .finish_non_exhaustive()
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to about 4 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    /// State for the data plane on `interface`, whose counters `stats` reads.
+    pub fn new(interface: &str, stats: StatsReader) -> Arc<Self> {
+        Arc::new(Self {
+            started: Instant::now(),
+            interface: interface.to_string(),
+            view: Mutex::new(View::default()),
+            stats: Mutex::new(stats),
+            check_latency: Family::new_with_constructor(latency_histogram),
+        })
+    }
+
+    /// Replaces the VIPs and backends shown (after a start, reload or
+    /// health change).
+    pub fn set_vips(&self, vips: &[VipState]) {
+        let views = vips
+            .iter()
+            .map(|v| VipView {
+                id: v.id,
+                name: v.config.name.clone(),
+                address: format!("{}:{}", v.config.address, v.config.port),
+                protocol: v.config.protocol.to_string(),
+                health_check: v.config.health_check.kind.to_string(),
+                backends: v
+                    .backends
+                    .iter()
+                    .map(|b| BackendView {
+                        id: b.id,
+                        address: b.address.to_string(),
+                        weight: b.weight,
+                        healthy: b.healthy,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mut view = lock(&self.view);
+        view.vips = views;
+        let live: std::collections::HashSet<u32> = view
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.id))
+            .collect();
+        view.checks.retain(|id, _| live.contains(id));
+    }
+
+    /// Records a health-check result of backend `backend_id`.
+    pub fn record_check(&self, backend_id: u32, probe: &Probe) {
+        let mut view = lock(&self.view);
+        if let Ok(latency) = probe {
+            let labels = view.vips.iter().find_map(|v| {
+                v.backends
+                    .iter()
+                    .find(|b| b.id == backend_id)
+                    .map(|b| vec![("vip", v.name.clone()), ("backend", b.address.clone())])
+            });
+            if let Some(labels) = labels {
+                self.check_latency
+                    .get_or_create(&labels)
+                    .observe(latency.as_secs_f64());
+            }
+        }
+        view.checks
+            .insert(backend_id, (probe.clone(), Instant::now()));
+    }
+
+    /// Counts a reload: `Ok` applied, `Err(errors)` rejected.
+    pub fn record_reload(&self, result: Result<(), String>) {
+        let mut view = lock(&self.view);
+        match result {
+            Ok(()) => {
+                view.reloads.applied += 1;
+                view.reloads.last_error = None;
+            }
+            Err(e) => {
+                view.reloads.rejected += 1;
+                view.reloads.last_error = Some(e);
+            }
+        }
+    }
+
+    /// The current status, counters read now.
+    pub fn status(&self) -> Status {
+        let view = lock(&self.view);
+        let stats = lock(&self.stats);
+        let vips = view
+            .vips
+            .iter()
+            .map(|v| VipStatus {
+                name: v.name.clone(),
+                address: v.address.clone(),
+                protocol: v.protocol.clone(),
+                health_check: v.health_check.clone(),
+                traffic: stats.vip(v.id).into(),
+                backends: v
+                    .backends
+                    .iter()
+                    .map(|b| BackendStatus {
+                        address: b.address.clone(),
+                        weight: b.weight,
+                        state: match (b.healthy, b.weight) {
+                            (false, _) => "unhealthy",
+                            (true, 0) => "draining",
+                            (true, _) => "healthy",
+                        }
+                        .to_string(),
+                        last_check: view.checks.get(&b.id).map(|(probe, at)| LastCheck {
+                            ok: probe.is_ok(),
+                            latency_ms: probe.as_ref().ok().map(|d| d.as_secs_f64() * 1e3),
+                            reason: match probe {
+                                Ok(_) => "ok".to_string(),
+                                Err(e) => e.to_string(),
+                            },
+                            age_seconds: at.elapsed().as_secs_f64(),
+                        }),
+                        traffic: stats.backend(b.id).into(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            interface: self.interface.clone(),
+            vips,
+            outcomes: Outcome::ALL
+                .iter()
+                .map(|&o| (o.name().to_string(), stats.outcome(o).into()))
+                .collect(),
+            conntrack: [
+                ("hit", ConnEvent::Hit),
+                ("miss", ConnEvent::Miss),
+                ("rehash", ConnEvent::Rehash),
+            ]
+            .into_iter()
+            .map(|(name, e)| (name.to_string(), stats.conn(e).into()))
+            .collect(),
+            reloads: view.reloads.clone(),
+        }
+    }
+}
+
+/// The scrape-time collector of everything but the latency histogram.
+#[derive(Debug)]
+struct LbCollector(Arc<Shared>);
+
+fn counters(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(Labels, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in values {
+        ConstCounter::new(*value).encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauges(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(Labels, i64)],
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in values {
+        ConstGauge::new(*value).encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for LbCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.status();
+        let e = &mut encoder;
+        let each = |f: fn(&Traffic) -> u64| -> Vec<(Labels, u64)> {
+            s.outcomes
+                .iter()
+                .map(|(o, t)| (vec![("outcome", o.clone())], f(t)))
+                .collect()
+        };
+        counters(
+            e,
+            "lb_packets",
+            "Packets by outcome in xdp_lb, summed over CPUs.",
+            &each(|t| t.packets),
+        )?;
+        counters(
+            e,
+            "lb_bytes",
+            "Bytes by outcome in xdp_lb, summed over CPUs.",
+            &each(|t| t.bytes),
+        )?;
+        let conn: Vec<(Labels, u64)> = s
+            .conntrack
+            .iter()
+            .map(|(ev, t)| (vec![("event", ev.clone())], t.packets))
+            .collect();
+        counters(
+            e,
+            "lb_conntrack_events",
+            "Connection-table lookups: hit, miss, rehash.",
+            &conn,
+        )?;
+        let vip = |f: fn(&Traffic) -> u64| -> Vec<(Labels, u64)> {
+            s.vips
+                .iter()
+                .map(|v| (vec![("vip", v.name.clone())], f(&v.traffic)))
+                .collect()
+        };
+        counters(
+            e,
+            "lb_vip_packets",
+            "Packets forwarded per VIP.",
+            &vip(|t| t.packets),
+        )?;
+        counters(
+            e,
+            "lb_vip_bytes",
+            "Bytes forwarded per VIP.",
+            &vip(|t| t.bytes),
+        )?;
+        let per_backend = |f: &dyn Fn(&BackendStatus) -> i64| -> Vec<(Labels, i64)> {
+            s.vips
+                .iter()
+                .flat_map(|v| {
+                    v.backends.iter().map(move |b| {
+                        (
+                            vec![("vip", v.name.clone()), ("backend", b.address.clone())],
+                            f(b),
+                        )
+                    })
+                })
+                .collect()
+        };
+        let unsigned = |v: Vec<(Labels, i64)>| -> Vec<(Labels, u64)> {
+            v.into_iter().map(|(l, n)| (l, n as u64)).collect()
+        };
+        counters(
+            e,
+            "lb_backend_packets",
+            "Packets sent per backend.",
+            &unsigned(per_backend(&|b| b.traffic.packets as i64)),
+        )?;
+        counters(
+            e,
+            "lb_backend_bytes",
+            "Bytes sent per backend.",
+            &unsigned(per_backend(&|b| b.traffic.bytes as i64)),
+        )?;
+        gauges(
+            e,
+            "lb_backend_healthy",
+            "1 when the backend passes its health check.",
+            &per_backend(&|b| i64::from(b.state != "unhealthy")),
+        )?;
+        gauges(
+            e,
+            "lb_backend_weight",
+            "Configured weight (0: draining).",
+            &per_backend(&|b| i64::from(b.weight)),
+        )?;
+        counters(
+            e,
+            "lb_reloads",
+            "Configuration reloads by result.",
+            &[
+                (vec![("result", "applied".into())], s.reloads.applied),
+                (vec![("result", "rejected".into())], s.reloads.rejected),
+            ],
+        )?;
+        gauges(
+            e,
+            "lb_uptime_seconds",
+            "Seconds since the agent started.",
+            &[(vec![], s.uptime_seconds as i64)],
+        )?;
+        gauges(
+            e,
+            "lb_build_info",
+            "The agent's version.",
+            &[(vec![("version", s.version.clone())], 1)],
+        )?;
+        Ok(())
+    }
+}
+
+struct Api {
+    shared: Arc<Shared>,
+    registry: Registry,
+}
+
+async fn metrics(State(api): State<Arc<Api>>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &api.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            body,
+        ),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            "encoding failed\n".to_string(),
+        ),
+    }
+}
+
+async fn status(State(api): State<Arc<Api>>) -> Json<Status> {
+    Json(api.shared.status())
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Binds `listen` and serves the API in a task until it is aborted.
+///
+/// # Errors
+/// The address cannot be bound.
+pub async fn serve(
+    listen: SocketAddr,
+    shared: Arc<Shared>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let mut registry = Registry::default();
+    registry.register(
+        "lb_health_check_duration_seconds",
+        "Latency of successful health checks per backend.",
+        shared.check_latency.clone(),
+    );
+    registry.register_collector(Box::new(LbCollector(shared.clone())));
+    let api = Arc::new(Api { shared, registry });
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .route("/healthz", get(healthz))
+        .with_state(api);
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            log::error!("API server stopped: {e}");
+        }
+    }))
+}
+
+/// Fetches `/status` from an agent's API at `api` (for `lb status`).
+///
+/// # Errors
+/// No answer within `timeout`, a status other than 200, or a body that is
+/// not a [`Status`].
+pub async fn fetch_status(api: SocketAddr, timeout: Duration) -> anyhow::Result<Status> {
+    use anyhow::Context as _;
+    use http_body_util::{BodyExt as _, Empty};
+    let fetch = async {
+        let stream = tokio::net::TcpStream::connect(api)
+            .await
+            .with_context(|| format!("connecting to the agent's API at {api}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        let conn = tokio::spawn(conn);
+        let request = hyper::Request::get("/status")
+            .header(hyper::header::HOST, api.to_string())
+            .body(Empty::<hyper::body::Bytes>::new())?;
+        let response = sender.send_request(request).await?;
+        let code = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        conn.abort();
+        anyhow::ensure!(
+            code == hyper::StatusCode::OK,
+            "{api}/status answered {code}"
+        );
+        serde_json::from_slice(&body).context("parsing /status")
+    };
+    tokio::time::timeout(timeout, fetch)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from {api} within {timeout:?}"))?
+}
+
+/// `lb status` as a table: VIPs, backends with state, weight, traffic and
+/// last check; outcomes with packets; reloads.
+pub fn render_table(s: &Status) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "lb {} on {}, up {:.0}s; reloads: {} applied, {} rejected",
+        s.version, s.interface, s.uptime_seconds, s.reloads.applied, s.reloads.rejected
+    );
+    if let Some(e) = &s.reloads.last_error {
+        let _ = writeln!(out, "last rejected configuration: {e}");
+    }
+    for v in &s.vips {
+        let _ = writeln!(
+            out,
+            "\nVIP {} {} {} (check {}): {} packets, {} bytes",
+            v.name, v.address, v.protocol, v.health_check, v.traffic.packets, v.traffic.bytes
+        );
+        let _ = writeln!(
+            out,
+            "  {:<40} {:<10} {:>6} {:>12} {:>14}  last check",
+            "backend", "state", "weight", "packets", "bytes"
+        );
+        for b in &v.backends {
+            let check = b.last_check.as_ref().map_or_else(
+                || "-".to_string(),
+                |c| match c.latency_ms {
+                    Some(ms) => format!("ok in {ms:.1} ms"),
+                    None => c.reason.clone(),
+                },
+            );
+            let _ = writeln!(
+                out,
+                "  {:<40} {:<10} {:>6} {:>12} {:>14}  {check}",
+                b.address, b.state, b.weight, b.traffic.packets, b.traffic.bytes
+            );
+        }
+    }
+    let _ = writeln!(out, "\n{:<24} {:>12} {:>14}", "outcome", "packets", "bytes");
+    for (name, t) in &s.outcomes {
+        if t.packets > 0 {
+            let _ = writeln!(out, "{name:<24} {:>12} {:>14}", t.packets, t.bytes);
+        }
+    }
+    let c = |k: &str| s.conntrack.get(k).map_or(0, |t| t.packets);
+    let _ = writeln!(
+        out,
+        "connection table: {} hits, {} misses, {} rehashes",
+        c("hit"),
+        c("miss"),
+        c("rehash")
+    );
+    out
+}
