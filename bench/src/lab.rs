@@ -382,6 +382,8 @@ impl Drop for Lab {
             p.stop();
         }
         let _ = fs::remove_dir_all(self.pin_dir());
+        // The agent's instance lock, left behind if it had to be killed.
+        let _ = fs::remove_file(format!("/run/lb/{}.lock", self.lb_iface));
         let _ = fs::remove_dir_all(&self.dir);
         // self.ns drops after this, removing every interface.
     }
