@@ -24,7 +24,7 @@ use lb_common::{
     MAP_BENCH_TEMPLATE, MAP_CONNS, MAP_MAGLEV, Outcome, PROG_BENCH_DROP, PROG_BENCH_PARSE_DROP,
     PROG_BENCH_RESTORE,
 };
-use lb_tests::netns::{EnteredNetns, Netns};
+use lb_tests::xdp::{LbNamespace, lb_namespace, xdp_md};
 use lb_userspace::{
     agent,
     balancer::{self, Balancer},
@@ -129,38 +129,26 @@ struct Bench {
     stats: StatsReader,
     template: Array<MapData, BenchTemplate>,
     progs: ProgramArray<MapData>,
-    ifindex: u32,
     _balancer: Balancer<AyaMaps>,
-    _entered: EnteredNetns,
-    _ns: Netns,
+    // Declared last: the programs and maps go before the namespace.
+    lb: LbNamespace,
 }
 
 impl Bench {
     fn new(prefix: &str, conntrack: u32) -> anyhow::Result<Self> {
         // veth bp0 (10.40.0.2/24, the LB's side, forwarding on) with permanent
         // neighbours for the backends, so bpf_fib_lookup resolves them.
-        let ns = Netns::new(&format!("{prefix}-prog"))?;
-        ns.ip(&["link", "add", "bp0", "type", "veth", "peer", "name", "bp1"])?;
-        ns.ip(&["link", "set", "dev", "bp0", "address", "02:40:00:00:00:02"])?;
-        ns.ip(&["addr", "add", "10.40.0.2/24", "dev", "bp0"])?;
-        ns.ip(&["link", "set", "dev", "bp0", "up"])?;
-        ns.ip(&["link", "set", "dev", "bp1", "up"])?;
-        for b in [21u8, 22, 23] {
-            ns.ip(&[
-                "neigh",
-                "add",
-                &format!("10.40.0.{b}"),
-                "lladdr",
-                &format!("02:40:00:00:00:{b:02x}"),
-                "dev",
-                "bp0",
-                "nud",
-                "permanent",
-            ])?;
-        }
-        ns.sysctl("net.ipv4.conf.bp0.forwarding=1")?;
-        let entered = ns.enter()?;
-        let ifindex = lb_userspace::netif::ifindex("bp0").context("bp0")?;
+        let neighbours: Vec<(String, String)> = [21u8, 22, 23]
+            .into_iter()
+            .map(|b| (format!("10.40.0.{b}"), format!("02:40:00:00:00:{b:02x}")))
+            .collect();
+        let lb = lb_namespace(
+            &format!("{prefix}-prog"),
+            ("bp0", "bp1"),
+            "02:40:00:00:00:02",
+            "10.40.0.2/24",
+            &neighbours,
+        )?;
 
         let config = Config::parse(&config(conntrack), "bench")?.config;
         let regions = balancer::table_regions(config.vips.len());
@@ -200,10 +188,8 @@ impl Bench {
             stats,
             template,
             progs,
-            ifindex,
             _balancer: balancer,
-            _entered: entered,
-            _ns: ns,
+            lb,
         })
     }
 
@@ -231,11 +217,7 @@ impl Bench {
     /// One `BPF_PROG_TEST_RUN` of `program` on `frame`, arriving on bp0:
     /// (return code of the last repetition, its output length, ns per repetition).
     fn run(&self, program: &str, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, usize, f64)> {
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-        let ctx: Vec<u8> = [0, frame.len() as u32, 0, self.ifindex, 0, 0]
-            .iter()
-            .flat_map(|v| v.to_ne_bytes())
-            .collect();
+        let ctx = xdp_md(frame.len(), self.lb.ifindex);
         let mut out = vec![0u8; frame.len() + 256];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);

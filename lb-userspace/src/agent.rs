@@ -369,8 +369,6 @@ pub async fn run(
         iface: iface.clone(),
         options,
         source,
-        reloads_ok: 0,
-        reloads_failed: 0,
     };
     let result = agent.serve(shutdown).await;
     agent.log_counters();
@@ -407,8 +405,6 @@ struct Agent {
     iface: String,
     options: RunOptions,
     source: Ipv4Addr,
-    reloads_ok: u64,
-    reloads_failed: u64,
 }
 
 /// Aborts a task when dropped.
@@ -507,7 +503,6 @@ impl Agent {
         match self.try_reload(&path) {
             Ok(None) => {
                 self.shared.record_reload(Ok(()));
-                self.reloads_ok += 1;
                 info!(
                     "configuration reloaded ({why}): {} unchanged",
                     path.display()
@@ -516,7 +511,6 @@ impl Agent {
             Ok(Some(changes)) => {
                 self.shared.record_reload(Ok(()));
                 self.shared.set_vips(self.plane.balancer.vips());
-                self.reloads_ok += 1;
                 let (started, stopped) = checkers.sync(self.health_targets(), events);
                 info!(
                     "configuration reloaded ({why}) from {}: {changes}; health checkers +{started} -{stopped}",
@@ -525,7 +519,6 @@ impl Agent {
             }
             Err(e) => {
                 self.shared.record_reload(Err(e.clone()));
-                self.reloads_failed += 1;
                 error!("configuration rejected ({why}), the running one stays in force: {e}");
             }
         }
@@ -603,6 +596,7 @@ impl Agent {
     /// Logs every non-zero counter: outcomes, then per VIP and per backend.
     fn log_counters(&self) {
         let stats = &self.plane.stats;
+        let reloads = self.shared.reloads();
         let outcomes: Vec<String> = Outcome::ALL
             .iter()
             .filter_map(|&o| {
@@ -617,8 +611,8 @@ impl Agent {
             } else {
                 outcomes.join(" ")
             },
-            self.reloads_ok,
-            self.reloads_failed
+            reloads.applied,
+            reloads.rejected
         );
         for vip in self.plane.balancer.vips() {
             let c = stats.vip(vip.id);

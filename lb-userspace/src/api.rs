@@ -151,6 +151,8 @@ struct VipView {
 #[derive(Debug, Default)]
 struct View {
     vips: Vec<VipView>,
+    /// Metric labels (vip, backend) by backend id, built with `vips`.
+    labels: HashMap<u32, Labels>,
     checks: HashMap<u32, (Probe, Instant)>,
     reloads: Reloads,
 }
@@ -198,7 +200,7 @@ impl Shared {
     /// Replaces the VIPs and backends shown (after a start, reload or
     /// health change).
     pub fn set_vips(&self, vips: &[VipState]) {
-        let views = vips
+        let views: Vec<VipView> = vips
             .iter()
             .map(|v| VipView {
                 id: v.id,
@@ -218,31 +220,28 @@ impl Shared {
                     .collect(),
             })
             .collect();
-        let mut view = lock(&self.view);
-        view.vips = views;
-        let live: std::collections::HashSet<u32> = view
-            .vips
+        let labels: HashMap<u32, Labels> = views
             .iter()
-            .flat_map(|v| v.backends.iter().map(|b| b.id))
+            .flat_map(|v| {
+                v.backends.iter().map(|b| {
+                    let labels = vec![("vip", v.name.clone()), ("backend", b.address.clone())];
+                    (b.id, labels)
+                })
+            })
             .collect();
-        view.checks.retain(|id, _| live.contains(id));
+        let mut view = lock(&self.view);
+        view.checks.retain(|id, _| labels.contains_key(id));
+        view.vips = views;
+        view.labels = labels;
     }
 
     /// Records a health-check result of backend `backend_id`.
     pub fn record_check(&self, backend_id: u32, probe: &Probe) {
         let mut view = lock(&self.view);
-        if let Ok(latency) = probe {
-            let labels = view.vips.iter().find_map(|v| {
-                v.backends
-                    .iter()
-                    .find(|b| b.id == backend_id)
-                    .map(|b| vec![("vip", v.name.clone()), ("backend", b.address.clone())])
-            });
-            if let Some(labels) = labels {
-                self.check_latency
-                    .get_or_create(&labels)
-                    .observe(latency.as_secs_f64());
-            }
+        if let (Ok(latency), Some(labels)) = (probe, view.labels.get(&backend_id)) {
+            self.check_latency
+                .get_or_create(labels)
+                .observe(latency.as_secs_f64());
         }
         view.checks
             .insert(backend_id, (probe.clone(), Instant::now()));
@@ -261,6 +260,11 @@ impl Shared {
                 view.reloads.last_error = Some(e);
             }
         }
+    }
+
+    /// Reloads so far.
+    pub fn reloads(&self) -> Reloads {
+        lock(&self.view).reloads.clone()
     }
 
     /// The current status, counters read now.
@@ -354,6 +358,21 @@ fn gauges(
     Ok(())
 }
 
+/// One value per backend, labelled (vip, backend).
+fn per_backend<T>(s: &Status, f: impl Fn(&BackendStatus) -> T) -> Vec<(Labels, T)> {
+    s.vips
+        .iter()
+        .flat_map(|v| {
+            v.backends.iter().map(|b| {
+                (
+                    vec![("vip", v.name.clone()), ("backend", b.address.clone())],
+                    f(b),
+                )
+            })
+        })
+        .collect()
+}
+
 impl Collector for LbCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = self.0.status();
@@ -405,45 +424,29 @@ impl Collector for LbCollector {
             "Bytes forwarded per VIP.",
             &vip(|t| t.bytes),
         )?;
-        let per_backend = |f: &dyn Fn(&BackendStatus) -> i64| -> Vec<(Labels, i64)> {
-            s.vips
-                .iter()
-                .flat_map(|v| {
-                    v.backends.iter().map(move |b| {
-                        (
-                            vec![("vip", v.name.clone()), ("backend", b.address.clone())],
-                            f(b),
-                        )
-                    })
-                })
-                .collect()
-        };
-        let unsigned = |v: Vec<(Labels, i64)>| -> Vec<(Labels, u64)> {
-            v.into_iter().map(|(l, n)| (l, n as u64)).collect()
-        };
         counters(
             e,
             "lb_backend_packets",
             "Packets sent per backend.",
-            &unsigned(per_backend(&|b| b.traffic.packets as i64)),
+            &per_backend(&s, |b| b.traffic.packets),
         )?;
         counters(
             e,
             "lb_backend_bytes",
             "Bytes sent per backend.",
-            &unsigned(per_backend(&|b| b.traffic.bytes as i64)),
+            &per_backend(&s, |b| b.traffic.bytes),
         )?;
         gauges(
             e,
             "lb_backend_healthy",
             "1 when the backend passes its health check.",
-            &per_backend(&|b| i64::from(b.state != "unhealthy")),
+            &per_backend(&s, |b| i64::from(b.state != "unhealthy")),
         )?;
         gauges(
             e,
             "lb_backend_weight",
             "Configured weight (0: draining).",
-            &per_backend(&|b| i64::from(b.weight)),
+            &per_backend(&s, |b| i64::from(b.weight)),
         )?;
         counters(
             e,

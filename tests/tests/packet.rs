@@ -13,7 +13,7 @@ use aya::{
 };
 use etherparse::{IpHeaders, Ipv4Header, PacketBuilder, VlanId};
 use lb_common::{ConnEvent, MAP_CONNS, MAP_MAGLEV, Outcome, flow_hash_v4, maglev_slot};
-use lb_tests::netns::{EnteredNetns, Netns};
+use lb_tests::xdp::{LbNamespace, lb_namespace, xdp_md};
 use lb_userspace::{
     agent,
     balancer::{self, Balancer},
@@ -73,9 +73,7 @@ struct Fixture {
     ebpf: Ebpf,
     balancer: Balancer<AyaMaps>,
     stats: StatsReader,
-    ifindex: u32,
-    _entered: EnteredNetns,
-    _ns: Netns,
+    lb: LbNamespace,
 }
 
 impl Fixture {
@@ -85,36 +83,20 @@ impl Fixture {
 
     /// A fixture whose maps are filled from `config` (TOML).
     fn with_config(test: &str, config: &str) -> Self {
-        let ns = Netns::new(&format!("lbpt-{test}")).expect("netns");
-        ns.ip(&["link", "add", "pt0", "type", "veth", "peer", "name", "pt1"])
-            .expect("veth");
-        ns.ip(&["link", "set", "dev", "pt0", "address", "02:00:00:00:00:02"])
-            .expect("mac");
-        ns.ip(&["addr", "add", "10.20.0.2/24", "dev", "pt0"])
-            .expect("addr");
-        ns.ip(&["link", "set", "dev", "pt0", "up"]).expect("up");
-        ns.ip(&["link", "set", "dev", "pt1", "up"]).expect("up");
         // .21, .22, .24 and the disruption test's .31 to .41; not .23.
-        for b in [21u8, 22, 24].into_iter().chain(31..=41) {
-            let addr = format!("10.20.0.{b}");
-            let mac = format!("02:00:00:00:00:{b:02x}");
-            ns.ip(&[
-                "neigh",
-                "add",
-                &addr,
-                "lladdr",
-                &mac,
-                "dev",
-                "pt0",
-                "nud",
-                "permanent",
-            ])
-            .expect("neigh");
-        }
-        ns.sysctl("net.ipv4.conf.pt0.forwarding=1")
-            .expect("forwarding");
-        let entered = ns.enter().expect("enter netns");
-        let ifindex = lb_userspace::netif::ifindex("pt0").expect("pt0 exists");
+        let neighbours: Vec<(String, String)> = [21u8, 22, 24]
+            .into_iter()
+            .chain(31..=41)
+            .map(|b| (format!("10.20.0.{b}"), format!("02:00:00:00:00:{b:02x}")))
+            .collect();
+        let lb = lb_namespace(
+            &format!("lbpt-{test}"),
+            ("pt0", "pt1"),
+            "02:00:00:00:00:02",
+            "10.20.0.2/24",
+            &neighbours,
+        )
+        .expect("namespace of the load balancer");
 
         let config = Config::parse(config, "packet-test").expect("valid").config;
         let regions = balancer::table_regions(config.vips.len());
@@ -143,9 +125,7 @@ impl Fixture {
             ebpf,
             balancer,
             stats,
-            ifindex,
-            _entered: entered,
-            _ns: ns,
+            lb,
         }
     }
 
@@ -157,11 +137,7 @@ impl Fixture {
             .expect("program")
             .try_into()
             .expect("xdp");
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-        let ctx: Vec<u8> = [0, frame.len() as u32, 0, self.ifindex, 0, 0]
-            .iter()
-            .flat_map(|v| v.to_ne_bytes())
-            .collect();
+        let ctx = xdp_md(frame.len(), self.lb.ifindex);
         let mut out = vec![0u8; frame.len() + 512];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
