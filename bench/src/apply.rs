@@ -8,11 +8,9 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::EbpfLoader;
-use lb_common::{MAP_CONNS, MAP_MAGLEV};
 use lb_userspace::{
     agent,
-    balancer::{self, Balancer},
+    balancer::Balancer,
     config::Config,
     maglev::{self, MaglevBackend},
     maps::AyaMaps,
@@ -61,7 +59,7 @@ pub fn maglev(runs: usize, report: &mut Report) -> anyhow::Result<()> {
 
 /// A configuration of `vips` TCP VIPs with `per_vip` backends each.
 fn big_config(vips: u32, per_vip: u32) -> String {
-    let mut s = format!("[maglev]\ntable_size = {TABLE_SIZE}\n");
+    let mut s = format!("[maglev]\ntable_size = {TABLE_SIZE}\nmax_vips = {vips}\n");
     for v in 0..vips {
         let _ = write!(
             s,
@@ -89,11 +87,8 @@ fn apply_once(vips: u32, per_vip: u32) -> anyhow::Result<(Duration, Duration)> {
     let start = Instant::now();
     let config = Config::parse(&text, "bench")?.config;
     let parse = start.elapsed();
-    let regions = balancer::table_regions(config.vips.len());
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries(MAP_MAGLEV, regions * config.table_size)
-        .map_max_entries(MAP_CONNS, config.conntrack_entries)
-        .load(agent::object())
+    let regions = config.sizing.table_regions;
+    let mut ebpf = agent::load_object(&config)
         .context("loading the object")?;
     let maps = AyaMaps::take(&mut ebpf)?;
     let start = Instant::now();

@@ -326,7 +326,7 @@ protocol = "udp"
 
     /// Where the agent pins its maps.
     pub fn pin_dir(&self) -> PathBuf {
-        Path::new(lb_userspace::agent::PIN_ROOT).join(&self.lb_iface)
+        self.ns("lb").pin_dir(&self.lb_iface)
     }
 
     /// Whether one GET of `url` from the client succeeds within 1 s.
@@ -383,7 +383,7 @@ impl Drop for Lab {
         }
         let _ = fs::remove_dir_all(self.pin_dir());
         // The agent's instance lock, left behind if it had to be killed.
-        let _ = fs::remove_file(format!("/run/lb/{}.lock", self.lb_iface));
+        let _ = fs::remove_file(self.ns("lb").lock_path(&self.lb_iface));
         let _ = fs::remove_dir_all(&self.dir);
         // self.ns drops after this, removing every interface.
     }

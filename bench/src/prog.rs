@@ -14,20 +14,20 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, bail, ensure};
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     maps::{Array, MapData, ProgramArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use etherparse::PacketBuilder;
 use lb_common::{
     BENCH_F_VARY_FLOW, BENCH_FRAME_LEN, BenchTemplate, ConnEvent, MAP_BENCH_PROGS,
-    MAP_BENCH_TEMPLATE, MAP_CONNS, MAP_MAGLEV, Outcome, PROG_BENCH_DROP, PROG_BENCH_PARSE_DROP,
+    MAP_BENCH_TEMPLATE, Outcome, PROG_BENCH_DROP, PROG_BENCH_PARSE_DROP,
     PROG_BENCH_RESTORE,
 };
 use lb_tests::xdp::{LbNamespace, lb_namespace, xdp_md};
 use lb_userspace::{
     agent,
-    balancer::{self, Balancer},
+    balancer::Balancer,
     config::Config,
     maps::{AyaMaps, StatsReader},
 };
@@ -151,11 +151,8 @@ impl Bench {
         )?;
 
         let config = Config::parse(&config(conntrack), "bench")?.config;
-        let regions = balancer::table_regions(config.vips.len());
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(MAP_MAGLEV, regions * config.table_size)
-            .map_max_entries(MAP_CONNS, config.conntrack_entries)
-            .load(agent::object())
+        let regions = config.sizing.table_regions;
+        let mut ebpf = agent::load_object(&config)
             .context("loading the object")?;
         let stats = StatsReader::take(&mut ebpf)?;
         let balancer = Balancer::new(

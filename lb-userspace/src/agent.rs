@@ -18,23 +18,115 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use lb_common::{LAYOUT_VERSION, MAP_CONNS, MAP_MAGLEV, Outcome};
+use lb_common::{
+    LAYOUT_VERSION, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONN_STATS, MAP_CONNS, MAP_GLOBALS,
+    MAP_MAGLEV, MAP_SRC_ALLOW_V4, MAP_STATS, MAP_VIP_ADDRS, MAP_VIP_STATS, MAP_VIPS, Outcome,
+};
 use log::{error, info, warn};
 use tokio::{sync::mpsc, time};
 
 use crate::{
     api::{self, Shared},
-    balancer::{self, Balancer, BalancerError, Changes},
-    config::{Config, XdpModeConfig},
+    balancer::{Balancer, BalancerError, Changes},
+    config::{Config, Loaded, XdpModeConfig},
     health::{CheckResult, Checkers, Target},
-    maps::{self, AyaMaps, MapWriteError, StatsReader},
+    maps::{self, AyaMaps, MapWriteError, MapWriter as _, StatsReader},
     netif,
 };
 
-/// Root of the agent's pins: `PIN_ROOT/<interface>/<map name>`.
+/// Root of the agent's pins: `PIN_ROOT/<interface>/<map name>` in the
+/// host's network namespace, `PIN_ROOT/netns-<inode>/<interface>/...` in
+/// another (see [`pin_dir`]).
 pub const PIN_ROOT: &str = "/sys/fs/bpf/lb";
 /// Where bpffs is expected to be mounted.
 pub const BPFFS: &str = "/sys/fs/bpf";
+/// Directory of the agents' instance locks (see [`lock_path`]).
+pub const LOCK_ROOT: &str = "/run/lb";
+
+/// Every map the agent opens when it adopts a pinned data plane.
+pub const ADOPTED_MAPS: [&str; 11] = [
+    MAP_VIPS,
+    MAP_VIP_ADDRS,
+    MAP_MAGLEV,
+    MAP_BACKENDS,
+    MAP_SRC_ALLOW_V4,
+    MAP_GLOBALS,
+    MAP_STATS,
+    MAP_VIP_STATS,
+    MAP_BACKEND_STATS,
+    MAP_CONNS,
+    MAP_CONN_STATS,
+];
+
+/// The network namespace this process runs in, as a path component:
+/// `None` in the host's (that of PID 1, or when that cannot be read),
+/// else `netns-<inode of /proc/self/ns/net>`. Interfaces of two namespaces
+/// may share a name (every container has an `eth0`), so pins and locks are
+/// keyed by both.
+pub fn netns_key() -> Option<String> {
+    netns_key_of(Path::new("/proc/self/ns/net"))
+}
+
+/// [`netns_key`] of the namespace file `ns` (`/proc/PID/ns/net`, or
+/// `/run/netns/NAME` for a namespace made by `ip netns add`).
+pub fn netns_key_of(ns: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let own = std::fs::metadata(ns).ok()?;
+    let init = std::fs::metadata("/proc/1/ns/net").ok()?;
+    (own.ino() != init.ino() || own.dev() != init.dev()).then(|| netns_component(own.ino()))
+}
+
+/// The path component of the network namespace of inode `ino`.
+pub fn netns_component(ino: u64) -> String {
+    format!("netns-{ino}")
+}
+
+/// Where the data plane of `iface` in namespace `netns` ([`netns_key`]) is
+/// pinned: `/sys/fs/bpf/lb/<iface>`, or `/sys/fs/bpf/lb/<netns>/<iface>`.
+pub fn pin_dir_in(netns: Option<&str>, iface: &str) -> PathBuf {
+    let mut dir = PathBuf::from(PIN_ROOT);
+    dir.extend(netns);
+    dir.join(iface)
+}
+
+/// Where the data plane of `iface` in this process's namespace is pinned.
+pub fn pin_dir(iface: &str) -> PathBuf {
+    pin_dir_in(netns_key().as_deref(), iface)
+}
+
+/// The instance lock of `iface` in namespace `netns`:
+/// `/run/lb/<iface>.lock`, or `/run/lb/<netns>/<iface>.lock`.
+pub fn lock_path_in(netns: Option<&str>, iface: &str) -> PathBuf {
+    let mut path = PathBuf::from(LOCK_ROOT);
+    path.extend(netns);
+    path.join(format!("{iface}.lock"))
+}
+
+/// Raises this process's soft limit of open files to its hard limit, so
+/// API clients, health checks and map descriptors do not run out under a
+/// service manager's default (systemd: 1024 soft). Returns (old, new).
+///
+/// # Errors
+/// `getrlimit` or `setrlimit` fails.
+pub fn raise_open_file_limit() -> std::io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid pointer to an rlimit we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let old = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((old, limit.rlim_cur))
+}
 
 /// Why `lb run` or `lb decap` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -78,8 +170,34 @@ pub enum AgentError {
     #[error(transparent)]
     Balancer(#[from] BalancerError),
     /// Another agent holds the interface.
-    #[error("another agent is running on {0} (it holds /run/lb/{0}.lock)")]
-    Running(String),
+    #[error("another agent is running on {iface} (it holds {lock})")]
+    Running {
+        /// The interface.
+        iface: String,
+        /// The lock file.
+        lock: String,
+    },
+    /// A pinned data plane lacks a map the agent needs.
+    #[error(
+        "the data plane pinned in {dir} has no map {map} (its pin was removed): it cannot be adopted. To recover, run `rm -r {dir}` and start `lb run` again: this detaches xdp_lb until the new agent attaches (about a second without forwarding) and drops the connection table (flows are hashed again; a flow whose backend changes breaks)"
+    )]
+    MissingPin {
+        /// The pin directory.
+        dir: String,
+        /// The map whose pin is missing.
+        map: &'static str,
+    },
+    /// A configuration without VIPs would replace a data plane with VIPs.
+    #[error(
+        "the configuration has no VIP and would remove the {running} VIPs of the running data plane: refused (set allow_empty = true if that is meant)"
+    )]
+    EmptyConfig {
+        /// VIPs running.
+        running: usize,
+    },
+    /// `lb decap` was given an address that cannot be a VIP, or one twice.
+    #[error("--vip {0}")]
+    BadVip(String),
     /// The pinned maps were made by an agent with another map layout.
     #[error(
         "the data plane pinned in {dir} has map layout version {found}, this agent expects {LAYOUT_VERSION}: refusing to adopt maps it would misread. Run the agent that made them, or remove {dir} (this detaches the data plane and drops its connection table) and start again"
@@ -100,6 +218,19 @@ fn io_err(op: &'static str, path: impl Into<String>) -> impl FnOnce(std::io::Err
 /// The embedded object, aligned as aya needs.
 pub fn object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"))
+}
+
+/// Loads the embedded object with its maps sized for `config`
+/// ([`Config::sizing`]: the Maglev map and the connection table); programs
+/// are not loaded into the kernel yet.
+///
+/// # Errors
+/// aya's error when the kernel refuses a map (memory, permissions).
+pub fn load_object(config: &Config) -> Result<Ebpf, aya::EbpfError> {
+    EbpfLoader::new()
+        .map_max_entries(MAP_MAGLEV, config.sizing.maglev_entries)
+        .map_max_entries(MAP_CONNS, config.sizing.conntrack_entries)
+        .load(object())
 }
 
 /// aya's attach mode for a configured mode.
@@ -166,12 +297,17 @@ fn pin_maps(ebpf: &Ebpf, dir: &Path) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Removes the pins of `dir`, and `PIN_ROOT` when nothing else is left in it.
+/// Removes the pins of `dir`, then its parents up to `PIN_ROOT` when
+/// nothing else is left in them.
 fn unpin(dir: &Path) {
     if let Err(e) = std::fs::remove_dir_all(dir) {
         warn!("removing pins in {}: {e}", dir.display());
     }
-    let _ = std::fs::remove_dir(PIN_ROOT);
+    for parent in dir.ancestors().skip(1) {
+        if !parent.starts_with(PIN_ROOT) || std::fs::remove_dir(parent).is_err() {
+            break;
+        }
+    }
 }
 
 /// How `lb run` was asked to run.
@@ -185,8 +321,8 @@ pub struct RunOptions {
     pub keep_attached: bool,
 }
 
-/// Holds `/run/lb/<iface>.lock` while the agent runs, so two agents never
-/// drive one data plane.
+/// Holds the interface's lock ([`lock_path_in`]) while the agent runs, so
+/// two agents never drive one data plane.
 struct InstanceLock {
     _file: std::fs::File,
     path: PathBuf,
@@ -200,9 +336,9 @@ impl Drop for InstanceLock {
 
 impl InstanceLock {
     fn take(iface: &str) -> Result<Self, AgentError> {
-        let dir = Path::new("/run/lb");
-        std::fs::create_dir_all(dir).map_err(io_err("create", "/run/lb"))?;
-        let path = dir.join(format!("{iface}.lock"));
+        let path = lock_path_in(netns_key().as_deref(), iface);
+        let dir = path.parent().unwrap_or(Path::new(LOCK_ROOT));
+        std::fs::create_dir_all(dir).map_err(io_err("create", dir.display().to_string()))?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -212,7 +348,10 @@ impl InstanceLock {
         // SAFETY: flock on a file descriptor we own.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
-            return Err(AgentError::Running(iface.to_string()));
+            return Err(AgentError::Running {
+                iface: iface.to_string(),
+                lock: path.display().to_string(),
+            });
         }
         Ok(Self { _file: file, path })
     }
@@ -233,14 +372,16 @@ fn start_fresh(
     encap_source: Ipv4Addr,
     dir: &Path,
 ) -> Result<DataPlane, AgentError> {
-    let regions = balancer::table_regions(config.vips.len());
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries(MAP_MAGLEV, regions * config.table_size)
-        .map_max_entries(MAP_CONNS, config.conntrack_entries)
-        .load(object())?;
+    let sizing = config.sizing;
+    let mut ebpf = load_object(config)?;
     pin_maps(&ebpf, dir)?;
     let stats = StatsReader::take(&mut ebpf)?;
-    let balancer = Balancer::new(AyaMaps::take(&mut ebpf)?, config, encap_source, regions)?;
+    let balancer = Balancer::new(
+        AyaMaps::take(&mut ebpf)?,
+        config,
+        encap_source,
+        sizing.table_regions,
+    )?;
     let link = attach(&mut ebpf, "xdp_lb", iface, xdp_mode(config.xdp_mode))?;
     let link: FdLink = link.try_into().map_err(|e| AgentError::Io {
         op: "pin the XDP link (a netlink attachment cannot be pinned; kernel 5.9+ needed) on",
@@ -253,12 +394,11 @@ fn start_fresh(
         source: std::io::Error::other(e.to_string()),
     })?;
     info!(
-        "xdp_lb attached to {iface} ({:?} mode), pinned in {}: {} VIPs, {} backends, Maglev table size {}, outer source {encap_source}",
+        "xdp_lb attached to {iface} ({:?} mode), pinned in {}: {} VIPs, {} backends, outer source {encap_source}; {sizing}",
         config.xdp_mode,
         dir.display(),
         config.vips.len(),
         config.backend_count(),
-        config.table_size
     );
     Ok(DataPlane {
         balancer,
@@ -280,6 +420,12 @@ fn adopt(config: &Config, encap_source: Ipv4Addr, dir: &Path) -> Result<DataPlan
             });
         }
     }
+    if let Some(map) = ADOPTED_MAPS.iter().find(|m| !dir.join(m).exists()) {
+        return Err(AgentError::MissingPin {
+            dir: dir.display().to_string(),
+            map,
+        });
+    }
     let link = PinnedLink::from_pin(dir.join(LINK_PIN)).map_err(|e| AgentError::Io {
         op: "open pinned link",
         path: dir.join(LINK_PIN).display().to_string(),
@@ -287,7 +433,18 @@ fn adopt(config: &Config, encap_source: Ipv4Addr, dir: &Path) -> Result<DataPlan
     })?;
     let maps = AyaMaps::from_pins(dir)?;
     let stats = StatsReader::from_pins(dir)?;
+    let running = maps.vips()?.len();
+    if config.vips.is_empty() && !config.allow_empty && running > 0 {
+        return Err(AgentError::EmptyConfig { running });
+    }
     let regions = maps.maglev_entries() / config.table_size.max(1);
+    let max_vips = crate::sizing::max_vips_of(regions);
+    if max_vips != config.sizing.max_vips {
+        warn!(
+            "the adopted data plane holds {max_vips} VIPs (maglev.max_vips when it started), the configuration asks {}: the adopted size stays until the agent is stopped without --keep-attached and started again",
+            config.sizing.max_vips
+        );
+    }
     let (balancer, changes) = Balancer::adopt(maps, config, encap_source, regions)?;
     info!(
         "adopted the data plane pinned in {} (program, link, maps and connection table kept): {changes}",
@@ -333,6 +490,11 @@ pub async fn run(
         .or_else(|| config.interface.clone())
         .ok_or(AgentError::NoInterface)?;
     netif::ifindex(&iface).ok_or_else(|| AgentError::UnknownInterface(iface.clone()))?;
+    match raise_open_file_limit() {
+        Ok((old, new)) if old != new => info!("open-file limit raised from {old} to {new}"),
+        Ok((_, new)) => info!("open-file limit {new}"),
+        Err(e) => warn!("cannot raise the open-file limit: {e}"),
+    }
     let _lock = InstanceLock::take(&iface)?;
     let source = encap_source(&config, &iface)?;
     if netif::enable_ipv4_forwarding(&iface)
@@ -341,7 +503,7 @@ pub async fn run(
         info!("enabled IPv4 forwarding on {iface}: next-hop lookups (bpf_fib_lookup) need it");
     }
     netif::ensure_bpffs(Path::new(BPFFS)).map_err(io_err("mount bpffs on", BPFFS))?;
-    let dir = PathBuf::from(PIN_ROOT).join(&iface);
+    let dir = pin_dir(&iface);
     let plane = if dir.join(LINK_PIN).exists() {
         adopt(&config, source, &dir)?
     } else {
@@ -369,6 +531,7 @@ pub async fn run(
         iface: iface.clone(),
         options,
         source,
+        last_local_error: None,
     };
     let result = agent.serve(shutdown).await;
     agent.log_counters();
@@ -397,6 +560,10 @@ pub async fn run(
     result
 }
 
+/// Least time between two log lines about health checks that failed for a
+/// local reason.
+const LOCAL_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// The running agent.
 struct Agent {
     shared: Arc<Shared>,
@@ -405,6 +572,8 @@ struct Agent {
     iface: String,
     options: RunOptions,
     source: Ipv4Addr,
+    /// When a local health-check failure was last logged.
+    last_local_error: Option<time::Instant>,
 }
 
 /// Aborts a task when dropped.
@@ -416,17 +585,79 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Quiet time after a change of the configuration file before it is read:
-/// several quick writes give one reload.
+/// Quiet time after a change of the configuration file or a SIGHUP before
+/// the file is read: several quick writes or signals give one reload.
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(300);
+/// Longest a burst of changes or signals may delay a reload.
+const RELOAD_MAX_DELAY: Duration = Duration::from_secs(2);
+/// Longest the configuration file may take to read and validate; past it
+/// the reload is refused (the read goes on in a blocking thread, never in
+/// the event loop).
+const RELOAD_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Coalesces reload triggers: a reload is due [`RELOAD_DEBOUNCE`] after the
+/// last trigger, and at most [`RELOAD_MAX_DELAY`] after the first.
+#[derive(Debug, Default)]
+struct Debounce {
+    first: Option<time::Instant>,
+    last: Option<time::Instant>,
+    reasons: Vec<&'static str>,
+}
+
+impl Debounce {
+    fn trigger(&mut self, why: &'static str) {
+        let now = time::Instant::now();
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+        if !self.reasons.contains(&why) {
+            self.reasons.push(why);
+        }
+    }
+
+    /// When the pending reload is due, if one is.
+    fn due(&self) -> Option<time::Instant> {
+        Some((self.last? + RELOAD_DEBOUNCE).min(self.first? + RELOAD_MAX_DELAY))
+    }
+
+    /// Takes the pending reload's reasons (`SIGHUP`, `file changed`).
+    fn take(&mut self) -> String {
+        self.first = None;
+        self.last = None;
+        std::mem::take(&mut self.reasons).join(", ")
+    }
+}
+
+/// A configuration read (off the event loop) for a reload.
+type ReadConfig = (String, Result<Loaded, String>);
+
+/// Reads and validates `path` in a blocking thread, within
+/// [`RELOAD_READ_TIMEOUT`], and sends the result with `why` on `done`.
+fn read_config(path: PathBuf, why: String, done: mpsc::Sender<ReadConfig>) {
+    tokio::spawn(async move {
+        let shown = path.display().to_string();
+        let read = tokio::task::spawn_blocking(move || Config::load(&path));
+        let result = match time::timeout(RELOAD_READ_TIMEOUT, read).await {
+            Ok(Ok(loaded)) => loaded.map_err(|e| e.to_string()),
+            Ok(Err(e)) => Err(format!("reading {shown}: {e}")),
+            Err(_) => Err(format!(
+                "reading {shown} took longer than {}",
+                humantime::format_duration(RELOAD_READ_TIMEOUT)
+            )),
+        };
+        let _ = done.send((why, result)).await;
+    });
+}
 
 impl Agent {
     async fn serve(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
         let listen = self.config.api_listen;
-        let server = api::serve(listen, self.shared.clone())
+        let server = api::serve(listen, self.shared.clone(), self.config.api_max_connections)
             .await
             .map_err(io_err("serve the API on", listen.to_string()))?;
-        info!("API on http://{listen}: /metrics, /status, /healthz");
+        info!(
+            "API on http://{listen}: /metrics, /status, /healthz (at most {} connections)",
+            self.config.api_max_connections
+        );
         let _server = AbortOnDrop(server);
         let (tx, mut rx) = mpsc::channel(1024);
         let mut checkers = Checkers::new();
@@ -444,9 +675,12 @@ impl Agent {
                 None
             }
         };
-        let mut pending: Option<time::Instant> = None;
+        let (read_tx, mut read_rx) = mpsc::channel::<ReadConfig>(1);
+        let mut debounce = Debounce::default();
+        let mut reading = false;
         tokio::pin!(shutdown);
         loop {
+            let due = debounce.due();
             tokio::select! {
                 () = &mut shutdown => break,
                 Some(result) = rx.recv() => {
@@ -454,14 +688,15 @@ impl Agent {
                         self.on_check(&result);
                     }
                 }
-                _ = hangup.recv() => {
-                    pending = None;
-                    self.reload("SIGHUP", &mut checkers, &tx);
+                _ = hangup.recv() => debounce.trigger("SIGHUP"),
+                Some(()) = file_rx.recv() => debounce.trigger("file changed"),
+                () = time::sleep_until(due.unwrap_or_else(time::Instant::now)), if due.is_some() && !reading => {
+                    reading = true;
+                    read_config(self.options.config_path.clone(), debounce.take(), read_tx.clone());
                 }
-                Some(()) = file_rx.recv() => pending = Some(time::Instant::now() + RELOAD_DEBOUNCE),
-                () = time::sleep_until(pending.unwrap_or_else(time::Instant::now)), if pending.is_some() => {
-                    pending = None;
-                    self.reload("file changed", &mut checkers, &tx);
+                Some((why, loaded)) = read_rx.recv() => {
+                    reading = false;
+                    self.reload(&why, loaded, &mut checkers, &tx);
                 }
             }
         }
@@ -472,6 +707,22 @@ impl Agent {
     /// Applies one health-check result.
     fn on_check(&mut self, result: &CheckResult) {
         self.shared.record_check(result.backend_id, &result.probe);
+        if let Err(failure) = &result.probe
+            && failure.is_local()
+        {
+            let now = time::Instant::now();
+            if self
+                .last_local_error
+                .is_none_or(|t| now.duration_since(t) >= LOCAL_ERROR_LOG_INTERVAL)
+            {
+                self.last_local_error = Some(now);
+                warn!(
+                    "a health check of backend id {} could not be made ({failure}); backends keep their state (counted in lb_health_check_errors_total, logged at most every {}s)",
+                    result.backend_id,
+                    LOCAL_ERROR_LOG_INTERVAL.as_secs()
+                );
+            }
+        }
         let Some(healthy) = result.change else {
             return;
         };
@@ -496,11 +747,26 @@ impl Agent {
         self.shared.set_vips(self.plane.balancer.vips());
     }
 
-    /// Reads the configuration file again and applies the difference; a
+    /// Applies a configuration read for a reload, as a difference; a
     /// configuration with any error is rejected whole and nothing changes.
-    fn reload(&mut self, why: &str, checkers: &mut Checkers, events: &mpsc::Sender<CheckResult>) {
+    fn reload(
+        &mut self,
+        why: &str,
+        loaded: Result<Loaded, String>,
+        checkers: &mut Checkers,
+        events: &mpsc::Sender<CheckResult>,
+    ) {
         let path = self.options.config_path.clone();
-        match self.try_reload(&path) {
+        let (vips_before, backends_before) = (
+            self.plane.balancer.vips().len(),
+            self.plane
+                .balancer
+                .vips()
+                .iter()
+                .map(|v| v.backends.len())
+                .sum::<usize>(),
+        );
+        match loaded.and_then(|loaded| self.try_reload(&path, loaded)) {
             Ok(None) => {
                 self.shared.record_reload(Ok(()));
                 info!(
@@ -516,6 +782,14 @@ impl Agent {
                     "configuration reloaded ({why}) from {}: {changes}; health checkers +{started} -{stopped}",
                     path.display()
                 );
+                if changes.vips_removed * 2 > vips_before
+                    || changes.backends_removed * 2 > backends_before
+                {
+                    warn!(
+                        "this reload removed more than half of the data plane: {} of {vips_before} VIPs and {} of {backends_before} backends",
+                        changes.vips_removed, changes.backends_removed
+                    );
+                }
             }
             Err(e) => {
                 self.shared.record_reload(Err(e.clone()));
@@ -524,14 +798,17 @@ impl Agent {
         }
     }
 
-    fn try_reload(&mut self, path: &Path) -> Result<Option<Changes>, String> {
-        let loaded = Config::load(path).map_err(|e| e.to_string())?;
+    fn try_reload(&mut self, path: &Path, loaded: Loaded) -> Result<Option<Changes>, String> {
         for warning in &loaded.warnings {
             warn!("{}: warning: {warning}", path.display());
         }
         let new = loaded.config;
         if new == self.config {
             return Ok(None);
+        }
+        let running = self.plane.balancer.vips().len();
+        if new.vips.is_empty() && !new.allow_empty && running > 0 {
+            return Err(AgentError::EmptyConfig { running }.to_string());
         }
         let immutable = [
             (
@@ -558,6 +835,22 @@ impl Agent {
                 "api.listen",
                 new.api_listen != self.config.api_listen,
                 format!("{} -> {}", self.config.api_listen, new.api_listen),
+            ),
+            (
+                "api.max_connections",
+                new.api_max_connections != self.config.api_max_connections,
+                format!(
+                    "{} -> {}",
+                    self.config.api_max_connections, new.api_max_connections
+                ),
+            ),
+            (
+                "maglev.max_vips",
+                new.sizing.max_vips != self.config.sizing.max_vips,
+                format!(
+                    "{} -> {}",
+                    self.config.sizing.max_vips, new.sizing.max_vips
+                ),
             ),
         ];
         if let Some((key, _, change)) = immutable.iter().find(|(_, changed, _)| *changed) {
@@ -629,24 +922,94 @@ impl Agent {
     }
 }
 
-/// Watches the directory of `path` (editors replace files by renaming) and
-/// sends `()` on `changed` for every event that names the file.
+/// What identifies the file a path leads to (symbolic links followed): a
+/// change of any part is a change of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FileId {
+    /// Device, inode, size, modification and change times (ns).
+    Present(u64, u64, u64, i64, i64),
+    /// The path leads nowhere (or cannot be read).
+    Missing(std::io::ErrorKind),
+}
+
+fn file_id(path: &Path) -> FileId {
+    use std::os::unix::fs::MetadataExt as _;
+    match std::fs::metadata(path) {
+        Ok(m) => FileId::Present(
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        ),
+        Err(e) => FileId::Missing(e.kind()),
+    }
+}
+
+/// Watches the directory of `path` and sends `()` on `changed` whenever
+/// the file `path` leads to is another or has changed: an edit in place,
+/// an editor's rename into place, or a Kubernetes ConfigMap update (the
+/// `..data` symbolic link replaced by a rename, the file itself a link
+/// through it). Every event in the directory makes one `stat` of `path`;
+/// events that change nothing it leads to are ignored.
 fn watch(path: &Path, changed: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
     use notify::Watcher as _;
     let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let name = path.file_name().map(ToOwned::to_owned);
     let dir = path
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let last = std::sync::Mutex::new(file_id(&path));
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event
-            && !event.kind.is_access()
-            && event.paths.iter().any(|p| p.file_name() == name.as_deref())
-        {
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        let now = file_id(&path);
+        let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *last != now {
+            *last = now;
             // Full: a reload is already pending.
             let _ = changed.try_send(());
         }
     })?;
     watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
     Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn debounce_coalesces_a_burst_and_bounds_the_delay() {
+        let mut d = Debounce::default();
+        assert_eq!(d.due(), None, "nothing pending");
+        let start = time::Instant::now();
+        d.trigger("SIGHUP");
+        assert_eq!(d.due(), Some(start + RELOAD_DEBOUNCE));
+        // A trigger every 100 ms for 5 s: one reload due, 2 s after the first.
+        for _ in 0..50 {
+            time::advance(Duration::from_millis(100)).await;
+            d.trigger("SIGHUP");
+            d.trigger("file changed");
+        }
+        assert_eq!(d.due(), Some(start + RELOAD_MAX_DELAY));
+        assert_eq!(d.take(), "SIGHUP, file changed");
+        assert_eq!(d.due(), None);
+    }
+
+    #[test]
+    fn pins_and_locks_are_keyed_by_namespace() {
+        assert_eq!(pin_dir_in(None, "eth0"), Path::new("/sys/fs/bpf/lb/eth0"));
+        let ns = netns_component(4026532001);
+        assert_eq!(
+            pin_dir_in(Some(&ns), "eth0"),
+            Path::new("/sys/fs/bpf/lb/netns-4026532001/eth0")
+        );
+        assert_eq!(lock_path_in(None, "eth0"), Path::new("/run/lb/eth0.lock"));
+        assert_eq!(
+            lock_path_in(Some(&ns), "eth0"),
+            Path::new("/run/lb/netns-4026532001/eth0.lock")
+        );
+    }
 }

@@ -24,7 +24,7 @@ use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeMetric as _},
     metrics::{
         MetricType,
-        counter::ConstCounter,
+        counter::{ConstCounter, Counter as PromCounter},
         family::Family,
         gauge::ConstGauge,
         histogram::{Histogram, exponential_buckets},
@@ -33,7 +33,11 @@ use prometheus_client::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{balancer::VipState, maps::StatsReader, probe::Probe};
+use crate::{
+    balancer::VipState,
+    maps::StatsReader,
+    probe::{Probe, ProbeFailure},
+};
 
 /// Packets and bytes, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -166,6 +170,7 @@ pub struct Shared {
     view: Mutex<View>,
     stats: Mutex<StatsReader>,
     check_latency: Family<Labels, Histogram, fn() -> Histogram>,
+    check_errors: Family<Labels, PromCounter>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -194,6 +199,7 @@ impl Shared {
             view: Mutex::new(View::default()),
             stats: Mutex::new(stats),
             check_latency: Family::new_with_constructor(latency_histogram),
+            check_errors: Family::default(),
         })
     }
 
@@ -235,8 +241,15 @@ impl Shared {
         view.labels = labels;
     }
 
-    /// Records a health-check result of backend `backend_id`.
+    /// Records a health-check result of backend `backend_id`; a local
+    /// failure (not a verdict on the backend) is counted in
+    /// `lb_health_check_errors_total{reason}`.
     pub fn record_check(&self, backend_id: u32, probe: &Probe) {
+        if let Err(ProbeFailure::Local { reason, .. }) = probe {
+            self.check_errors
+                .get_or_create(&vec![("reason", (*reason).to_string())])
+                .inc();
+        }
         let mut view = lock(&self.view);
         if let (Ok(latency), Some(labels)) = (probe, view.labels.get(&backend_id)) {
             self.check_latency
@@ -478,16 +491,87 @@ struct Api {
     registry: Registry,
 }
 
-async fn metrics(State(api): State<Arc<Api>>) -> impl IntoResponse {
+/// Content type of the OpenMetrics text format (OpenMetrics 1.0).
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of the Prometheus text format 0.0.4.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether an `Accept` header asks for OpenMetrics: it names
+/// `application/openmetrics-text` with a quality above 0 and at least that
+/// of `text/plain` (Prometheus sends both, OpenMetrics first).
+pub fn wants_openmetrics(accept: &str) -> bool {
+    let quality = |wanted: &str| -> Option<f32> {
+        accept
+            .split(',')
+            .filter_map(|item| {
+                let mut parts = item.split(';').map(str::trim);
+                let media = parts.next()?;
+                if !media.eq_ignore_ascii_case(wanted) {
+                    return None;
+                }
+                let q = parts
+                    .find_map(|p| p.strip_prefix("q="))
+                    .and_then(|q| q.parse().ok())
+                    .unwrap_or(1.0);
+                Some(q)
+            })
+            .reduce(f32::max)
+    };
+    match (quality("application/openmetrics-text"), quality("text/plain")) {
+        (Some(om), Some(text)) => om > 0.0 && om >= text,
+        (Some(om), None) => om > 0.0,
+        _ => false,
+    }
+}
+
+/// Rewrites OpenMetrics text (as prometheus-client encodes it) into the
+/// Prometheus text format 0.0.4: a counter family is named by its samples
+/// (`x_total`), `# UNIT` and `# EOF` lines go, `unknown` becomes `untyped`.
+/// Sample lines are the same in both formats.
+pub fn openmetrics_to_prometheus(text: &str) -> String {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len() + 64);
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            let tail = if *prefix == "# TYPE " && tail == "unknown" {
+                "untyped"
+            } else {
+                tail
+            };
+            let suffix = if counters.contains(name) { "_total" } else { "" };
+            Some(format!("{prefix}{name}{suffix} {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+async fn metrics(State(api): State<Arc<Api>>, headers: axum::http::HeaderMap) -> impl IntoResponse {
     let mut body = String::new();
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(wants_openmetrics);
     match prometheus_client::encoding::text::encode(&mut body, &api.registry) {
+        Ok(()) if openmetrics => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
+            body,
+        ),
         Ok(()) => (
             StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            body,
+            [(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
+            openmetrics_to_prometheus(&body),
         ),
         Err(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -505,19 +589,44 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Binds `listen` and serves the API in a task until it is aborted.
+/// Longest a client may take to send a request's headers, and longest a
+/// kept-alive connection may stay idle between requests (hyper's
+/// `header_read_timeout` runs whenever the server waits for a request).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest one API connection may live, whatever it does (a client that
+/// never reads its answer included).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// The answer to a client over `api.max_connections`, written once without
+/// waiting before the connection is closed.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 37\r\nconnection: close\r\nretry-after: 1\r\n\r\ntoo many API connections, retry later\n";
+
+/// Binds `listen` and serves the API in a task until it is aborted, with at
+/// most `max_connections` connections at once: a client over the limit gets
+/// a 503 (written without waiting) and is closed; a client that sends no
+/// complete request headers within [`HEADER_READ_TIMEOUT`] (idle keep-alive
+/// included) is closed; no connection lives longer than
+/// [`CONNECTION_LIFETIME`]. When accepting fails (out of file descriptors),
+/// the server waits 100 ms and tries again, logging it at most once a
+/// second.
 ///
 /// # Errors
 /// The address cannot be bound.
 pub async fn serve(
     listen: SocketAddr,
     shared: Arc<Shared>,
+    max_connections: u32,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let mut registry = Registry::default();
     registry.register(
         "lb_health_check_duration_seconds",
         "Latency of successful health checks per backend.",
         shared.check_latency.clone(),
+    );
+    registry.register(
+        "lb_health_check_errors",
+        "Health checks that could not be made for a local reason (out of file descriptors, buffers or ports), by errno; not counted against backends.",
+        shared.check_errors.clone(),
     );
     registry.register_collector(Box::new(LbCollector(shared.clone())));
     let api = Arc::new(Api { shared, registry });
@@ -527,11 +636,51 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .with_state(api);
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            log::error!("API server stopped: {e}");
-        }
-    }))
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections as usize));
+    Ok(tokio::spawn(accept_loop(listener, router, slots)))
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    slots: Arc<tokio::sync::Semaphore>,
+) {
+    use hyper_util::{
+        rt::{TokioIo, TokioTimer},
+        service::TowerToHyperService,
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let builder = Arc::new(builder);
+    let mut last_logged: Option<Instant> = None;
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                if last_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    log::warn!("API: accepting a connection failed: {e}; retrying in 100 ms");
+                    last_logged = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Full: answer once if the socket takes it at once, then close.
+            let _ = stream.try_write(BUSY);
+            drop(stream);
+            continue;
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+            drop(slot);
+        });
+    }
 }
 
 /// Fetches `/status` from an agent's API at `api` (for `lb status`).

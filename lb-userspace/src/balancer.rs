@@ -13,7 +13,7 @@
 //! update), so a packet sees either the old table or the new one, never a mix.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     fmt,
     net::{IpAddr, Ipv4Addr},
 };
@@ -27,6 +27,7 @@ use crate::{
     config::{Config, FilterScope, OnNoBackend, Vip},
     maglev::{self, MaglevBackend},
     maps::{MapWriteError, MapWriter},
+    sizing,
 };
 
 /// Why the balancer could not apply something.
@@ -55,16 +56,6 @@ pub enum BalancerError {
         /// Requested value.
         new: String,
     },
-}
-
-/// Number of Maglev table regions to size the map with for `vip_count` VIPs:
-/// one per VIP, as many again for replacements and for VIPs added later, and
-/// 16 more, so small configurations can grow without a restart.
-pub fn table_regions(vip_count: usize) -> u32 {
-    (vip_count as u32)
-        .saturating_mul(2)
-        .saturating_add(16)
-        .min(2 * MAX_VIPS + 16)
 }
 
 /// A backend of a VIP as the agent tracks it.
@@ -151,10 +142,14 @@ impl fmt::Display for Changes {
     }
 }
 
-/// Free-list allocator of ids `0..capacity`, lowest first.
+/// Allocator of ids `0..capacity`, first in, first out: ids are handed out
+/// lowest first at the start, and a freed id goes to the back of the queue.
+/// For Maglev regions this is what keeps a reader safe: a table region just
+/// freed (that a packet on another CPU may still be reading) is written
+/// again only after every other free region has been used.
 #[derive(Debug)]
 struct IdPool {
-    free: Vec<u32>,
+    free: VecDeque<u32>,
     capacity: u32,
 }
 
@@ -162,23 +157,20 @@ impl IdPool {
     /// Every id free except those in `used`.
     fn new(capacity: u32, used: &HashSet<u32>) -> Self {
         Self {
-            free: (0..capacity)
-                .rev()
-                .filter(|id| !used.contains(id))
-                .collect(),
+            free: (0..capacity).filter(|id| !used.contains(id)).collect(),
             capacity,
         }
     }
 
     fn take(&mut self, what: &'static str) -> Result<u32, BalancerError> {
-        self.free.pop().ok_or(BalancerError::Capacity {
+        self.free.pop_front().ok_or(BalancerError::Capacity {
             what,
             capacity: self.capacity,
         })
     }
 
     fn give(&mut self, id: u32) {
-        self.free.push(id);
+        self.free.push_back(id);
     }
 }
 
@@ -544,10 +536,11 @@ impl<M: MapWriter> Balancer<M> {
                 capacity: MAX_BACKENDS,
             });
         }
-        if config.vips.len() > MAX_VIPS as usize {
+        let max_vips = sizing::max_vips_of(self.regions.capacity);
+        if config.vips.len() > max_vips as usize {
             return Err(BalancerError::Capacity {
-                what: "VIP ids",
-                capacity: MAX_VIPS,
+                what: "VIPs (maglev.max_vips of the running data plane)",
+                capacity: max_vips,
             });
         }
         // Every VIP may need a new region while its old one is still in use.
@@ -564,7 +557,7 @@ impl<M: MapWriter> Balancer<M> {
                 .count();
         if needed > free {
             return Err(BalancerError::Capacity {
-                what: "Maglev table regions (set at start from the number of VIPs)",
+                what: "spare Maglev table regions",
                 capacity: self.regions.capacity,
             });
         }
@@ -780,8 +773,9 @@ impl<M: MapWriter> Balancer<M> {
         }
         self.vips[vip].published = Some(self.vips[vip].members());
         // A packet that read the old offset just before the update may still
-        // be reading the old region; it is only rewritten by a later update,
-        // which takes at least a table build (milliseconds) to come.
+        // be reading the old region: it goes to the back of the free queue,
+        // so every other free region (at least the spares) is written first,
+        // each after a table build (milliseconds), before it is rewritten.
         if let Some(old) = old {
             self.regions.give(old);
         }
@@ -891,6 +885,7 @@ mod tests {
     const CONFIG: &str = r#"
 [maglev]
 table_size = 251
+max_vips = 8
 [[vip]]
 name = "web"
 address = "10.0.0.100"
@@ -919,7 +914,7 @@ on_no_backend = "pass"
             FakeMaps::default(),
             &config,
             Ipv4Addr::new(10, 0, 0, 2),
-            table_regions(2),
+            config.sizing.table_regions,
         )
         .expect("fills")
     }
@@ -976,20 +971,34 @@ on_no_backend = "pass"
     }
 
     #[test]
-    fn tables_move_to_a_fresh_region_and_regions_are_reused() {
+    fn a_just_freed_region_is_written_last() {
         let mut b = balancer();
         let web = VipKey::v4([10, 0, 0, 100], 80, 6);
-        let before = b.maps().vips[&web].table_offset;
-        b.set_health(0, 0, false).unwrap();
-        let after = b.maps().vips[&web].table_offset;
-        assert_ne!(before, after, "a new table never overwrites the one in use");
-        for i in 0..100 {
-            b.set_health(0, 0, i % 2 == 0).unwrap();
+        // 8 VIPs at most: 16 regions, 2 in use.
+        let regions = b.regions.capacity;
+        assert_eq!(regions, 16);
+        let mut offsets = vec![b.maps().vips[&web].table_offset];
+        for i in 0..regions {
+            b.set_health(0, 0, i % 2 == 1).unwrap();
+            offsets.push(b.maps().vips[&web].table_offset);
         }
-        // Only ever two regions for this VIP plus one for the other.
-        let regions: std::collections::HashSet<u32> =
-            b.maps().maglev.keys().map(|k| k / 251).collect();
-        assert!(regions.len() <= 3, "{regions:?}");
+        // Every replacement goes to a region other than the one in use, and
+        // the region just freed comes back only after all the other free
+        // ones (14 here) were written.
+        for pair in offsets.windows(2) {
+            assert_ne!(pair[0], pair[1], "a new table never overwrites the one in use");
+        }
+        let free = regions as usize - 2;
+        for (i, offset) in offsets.iter().enumerate() {
+            let next_use = offsets[i + 1..].iter().position(|o| o == offset);
+            if let Some(gap) = next_use {
+                assert!(gap >= free, "region at {offset} reused after {gap} writes: {offsets:?}");
+            }
+        }
+        assert!(
+            offsets.iter().collect::<HashSet<_>>().len() > free,
+            "every free region was used: {offsets:?}"
+        );
     }
 
     #[test]
@@ -1051,7 +1060,7 @@ on_no_backend = "pass"
             maps.clone(),
             &config(CONFIG),
             Ipv4Addr::new(10, 0, 0, 2),
-            table_regions(2),
+            config(CONFIG).sizing.table_regions,
         )
         .unwrap();
         assert!(changes.is_empty(), "{changes}");
@@ -1080,7 +1089,7 @@ on_no_backend = "pass"
             before.maps().clone(),
             &config(&text),
             Ipv4Addr::new(10, 0, 0, 2),
-            table_regions(2),
+            config(CONFIG).sizing.table_regions,
         )
         .unwrap();
         assert_eq!(
@@ -1166,7 +1175,7 @@ on_no_backend = "pass"
             err.to_string().contains("maglev.table_size cannot change"),
             "{err}"
         );
-        // More VIPs than the Maglev map has regions for.
+        // More VIPs than maglev.max_vips of the running data plane.
         let mut many = CONFIG.to_string();
         for i in 0..30 {
             many += &format!(
@@ -1176,7 +1185,10 @@ on_no_backend = "pass"
         let err = b
             .apply(&config(&many), Ipv4Addr::new(10, 0, 0, 2))
             .unwrap_err();
-        assert!(err.to_string().contains("Maglev table regions"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "out of VIPs (maglev.max_vips of the running data plane): the data plane holds at most 8"
+        );
         assert_eq!(b.maps().writes, writes, "nothing written");
     }
 }

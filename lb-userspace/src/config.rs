@@ -17,12 +17,23 @@ use ipnet::IpNet;
 use lb_common::MAX_TABLE_SIZE;
 use serde::Deserialize;
 
+use crate::sizing::{self, Sizing};
+
 /// Default `maglev.table_size`: the prime Katran and the Maglev paper use.
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
 /// Default `conntrack.max_entries` (flows).
 pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 1 << 20;
 /// Default `api.listen`.
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:9470";
+/// Default `api.max_connections`: concurrent API clients.
+pub const DEFAULT_API_MAX_CONNECTIONS: u32 = 256;
+/// Largest `api.max_connections` accepted: the API must leave file
+/// descriptors to health checks even under the systemd default limit (1024).
+pub const MAX_API_CONNECTIONS: u32 = 512;
+/// Largest configuration file read, in bytes (1 MiB): more is refused
+/// rather than read (a `/dev/zero` or a runaway generator would otherwise
+/// grow the agent without bound).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// Default `encap.gue_port`.
 pub const DEFAULT_GUE_PORT: u16 = 6080;
 /// Largest backend weight accepted.
@@ -74,6 +85,23 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The path is not a regular file (a FIFO, a device, a directory, a
+    /// socket): reading it could block or never end.
+    #[error("{path} is a {kind}, not a regular file: refusing to read it")]
+    NotRegular {
+        /// The file.
+        path: String,
+        /// What it is: `FIFO`, `character device`, ...
+        kind: &'static str,
+    },
+    /// The file is larger than [`MAX_CONFIG_BYTES`].
+    #[error("{path} is {size} bytes or more, above the limit of {MAX_CONFIG_BYTES} bytes")]
+    TooLarge {
+        /// The file.
+        path: String,
+        /// Its size (at least), in bytes.
+        size: u64,
+    },
     /// Not valid TOML, or not the schema's shape (unknown key, wrong type).
     #[error("{path}: {message}")]
     Parse {
@@ -101,6 +129,8 @@ struct RawConfig {
     #[serde(default)]
     xdp_mode: XdpModeConfig,
     #[serde(default)]
+    allow_empty: bool,
+    #[serde(default)]
     api: RawApi,
     #[serde(default)]
     source_filter: RawSourceFilter,
@@ -118,6 +148,9 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawApi {
     listen: Option<String>,
+    max_connections: Option<u32>,
+    #[serde(default)]
+    allow_remote: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -142,6 +175,7 @@ struct RawEncap {
 #[serde(deny_unknown_fields)]
 struct RawMaglev {
     table_size: Option<u32>,
+    max_vips: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -220,6 +254,16 @@ pub enum EncapKind {
     Ipip,
     /// Generic UDP Encapsulation (not supported yet).
     Gue,
+}
+
+impl EncapKind {
+    /// The kind's name in the configuration.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Ipip => "ipip",
+            Self::Gue => "gue",
+        }
+    }
 }
 
 /// L4 protocol of a VIP.
@@ -301,8 +345,13 @@ pub struct Config {
     pub interface: Option<String>,
     /// Attach mode.
     pub xdp_mode: XdpModeConfig,
+    /// Whether a configuration without VIPs may replace one with VIPs
+    /// (`allow_empty`); without it such a reload is refused.
+    pub allow_empty: bool,
     /// Address of the HTTP API.
     pub api_listen: SocketAddr,
+    /// Concurrent API connections; more are refused (`api.max_connections`).
+    pub api_max_connections: u32,
     /// Allowed source prefixes (host bits clear).
     pub allow: Vec<IpNet>,
     /// What the source filter applies to.
@@ -319,6 +368,8 @@ pub struct Config {
     pub table_size: u32,
     /// Connection-table capacity in flows.
     pub conntrack_entries: u32,
+    /// Map sizes: `maglev.max_vips`, table regions, memory.
+    pub sizing: Sizing,
     /// VIPs, in file order.
     pub vips: Vec<Vip>,
 }
@@ -389,16 +440,14 @@ pub struct Loaded {
 }
 
 impl Config {
-    /// Reads and validates a configuration file.
+    /// Reads (see [`read_file`]) and validates a configuration file.
     ///
     /// # Errors
-    /// [`ConfigError::Read`], [`ConfigError::Parse`] or [`ConfigError::Invalid`]
-    /// with every problem found.
+    /// [`ConfigError::Read`], [`ConfigError::NotRegular`],
+    /// [`ConfigError::TooLarge`], [`ConfigError::Parse`] or
+    /// [`ConfigError::Invalid`] with every problem found.
     pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = read_file(path, MAX_CONFIG_BYTES)?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -462,7 +511,7 @@ impl Validator {
                 format!("{interface:?} is not a valid interface name"),
             );
         }
-        let api_listen = self.api(&raw.api);
+        let (api_listen, api_max_connections) = self.api(&raw.api);
         let allow = self.allow(&raw.source_filter);
         let (encap_source_v4, encap_source_v6, gue_port) = self.encap(&raw.encap);
         let table_size = self.table_size(&raw.maglev);
@@ -473,11 +522,35 @@ impl Validator {
         if conntrack_entries == 0 {
             self.error("conntrack.max_entries", "must be at least 1");
         }
+        let sizing = self.sizing(&raw.maglev, table_size, conntrack_entries, raw.vips.len());
+        self.no_effect(&raw);
         let vips = self.vips(raw.vips, &allow, table_size);
+        let backends: usize = vips.iter().map(|v| v.backends.len()).sum();
+        if backends > lb_common::MAX_BACKENDS as usize {
+            self.error(
+                "vip",
+                format!(
+                    "{backends} backends over all VIPs, above the data plane's limit of {} (one id per VIP and backend)",
+                    lb_common::MAX_BACKENDS
+                ),
+            );
+        }
+        if vips.is_empty() {
+            self.warn(
+                "vip",
+                if raw.allow_empty {
+                    "no VIP: the data plane forwards nothing (allowed by allow_empty = true)"
+                } else {
+                    "no VIP: a running agent refuses to reload to this (it would remove every VIP); set allow_empty = true if that is meant"
+                },
+            );
+        }
         Config {
             interface: raw.interface,
             xdp_mode: raw.xdp_mode,
+            allow_empty: raw.allow_empty,
             api_listen,
+            api_max_connections,
             allow,
             scope: raw.source_filter.scope,
             encap: raw.encap.kind,
@@ -486,19 +559,96 @@ impl Validator {
             gue_port,
             table_size,
             conntrack_entries,
+            sizing,
             vips,
         }
     }
 
-    fn api(&mut self, api: &RawApi) -> SocketAddr {
+    /// `maglev.max_vips` and the map sizes it implies, checked against the
+    /// data plane's limits and the VIPs configured.
+    fn sizing(
+        &mut self,
+        maglev: &RawMaglev,
+        table_size: u32,
+        conntrack_entries: u32,
+        vip_count: usize,
+    ) -> Sizing {
+        let max_vips = maglev
+            .max_vips
+            .unwrap_or_else(|| sizing::default_max_vips(table_size));
+        if max_vips == 0 {
+            self.error("maglev.max_vips", "must be at least 1");
+        }
+        if vip_count > max_vips as usize {
+            let why = if maglev.max_vips.is_some() {
+                String::new()
+            } else {
+                format!(
+                    " (the default: the most whose tables fit {} at table size {table_size})",
+                    sizing::human_bytes(sizing::DEFAULT_MAGLEV_BUDGET)
+                )
+            };
+            self.error(
+                "vip",
+                format!("{vip_count} VIPs, above maglev.max_vips = {max_vips}{why}"),
+            );
+        }
+        match Sizing::new(table_size, max_vips.max(1), conntrack_entries.max(1)) {
+            Ok(s) => s,
+            Err(e) => {
+                let key = match e {
+                    sizing::SizingError::ConntrackTooLarge(_) => "conntrack.max_entries",
+                    _ => "maglev.max_vips",
+                };
+                self.error(key, e.to_string());
+                Sizing::new(3, 1, 1).expect("the smallest data plane fits")
+            }
+        }
+    }
+
+    /// Warns about keys that have no effect with the settings chosen.
+    fn no_effect(&mut self, raw: &RawConfig) {
+        let v6_backend = raw
+            .vips
+            .iter()
+            .flat_map(|v| &v.backends)
+            .any(|b| b.address.is_ipv6());
+        if raw.encap.source_v6.is_some() && !v6_backend {
+            self.warn(
+                "encap.source_v6",
+                "has no effect: no backend is an IPv6 address",
+            );
+        }
+        if raw.encap.gue_port.is_some() && raw.encap.kind != EncapKind::Gue {
+            self.warn(
+                "encap.gue_port",
+                format!(
+                    "has no effect with encap.kind = \"{}\"",
+                    raw.encap.kind.name()
+                ),
+            );
+        }
+    }
+
+    fn api(&mut self, api: &RawApi) -> (SocketAddr, u32) {
+        let max = api.max_connections.unwrap_or(DEFAULT_API_MAX_CONNECTIONS);
+        if !(1..=MAX_API_CONNECTIONS).contains(&max) {
+            self.error(
+                "api.max_connections",
+                format!("{max} is out of range (1 to {MAX_API_CONNECTIONS})"),
+            );
+        }
         let default: SocketAddr = DEFAULT_API_LISTEN.parse().expect("constant parses");
         let Some(listen) = &api.listen else {
-            return default;
+            return (default, max);
         };
-        match listen.parse::<SocketAddr>() {
+        let listen = match listen.parse::<SocketAddr>() {
             Ok(addr) => {
-                if !addr.ip().is_loopback() {
-                    self.warn("api.listen", format!("{addr} is not a loopback address: the API is reachable from the network"));
+                if addr.ip().is_loopback() {
+                } else if api.allow_remote {
+                    self.warn("api.listen", format!("{addr} is not a loopback address: the API (read-only, without authentication) is reachable from the network"));
+                } else {
+                    self.error("api.listen", format!("{addr} is not a loopback address and the API has no authentication: set api.allow_remote = true to expose it anyway"));
                 }
                 addr
             }
@@ -506,7 +656,8 @@ impl Validator {
                 self.error("api.listen", format!("{listen:?} is not an address:port"));
                 default
             }
-        }
+        };
+        (listen, max)
     }
 
     fn allow(&mut self, filter: &RawSourceFilter) -> Vec<IpNet> {
@@ -881,6 +1032,73 @@ impl Validator {
         }
         out
     }
+}
+
+/// Reads a configuration file of at most `limit` bytes without blocking on
+/// what is not a regular file: it is opened non-blocking (so a FIFO without
+/// a writer does not hang the open), refused unless `fstat` says regular
+/// file, and read up to `limit + 1` bytes (so a file growing while read is
+/// caught too). Symbolic links are followed (a Kubernetes ConfigMap's file
+/// is one).
+///
+/// # Errors
+/// [`ConfigError::Read`] (open or read failed, or not UTF-8),
+/// [`ConfigError::NotRegular`], [`ConfigError::TooLarge`].
+pub fn read_file(path: &Path, limit: u64) -> Result<String, ConfigError> {
+    use std::{
+        io::Read as _,
+        os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _},
+    };
+    let shown = || path.display().to_string();
+    let read_err = |source| ConfigError::Read {
+        path: shown(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let kind = if kind.is_fifo() {
+            "FIFO"
+        } else if kind.is_char_device() {
+            "character device"
+        } else if kind.is_block_device() {
+            "block device"
+        } else if kind.is_dir() {
+            "directory"
+        } else if kind.is_socket() {
+            "socket"
+        } else {
+            "special file"
+        };
+        return Err(ConfigError::NotRegular { path: shown(), kind });
+    }
+    if meta.len() > limit {
+        return Err(ConfigError::TooLarge {
+            path: shown(),
+            size: meta.len(),
+        });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > limit {
+        return Err(ConfigError::TooLarge {
+            path: shown(),
+            size: bytes.len() as u64,
+        });
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        read_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8: {e}"),
+        ))
+    })
 }
 
 /// Whether `n` is prime (trial division; `n` is at most a few million).

@@ -23,6 +23,23 @@ fn addr_map(
     Ok(maps::take(ebpf, name)?)
 }
 
+/// Refuses an address that cannot be a VIP (unspecified, broadcast,
+/// multicast, loopback) and one given twice.
+///
+/// # Errors
+/// [`AgentError::BadVip`] naming the address and the reason.
+pub fn check_vips(vips: &[Ipv4Addr]) -> Result<(), AgentError> {
+    for (i, vip) in vips.iter().enumerate() {
+        if vip.is_unspecified() || vip.is_broadcast() || vip.is_multicast() || vip.is_loopback() {
+            return Err(AgentError::BadVip(format!("{vip} cannot be a VIP")));
+        }
+        if vips[..i].contains(vip) {
+            return Err(AgentError::BadVip(format!("{vip} is given twice")));
+        }
+    }
+    Ok(())
+}
+
 /// Attaches the decapsulation program to `iface` for `vips` until `shutdown`
 /// completes. Outer destinations accepted are every IPv4 address of the host
 /// at start. With no VIP it decapsulates nothing and passes every packet:
@@ -38,6 +55,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     netif::ifindex(iface).ok_or_else(|| AgentError::UnknownInterface(iface.to_string()))?;
+    check_vips(vips)?;
     let mut ebpf = EbpfLoader::new().load(agent::object())?;
     let mut vip_map = addr_map(&mut ebpf, MAP_DECAP_VIPS)?;
     let mut local_map = addr_map(&mut ebpf, MAP_DECAP_LOCAL)?;
@@ -73,4 +91,23 @@ pub async fn run(
     drop(ebpf);
     info!("detached from {iface}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decap_refuses_unspecified_and_duplicate_vips() {
+        let vip = Ipv4Addr::new(10, 0, 0, 100);
+        assert!(check_vips(&[vip, Ipv4Addr::new(10, 0, 0, 101)]).is_ok());
+        assert_eq!(
+            check_vips(&[Ipv4Addr::UNSPECIFIED]).unwrap_err().to_string(),
+            "--vip 0.0.0.0 cannot be a VIP"
+        );
+        assert_eq!(
+            check_vips(&[vip, vip]).unwrap_err().to_string(),
+            "--vip 10.0.0.100 is given twice"
+        );
+    }
 }

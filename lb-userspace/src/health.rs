@@ -8,6 +8,10 @@
 //! (healthy when new; as the maps say when adopted); its first check result
 //! sets its state directly; after that it takes `fall` consecutive failures
 //! to become unhealthy and `rise` consecutive successes to become healthy.
+//! A check that failed for a reason of this host ([`crate::probe::ProbeFailure::is_local`]:
+//! out of file descriptors, buffers or ports) is reported but is not a
+//! result: it neither counts toward `fall` nor breaks a streak, so a local
+//! shortage never marks a backend down.
 
 use std::{collections::HashMap, net::SocketAddr};
 
@@ -203,7 +207,10 @@ async fn check_loop(target: Target, token: u64, events: mpsc::Sender<CheckResult
     loop {
         let started = time::Instant::now();
         let probe = probe::probe(&target.check, target.addr).await;
-        let change = tracker.record(probe.is_ok());
+        let change = match &probe {
+            Err(failure) if failure.is_local() => None,
+            _ => tracker.record(probe.is_ok()),
+        };
         let result = CheckResult {
             backend_id: target.backend_id,
             token,

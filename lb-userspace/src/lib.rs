@@ -12,3 +12,4 @@ pub mod maglev;
 pub mod maps;
 pub mod netif;
 pub mod probe;
+pub mod sizing;

@@ -2,7 +2,7 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::ExitCode,
 };
 
@@ -158,6 +158,7 @@ fn main() -> ExitCode {
                     c.backend_count(),
                     c.table_size
                 );
+                println!("data plane memory: {}", c.sizing);
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -214,7 +215,7 @@ fn main() -> ExitCode {
             };
             let pins = iface
                 .or_else(|| config.interface.clone())
-                .map(|i| Path::new(agent::PIN_ROOT).join(i))
+                .map(|i| agent::pin_dir(&i))
                 .filter(|dir| dir.join(agent::LINK_PIN).exists());
             match explain::explain(&config, protocol, src, dst, pins.as_deref()) {
                 Ok(text) => {
@@ -248,11 +249,25 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the tokio runtime")
 }
 
+/// Logs an error with its chain of causes, each once: a cause whose text
+/// its parent already shows (`{op} {path}: {source}`) is not repeated.
 fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
+            let mut text = String::new();
+            let mut shown = String::new();
+            for cause in e.chain() {
+                let line = cause.to_string();
+                if !shown.contains(&line) {
+                    if !text.is_empty() {
+                        text.push_str(": ");
+                    }
+                    text.push_str(&line);
+                }
+                shown = line;
+            }
+            error!("{text}");
             ExitCode::FAILURE
         }
     }

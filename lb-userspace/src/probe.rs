@@ -56,6 +56,20 @@ pub enum ProbeFailure {
     /// HTTP: the answer is not an HTTP/1.x response.
     #[error("malformed response: {0}")]
     Malformed(String),
+    /// The check could not be made for a reason of this host, not of the
+    /// backend: out of file descriptors (`EMFILE`, `ENFILE`), of socket
+    /// buffers or memory (`ENOBUFS`, `ENOMEM`), of local ports
+    /// (`EADDRNOTAVAIL`). Not a verdict on the backend: it does not count
+    /// toward `fall` (see [`crate::health`]).
+    #[error("local error, not a verdict on the backend: {step} failed: {message}")]
+    Local {
+        /// The step: `connect`, `bind`, `send`, `receive` or `request`.
+        step: &'static str,
+        /// [`ProbeFailure::local_reason`] word for the errno.
+        reason: &'static str,
+        /// The underlying error's message.
+        message: String,
+    },
     /// Any other failure, with the step that failed (`connect`, `send`, ...).
     #[error("{step} failed: {message}")]
     Other {
@@ -77,12 +91,39 @@ impl ProbeFailure {
             Self::Reset => "reset",
             Self::Closed => "closed",
             Self::Malformed(_) => "malformed",
+            Self::Local { .. } => "local",
             Self::Other { .. } => "error",
         }
     }
 
+    /// Whether the failure is this host's, not the backend's.
+    pub const fn is_local(&self) -> bool {
+        matches!(self, Self::Local { .. })
+    }
+
+    /// The errno word (`emfile`, `enfile`, `enobufs`, `enomem`,
+    /// `eaddrnotavail`) of a local failure (for the `reason` label of
+    /// `lb_health_check_errors_total`), `None` for any other.
+    pub fn local_reason(errno: i32) -> Option<&'static str> {
+        Some(match errno {
+            libc::EMFILE => "emfile",
+            libc::ENFILE => "enfile",
+            libc::ENOBUFS => "enobufs",
+            libc::ENOMEM => "enomem",
+            libc::EADDRNOTAVAIL => "eaddrnotavail",
+            _ => return None,
+        })
+    }
+
     /// Maps an I/O error of `step` to a failure.
     fn io(step: &'static str, e: &io::Error) -> Self {
+        if let Some(reason) = e.raw_os_error().and_then(Self::local_reason) {
+            return Self::Local {
+                step,
+                reason,
+                message: e.to_string(),
+            };
+        }
         match e.kind() {
             io::ErrorKind::ConnectionRefused => Self::Refused,
             io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => Self::Reset,

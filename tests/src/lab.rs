@@ -460,7 +460,7 @@ impl Lab {
 
     /// Where the agent pins its maps.
     pub fn pin_dir(&self) -> PathBuf {
-        Path::new("/sys/fs/bpf/lb").join(&self.lb_iface)
+        self.lb().pin_dir(&self.lb_iface)
     }
 
     /// Starts the agent (`lb run --config FILE EXTRA_ARGS`), appending to
@@ -598,7 +598,7 @@ impl Lab {
             proc.stop();
         }
         let _ = fs::remove_dir_all(self.pin_dir());
-        let _ = fs::remove_file(format!("/run/lb/{}.lock", self.lb_iface));
+        let _ = fs::remove_file(self.lb().lock_path(&self.lb_iface));
     }
 }
 

@@ -78,6 +78,24 @@ impl Netns {
         cmd
     }
 
+    /// Where an agent in this namespace pins the data plane of `iface`
+    /// (`lb_userspace::agent::pin_dir` as seen from the agent).
+    pub fn pin_dir(&self, iface: &str) -> std::path::PathBuf {
+        lb_userspace::agent::pin_dir_in(self.key().as_deref(), iface)
+    }
+
+    /// The instance lock of an agent on `iface` in this namespace.
+    pub fn lock_path(&self, iface: &str) -> std::path::PathBuf {
+        lb_userspace::agent::lock_path_in(self.key().as_deref(), iface)
+    }
+
+    fn key(&self) -> Option<String> {
+        lb_userspace::agent::netns_key_of(std::path::Path::new(&format!(
+            "/run/netns/{}",
+            self.name
+        )))
+    }
+
     /// Moves the calling thread into this namespace until the guard drops.
     ///
     /// # Errors

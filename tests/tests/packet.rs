@@ -8,15 +8,15 @@
 use std::net::Ipv4Addr;
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf,
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use etherparse::{IpHeaders, Ipv4Header, PacketBuilder, VlanId};
-use lb_common::{ConnEvent, MAP_CONNS, MAP_MAGLEV, Outcome, flow_hash_v4, maglev_slot};
+use lb_common::{ConnEvent, MAP_CONNS, Outcome, flow_hash_v4, maglev_slot};
 use lb_tests::xdp::{LbNamespace, lb_namespace, xdp_md};
 use lb_userspace::{
     agent,
-    balancer::{self, Balancer},
+    balancer::Balancer,
     config::Config,
     maps::{AyaMaps, StatsReader},
 };
@@ -99,11 +99,8 @@ impl Fixture {
         .expect("namespace of the load balancer");
 
         let config = Config::parse(config, "packet-test").expect("valid").config;
-        let regions = balancer::table_regions(config.vips.len());
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(MAP_MAGLEV, regions * config.table_size)
-            .map_max_entries(MAP_CONNS, config.conntrack_entries)
-            .load(agent::object())
+        let regions = config.sizing.table_regions;
+        let mut ebpf = agent::load_object(&config)
             .expect("load object");
         let stats = StatsReader::take(&mut ebpf).expect("stats maps");
         let balancer = Balancer::new(

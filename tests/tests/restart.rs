@@ -4,7 +4,7 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Stdio},
     thread,
     time::{Duration, Instant},
@@ -54,7 +54,7 @@ impl Rig {
     }
 
     fn pins(&self) -> PathBuf {
-        Path::new("/sys/fs/bpf/lb").join(IFACE)
+        self.ns.pin_dir(IFACE)
     }
 
     fn log(&self) -> String {
@@ -143,7 +143,7 @@ impl Drop for Rig {
         }
         // Removing the pins (the link's among them) detaches the program.
         let _ = fs::remove_dir_all(self.pins());
-        let _ = fs::remove_file(format!("/run/lb/{IFACE}.lock"));
+        let _ = fs::remove_file(self.ns.lock_path(IFACE));
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
