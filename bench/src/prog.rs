@@ -21,8 +21,7 @@ use aya::{
 use etherparse::PacketBuilder;
 use lb_common::{
     BENCH_F_VARY_FLOW, BENCH_FRAME_LEN, BenchTemplate, ConnEvent, MAP_BENCH_PROGS,
-    MAP_BENCH_TEMPLATE, Outcome, PROG_BENCH_DROP, PROG_BENCH_PARSE_DROP,
-    PROG_BENCH_RESTORE,
+    MAP_BENCH_TEMPLATE, Outcome, PROG_BENCH_DROP, PROG_BENCH_PARSE_DROP, PROG_BENCH_RESTORE,
 };
 use lb_tests::xdp::{LbNamespace, lb_namespace, xdp_md};
 use lb_userspace::{
@@ -152,8 +151,7 @@ impl Bench {
 
         let config = Config::parse(&config(conntrack), "bench")?.config;
         let regions = config.sizing.table_regions;
-        let mut ebpf = agent::load_object(&config)
-            .context("loading the object")?;
+        let mut ebpf = agent::load_object(&config).context("loading the object")?;
         let stats = StatsReader::take(&mut ebpf)?;
         let balancer = Balancer::new(
             AyaMaps::take(&mut ebpf)?,

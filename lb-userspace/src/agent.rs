@@ -847,10 +847,7 @@ impl Agent {
             (
                 "maglev.max_vips",
                 new.sizing.max_vips != self.config.sizing.max_vips,
-                format!(
-                    "{} -> {}",
-                    self.config.sizing.max_vips, new.sizing.max_vips
-                ),
+                format!("{} -> {}", self.config.sizing.max_vips, new.sizing.max_vips),
             ),
         ];
         if let Some((key, _, change)) = immutable.iter().find(|(_, changed, _)| *changed) {
@@ -965,7 +962,9 @@ fn watch(path: &Path, changed: mpsc::Sender<()>) -> notify::Result<notify::Recom
             return;
         }
         let now = file_id(&path);
-        let mut last = last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if *last != now {
             *last = now;
             // Full: a reload is already pending.

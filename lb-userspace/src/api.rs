@@ -492,7 +492,8 @@ struct Api {
 }
 
 /// Content type of the OpenMetrics text format (OpenMetrics 1.0).
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// Content type of the Prometheus text format 0.0.4.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -517,7 +518,10 @@ pub fn wants_openmetrics(accept: &str) -> bool {
             })
             .reduce(f32::max)
     };
-    match (quality("application/openmetrics-text"), quality("text/plain")) {
+    match (
+        quality("application/openmetrics-text"),
+        quality("text/plain"),
+    ) {
         (Some(om), Some(text)) => om > 0.0 && om >= text,
         (Some(om), None) => om > 0.0,
         _ => false,
@@ -547,7 +551,11 @@ pub fn openmetrics_to_prometheus(text: &str) -> String {
             } else {
                 tail
             };
-            let suffix = if counters.contains(name) { "_total" } else { "" };
+            let suffix = if counters.contains(name) {
+                "_total"
+            } else {
+                ""
+            };
             Some(format!("{prefix}{name}{suffix} {tail}"))
         });
         out.push_str(renamed.as_deref().unwrap_or(line));

@@ -142,23 +142,34 @@ impl fmt::Display for Changes {
     }
 }
 
-/// Allocator of ids `0..capacity`, first in, first out: ids are handed out
-/// lowest first at the start, and a freed id goes to the back of the queue.
-/// For Maglev regions this is what keeps a reader safe: a table region just
-/// freed (that a packet on another CPU may still be reading) is written
-/// again only after every other free region has been used.
+/// Allocator of ids `0..capacity`, lowest first at the start. A freed id
+/// is handed out next (ids: keeps them compact; a reused backend id gets a
+/// new generation), or, for a first-in-first-out pool, last: for Maglev
+/// regions that is what keeps a reader safe, since a region just freed
+/// (that a packet on another CPU may still be reading) is written again only
+/// after every other free region has been used.
 #[derive(Debug)]
 struct IdPool {
     free: VecDeque<u32>,
     capacity: u32,
+    fifo: bool,
 }
 
 impl IdPool {
-    /// Every id free except those in `used`.
+    /// Every id free except those in `used`; freed ids are reused first.
     fn new(capacity: u32, used: &HashSet<u32>) -> Self {
         Self {
             free: (0..capacity).filter(|id| !used.contains(id)).collect(),
             capacity,
+            fifo: false,
+        }
+    }
+
+    /// Every id free except those in `used`; freed ids are reused last.
+    fn fifo(capacity: u32, used: &HashSet<u32>) -> Self {
+        Self {
+            fifo: true,
+            ..Self::new(capacity, used)
         }
     }
 
@@ -170,7 +181,11 @@ impl IdPool {
     }
 
     fn give(&mut self, id: u32) {
-        self.free.push_back(id);
+        if self.fifo {
+            self.free.push_back(id);
+        } else {
+            self.free.push_front(id);
+        }
     }
 }
 
@@ -260,7 +275,7 @@ impl<M: MapWriter> Balancer<M> {
             vips: Vec::new(),
             vip_ids: IdPool::new(MAX_VIPS, &none),
             backend_ids: IdPool::new(MAX_BACKENDS, &none),
-            regions: IdPool::new(regions, &none),
+            regions: IdPool::fifo(regions, &none),
             generations: vec![0; MAX_BACKENDS as usize],
             addr_counts: HashMap::new(),
             allow_v4: HashSet::new(),
@@ -375,7 +390,7 @@ impl<M: MapWriter> Balancer<M> {
         }
         b.vip_ids = IdPool::new(MAX_VIPS, &used_vips);
         b.backend_ids = IdPool::new(MAX_BACKENDS, &used_backends);
-        b.regions = IdPool::new(regions, &used_regions);
+        b.regions = IdPool::fifo(regions, &used_regions);
         let more = b.apply(config, encap_source_v4)?;
         changes.vips_added += more.vips_added;
         changes.vips_removed += more.vips_removed;
@@ -986,13 +1001,19 @@ on_no_backend = "pass"
         // the region just freed comes back only after all the other free
         // ones (14 here) were written.
         for pair in offsets.windows(2) {
-            assert_ne!(pair[0], pair[1], "a new table never overwrites the one in use");
+            assert_ne!(
+                pair[0], pair[1],
+                "a new table never overwrites the one in use"
+            );
         }
         let free = regions as usize - 2;
         for (i, offset) in offsets.iter().enumerate() {
             let next_use = offsets[i + 1..].iter().position(|o| o == offset);
             if let Some(gap) = next_use {
-                assert!(gap >= free, "region at {offset} reused after {gap} writes: {offsets:?}");
+                assert!(
+                    gap >= free,
+                    "region at {offset} reused after {gap} writes: {offsets:?}"
+                );
             }
         }
         assert!(
@@ -1176,7 +1197,7 @@ on_no_backend = "pass"
             "{err}"
         );
         // More VIPs than maglev.max_vips of the running data plane.
-        let mut many = CONFIG.to_string();
+        let mut many = CONFIG.replace("max_vips = 8", "max_vips = 64");
         for i in 0..30 {
             many += &format!(
                 "[[vip]]\nname = \"v{i}\"\naddress = \"10.0.1.{i}\"\nport = 80\nprotocol = \"tcp\"\n  [[vip.backend]]\n  address = \"10.0.0.41\"\n"

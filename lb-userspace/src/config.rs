@@ -579,7 +579,7 @@ impl Validator {
         if max_vips == 0 {
             self.error("maglev.max_vips", "must be at least 1");
         }
-        if vip_count > max_vips as usize {
+        if max_vips > 0 && vip_count > max_vips as usize {
             let why = if maglev.max_vips.is_some() {
                 String::new()
             } else {
@@ -1075,7 +1075,10 @@ pub fn read_file(path: &Path, limit: u64) -> Result<String, ConfigError> {
         } else {
             "special file"
         };
-        return Err(ConfigError::NotRegular { path: shown(), kind });
+        return Err(ConfigError::NotRegular {
+            path: shown(),
+            kind,
+        });
     }
     if meta.len() > limit {
         return Err(ConfigError::TooLarge {

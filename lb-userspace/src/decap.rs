@@ -102,7 +102,9 @@ mod tests {
         let vip = Ipv4Addr::new(10, 0, 0, 100);
         assert!(check_vips(&[vip, Ipv4Addr::new(10, 0, 0, 101)]).is_ok());
         assert_eq!(
-            check_vips(&[Ipv4Addr::UNSPECIFIED]).unwrap_err().to_string(),
+            check_vips(&[Ipv4Addr::UNSPECIFIED])
+                .unwrap_err()
+                .to_string(),
             "--vip 0.0.0.0 cannot be a VIP"
         );
         assert_eq!(

