@@ -69,6 +69,11 @@ pub struct Options {
     /// Run an echo server on every backend and configure VIP `echo` on
     /// [`ECHO_PORT`] over be1..be3.
     pub echo: bool,
+    /// Start the agent under `prlimit --nofile=N:N` (soft and hard limit).
+    pub agent_nofile: Option<u32>,
+    /// Name of the load balancer's interface (default `PREFIX0`); two labs
+    /// may both use `eth0`, each in its own namespace.
+    pub lb_iface: Option<&'static str>,
 }
 
 /// Size of the `/whoami` body: large enough that replies outweigh requests,
@@ -173,7 +178,9 @@ impl Lab {
         fs::create_dir_all(&dir)?;
         let mut lab = Self {
             prefix: prefix.to_string(),
-            lb_iface: format!("{prefix}0"),
+            lb_iface: options
+                .lb_iface
+                .map_or_else(|| format!("{prefix}0"), str::to_string),
             dir,
             lb_bin: lb_binary()?,
             options,
@@ -471,9 +478,23 @@ impl Lab {
     pub fn start_agent(&mut self, extra_args: &[&str]) -> anyhow::Result<()> {
         let idx = self.ns_index("lb");
         let config = self.config_path().display().to_string();
-        let mut args = vec!["run", "--config", &config];
+        let lb = self.lb_bin.display().to_string();
+        let nofile = self
+            .options
+            .agent_nofile
+            .map(|n| format!("--nofile={n}:{n}"));
+        let mut args: Vec<&str> = Vec::new();
+        if let Some(limit) = &nofile {
+            args.extend([limit.as_str(), "--", lb.as_str()]);
+        }
+        args.extend(["run", "--config", &config]);
         args.extend_from_slice(extra_args);
-        let agent = self.spawn(idx, &self.lb_bin.clone(), &args, "agent")?;
+        let program = if nofile.is_some() {
+            which("prlimit")?
+        } else {
+            self.lb_bin.clone()
+        };
+        let agent = self.spawn(idx, &program, &args, "agent")?;
         self.agent = Some(agent);
         Ok(())
     }
@@ -484,6 +505,28 @@ impl Lab {
             let _ = agent.child.kill();
             let _ = agent.child.wait();
         }
+    }
+
+    /// The agent's pid, while it runs.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(|a| a.child.id())
+    }
+
+    /// GETs `path` of the agent's API (loopback in the LB's namespace) with
+    /// curl, at most `limit`; returns the body, or `None` on failure or
+    /// timeout.
+    pub fn api_get(&self, path: &str, limit: Duration) -> Option<String> {
+        let out = self
+            .lb()
+            .command("curl")
+            .args(["-sf", "--max-time", &format!("{:.3}", limit.as_secs_f64())])
+            .arg(format!("http://127.0.0.1:9470{path}"))
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Whether the agent process is running.

@@ -6,102 +6,21 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    io::{BufRead as _, BufReader, Write as _},
-    net::{SocketAddr, TcpStream},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use lb_common::{MAP_VIPS, VipKey, VipValue};
-use lb_tests::lab::{ECHO_PORT, Lab, Mode, Options, VIP};
+use lb_tests::{
+    flows::{LongLived, echo_addr, spread},
+    lab::{Lab, Mode, Options},
+};
 use lb_userspace::maps::open_pin;
 
 const CONNECTIONS: usize = 50;
-const EXCHANGE_EVERY: Duration = Duration::from_millis(100);
-/// A reply later than this is a stall, and fails the connection.
-const STALL: Duration = Duration::from_secs(1);
 /// How long each step lets the connections run after its change.
 const SOAK: Duration = Duration::from_millis(1500);
-
-fn echo_addr() -> SocketAddr {
-    SocketAddr::new(VIP.parse().expect("VIP"), ECHO_PORT)
-}
-
-/// Connects to the echo VIP and reads the greeting: the backend's name.
-fn connect() -> Result<(BufReader<TcpStream>, String), String> {
-    let stream = TcpStream::connect_timeout(&echo_addr(), Duration::from_secs(2))
-        .map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(STALL))
-        .map_err(|e| e.to_string())?;
-    let mut reader = BufReader::new(stream);
-    let mut greeting = String::new();
-    reader
-        .read_line(&mut greeting)
-        .map_err(|e| format!("greeting: {e}"))?;
-    Ok((reader, greeting.trim().to_string()))
-}
-
-/// Opens `n` short connections; returns how many each backend took and
-/// how many failed.
-fn spread(n: usize) -> (BTreeMap<String, usize>, usize) {
-    let mut per_backend = BTreeMap::new();
-    let mut failed = 0;
-    for _ in 0..n {
-        match connect() {
-            Ok((_, name)) => *per_backend.entry(name).or_default() += 1,
-            Err(_) => failed += 1,
-        }
-    }
-    (per_backend, failed)
-}
-
-/// One long-lived connection, driven by its own thread.
-struct Conn {
-    backend: String,
-    local: SocketAddr,
-    failure: Mutex<Option<String>>,
-    exchanges: AtomicU64,
-}
-
-fn drive(conn: &Conn, mut reader: BufReader<TcpStream>, id: usize, stop: &AtomicBool) {
-    let fail = |why: String| *conn.failure.lock().expect("lock") = Some(why);
-    let mut seq = 0u64;
-    // Bounded: at most 10 minutes of exchanges.
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-        seq += 1;
-        let line = format!("{id} {seq}\n");
-        let sent = Instant::now();
-        if let Err(e) = reader.get_mut().write_all(line.as_bytes()) {
-            return fail(format!("send #{seq}: {e}"));
-        }
-        let mut reply = String::new();
-        match reader.read_line(&mut reply) {
-            Ok(0) => return fail(format!("closed by peer at #{seq}")),
-            Ok(_) if reply != line => return fail(format!("reply {reply:?} to {line:?}")),
-            Ok(_) => {}
-            Err(e) => return fail(format!("receive #{seq}: {e}")),
-        }
-        if sent.elapsed() > STALL {
-            return fail(format!("stalled {:?} at #{seq}", sent.elapsed()));
-        }
-        conn.exchanges.fetch_add(1, Ordering::Relaxed);
-        thread::sleep(EXCHANGE_EVERY.saturating_sub(sent.elapsed()));
-    }
-}
-
-fn survivors(conns: &[Arc<Conn>]) -> usize {
-    conns
-        .iter()
-        .filter(|c| c.failure.lock().expect("lock").is_none())
-        .count()
-}
 
 fn pinned_vips(lab: &Lab) -> Vec<(VipKey, VipValue)> {
     let map: BpfHashMap<MapData, VipKey, VipValue> =
@@ -148,6 +67,7 @@ fn long_lived_connections_survive_reloads_and_restarts() {
         Options {
             spare_backend: true,
             echo: true,
+            ..Options::default()
         },
     )
     .expect("lab starts");
@@ -162,40 +82,16 @@ fn long_lived_connections_survive_reloads_and_restarts() {
         "new connections spread over be1..be3: {initial:?}"
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut conns = Vec::new();
-    let mut threads = Vec::new();
-    for id in 0..CONNECTIONS {
-        let (reader, backend) = connect().expect("long-lived connection");
-        let local = reader.get_ref().local_addr().expect("local address");
-        let conn = Arc::new(Conn {
-            backend,
-            local,
-            failure: Mutex::new(None),
-            exchanges: AtomicU64::new(0),
-        });
-        let (c, s) = (conn.clone(), stop.clone());
-        threads.push(thread::spawn(move || drive(&c, reader, id, &s)));
-        conns.push(conn);
-    }
-    let mut on: BTreeMap<&str, usize> = BTreeMap::new();
-    for c in &conns {
-        *on.entry(c.backend.as_str()).or_default() += 1;
-    }
+    let mut flows = LongLived::open(CONNECTIONS).expect("long-lived connections");
+    let on = flows.per_backend();
     println!("50 long-lived connections on {on:?}");
     assert!(!on.contains_key("be4"));
 
     let mut report: Vec<(&str, usize, String)> = Vec::new();
     let mut step = |name: &'static str, lab: &Lab, check: &dyn Fn(&BTreeMap<String, usize>)| {
-        let exchanged = conns
-            .iter()
-            .map(|c| c.exchanges.load(Ordering::Relaxed))
-            .sum::<u64>();
+        let exchanged = flows.exchanges();
         thread::sleep(SOAK);
-        let now = conns
-            .iter()
-            .map(|c| c.exchanges.load(Ordering::Relaxed))
-            .sum::<u64>();
+        let now = flows.exchanges();
         assert!(
             now > exchanged,
             "{name}: the connections went on exchanging"
@@ -205,13 +101,10 @@ fn long_lived_connections_survive_reloads_and_restarts() {
         let (spread, failed) = spread(120);
         assert_eq!(failed, 0, "{name}: new connections: {spread:?}");
         check(&spread);
-        let alive = survivors(&conns);
+        let alive = flows.survivors();
         println!("step {name:<32} survivors {alive}/{CONNECTIONS}, new connections {spread:?}");
         report.push((name, alive, format!("{spread:?}")));
-        let failures: Vec<String> = conns
-            .iter()
-            .filter_map(|c| c.failure.lock().expect("lock").clone())
-            .collect();
+        let failures = flows.failures();
         assert!(
             failures.is_empty(),
             "{name}: connections failed: {failures:?}; agent log:\n{}",
@@ -332,7 +225,7 @@ fn long_lived_connections_survive_reloads_and_restarts() {
     // backend that greeted it (be1's weight change moved some of these
     // flows in the Maglev table).
     let mut overridden = 0;
-    for c in &conns {
+    for c in &flows.conns {
         let out = std::process::Command::new(lb_tests::lab::lb_binary().expect("lb"))
             .args([
                 "explain",
@@ -364,14 +257,8 @@ fn long_lived_connections_survive_reloads_and_restarts() {
         "lb explain: 50 of 50 connections in the connection table, {overridden} overriding the Maglev table"
     );
 
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        t.join().expect("connection thread");
-    }
-    let exchanges: u64 = conns
-        .iter()
-        .map(|c| c.exchanges.load(Ordering::Relaxed))
-        .sum();
+    flows.finish();
+    let exchanges = flows.exchanges();
     println!(
         "\nper-step survivors of {CONNECTIONS} long-lived connections ({exchanges} exchanges):"
     );

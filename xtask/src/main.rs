@@ -69,11 +69,13 @@ fn main() -> anyhow::Result<()> {
             setup()?;
             build(&root)?;
             require_root("the tests create network namespaces and load XDP programs")?;
+            let promtool = ensure_promtool(&root)?;
             let mut cmd = cargo();
             cmd.current_dir(&root)
                 .args(["test", "--all-targets"])
                 .args(&args)
-                .env("LB_BIN", lb_binary(&root));
+                .env("LB_BIN", lb_binary(&root))
+                .env("LB_PROMTOOL", promtool);
             status(&mut cmd)
         }
         Task::Demo => {
@@ -236,19 +238,23 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     ]))
 }
 
-/// The lab (tests and demo) runs `ip`, `nsenter`, `curl` and `python3`.
+/// The lab (tests and demo) runs `ip`, `nsenter`, `prlimit`, `curl` and
+/// `python3`; the tests parse `/metrics` with Python's `prometheus_client`.
 fn ensure_lab_programs() -> anyhow::Result<()> {
+    // (shell check, Debian package)
     let needed = [
-        ("ip", "iproute2"),
-        ("nsenter", "util-linux"),
-        ("curl", "curl"),
-        ("python3", "python3"),
+        ("command -v ip", "iproute2"),
+        ("command -v nsenter && command -v prlimit", "util-linux"),
+        ("command -v curl", "curl"),
+        ("command -v python3", "python3"),
+        (
+            "python3 -c 'import prometheus_client'",
+            "python3-prometheus-client",
+        ),
     ];
     let missing: Vec<&str> = needed
         .iter()
-        .filter(|(program, _)| {
-            output(Command::new("sh").args(["-c", &format!("command -v {program}")])).is_none()
-        })
+        .filter(|(check, _)| output(Command::new("sh").args(["-c", check])).is_none())
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {
@@ -266,6 +272,54 @@ fn ensure_lab_programs() -> anyhow::Result<()> {
             .args(["install", "-y", "-q"])
             .args(&missing),
     )
+}
+
+/// `promtool` (checks `/metrics` in the tests): on PATH, else taken out of
+/// Debian's `prometheus` package into `target/tools` without installing the
+/// package (which would start a Prometheus server).
+fn ensure_promtool(root: &Path) -> anyhow::Result<PathBuf> {
+    if let Some(path) = output(Command::new("sh").args(["-c", "command -v promtool"])) {
+        return Ok(PathBuf::from(path.trim()));
+    }
+    let tools = root.join("target/tools");
+    let promtool = tools.join("usr/bin/promtool");
+    if promtool.is_file() {
+        return Ok(promtool);
+    }
+    eprintln!(
+        "xtask: extracting promtool from Debian's prometheus package into {} (the tests check /metrics with it)",
+        tools.display()
+    );
+    let download = root.join("target/tools-download");
+    let _ = std::fs::remove_dir_all(&download);
+    std::fs::create_dir_all(&download)?;
+    if status(
+        Command::new("apt-get")
+            .current_dir(&download)
+            .args(["download", "-q", "prometheus"]),
+    )
+    .is_err()
+    {
+        status(Command::new("apt-get").args(["update", "-q"]))?;
+        status(Command::new("apt-get").current_dir(&download).args([
+            "download",
+            "-q",
+            "prometheus",
+        ]))?;
+    }
+    let deb = std::fs::read_dir(&download)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("apt-get download prometheus gave no .deb")?;
+    status(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tools))?;
+    let _ = std::fs::remove_dir_all(&download);
+    anyhow::ensure!(
+        promtool.is_file(),
+        "no usr/bin/promtool in {}",
+        deb.display()
+    );
+    Ok(promtool)
 }
 
 fn build(root: &Path) -> anyhow::Result<()> {
