@@ -59,21 +59,31 @@ pub const ADOPTED_MAPS: [&str; 11] = [
 ];
 
 /// The network namespace this process runs in, as a path component:
-/// `None` in the host's (that of PID 1, or when that cannot be read),
-/// else `netns-<inode of /proc/self/ns/net>`. Interfaces of two namespaces
-/// may share a name (every container has an `eth0`), so pins and locks are
-/// keyed by both.
+/// `None` in the host's, else `netns-<inode of /proc/self/ns/net>`.
+/// Interfaces of two namespaces may share a name (every container has an
+/// `eth0`), so pins and locks are keyed by both.
 pub fn netns_key() -> Option<String> {
     netns_key_of(Path::new("/proc/self/ns/net"))
 }
 
 /// [`netns_key`] of the namespace file `ns` (`/proc/PID/ns/net`, or
-/// `/run/netns/NAME` for a namespace made by `ip netns add`).
+/// `/run/netns/NAME` for a namespace made by `ip netns add`). A namespace is
+/// the host's unless it differs from PID 1's or, when PID 1's cannot be
+/// read (a sandbox may deny it even to root), it is one of the named
+/// namespaces in `/run/netns`.
 pub fn netns_key_of(ns: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt as _;
     let own = std::fs::metadata(ns).ok()?;
-    let init = std::fs::metadata("/proc/1/ns/net").ok()?;
-    (own.ino() != init.ino() || own.dev() != init.dev()).then(|| netns_component(own.ino()))
+    let same = |m: &std::fs::Metadata| m.ino() == own.ino() && m.dev() == own.dev();
+    let other = match std::fs::metadata("/proc/1/ns/net") {
+        Ok(init) => !same(&init),
+        Err(_) => std::fs::read_dir("/run/netns").is_ok_and(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .any(|e| std::fs::metadata(e.path()).is_ok_and(|m| same(&m)))
+        }),
+    };
+    other.then(|| netns_component(own.ino()))
 }
 
 /// The path component of the network namespace of inode `ino`.

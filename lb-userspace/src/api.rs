@@ -779,3 +779,31 @@ pub fn render_table(s: &Status) -> String {
     );
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_header_picks_the_format() {
+        // What Prometheus 2.x sends: OpenMetrics first.
+        assert!(wants_openmetrics(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        ));
+        assert!(!wants_openmetrics("text/plain;version=0.0.4"));
+        assert!(!wants_openmetrics("*/*"));
+        assert!(!wants_openmetrics(
+            "application/openmetrics-text;q=0.2,text/plain;q=0.9"
+        ));
+        assert!(!wants_openmetrics("application/openmetrics-text;q=0"));
+    }
+
+    #[test]
+    fn openmetrics_becomes_the_0_0_4_text_format() {
+        let openmetrics = "# HELP lb_packets Packets.\n# TYPE lb_packets counter\nlb_packets_total{outcome=\"pass\"} 3\n# HELP lb_up Up.\n# TYPE lb_up gauge\n# UNIT lb_up seconds\nlb_up 1\n# HELP lb_x X.\n# TYPE lb_x unknown\nlb_x 2\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_prometheus(openmetrics),
+            "# HELP lb_packets_total Packets.\n# TYPE lb_packets_total counter\nlb_packets_total{outcome=\"pass\"} 3\n# HELP lb_up Up.\n# TYPE lb_up gauge\nlb_up 1\n# HELP lb_x X.\n# TYPE lb_x untyped\nlb_x 2\n"
+        );
+    }
+}

@@ -71,6 +71,16 @@ impl Tracker {
         }
     }
 
+    /// Records one check's outcome, unless it failed for a local reason
+    /// (not a result: see the module's documentation); returns the new
+    /// state when it changed.
+    pub fn record_probe(&mut self, probe: &Probe) -> Option<bool> {
+        match probe {
+            Err(failure) if failure.is_local() => None,
+            _ => self.record(probe.is_ok()),
+        }
+    }
+
     /// Records one result; returns the new state when it changed.
     pub fn record(&mut self, success: bool) -> Option<bool> {
         if !self.checked {
@@ -207,10 +217,7 @@ async fn check_loop(target: Target, token: u64, events: mpsc::Sender<CheckResult
     loop {
         let started = time::Instant::now();
         let probe = probe::probe(&target.check, target.addr).await;
-        let change = match &probe {
-            Err(failure) if failure.is_local() => None,
-            _ => tracker.record(probe.is_ok()),
-        };
+        let change = tracker.record_probe(&probe);
         let result = CheckResult {
             backend_id: target.backend_id,
             token,
@@ -249,6 +256,29 @@ mod tests {
             Some(false),
             "three failures in a row: down"
         );
+    }
+
+    #[test]
+    fn local_failures_never_mark_a_backend_down() {
+        let local: Probe = Err(crate::probe::ProbeFailure::Local {
+            step: "connect",
+            reason: "emfile",
+            message: "Too many open files (os error 24)".into(),
+        });
+        let mut t = Tracker::new(2, 2, true);
+        for _ in 0..100 {
+            assert_eq!(t.record_probe(&local), None);
+        }
+        // Nor do they break a streak: fall 2 counts real failures only.
+        let refused: Probe = Err(crate::probe::ProbeFailure::Refused);
+        assert_eq!(
+            t.record_probe(&refused),
+            Some(false),
+            "first result decides"
+        );
+        assert_eq!(t.record_probe(&Ok(std::time::Duration::ZERO)), None);
+        assert_eq!(t.record_probe(&local), None);
+        assert_eq!(t.record_probe(&Ok(std::time::Duration::ZERO)), Some(true));
     }
 
     #[test]

@@ -694,4 +694,28 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn local_shortages_are_not_the_backends_fault() {
+        for (errno, word) in [
+            (libc::EMFILE, "emfile"),
+            (libc::ENFILE, "enfile"),
+            (libc::ENOBUFS, "enobufs"),
+            (libc::EADDRNOTAVAIL, "eaddrnotavail"),
+        ] {
+            let failure = ProbeFailure::io("connect", &io::Error::from_raw_os_error(errno));
+            assert!(failure.is_local(), "{failure:?}");
+            assert_eq!(failure.label(), "local");
+            assert!(matches!(failure, ProbeFailure::Local { reason, .. } if reason == word));
+            assert!(
+                failure
+                    .to_string()
+                    .starts_with("local error, not a verdict on the backend: connect failed: ")
+            );
+        }
+        let refused =
+            ProbeFailure::io("connect", &io::Error::from_raw_os_error(libc::ECONNREFUSED));
+        assert_eq!(refused, ProbeFailure::Refused);
+        assert!(!refused.is_local());
+    }
 }

@@ -165,7 +165,8 @@ for family in text_string_to_metric_families(open(sys.argv[1]).read()):
             names.add(s.name)
 print("\n".join(sorted(names)))
 "#;
-    let out = std::process::Command::new("python3")
+    // Debian's Python, where `cargo xtask setup` installs prometheus_client.
+    let out = std::process::Command::new("/usr/bin/python3")
         .args(["-c", script])
         .arg(&file)
         .output()

@@ -226,7 +226,11 @@ fn long_lived_connections_survive_reloads_and_restarts() {
     // flows in the Maglev table).
     let mut overridden = 0;
     for c in &flows.conns {
-        let out = std::process::Command::new(lb_tests::lab::lb_binary().expect("lb"))
+        // In the LB's namespace: pins are keyed by it.
+        let lb = lb_tests::lab::lb_binary().expect("lb");
+        let out = lab
+            .lb()
+            .command(&lb.display().to_string())
             .args([
                 "explain",
                 "--config",

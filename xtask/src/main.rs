@@ -248,7 +248,7 @@ fn ensure_lab_programs() -> anyhow::Result<()> {
         ("command -v curl", "curl"),
         ("command -v python3", "python3"),
         (
-            "python3 -c 'import prometheus_client'",
+            "/usr/bin/python3 -c 'import prometheus_client'",
             "python3-prometheus-client",
         ),
     ];
