@@ -694,7 +694,7 @@ impl<M: MapWriter> Balancer<M> {
             (None, None) => Ok(!members.is_empty()),
             (None, Some(region)) => {
                 let table = self.table(i);
-                let current = self.maps.table(region * self.table_size, self.table_size)?;
+                let current = self.maps.table(self.offset(region), self.table_size)?;
                 if table == current {
                     self.vips[i].published = Some(members);
                     return Ok(false);
@@ -751,7 +751,7 @@ impl<M: MapWriter> Balancer<M> {
         let flags = vip_flags(&state.config);
         let value = VipValue {
             vip_id: state.id,
-            table_offset: state.region.map_or(0, |r| r * self.table_size),
+            table_offset: state.region.map_or(0, |r| self.offset(r)),
             table_size: if state.region.is_some() {
                 self.table_size
             } else {
@@ -764,6 +764,16 @@ impl<M: MapWriter> Balancer<M> {
         Ok(())
     }
 
+    /// The first entry of `region` in the Maglev map. Regions are below the
+    /// map's capacity in tables, whose product with the table size was
+    /// checked to fit a `u32` when the map was sized
+    /// ([`crate::sizing::Sizing::new`]); saturating, so a broken invariant
+    /// gives an out-of-range offset that the map write refuses, never a
+    /// wrapped one that overwrites another table.
+    fn offset(&self, region: u32) -> u32 {
+        region.saturating_mul(self.table_size)
+    }
+
     /// Builds VIP `vip`'s table, writes it into a free region and points the
     /// VIP at it; the old region is freed.
     fn publish_table(&mut self, vip: usize) -> Result<(), BalancerError> {
@@ -772,7 +782,7 @@ impl<M: MapWriter> Balancer<M> {
             None
         } else {
             let region = self.regions.take("Maglev table regions")?;
-            if let Err(e) = self.maps.write_table(region * self.table_size, &table) {
+            if let Err(e) = self.maps.write_table(self.offset(region), &table) {
                 self.regions.give(region);
                 return Err(e.into());
             }
