@@ -31,7 +31,7 @@ use crate::{
     config::{Config, Loaded, XdpModeConfig},
     health::{CheckResult, Checkers, Target},
     maps::{self, AyaMaps, MapWriteError, MapWriter as _, StatsReader},
-    netif,
+    netif, upgrade,
 };
 
 /// Root of the agent's pins: `PIN_ROOT/<interface>/<map name>` in the
@@ -373,6 +373,8 @@ struct DataPlane {
     stats: StatsReader,
     link: PinnedLink,
     dir: PathBuf,
+    /// The program the link runs.
+    program: upgrade::ProgramId,
 }
 
 /// Loads, fills, attaches and pins a new data plane.
@@ -392,7 +394,13 @@ fn start_fresh(
         encap_source,
         sizing.table_regions,
     )?;
-    let link = attach(&mut ebpf, "xdp_lb", iface, xdp_mode(config.xdp_mode))?;
+    let link = attach(
+        &mut ebpf,
+        upgrade::PROGRAM,
+        iface,
+        xdp_mode(config.xdp_mode),
+    )?;
+    let program = upgrade::loaded_program(&ebpf)?;
     let link: FdLink = link.try_into().map_err(|e| AgentError::Io {
         op: "pin the XDP link (a netlink attachment cannot be pinned; kernel 5.9+ needed) on",
         path: iface.to_string(),
@@ -415,6 +423,7 @@ fn start_fresh(
         stats,
         link,
         dir: dir.to_path_buf(),
+        program,
     })
 }
 
@@ -457,14 +466,27 @@ fn adopt(config: &Config, encap_source: Ipv4Addr, dir: &Path) -> Result<DataPlan
     }
     let (balancer, changes) = Balancer::adopt(maps, config, encap_source, regions)?;
     info!(
-        "adopted the data plane pinned in {} (program, link, maps and connection table kept): {changes}",
+        "adopted the data plane pinned in {} (link, maps and connection table kept): {changes}",
         dir.display()
     );
+    let swap = upgrade::upgrade(dir)?;
+    if swap.replaced() {
+        info!(
+            "xdp_lb upgraded on the pinned link in one update: program {} -> {}; maps, counters and connection table kept",
+            swap.old, swap.new
+        );
+    } else {
+        info!(
+            "xdp_lb kept: the running program ({}) is this build's",
+            swap.old
+        );
+    }
     Ok(DataPlane {
         balancer,
         stats,
         link,
         dir: dir.to_path_buf(),
+        program: swap.new,
     })
 }
 
@@ -534,6 +556,7 @@ pub async fn run(
     };
     let shared = Shared::new(&iface, StatsReader::from_pins(&plane.dir)?);
     shared.set_vips(plane.balancer.vips());
+    shared.set_program(plane.program);
     let mut agent = Agent {
         shared,
         plane,
@@ -551,6 +574,7 @@ pub async fn run(
         stats,
         link,
         dir,
+        ..
     } = plane;
     drop((balancer, stats));
     if options.keep_attached {
@@ -733,14 +757,17 @@ impl Agent {
                 );
             }
         }
-        let Some(healthy) = result.change else {
-            return;
-        };
+        // The checker owns the backend's health; the maps follow it. A
+        // failed write leaves them apart until the next result retries.
+        let healthy = result.healthy;
         let balancer = &mut self.plane.balancer;
         let Some((v, b)) = balancer.find_backend(result.backend_id) else {
             return;
         };
         let vip = &balancer.vips()[v];
+        if vip.backends[b].healthy == healthy {
+            return;
+        }
         let (name, address) = (vip.config.name.clone(), vip.backends[b].address);
         let reason = match &result.probe {
             Ok(latency) => format!(
@@ -749,10 +776,20 @@ impl Agent {
             ),
             Err(failure) => failure.to_string(),
         };
+        let retried = if result.change.is_none() {
+            " (applied on a retry of the map write)"
+        } else {
+            ""
+        };
         match balancer.set_health(v, b, healthy) {
-            Ok(_) if healthy => info!("backend {address} of VIP {name:?} is healthy: {reason}"),
-            Ok(_) => warn!("backend {address} of VIP {name:?} is unhealthy: {reason}"),
-            Err(e) => warn!("applying health of backend {address} of VIP {name:?}: {e}"),
+            Ok(_) if healthy => {
+                info!("backend {address} of VIP {name:?} is healthy: {reason}{retried}");
+            }
+            Ok(_) => warn!("backend {address} of VIP {name:?} is unhealthy: {reason}{retried}"),
+            Err(e) => warn!(
+                "applying health ({}) of backend {address} of VIP {name:?}: {e}; retried on its next check",
+                if healthy { "healthy" } else { "unhealthy" }
+            ),
         }
         self.shared.set_vips(self.plane.balancer.vips());
     }

@@ -37,6 +37,7 @@ use crate::{
     balancer::VipState,
     maps::StatsReader,
     probe::{Probe, ProbeFailure},
+    upgrade::ProgramId,
 };
 
 /// Packets and bytes, summed over CPUs.
@@ -124,6 +125,8 @@ pub struct Status {
     pub uptime_seconds: f64,
     /// Interface the data plane is attached to.
     pub interface: String,
+    /// The `xdp_lb` program the interface's link runs.
+    pub program: Option<ProgramId>,
     /// VIPs.
     pub vips: Vec<VipStatus>,
     /// Packets and bytes per outcome (`forwarded_tx`, `drop_source_filter`, ...).
@@ -169,6 +172,7 @@ pub struct Shared {
     interface: String,
     view: Mutex<View>,
     stats: Mutex<StatsReader>,
+    program: Mutex<Option<ProgramId>>,
     check_latency: Family<Labels, Histogram, fn() -> Histogram>,
     check_errors: Family<Labels, PromCounter>,
 }
@@ -198,6 +202,7 @@ impl Shared {
             interface: interface.to_string(),
             view: Mutex::new(View::default()),
             stats: Mutex::new(stats),
+            program: Mutex::new(None),
             check_latency: Family::new_with_constructor(latency_histogram),
             check_errors: Family::default(),
         })
@@ -239,6 +244,11 @@ impl Shared {
         view.checks.retain(|id, _| labels.contains_key(id));
         view.vips = views;
         view.labels = labels;
+    }
+
+    /// Sets the program the data plane runs (after a start or an upgrade).
+    pub fn set_program(&self, program: ProgramId) {
+        *lock(&self.program) = Some(program);
     }
 
     /// Records a health-check result of backend `backend_id`; a local
@@ -323,6 +333,7 @@ impl Shared {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             interface: self.interface.clone(),
+            program: *lock(&self.program),
             vips,
             outcomes: Outcome::ALL
                 .iter()
@@ -734,6 +745,9 @@ pub fn render_table(s: &Status) -> String {
         "lb {} on {}, up {:.0}s; reloads: {} applied, {} rejected",
         s.version, s.interface, s.uptime_seconds, s.reloads.applied, s.reloads.rejected
     );
+    if let Some(p) = &s.program {
+        let _ = writeln!(out, "program xdp_lb {p}");
+    }
     if let Some(e) = &s.reloads.last_error {
         let _ = writeln!(out, "last rejected configuration: {e}");
     }

@@ -47,6 +47,10 @@ pub struct CheckResult {
     pub probe: Probe,
     /// `Some(new state)` when this result changed the backend's state.
     pub change: Option<bool>,
+    /// The backend's state after this result, as the checker sees it: the
+    /// agent makes the maps say it (and retries on the next result when a
+    /// map write failed), so checker and data plane never disagree for long.
+    pub healthy: bool,
 }
 
 /// Rise/fall bookkeeping of one backend.
@@ -69,6 +73,11 @@ impl Tracker {
             rise,
             fall,
         }
+    }
+
+    /// The current state.
+    pub const fn is_healthy(&self) -> bool {
+        self.healthy
     }
 
     /// Records one check's outcome, unless it failed for a local reason
@@ -223,6 +232,7 @@ async fn check_loop(target: Target, token: u64, events: mpsc::Sender<CheckResult
             token,
             probe,
             change,
+            healthy: tracker.is_healthy(),
         };
         if events.send(result).await.is_err() {
             return;

@@ -13,3 +13,4 @@ pub mod maps;
 pub mod netif;
 pub mod probe;
 pub mod sizing;
+pub mod upgrade;

@@ -476,9 +476,20 @@ impl Lab {
     /// # Errors
     /// The process cannot be started.
     pub fn start_agent(&mut self, extra_args: &[&str]) -> anyhow::Result<()> {
+        let lb = self.lb_bin.clone();
+        self.start_agent_of(&lb, extra_args)
+    }
+
+    /// Starts the agent of another build `lb` (`lb run --config FILE
+    /// EXTRA_ARGS`), appending to the same log.
+    ///
+    /// # Errors
+    /// The process cannot be started.
+    pub fn start_agent_of(&mut self, lb: &Path, extra_args: &[&str]) -> anyhow::Result<()> {
         let idx = self.ns_index("lb");
         let config = self.config_path().display().to_string();
-        let lb = self.lb_bin.display().to_string();
+        let lb_bin = lb.to_path_buf();
+        let lb = lb.display().to_string();
         let nofile = self
             .options
             .agent_nofile
@@ -492,7 +503,7 @@ impl Lab {
         let program = if nofile.is_some() {
             which("prlimit")?
         } else {
-            self.lb_bin.clone()
+            lb_bin
         };
         let agent = self.spawn(idx, &program, &args, "agent")?;
         self.agent = Some(agent);
@@ -505,6 +516,11 @@ impl Lab {
             let _ = agent.child.kill();
             let _ = agent.child.wait();
         }
+    }
+
+    /// The `lb` binary the lab runs.
+    pub fn lb_binary(&self) -> &Path {
+        &self.lb_bin
     }
 
     /// The agent's pid, while it runs.

@@ -70,12 +70,14 @@ fn main() -> anyhow::Result<()> {
             build(&root)?;
             require_root("the tests create network namespaces and load XDP programs")?;
             let promtool = ensure_promtool(&root)?;
+            let variant = build_variant(&root)?;
             let mut cmd = cargo();
             cmd.current_dir(&root)
                 .args(["test", "--all-targets"])
                 .args(&args)
                 .env("LB_BIN", lb_binary(&root))
-                .env("LB_PROMTOOL", promtool);
+                .env("LB_PROMTOOL", promtool)
+                .env("LB_BIN_VARIANT", variant);
             status(&mut cmd)
         }
         Task::Demo => {
@@ -320,6 +322,21 @@ fn ensure_promtool(root: &Path) -> anyhow::Result<PathBuf> {
         deb.display()
     );
     Ok(promtool)
+}
+
+/// Builds the upgrade test's second `lb`: the same agent whose `xdp_lb`
+/// puts TTL 63 on outer headers (lb-ebpf feature `test-outer-ttl-63`), in
+/// its own target directory so the main build is not rebuilt back and forth.
+fn build_variant(root: &Path) -> anyhow::Result<PathBuf> {
+    let dir = root.join("target/variant");
+    status(
+        cargo()
+            .current_dir(root)
+            .args(["build", "-p", "lb-userspace", "--bin", "lb"])
+            .env("LB_EBPF_FEATURES", "test-outer-ttl-63")
+            .env("CARGO_TARGET_DIR", &dir),
+    )?;
+    Ok(dir.join("debug/lb"))
 }
 
 fn build(root: &Path) -> anyhow::Result<()> {
