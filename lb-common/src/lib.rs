@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod hash;
 pub mod maps;
+pub mod rules;
 pub mod stats;
 
 pub use bench::*;

@@ -6,6 +6,7 @@ use aya_ebpf::{helpers::generated::bpf_redirect, programs::XdpContext};
 use lb_common::{
     AddrKey, FlowKey, GLOBAL_F_READY, GLOBAL_F_SCOPE_ALL, Outcome, VIP_F_PASS_ON_NO_BACKEND,
     VipValue, flow_hash_v4,
+    rules::{FilterVerdict, filter_verdict},
 };
 use network_types::ip::Ipv4Hdr;
 
@@ -38,15 +39,16 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Outcome, Outcome> {
     let (src, dst, proto, tos) = (hdr.src_addr, hdr.dst_addr, hdr.proto, hdr.tos);
     let inner_len = u16::from_be_bytes(hdr.tot_len);
 
-    // Source filter first, so unwanted sources cost the least (SPEC 4):
-    // with scope "vip" it covers packets for VIP addresses, with "all" every
-    // IPv4 packet.
+    // Source filter first, so unwanted sources cost the least (SPEC 4).
     let for_vip_addr = LB_VIP_ADDRS.get_ptr(AddrKey::v4(dst)).is_some();
-    if (for_vip_addr || globals.flags & GLOBAL_F_SCOPE_ALL != 0) && !source_allowed_v4(src) {
-        return Err(Outcome::DropSourceFilter);
-    }
-    if !for_vip_addr {
-        return Ok(Outcome::Passed);
+    match filter_verdict(
+        globals.flags & GLOBAL_F_SCOPE_ALL != 0,
+        for_vip_addr,
+        || source_allowed_v4(src),
+    ) {
+        FilterVerdict::Drop => return Err(Outcome::DropSourceFilter),
+        FilterVerdict::Pass => return Ok(Outcome::Passed),
+        FilterVerdict::ToVipAddress => {}
     }
     // A fragment has no ports to hash on (later fragments carry no L4 header).
     if is_fragment(hdr) {

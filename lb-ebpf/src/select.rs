@@ -2,8 +2,8 @@
 //! table read.
 
 use lb_common::{
-    BACKEND_F_ACTIVE, BACKEND_F_HEALTHY, Backend, ConnEvent, ConnValue, FlowKey, VipKey, VipValue,
-    maglev_slot,
+    Backend, ConnEvent, ConnValue, FlowKey, VipKey, VipValue, maglev_slot,
+    rules::{backend_usable, match_vip},
 };
 
 use crate::maps::{LB_BACKENDS, LB_CONN_STATS, LB_CONNS, LB_MAGLEV, LB_VIPS, count};
@@ -13,9 +13,8 @@ use crate::maps::{LB_BACKENDS, LB_CONN_STATS, LB_CONNS, LB_MAGLEV, LB_VIPS, coun
 #[inline(always)]
 pub fn find_vip_v4(dst: [u8; 4], port: [u8; 2], proto: u8) -> Option<&'static VipValue> {
     let mut key = VipKey::v4(dst, 0, proto);
-    key.port = port;
-    let value = LB_VIPS.get_ptr(key).or_else(|| {
-        key.port = [0, 0];
+    let value = match_vip(port, |port| {
+        key.port = port;
         LB_VIPS.get_ptr(key)
     })?;
     // SAFETY: map values live as long as the program runs; entries are only
@@ -27,11 +26,7 @@ pub fn find_vip_v4(dst: [u8; 4], port: [u8; 2], proto: u8) -> Option<&'static Vi
 #[inline(always)]
 fn usable_backend(id: u32) -> Option<&'static Backend> {
     let backend = LB_BACKENDS.get(id)?;
-    let usable = BACKEND_F_ACTIVE | BACKEND_F_HEALTHY;
-    if backend.flags & usable != usable {
-        return None;
-    }
-    Some(backend)
+    backend_usable(backend.flags).then_some(backend)
 }
 
 /// The backend a flow hash selects in a VIP's Maglev table: one array read

@@ -465,11 +465,11 @@ fn adopt(config: &Config, encap_source: Ipv4Addr, dir: &Path) -> Result<DataPlan
         );
     }
     let (balancer, changes) = Balancer::adopt(maps, config, encap_source, regions)?;
+    let swap = upgrade::upgrade(dir)?;
     info!(
         "adopted the data plane pinned in {} (link, maps and connection table kept): {changes}",
         dir.display()
     );
-    let swap = upgrade::upgrade(dir)?;
     if swap.replaced() {
         info!(
             "xdp_lb upgraded on the pinned link in one update: program {} -> {}; maps, counters and connection table kept",

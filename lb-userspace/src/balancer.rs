@@ -21,6 +21,7 @@ use std::{
 use lb_common::{
     AddrKey, BACKEND_F_ACTIVE, BACKEND_F_HEALTHY, Backend, GLOBAL_F_READY, GLOBAL_F_SCOPE_ALL,
     Globals, LAYOUT_VERSION, MAX_BACKENDS, MAX_VIPS, VIP_F_PASS_ON_NO_BACKEND, VipKey, VipValue,
+    rules::maglev_member,
 };
 
 use crate::{
@@ -94,7 +95,7 @@ impl VipState {
     fn members(&self) -> Vec<(u32, u32)> {
         self.backends
             .iter()
-            .filter(|b| b.healthy && b.weight > 0)
+            .filter(|b| maglev_member(b.healthy, b.weight))
             .map(|b| (b.id, b.weight))
             .collect()
     }

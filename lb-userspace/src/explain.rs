@@ -12,13 +12,14 @@ use std::{
 
 use aya::maps::{Array, HashMap, MapData};
 use lb_common::{
-    BACKEND_F_ACTIVE, BACKEND_F_HEALTHY, Backend, ConnValue, FlowKey, MAP_BACKENDS, MAP_CONNS,
-    MAP_MAGLEV, MAP_VIPS, VipKey, VipValue, flow_hash_v4, maglev_slot,
+    BACKEND_F_ACTIVE, Backend, ConnValue, FlowKey, MAP_BACKENDS, MAP_CONNS, MAP_MAGLEV, MAP_VIPS,
+    VipKey, VipValue, flow_hash_v4, maglev_slot,
+    rules::{FilterVerdict, backend_usable, filter_verdict, maglev_member, match_vip},
 };
 
 use crate::{
     balancer::{backend_address, backend_name, vip_key},
-    config::{Config, Protocol, Vip},
+    config::{Config, FilterScope, Protocol, Vip},
     maglev::{self, MaglevBackend},
     maps::{MapWriteError, open_pin},
 };
@@ -35,15 +36,48 @@ pub enum ExplainError {
 }
 
 /// The VIP of `config` a packet to `dst` with `protocol` matches: exact port
-/// first, then a port-0 (every port) VIP, as the data plane looks it up.
+/// first, then a port-0 (every port) VIP ([`lb_common::rules::match_vip`],
+/// the data plane's rule).
 pub fn find_vip(config: &Config, dst: SocketAddr, protocol: Protocol) -> Option<&Vip> {
-    let matches = |port: u16| {
+    match_vip(dst.port().to_be_bytes(), |port| {
+        let port = u16::from_be_bytes(port);
         config
             .vips
             .iter()
             .find(|v| v.address == dst.ip() && v.protocol == protocol && v.port == port)
-    };
-    matches(dst.port()).or_else(|| matches(0))
+    })
+}
+
+/// What the data plane does first with a packet from `src` to `dst`, by the
+/// rules `xdp_lb` applies ([`lb_common::rules`]): the source filter with its
+/// scope, then the VIP match.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Verdict<'a> {
+    /// Dropped by the source filter.
+    DropSourceFilter,
+    /// Passed to the kernel: not a VIP address, or no VIP of that port and
+    /// protocol.
+    Pass,
+    /// Balanced by this VIP.
+    Vip(&'a Vip),
+}
+
+/// The [`Verdict`] for a packet from `src` to `dst` over `protocol`.
+pub fn verdict(
+    config: &Config,
+    protocol: Protocol,
+    src: SocketAddr,
+    dst: SocketAddr,
+) -> Verdict<'_> {
+    let to_vip_address = config.vips.iter().any(|v| v.address == dst.ip());
+    let allowed = || config.allow.iter().any(|net| net.contains(&src.ip()));
+    match filter_verdict(config.scope == FilterScope::All, to_vip_address, allowed) {
+        FilterVerdict::Drop => Verdict::DropSourceFilter,
+        FilterVerdict::Pass => Verdict::Pass,
+        FilterVerdict::ToVipAddress => {
+            find_vip(config, dst, protocol).map_or(Verdict::Pass, Verdict::Vip)
+        }
+    }
 }
 
 fn octets(addr: SocketAddr) -> Result<[u8; 4], ExplainError> {
@@ -70,20 +104,24 @@ pub fn explain(
     let mut out = String::new();
     let proto = protocol.number();
     let _ = writeln!(out, "flow {protocol} {src} -> {dst}");
-    if !config.allow.iter().any(|net| net.contains(&src.ip())) {
-        let _ = writeln!(
-            out,
-            "source {} is outside every allowed prefix: dropped by the source filter",
-            src.ip()
-        );
-        return Ok(out);
-    }
-    let Some(vip) = find_vip(config, dst, protocol) else {
-        let _ = writeln!(
-            out,
-            "no VIP matches {dst} ({protocol}): passed to the kernel untouched"
-        );
-        return Ok(out);
+    let vip = match verdict(config, protocol, src, dst) {
+        Verdict::DropSourceFilter => {
+            let _ = writeln!(
+                out,
+                "source {} is outside every allowed prefix: dropped by the source filter (scope {:?})",
+                src.ip(),
+                config.scope
+            );
+            return Ok(out);
+        }
+        Verdict::Pass => {
+            let _ = writeln!(
+                out,
+                "no VIP matches {dst} ({protocol}): passed to the kernel untouched"
+            );
+            return Ok(out);
+        }
+        Verdict::Vip(vip) => vip,
     };
     let sport = src.port().to_be_bytes();
     let dport = dst.port().to_be_bytes();
@@ -105,11 +143,13 @@ pub fn explain(
         .iter()
         .map(|b| backend_name(b.address))
         .collect();
+    // The Maglev input list with every backend healthy.
     let members: Vec<MaglevBackend<'_>> = vip
         .backends
         .iter()
         .zip(&names)
         .enumerate()
+        .filter(|(_, (b, _))| maglev_member(true, b.weight))
         .map(|(i, (b, name))| MaglevBackend {
             id: i as u32,
             name,
@@ -155,8 +195,7 @@ pub fn explain(
     let describe = |id: u32| -> String {
         match backends.get(&id, 0) {
             Ok(b) => {
-                let usable = BACKEND_F_ACTIVE | BACKEND_F_HEALTHY;
-                let state = if b.flags & usable == usable {
+                let state = if backend_usable(b.flags) {
                     "healthy"
                 } else if b.flags & BACKEND_F_ACTIVE != 0 {
                     "unhealthy"
@@ -184,11 +223,8 @@ pub fn explain(
     match conns.get(&FlowKey::v4(s, d, sport, dport, proto), 0) {
         Ok(entry) => {
             let current = backends.get(&entry.backend_id, 0).ok();
-            let usable = current.is_some_and(|b| {
-                b.flags & (BACKEND_F_ACTIVE | BACKEND_F_HEALTHY)
-                    == BACKEND_F_ACTIVE | BACKEND_F_HEALTHY
-                    && b.generation == entry.generation
-            });
+            let usable = current
+                .is_some_and(|b| backend_usable(b.flags) && b.generation == entry.generation);
             if usable {
                 let _ = writeln!(
                     out,
@@ -260,6 +296,24 @@ protocol = "tcp"
         assert!(run("10.1.0.1:40000", "10.0.0.100:443").contains("VIP \"any\""));
         assert!(run("10.1.0.1:40000", "10.0.0.101:80").contains("no VIP matches"));
         assert!(run("203.0.113.7:40000", "10.0.0.100:80").contains("source filter"));
+    }
+
+    #[test]
+    fn an_outside_source_to_a_non_vip_address_passes_unless_scope_is_all() {
+        let config = Config::parse(CONFIG, "t").expect("valid").config;
+        let outside = "203.0.113.7:40000".parse().unwrap();
+        let host = "10.0.0.5:22".parse().unwrap();
+        assert_eq!(
+            verdict(&config, Protocol::Tcp, outside, host),
+            Verdict::Pass
+        );
+        let all = Config::parse(&format!("[source_filter]\nscope = \"all\"\n{CONFIG}"), "t")
+            .expect("valid")
+            .config;
+        assert_eq!(
+            verdict(&all, Protocol::Tcp, outside, host),
+            Verdict::DropSourceFilter
+        );
     }
 
     #[test]

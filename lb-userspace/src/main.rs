@@ -117,19 +117,24 @@ impl From<Mode> for XdpModeConfig {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Installs the SIGINT and SIGTERM handlers now (so a signal that comes
+/// while the data plane is being set up is not fatal), and returns a future
+/// that completes on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
+    let handlers = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+    );
+    async move {
+        let (Ok(mut int), Ok(mut term)) = handlers else {
+            error!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
 
@@ -172,13 +177,14 @@ fn main() -> ExitCode {
             keep_attached,
         } => report(runtime().and_then(|rt| {
             rt.block_on(async {
+                let shutdown = shutdown_signal();
                 let config = load_config(&config_path)?;
                 let options = agent::RunOptions {
                     config_path,
                     iface,
                     keep_attached,
                 };
-                agent::run(config, options, shutdown_signal())
+                agent::run(config, options, shutdown)
                     .await
                     .context("lb run")
             })
@@ -234,7 +240,8 @@ fn main() -> ExitCode {
             xdp_mode,
         } => report(runtime().and_then(|rt| {
             rt.block_on(async {
-                decap::run(&iface, &vips, xdp_mode.into(), shutdown_signal())
+                let shutdown = shutdown_signal();
+                decap::run(&iface, &vips, xdp_mode.into(), shutdown)
                     .await
                     .context("lb decap")
             })

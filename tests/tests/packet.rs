@@ -690,3 +690,44 @@ fn disruption_of_100k_flows_when_a_backend_leaves_or_joins() {
         "moved flows go mostly to the new backend"
     );
 }
+
+/// `lb explain` says what the kernel does with the source filter and its
+/// scope: for each scope, allowed and outside sources to a VIP, to a VIP
+/// address on another port, and to a host that is not a VIP.
+#[test]
+fn explain_and_the_kernel_agree_on_the_source_filter_scope() {
+    use lb_userspace::{
+        config::Protocol,
+        explain::{Verdict, verdict},
+    };
+    for (name, scope) in [("scopevip", "vip"), ("scopeall", "all")] {
+        let text = format!("[source_filter]\nscope = \"{scope}\"\n{CONFIG}");
+        let fx = Fixture::with_config(name, &text);
+        let config = Config::parse(&text, "t").expect("valid").config;
+        for (src, dst, dport) in [
+            (CLIENT, VIP, 80),
+            (OUTSIDE, VIP, 80),
+            (CLIENT, VIP, 81),
+            (OUTSIDE, VIP, 81),
+            (CLIENT, LB_ADDR, 22),
+            (OUTSIDE, LB_ADDR, 22),
+        ] {
+            let (action, _) = fx.run("xdp_lb", &tcp_syn(src, dst, 40000, dport));
+            let said = verdict(
+                &config,
+                Protocol::Tcp,
+                (Ipv4Addr::from(src), 40000).into(),
+                (Ipv4Addr::from(dst), dport).into(),
+            );
+            let expected = match said {
+                Verdict::DropSourceFilter => XDP_DROP,
+                Verdict::Pass => XDP_PASS,
+                Verdict::Vip(_) => XDP_TX,
+            };
+            assert_eq!(
+                action, expected,
+                "scope {scope}: {src:?} -> {dst:?}:{dport}: explain says {said:?}"
+            );
+        }
+    }
+}
