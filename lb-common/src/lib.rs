@@ -10,12 +10,14 @@
 
 pub mod bench;
 pub mod hash;
+pub mod layout;
 pub mod maps;
 pub mod rules;
 pub mod stats;
 
 pub use bench::*;
 pub use hash::{flow_hash_v4, maglev_permutation, maglev_slot};
+pub use layout::LAYOUT_FINGERPRINT;
 pub use maps::*;
 pub use stats::{ConnEvent, Counter, Outcome};
 

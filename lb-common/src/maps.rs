@@ -60,13 +60,9 @@ pub const MAX_LOCAL_ADDRS: u32 = 64;
 /// Largest Maglev table size the agent accepts (a prime, as Katran's largest).
 pub const MAX_TABLE_SIZE: u32 = 16_777_213;
 
-/// Version of every layout in this module. The agent stores it in
-/// [`Globals::layout_version`]; bump it on any change of a map type.
-/// An agent refuses to adopt pinned maps of another version.
-///
-/// History: 1, first layout; 2, [`Backend::vip_id`],
-/// [`Globals::table_size`] and a memory-mappable [`MAP_MAGLEV`].
-pub const LAYOUT_VERSION: u32 = 2;
+// The layout's fingerprint, checked on adoption, is
+// `crate::layout::LAYOUT_FINGERPRINT`: computed from these types, never
+// bumped by hand.
 
 /// Key of [`MAP_VIPS`]: a VIP's address, port and protocol. 20 bytes.
 /// `port` 0 is the wildcard (every port of that address and protocol).
@@ -232,7 +228,7 @@ pub struct Globals {
     pub flags: u32,
     /// Outer source address of IPv6 encapsulation, network byte order.
     pub encap_src_v6: [u8; 16],
-    /// [`LAYOUT_VERSION`] of the agent that filled the maps.
+    /// [`crate::LAYOUT_FINGERPRINT`] of the agent that filled the maps.
     pub layout_version: u32,
     /// Maglev table size `M` of every VIP. Only the agent reads it: to
     /// adopt pinned maps after a restart.

@@ -114,7 +114,39 @@ impl ConnEvent {
 
 #[cfg(test)]
 mod tests {
-    use super::Outcome;
+    use super::{ConnEvent, Outcome};
+
+    /// Counter enums are append-only. This match has no wildcard: a new
+    /// variant does not compile here until listed, and then fails unless it
+    /// is in `ALL` with an index below `COUNT`.
+    #[test]
+    fn every_counter_is_in_all_and_count() {
+        let variant = |o: Outcome| match o {
+            Outcome::Passed
+            | Outcome::Forwarded
+            | Outcome::Redirected
+            | Outcome::PassedNoNeighbour
+            | Outcome::DropSourceFilter
+            | Outcome::DropFragment
+            | Outcome::DropMalformed
+            | Outcome::DropNoBackend
+            | Outcome::PassedNoBackend
+            | Outcome::DropNoRoute
+            | Outcome::DropEncap
+            | Outcome::Decapsulated => o,
+        };
+        for o in Outcome::ALL {
+            let o = variant(o);
+            assert!((o as u32) < Outcome::COUNT, "{}", o.name());
+        }
+        assert_eq!(Outcome::ALL.len(), Outcome::COUNT as usize);
+        let event = |e: ConnEvent| match e {
+            ConnEvent::Hit | ConnEvent::Miss | ConnEvent::Rehash => e,
+        };
+        for e in ConnEvent::ALL {
+            assert!((event(e) as u32) < ConnEvent::COUNT, "{}", e.name());
+        }
+    }
 
     #[test]
     fn outcome_indices_are_dense_and_in_order() {

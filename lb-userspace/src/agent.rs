@@ -19,7 +19,7 @@ use aya::{
     },
 };
 use lb_common::{
-    LAYOUT_VERSION, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONN_STATS, MAP_CONNS, MAP_GLOBALS,
+    LAYOUT_FINGERPRINT, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONN_STATS, MAP_CONNS, MAP_GLOBALS,
     MAP_MAGLEV, MAP_SRC_ALLOW_V4, MAP_STATS, MAP_VIP_ADDRS, MAP_VIP_STATS, MAP_VIPS, Outcome,
 };
 use log::{error, info, warn};
@@ -210,7 +210,7 @@ pub enum AgentError {
     BadVip(String),
     /// The pinned maps were made by an agent with another map layout.
     #[error(
-        "the data plane pinned in {dir} has map layout version {found}, this agent expects {LAYOUT_VERSION}: refusing to adopt maps it would misread. Run the agent that made them, or remove {dir} (this detaches the data plane and drops its connection table) and start again"
+        "the data plane pinned in {dir} has map layout {found}, this agent's is {LAYOUT_FINGERPRINT:#010x}: refusing to adopt maps it would misread. Run the agent that made them, or remove {dir} (this detaches the data plane and drops its connection table) and start again"
     )]
     Layout {
         /// The pin directory.
@@ -431,11 +431,12 @@ fn start_fresh(
 /// `config` is applied as a difference.
 fn adopt(config: &Config, encap_source: Ipv4Addr, dir: &Path) -> Result<DataPlane, AgentError> {
     match maps::pinned_layout(dir)? {
-        Some(LAYOUT_VERSION) => {}
+        Some(LAYOUT_FINGERPRINT) => {}
         found => {
             return Err(AgentError::Layout {
                 dir: dir.display().to_string(),
-                found: found.map_or_else(|| "unknown (other sizes)".into(), |v| v.to_string()),
+                found: found
+                    .map_or_else(|| "unknown (other sizes)".into(), |v| format!("{v:#010x}")),
             });
         }
     }

@@ -20,8 +20,8 @@ use std::{
 
 use lb_common::{
     AddrKey, BACKEND_F_ACTIVE, BACKEND_F_HEALTHY, Backend, GLOBAL_F_READY, GLOBAL_F_SCOPE_ALL,
-    Globals, LAYOUT_VERSION, MAX_BACKENDS, MAX_VIPS, VIP_F_PASS_ON_NO_BACKEND, VipKey, VipValue,
-    rules::maglev_member,
+    Globals, LAYOUT_FINGERPRINT, MAX_BACKENDS, MAX_VIPS, VIP_F_PASS_ON_NO_BACKEND, VipKey,
+    VipValue, rules::maglev_member,
 };
 
 use crate::{
@@ -499,7 +499,7 @@ impl<M: MapWriter> Balancer<M> {
         let globals = Globals {
             encap_src_v4: encap_source_v4.octets(),
             flags,
-            layout_version: LAYOUT_VERSION,
+            layout_version: LAYOUT_FINGERPRINT,
             table_size: self.table_size,
             ..self.globals
         };
@@ -958,7 +958,7 @@ on_no_backend = "pass"
         let m = b.maps();
         assert_eq!(m.globals.flags & GLOBAL_F_READY, GLOBAL_F_READY);
         assert_eq!(m.globals.encap_src_v4, [10, 0, 0, 2]);
-        assert_eq!(m.globals.layout_version, LAYOUT_VERSION);
+        assert_eq!(m.globals.layout_version, LAYOUT_FINGERPRINT);
         assert_eq!(m.allow_v4.len(), 4, "the IPv4 default prefixes");
         assert_eq!(m.vips.len(), 2);
         assert_eq!(m.vip_addrs[&AddrKey::v4([10, 0, 0, 100])], 2);

@@ -11,7 +11,7 @@ use std::{
 };
 
 use aya::maps::{Array, MapData};
-use lb_common::{Globals, LAYOUT_VERSION, MAP_GLOBALS};
+use lb_common::{Globals, LAYOUT_FINGERPRINT, MAP_GLOBALS};
 use lb_tests::{lab::lb_binary, netns::Netns};
 use lb_userspace::maps::open_pin;
 
@@ -195,15 +195,15 @@ fn keep_attached_adopt_detach_and_refuse_another_layout() {
     assert_eq!(rig.stop(), Some(0));
     let mut globals: Array<MapData, Globals> = open_pin(&rig.pins(), MAP_GLOBALS).expect("globals");
     let mut g = globals.get(&0, 0).expect("entry");
-    g.layout_version = LAYOUT_VERSION - 1;
+    g.layout_version = LAYOUT_FINGERPRINT ^ 1;
     globals.set(0, g, 0).expect("write");
     rig.start(&[]);
     let mut child = rig.agent.take().expect("agent");
     let code = rig.wait_exit(&mut child);
     assert_eq!(code, Some(1), "refused: {}", rig.log());
     let expected = format!(
-        "map layout version {}, this agent expects {LAYOUT_VERSION}",
-        LAYOUT_VERSION - 1
+        "map layout {:#010x}, this agent's is {LAYOUT_FINGERPRINT:#010x}",
+        LAYOUT_FINGERPRINT ^ 1
     );
     assert!(rig.log().contains(&expected), "{}", rig.log());
     assert!(

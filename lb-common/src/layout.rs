@@ -1,0 +1,312 @@
+//! The shape of the data plane that kernel and agent share, in one list,
+//! and its fingerprint. [`MAPS`] names every map the agent opens with its
+//! kind, key and value sizes, flags and capacity; a test of the agent
+//! checks the compiled object against it. [`LAYOUT_FINGERPRINT`] hashes
+//! that list with the size and field offsets of every shared type and the
+//! order of the counter enums, so any change that would make one agent
+//! misread another's pinned maps (a field moved, a counter reordered, a map
+//! retyped) changes it, and adoption is refused instead.
+
+use core::mem::{offset_of, size_of};
+
+use crate::{
+    AddrKey, Backend, ConnEvent, ConnValue, Counter, FlowKey, Globals, MAGLEV_MAP_FLAGS,
+    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONN_STATS, MAP_CONNS, MAP_DECAP_LOCAL, MAP_DECAP_VIPS,
+    MAP_GLOBALS, MAP_MAGLEV, MAP_SRC_ALLOW_V4, MAP_STATS, MAP_VIP_ADDRS, MAP_VIP_STATS, MAP_VIPS,
+    MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES, MAX_VIPS, Outcome, VipKey, VipValue,
+};
+
+/// Kind of a BPF map: its `bpf_map_type` number (include/uapi/linux/bpf.h).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    /// `BPF_MAP_TYPE_HASH`.
+    Hash = 1,
+    /// `BPF_MAP_TYPE_ARRAY`.
+    Array = 2,
+    /// `BPF_MAP_TYPE_PERCPU_ARRAY`.
+    PerCpuArray = 6,
+    /// `BPF_MAP_TYPE_LRU_HASH`.
+    LruHash = 9,
+    /// `BPF_MAP_TYPE_LPM_TRIE`.
+    LpmTrie = 11,
+}
+
+/// One map as both sides must declare it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    /// Name in the object and pin name.
+    pub name: &'static str,
+    /// Kind.
+    pub kind: MapKind,
+    /// Key size in bytes.
+    pub key_size: u32,
+    /// Value size in bytes.
+    pub value_size: u32,
+    /// `map_flags`.
+    pub flags: u32,
+    /// Capacity in the object; `None` when the agent sets it at load
+    /// (Maglev tables and connection table, from the configuration).
+    pub max_entries: Option<u32>,
+}
+
+const fn spec(
+    name: &'static str,
+    kind: MapKind,
+    key_size: usize,
+    value_size: usize,
+    flags: u32,
+    max_entries: Option<u32>,
+) -> MapSpec {
+    MapSpec {
+        name,
+        kind,
+        key_size: key_size as u32,
+        value_size: value_size as u32,
+        flags,
+        max_entries,
+    }
+}
+
+/// `BPF_F_NO_PREALLOC`: LPM tries require it.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Every map of `xdp_lb` and `xdp_decap` (the benchmark's own maps are not
+/// part of the layout).
+pub const MAPS: [MapSpec; 13] = [
+    spec(
+        MAP_VIPS,
+        MapKind::Hash,
+        size_of::<VipKey>(),
+        size_of::<VipValue>(),
+        0,
+        Some(MAX_VIPS),
+    ),
+    spec(
+        MAP_VIP_ADDRS,
+        MapKind::Hash,
+        size_of::<AddrKey>(),
+        4,
+        0,
+        Some(MAX_VIPS),
+    ),
+    spec(MAP_MAGLEV, MapKind::Array, 4, 4, MAGLEV_MAP_FLAGS, None),
+    spec(
+        MAP_BACKENDS,
+        MapKind::Array,
+        4,
+        size_of::<Backend>(),
+        0,
+        Some(MAX_BACKENDS),
+    ),
+    spec(
+        MAP_SRC_ALLOW_V4,
+        MapKind::LpmTrie,
+        8,
+        4,
+        BPF_F_NO_PREALLOC,
+        Some(MAX_SOURCE_PREFIXES),
+    ),
+    spec(
+        MAP_GLOBALS,
+        MapKind::Array,
+        4,
+        size_of::<Globals>(),
+        0,
+        Some(1),
+    ),
+    spec(
+        MAP_STATS,
+        MapKind::PerCpuArray,
+        4,
+        size_of::<Counter>(),
+        0,
+        Some(Outcome::COUNT),
+    ),
+    spec(
+        MAP_VIP_STATS,
+        MapKind::PerCpuArray,
+        4,
+        size_of::<Counter>(),
+        0,
+        Some(MAX_VIPS),
+    ),
+    spec(
+        MAP_BACKEND_STATS,
+        MapKind::PerCpuArray,
+        4,
+        size_of::<Counter>(),
+        0,
+        Some(MAX_BACKENDS),
+    ),
+    spec(
+        MAP_CONNS,
+        MapKind::LruHash,
+        size_of::<FlowKey>(),
+        size_of::<ConnValue>(),
+        0,
+        None,
+    ),
+    spec(
+        MAP_CONN_STATS,
+        MapKind::PerCpuArray,
+        4,
+        size_of::<Counter>(),
+        0,
+        Some(ConnEvent::COUNT),
+    ),
+    spec(
+        MAP_DECAP_VIPS,
+        MapKind::Hash,
+        size_of::<AddrKey>(),
+        4,
+        0,
+        Some(MAX_VIPS),
+    ),
+    spec(
+        MAP_DECAP_LOCAL,
+        MapKind::Hash,
+        size_of::<AddrKey>(),
+        4,
+        0,
+        Some(MAX_LOCAL_ADDRS),
+    ),
+];
+
+/// FNV-1a (32 bits) of `bytes`, continuing from `hash`.
+const fn fnv(mut hash: u32, bytes: &[u8]) -> u32 {
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u32;
+        hash = hash.wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    hash
+}
+
+const fn fnv_u32s(mut hash: u32, values: &[usize]) -> u32 {
+    let mut i = 0;
+    while i < values.len() {
+        hash = fnv(hash, &(values[i] as u32).to_le_bytes());
+        i += 1;
+    }
+    hash
+}
+
+/// Sizes and field offsets of every shared map type, in a fixed order.
+const SHAPES: [usize; 44] = [
+    size_of::<VipKey>(),
+    offset_of!(VipKey, addr),
+    offset_of!(VipKey, port),
+    offset_of!(VipKey, proto),
+    offset_of!(VipKey, family),
+    size_of::<VipValue>(),
+    offset_of!(VipValue, vip_id),
+    offset_of!(VipValue, table_offset),
+    offset_of!(VipValue, table_size),
+    offset_of!(VipValue, flags),
+    size_of::<AddrKey>(),
+    offset_of!(AddrKey, addr),
+    offset_of!(AddrKey, family),
+    size_of::<Backend>(),
+    offset_of!(Backend, addr),
+    offset_of!(Backend, family),
+    offset_of!(Backend, flags),
+    offset_of!(Backend, vip_id),
+    offset_of!(Backend, generation),
+    size_of::<FlowKey>(),
+    offset_of!(FlowKey, src),
+    offset_of!(FlowKey, dst),
+    offset_of!(FlowKey, sport),
+    offset_of!(FlowKey, dport),
+    offset_of!(FlowKey, proto),
+    offset_of!(FlowKey, family),
+    size_of::<ConnValue>(),
+    offset_of!(ConnValue, backend_id),
+    offset_of!(ConnValue, generation),
+    size_of::<Globals>(),
+    offset_of!(Globals, encap_src_v4),
+    offset_of!(Globals, flags),
+    offset_of!(Globals, encap_src_v6),
+    offset_of!(Globals, layout_version),
+    offset_of!(Globals, table_size),
+    size_of::<Counter>(),
+    offset_of!(Counter, packets),
+    offset_of!(Counter, bytes),
+    // Flag bits whose meaning both sides share.
+    crate::BACKEND_F_ACTIVE as usize,
+    crate::BACKEND_F_HEALTHY as usize,
+    crate::VIP_F_PASS_ON_NO_BACKEND as usize,
+    crate::GLOBAL_F_SCOPE_ALL as usize,
+    crate::GLOBAL_F_READY as usize,
+    crate::FAMILY_V4 as usize,
+];
+
+const fn fingerprint() -> u32 {
+    let mut hash = fnv(0x811c_9dc5, b"lb layout");
+    hash = fnv_u32s(hash, &SHAPES);
+    let mut i = 0;
+    while i < MAPS.len() {
+        let m = &MAPS[i];
+        hash = fnv(hash, m.name.as_bytes());
+        hash = fnv_u32s(
+            hash,
+            &[
+                m.kind as usize,
+                m.key_size as usize,
+                m.value_size as usize,
+                m.flags as usize,
+            ],
+        );
+        i += 1;
+    }
+    let mut i = 0;
+    while i < Outcome::ALL.len() {
+        hash = fnv(hash, Outcome::ALL[i].name().as_bytes());
+        hash = fnv_u32s(hash, &[Outcome::ALL[i] as usize]);
+        i += 1;
+    }
+    let mut i = 0;
+    while i < ConnEvent::ALL.len() {
+        hash = fnv(hash, ConnEvent::ALL[i].name().as_bytes());
+        hash = fnv_u32s(hash, &[ConnEvent::ALL[i] as usize]);
+        i += 1;
+    }
+    hash
+}
+
+/// Fingerprint of the layout ([`MAPS`], the shared types' sizes and field
+/// offsets, the counter enums' order). The agent stores it in
+/// [`Globals::layout_version`] and refuses pinned maps of another.
+pub const LAYOUT_FINGERPRINT: u32 = fingerprint();
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fingerprint_follows_every_part_of_the_layout() {
+        let base = fingerprint();
+        assert_eq!(base, LAYOUT_FINGERPRINT);
+        // A field moved: the same sizes, another offset.
+        let mut shapes = SHAPES;
+        shapes.swap(2, 3);
+        assert_ne!(
+            fnv_u32s(fnv(0x811c_9dc5, b"lb layout"), &shapes),
+            fnv_u32s(fnv(0x811c_9dc5, b"lb layout"), &SHAPES)
+        );
+        // Two counters swapped.
+        let a = fnv(fnv(0, b"passed"), b"forwarded_tx");
+        let b = fnv(fnv(0, b"forwarded_tx"), b"passed");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn map_names_are_unique() {
+        for (i, a) in MAPS.iter().enumerate() {
+            for b in &MAPS[i + 1..] {
+                assert_ne!(a.name, b.name);
+            }
+        }
+    }
+}
