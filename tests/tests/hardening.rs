@@ -50,6 +50,9 @@ fn promtool() -> String {
 
 #[test]
 fn idle_api_clients_under_a_low_file_limit_stop_no_flow() {
+    if !lb_tests::can_run_as_root("idle_api_clients_under_a_low_file_limit_stop_no_flow") {
+        return;
+    }
     // This process holds the idle clients: it needs more than 1024 files.
     let (_, limit) = lb_userspace::agent::raise_open_file_limit().expect("rlimit");
     assert!(limit as usize > IDLE_CLIENTS + 100, "hard limit {limit}");
@@ -228,6 +231,9 @@ fn refused(lab: &Lab, what: &str, write: impl FnOnce(&Path), expected: &str) {
 
 #[test]
 fn empty_truncated_fifo_and_huge_configs_are_refused() {
+    if !lb_tests::can_run_as_root("empty_truncated_fifo_and_huge_configs_are_refused") {
+        return;
+    }
     let mut lab = echo_lab("lbhcfg", Options::default());
     let mut flows = {
         let _client = lab.client().enter().expect("client namespace");
@@ -282,6 +288,9 @@ fn empty_truncated_fifo_and_huge_configs_are_refused() {
 
 #[test]
 fn configmap_swap_reloads_once_and_sighup_bursts_coalesce() {
+    if !lb_tests::can_run_as_root("configmap_swap_reloads_once_and_sighup_bursts_coalesce") {
+        return;
+    }
     let lab = Lab::start("lbhwatch", Mode::Generic).expect("lab starts");
     let dir = &lab.dir;
     let text = fs::read_to_string(lab.config_path()).expect("config");
@@ -345,6 +354,9 @@ fn configmap_swap_reloads_once_and_sighup_bursts_coalesce() {
 
 #[test]
 fn two_agents_in_two_namespaces_on_eth0() {
+    if !lb_tests::can_run_as_root("two_agents_in_two_namespaces_on_eth0") {
+        return;
+    }
     let eth0 = Options {
         lb_iface: Some("eth0"),
         ..Options::default()

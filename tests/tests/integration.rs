@@ -219,10 +219,16 @@ fn end_to_end(prefix: &str, mode: Mode) {
 
 #[test]
 fn end_to_end_native() {
+    if !lb_tests::can_run_as_root("end_to_end_native") {
+        return;
+    }
     end_to_end("lbe2en", Mode::Native);
 }
 
 #[test]
 fn end_to_end_generic() {
+    if !lb_tests::can_run_as_root("end_to_end_generic") {
+        return;
+    }
     end_to_end("lbe2eg", Mode::Generic);
 }

@@ -231,6 +231,11 @@ fn assert_encapsulated(
 
 #[test]
 fn tcp_syn_to_vip_is_encapsulated_to_the_backend_userspace_computes() {
+    if !lb_tests::can_run_as_root(
+        "tcp_syn_to_vip_is_encapsulated_to_the_backend_userspace_computes",
+    ) {
+        return;
+    }
     let fx = Fixture::new("syn");
     let mut seen = std::collections::HashSet::new();
     for sport in 40000..40064u16 {
@@ -261,6 +266,9 @@ fn tcp_syn_to_vip_is_encapsulated_to_the_backend_userspace_computes() {
 
 #[test]
 fn udp_datagram_to_vip_is_encapsulated() {
+    if !lb_tests::can_run_as_root("udp_datagram_to_vip_is_encapsulated") {
+        return;
+    }
     let fx = Fixture::new("udp");
     let frame = udp_datagram(CLIENT, VIP, 5353, 53, b"query");
     let (action, out) = fx.run("xdp_lb", &frame);
@@ -277,6 +285,9 @@ fn udp_datagram_to_vip_is_encapsulated() {
 
 #[test]
 fn non_vip_traffic_passes_unchanged() {
+    if !lb_tests::can_run_as_root("non_vip_traffic_passes_unchanged") {
+        return;
+    }
     let fx = Fixture::new("nonvip");
     for frame in [
         tcp_syn(CLIENT, LB_ADDR, 40000, 22), // to the LB itself
@@ -294,6 +305,9 @@ fn non_vip_traffic_passes_unchanged() {
 
 #[test]
 fn source_outside_the_allowed_prefixes_is_dropped_and_counted() {
+    if !lb_tests::can_run_as_root("source_outside_the_allowed_prefixes_is_dropped_and_counted") {
+        return;
+    }
     let fx = Fixture::new("srcfilter");
     let before = fx.count(Outcome::DropSourceFilter);
     let (action, _) = fx.run("xdp_lb", &tcp_syn(OUTSIDE, VIP, 40000, 80));
@@ -306,6 +320,9 @@ fn source_outside_the_allowed_prefixes_is_dropped_and_counted() {
 
 #[test]
 fn fragments_of_vip_traffic_are_dropped() {
+    if !lb_tests::can_run_as_root("fragments_of_vip_traffic_are_dropped") {
+        return;
+    }
     let fx = Fixture::new("frag");
     for (more, offset) in [(true, 0u16), (false, 185)] {
         let mut header =
@@ -326,6 +343,9 @@ fn fragments_of_vip_traffic_are_dropped() {
 
 #[test]
 fn truncated_headers_are_not_forwarded_and_are_counted() {
+    if !lb_tests::can_run_as_root("truncated_headers_are_not_forwarded_and_are_counted") {
+        return;
+    }
     let fx = Fixture::new("trunc");
     let syn = tcp_syn(CLIENT, VIP, 40000, 80);
     // BPF_PROG_TEST_RUN refuses frames under 14 bytes, so the truncated L2
@@ -352,6 +372,9 @@ fn truncated_headers_are_not_forwarded_and_are_counted() {
 
 #[test]
 fn vlan_tagged_syn_is_forwarded_with_its_tag() {
+    if !lb_tests::can_run_as_root("vlan_tagged_syn_is_forwarded_with_its_tag") {
+        return;
+    }
     let fx = Fixture::new("vlan");
     let mut frame = Vec::new();
     PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
@@ -376,6 +399,9 @@ fn vlan_tagged_syn_is_forwarded_with_its_tag() {
 
 #[test]
 fn missing_neighbour_hands_the_encapsulated_packet_to_the_kernel() {
+    if !lb_tests::can_run_as_root("missing_neighbour_hands_the_encapsulated_packet_to_the_kernel") {
+        return;
+    }
     let fx = Fixture::new("noneigh");
     let frame = tcp_syn(CLIENT, VIP_NO_NEIGH, 40000, 8080);
     let (action, out) = fx.run("xdp_lb", &frame);
@@ -396,6 +422,9 @@ fn missing_neighbour_hands_the_encapsulated_packet_to_the_kernel() {
 
 #[test]
 fn unhealthy_backends_are_skipped_and_no_backend_drops() {
+    if !lb_tests::can_run_as_root("unhealthy_backends_are_skipped_and_no_backend_drops") {
+        return;
+    }
     let mut fx = Fixture::new("health");
     fx.balancer.set_health(0, 0, false).expect("mark down");
     fx.balancer.set_health(0, 2, false).expect("mark down");
@@ -426,6 +455,9 @@ fn ipip(outer_dst: [u8; 4], inner: &[u8]) -> Vec<u8> {
 
 #[test]
 fn decap_strips_the_outer_header_for_served_vips_only() {
+    if !lb_tests::can_run_as_root("decap_strips_the_outer_header_for_served_vips_only") {
+        return;
+    }
     let mut fx = Fixture::new("decap");
     // This host (the namespace) has 10.20.0.2; it serves VIP 10.20.0.100.
     let mut vips: aya::maps::HashMap<_, lb_common::AddrKey, u32> =
@@ -479,6 +511,9 @@ fn send(fx: &Fixture, ports: &[u16]) -> Vec<[u8; 4]> {
 
 #[test]
 fn flows_keep_their_backend_through_changes_until_it_leaves() {
+    if !lb_tests::can_run_as_root("flows_keep_their_backend_through_changes_until_it_leaves") {
+        return;
+    }
     let mut fx = Fixture::new("conntrack");
     let ports: Vec<u16> = (42000..42600).collect();
     let first = send(&fx, &ports);
@@ -541,6 +576,9 @@ fn flows_keep_their_backend_through_changes_until_it_leaves() {
 
 #[test]
 fn drained_backend_keeps_its_flows_and_takes_no_new_ones() {
+    if !lb_tests::can_run_as_root("drained_backend_keeps_its_flows_and_takes_no_new_ones") {
+        return;
+    }
     let mut fx = Fixture::new("drain");
     let ports: Vec<u16> = (43000..43300).collect();
     let first = send(&fx, &ports);
@@ -609,6 +647,9 @@ fn moved(a: &[[u8; 4]], b: &[[u8; 4]], which: impl Fn(&[u8; 4]) -> bool) -> (usi
 
 #[test]
 fn disruption_of_100k_flows_when_a_backend_leaves_or_joins() {
+    if !lb_tests::can_run_as_root("disruption_of_100k_flows_when_a_backend_leaves_or_joins") {
+        return;
+    }
     const FLOWS: u32 = 100_000;
     let mut fx = Fixture::with_config("disrupt", &many_backends(31, 10, None));
     let source = Ipv4Addr::from(LB_ADDR);
@@ -696,6 +737,9 @@ fn disruption_of_100k_flows_when_a_backend_leaves_or_joins() {
 /// address on another port, and to a host that is not a VIP.
 #[test]
 fn explain_and_the_kernel_agree_on_the_source_filter_scope() {
+    if !lb_tests::can_run_as_root("explain_and_the_kernel_agree_on_the_source_filter_scope") {
+        return;
+    }
     use lb_userspace::{
         config::Protocol,
         explain::{Verdict, verdict},
