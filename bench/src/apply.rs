@@ -9,11 +9,10 @@ use std::{
 
 use anyhow::Context as _;
 use lb_userspace::{
-    agent,
     balancer::Balancer,
     config::Config,
+    dataplane::{maps::AyaMaps, object},
     maglev::{self, MaglevBackend},
-    maps::AyaMaps,
 };
 
 use crate::{prog::median, report::Report};
@@ -88,7 +87,7 @@ fn apply_once(vips: u32, per_vip: u32) -> anyhow::Result<(Duration, Duration)> {
     let config = Config::parse(&text, "bench")?.config;
     let parse = start.elapsed();
     let regions = config.sizing.table_regions;
-    let mut ebpf = agent::load_object(&config).context("loading the object")?;
+    let mut ebpf = object::load_object(&config).context("loading the object")?;
     let maps = AyaMaps::take(&mut ebpf)?;
     let start = Instant::now();
     let balancer = Balancer::new(maps, &config, Ipv4Addr::new(10, 40, 0, 2), regions)?;

@@ -15,7 +15,7 @@ use aya::{
     programs::{Xdp, XdpMode, loaded_programs},
 };
 use lb_common::{Outcome, PROG_BENCH_DROP};
-use lb_userspace::{agent, maps::StatsReader};
+use lb_userspace::dataplane::{object, stats::StatsReader};
 
 use crate::{
     lab::{BACKENDS, CLIENT_ADDR, HAPROXY_PORT, LB_ADDR, Lab, VIP},
@@ -225,7 +225,7 @@ pub fn bench(prefix: &str, lb_bin: &Path, d: Durations, report: &mut Report) -> 
     lab.stop_agent();
     let (drop_pps, drop_sent, drop_ns) = {
         let _in_lb = lab.ns("lb").enter()?;
-        let mut ebpf = EbpfLoader::new().load(agent::object())?;
+        let mut ebpf = EbpfLoader::new().load(object::object())?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROG_BENCH_DROP)
             .context(PROG_BENCH_DROP)?

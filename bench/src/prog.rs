@@ -25,10 +25,9 @@ use lb_common::{
 };
 use lb_tests::xdp::{LbNamespace, lb_namespace, xdp_md};
 use lb_userspace::{
-    agent,
     balancer::Balancer,
     config::Config,
-    maps::{AyaMaps, StatsReader},
+    dataplane::{maps::AyaMaps, object, stats::StatsReader},
 };
 
 use crate::report::Report;
@@ -151,7 +150,7 @@ impl Bench {
 
         let config = Config::parse(&config(conntrack), "bench")?.config;
         let regions = config.sizing.table_regions;
-        let mut ebpf = agent::load_object(&config).context("loading the object")?;
+        let mut ebpf = object::load_object(&config).context("loading the object")?;
         let stats = StatsReader::take(&mut ebpf)?;
         let balancer = Balancer::new(
             AyaMaps::take(&mut ebpf)?,

@@ -35,9 +35,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     balancer::VipState,
-    maps::StatsReader,
-    probe::{Probe, ProbeFailure},
-    upgrade::ProgramId,
+    dataplane::{stats::StatsReader, upgrade::ProgramId},
+    health::probe::{Probe, ProbeFailure},
 };
 
 /// Packets and bytes, summed over CPUs.

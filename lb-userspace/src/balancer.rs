@@ -26,9 +26,11 @@ use lb_common::{
 
 use crate::{
     config::{Config, FilterScope, OnNoBackend, Vip},
+    dataplane::{
+        maps::{MapWriteError, MapWriter},
+        sizing,
+    },
     maglev::{self, MaglevBackend},
-    maps::{MapWriteError, MapWriter},
-    sizing,
 };
 
 /// Why the balancer could not apply something.
@@ -906,7 +908,7 @@ impl<M: MapWriter> Balancer<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::Config, maps::FakeMaps};
+    use crate::{config::Config, dataplane::fake::FakeMaps};
 
     const CONFIG: &str = r#"
 [maglev]

@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use lb_common::MAX_TABLE_SIZE;
 use serde::Deserialize;
 
-use crate::sizing::{self, Sizing};
+use crate::dataplane::sizing::{self, Sizing};
 
 /// Default `maglev.table_size`: the prime Katran and the Maglev paper use.
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;

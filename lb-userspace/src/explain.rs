@@ -20,8 +20,8 @@ use lb_common::{
 use crate::{
     balancer::{backend_address, backend_name, vip_key},
     config::{Config, FilterScope, Protocol, Vip},
+    dataplane::maps::{MapWriteError, open_pin},
     maglev::{self, MaglevBackend},
-    maps::{MapWriteError, open_pin},
 };
 
 /// Why a flow cannot be explained.

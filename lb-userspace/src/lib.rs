@@ -4,13 +4,10 @@
 pub mod agent;
 pub mod api;
 pub mod balancer;
+pub mod cli;
 pub mod config;
-pub mod decap;
+pub mod dataplane;
 pub mod explain;
 pub mod health;
 pub mod maglev;
-pub mod maps;
 pub mod netif;
-pub mod probe;
-pub mod sizing;
-pub mod upgrade;

@@ -6,14 +6,11 @@ use std::{
     process::ExitCode,
 };
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lb_userspace::{
-    agent,
-    config::{Config, ConfigError, Protocol, XdpModeConfig},
-    decap, explain,
+    cli,
+    config::{Protocol, XdpModeConfig},
 };
-use log::{error, warn};
 
 /// An internal layer-4 load balancer on XDP: Maglev hashing, IP-in-IP
 /// encapsulation, direct server return.
@@ -117,90 +114,16 @@ impl From<Mode> for XdpModeConfig {
     }
 }
 
-/// Installs the SIGINT and SIGTERM handlers now (so a signal that comes
-/// while the data plane is being set up is not fatal), and returns a future
-/// that completes on either.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let handlers = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    );
-    async move {
-        let (Ok(mut int), Ok(mut term)) = handlers else {
-            error!("cannot install signal handlers; stop with SIGKILL");
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-        }
-    }
-}
-
-fn load_config(path: &std::path::Path) -> Result<Config, ConfigError> {
-    let loaded = Config::load(path)?;
-    for warning in &loaded.warnings {
-        warn!("{}: warning: {warning}", path.display());
-    }
-    Ok(loaded.config)
-}
-
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Check { config } => match Config::load(&config) {
-            Ok(loaded) => {
-                for warning in &loaded.warnings {
-                    println!("warning: {warning}");
-                }
-                let c = &loaded.config;
-                println!(
-                    "{}: OK: {} VIPs, {} backends, Maglev table size {}",
-                    config.display(),
-                    c.vips.len(),
-                    c.backend_count(),
-                    c.table_size
-                );
-                println!("data plane memory: {}", c.sizing);
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
+    match Cli::parse().command {
+        Command::Check { config } => cli::check::command(&config),
         Command::Run {
-            config: config_path,
+            config,
             iface,
             keep_attached,
-        } => report(runtime().and_then(|rt| {
-            rt.block_on(async {
-                let shutdown = shutdown_signal();
-                let config = load_config(&config_path)?;
-                let options = agent::RunOptions {
-                    config_path,
-                    iface,
-                    keep_attached,
-                };
-                agent::run(config, options, shutdown)
-                    .await
-                    .context("lb run")
-            })
-        })),
-        Command::Status { api, json } => report(runtime().and_then(|rt| {
-            rt.block_on(async {
-                let status =
-                    lb_userspace::api::fetch_status(api, std::time::Duration::from_secs(5)).await?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&status)?);
-                } else {
-                    print!("{}", lb_userspace::api::render_table(&status));
-                }
-                Ok(())
-            })
-        })),
+        } => cli::run::command(config, iface, keep_attached),
+        Command::Status { api, json } => cli::status::command(api, json),
         Command::Explain {
             config,
             proto,
@@ -208,74 +131,16 @@ fn main() -> ExitCode {
             dst,
             iface,
         } => {
-            let config = match Config::load(&config) {
-                Ok(loaded) => loaded.config,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::FAILURE;
-                }
-            };
             let protocol = match proto {
                 Proto::Tcp => Protocol::Tcp,
                 Proto::Udp => Protocol::Udp,
             };
-            let pins = iface
-                .or_else(|| config.interface.clone())
-                .map(|i| agent::pin_dir(&i))
-                .filter(|dir| dir.join(agent::LINK_PIN).exists());
-            match explain::explain(&config, protocol, src, dst, pins.as_deref()) {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::FAILURE
-                }
-            }
+            cli::explain::command(&config, protocol, src, dst, iface)
         }
         Command::Decap {
             iface,
             vips,
             xdp_mode,
-        } => report(runtime().and_then(|rt| {
-            rt.block_on(async {
-                let shutdown = shutdown_signal();
-                decap::run(&iface, &vips, xdp_mode.into(), shutdown)
-                    .await
-                    .context("lb decap")
-            })
-        })),
-    }
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")
-}
-
-/// Logs an error with its chain of causes, each once: a cause whose text
-/// its parent already shows (`{op} {path}: {source}`) is not repeated.
-fn report(result: anyhow::Result<()>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let mut text = String::new();
-            let mut shown = String::new();
-            for cause in e.chain() {
-                let line = cause.to_string();
-                if !shown.contains(&line) {
-                    if !text.is_empty() {
-                        text.push_str(": ");
-                    }
-                    text.push_str(&line);
-                }
-                shown = line;
-            }
-            error!("{text}");
-            ExitCode::FAILURE
-        }
+        } => cli::decap::command(&iface, &vips, xdp_mode.into()),
     }
 }

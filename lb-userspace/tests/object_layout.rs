@@ -7,7 +7,8 @@ use lb_common::layout::MAPS;
 
 #[test]
 fn every_map_the_agent_uses_is_in_the_object_as_declared() {
-    let object = aya_obj::Object::parse(lb_userspace::agent::object()).expect("the object parses");
+    let object = aya_obj::Object::parse(lb_userspace::dataplane::object::object())
+        .expect("the object parses");
     for spec in MAPS {
         let map = object
             .maps

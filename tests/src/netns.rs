@@ -79,18 +79,18 @@ impl Netns {
     }
 
     /// Where an agent in this namespace pins the data plane of `iface`
-    /// (`lb_userspace::agent::pin_dir` as seen from the agent).
+    /// (`lb_userspace::dataplane::pins::pin_dir` as seen from the agent).
     pub fn pin_dir(&self, iface: &str) -> std::path::PathBuf {
-        lb_userspace::agent::pin_dir_in(self.key().as_deref(), iface)
+        lb_userspace::dataplane::pins::pin_dir_in(self.key().as_deref(), iface)
     }
 
     /// The instance lock of an agent on `iface` in this namespace.
     pub fn lock_path(&self, iface: &str) -> std::path::PathBuf {
-        lb_userspace::agent::lock_path_in(self.key().as_deref(), iface)
+        lb_userspace::dataplane::pins::lock_path_in(self.key().as_deref(), iface)
     }
 
     fn key(&self) -> Option<String> {
-        lb_userspace::agent::netns_key_of(std::path::Path::new(&format!(
+        lb_userspace::dataplane::pins::netns_key_of(std::path::Path::new(&format!(
             "/run/netns/{}",
             self.name
         )))

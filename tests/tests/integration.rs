@@ -6,7 +6,7 @@ use std::{collections::HashMap, thread, time::Duration};
 
 use lb_common::Outcome;
 use lb_tests::lab::{self, BACKENDS, Lab, Mode, OUTSIDE_ADDR};
-use lb_userspace::maps::StatsReader;
+use lb_userspace::dataplane::stats::StatsReader;
 
 fn tally(results: &[Option<String>]) -> (usize, HashMap<String, usize>) {
     let mut per_backend = HashMap::new();

@@ -15,10 +15,9 @@ use etherparse::{IpHeaders, Ipv4Header, PacketBuilder, VlanId};
 use lb_common::{ConnEvent, MAP_CONNS, Outcome, flow_hash_v4, maglev_slot};
 use lb_tests::xdp::{LbNamespace, lb_namespace, xdp_md};
 use lb_userspace::{
-    agent,
     balancer::Balancer,
     config::Config,
-    maps::{AyaMaps, StatsReader},
+    dataplane::{maps::AyaMaps, object, stats::StatsReader},
 };
 
 const XDP_DROP: u32 = 1;
@@ -100,7 +99,7 @@ impl Fixture {
 
         let config = Config::parse(config, "packet-test").expect("valid").config;
         let regions = config.sizing.table_regions;
-        let mut ebpf = agent::load_object(&config).expect("load object");
+        let mut ebpf = object::load_object(&config).expect("load object");
         let stats = StatsReader::take(&mut ebpf).expect("stats maps");
         let balancer = Balancer::new(
             AyaMaps::take(&mut ebpf).expect("maps"),

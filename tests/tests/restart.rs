@@ -13,7 +13,7 @@ use std::{
 use aya::maps::{Array, MapData};
 use lb_common::{Globals, LAYOUT_FINGERPRINT, MAP_GLOBALS};
 use lb_tests::{lab::lb_binary, netns::Netns};
-use lb_userspace::maps::open_pin;
+use lb_userspace::dataplane::maps::open_pin;
 
 const IFACE: &str = "lbrst0";
 

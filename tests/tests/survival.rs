@@ -16,7 +16,7 @@ use lb_tests::{
     flows::{LongLived, echo_addr, spread},
     lab::{Lab, Mode, Options},
 };
-use lb_userspace::maps::open_pin;
+use lb_userspace::dataplane::maps::open_pin;
 
 const CONNECTIONS: usize = 50;
 /// How long each step lets the connections run after its change.

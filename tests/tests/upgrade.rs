@@ -22,7 +22,7 @@ use lb_tests::{
     lab::{Lab, Mode, Options},
     netns::Netns,
 };
-use lb_userspace::upgrade::linked_program;
+use lb_userspace::dataplane::upgrade::linked_program;
 
 const CONNECTIONS: usize = 50;
 

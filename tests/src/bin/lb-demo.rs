@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::Context as _;
 use lb_common::Outcome;
 use lb_tests::lab::{BACKENDS, Lab, Mode, VIP};
-use lb_userspace::maps::StatsReader;
+use lb_userspace::dataplane::stats::StatsReader;
 
 const REQUESTS: usize = 300;
 

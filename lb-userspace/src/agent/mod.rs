@@ -4,113 +4,35 @@
 use std::{
     future::Future,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
 
-use aya::{
-    Ebpf, EbpfLoader,
-    programs::{
-        Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
-        xdp::XdpLink,
-    },
-};
-use lb_common::{
-    LAYOUT_FINGERPRINT, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONN_STATS, MAP_CONNS, MAP_GLOBALS,
-    MAP_MAGLEV, MAP_SRC_ALLOW_V4, MAP_STATS, MAP_VIP_ADDRS, MAP_VIP_STATS, MAP_VIPS, Outcome,
-};
+use aya::programs::links::{FdLink, PinnedLink};
+use lb_common::{LAYOUT_FINGERPRINT, Outcome};
 use log::{error, info, warn};
 use tokio::{sync::mpsc, time};
+
+pub mod reload;
+pub mod watch;
 
 use crate::{
     api::{self, Shared},
     balancer::{Balancer, BalancerError, Changes},
-    config::{Config, Loaded, XdpModeConfig},
+    config::{Config, Loaded},
+    dataplane::{
+        maps::{self, AyaMaps, MapWriteError, MapWriter as _},
+        object::{attach, load_object, xdp_mode},
+        pins::{ADOPTED_MAPS, BPFFS, InstanceLock, LINK_PIN, pin_dir, pin_maps, unpin},
+        stats::StatsReader,
+        upgrade,
+    },
     health::{CheckResult, Checkers, Target},
-    maps::{self, AyaMaps, MapWriteError, MapWriter as _, StatsReader},
-    netif, upgrade,
+    netif,
 };
-
-/// Root of the agent's pins: `PIN_ROOT/<interface>/<map name>` in the
-/// host's network namespace, `PIN_ROOT/netns-<inode>/<interface>/...` in
-/// another (see [`pin_dir`]).
-pub const PIN_ROOT: &str = "/sys/fs/bpf/lb";
-/// Where bpffs is expected to be mounted.
-pub const BPFFS: &str = "/sys/fs/bpf";
-/// Directory of the agents' instance locks (see [`lock_path`]).
-pub const LOCK_ROOT: &str = "/run/lb";
-
-/// Every map the agent opens when it adopts a pinned data plane.
-pub const ADOPTED_MAPS: [&str; 11] = [
-    MAP_VIPS,
-    MAP_VIP_ADDRS,
-    MAP_MAGLEV,
-    MAP_BACKENDS,
-    MAP_SRC_ALLOW_V4,
-    MAP_GLOBALS,
-    MAP_STATS,
-    MAP_VIP_STATS,
-    MAP_BACKEND_STATS,
-    MAP_CONNS,
-    MAP_CONN_STATS,
-];
-
-/// The network namespace this process runs in, as a path component:
-/// `None` in the host's, else `netns-<inode of /proc/self/ns/net>`.
-/// Interfaces of two namespaces may share a name (every container has an
-/// `eth0`), so pins and locks are keyed by both.
-pub fn netns_key() -> Option<String> {
-    netns_key_of(Path::new("/proc/self/ns/net"))
-}
-
-/// [`netns_key`] of the namespace file `ns` (`/proc/PID/ns/net`, or
-/// `/run/netns/NAME` for a namespace made by `ip netns add`). A namespace is
-/// the host's unless it differs from PID 1's or, when PID 1's cannot be
-/// read (a sandbox may deny it even to root), it is one of the named
-/// namespaces in `/run/netns`.
-pub fn netns_key_of(ns: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt as _;
-    let own = std::fs::metadata(ns).ok()?;
-    let same = |m: &std::fs::Metadata| m.ino() == own.ino() && m.dev() == own.dev();
-    let other = match std::fs::metadata("/proc/1/ns/net") {
-        Ok(init) => !same(&init),
-        Err(_) => std::fs::read_dir("/run/netns").is_ok_and(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .any(|e| std::fs::metadata(e.path()).is_ok_and(|m| same(&m)))
-        }),
-    };
-    other.then(|| netns_component(own.ino()))
-}
-
-/// The path component of the network namespace of inode `ino`.
-pub fn netns_component(ino: u64) -> String {
-    format!("netns-{ino}")
-}
-
-/// Where the data plane of `iface` in namespace `netns` ([`netns_key`]) is
-/// pinned: `/sys/fs/bpf/lb/<iface>`, or `/sys/fs/bpf/lb/<netns>/<iface>`.
-pub fn pin_dir_in(netns: Option<&str>, iface: &str) -> PathBuf {
-    let mut dir = PathBuf::from(PIN_ROOT);
-    dir.extend(netns);
-    dir.join(iface)
-}
-
-/// Where the data plane of `iface` in this process's namespace is pinned.
-pub fn pin_dir(iface: &str) -> PathBuf {
-    pin_dir_in(netns_key().as_deref(), iface)
-}
-
-/// The instance lock of `iface` in namespace `netns`:
-/// `/run/lb/<iface>.lock`, or `/run/lb/<netns>/<iface>.lock`.
-pub fn lock_path_in(netns: Option<&str>, iface: &str) -> PathBuf {
-    let mut path = PathBuf::from(LOCK_ROOT);
-    path.extend(netns);
-    path.join(format!("{iface}.lock"))
-}
+use reload::{Debounce, ReadConfig, read_config};
+use watch::watch;
 
 /// Raises this process's soft limit of open files to its hard limit, so
 /// API clients, health checks and map descriptors do not run out under a
@@ -220,104 +142,12 @@ pub enum AgentError {
     },
 }
 
-fn io_err(op: &'static str, path: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
+pub(crate) fn io_err(
+    op: &'static str,
+    path: impl Into<String>,
+) -> impl FnOnce(std::io::Error) -> AgentError {
     let path = path.into();
     move |source| AgentError::Io { op, path, source }
-}
-
-/// The embedded object, aligned as aya needs.
-pub fn object() -> &'static [u8] {
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"))
-}
-
-/// Loads the embedded object with its maps sized for `config`
-/// ([`Config::sizing`]: the Maglev map and the connection table); programs
-/// are not loaded into the kernel yet.
-///
-/// # Errors
-/// aya's error when the kernel refuses a map (memory, permissions).
-pub fn load_object(config: &Config) -> Result<Ebpf, aya::EbpfError> {
-    EbpfLoader::new()
-        .map_max_entries(MAP_MAGLEV, config.sizing.maglev_entries)
-        .map_max_entries(MAP_CONNS, config.sizing.conntrack_entries)
-        .load(object())
-}
-
-/// aya's attach mode for a configured mode.
-pub fn xdp_mode(mode: XdpModeConfig) -> XdpMode {
-    match mode {
-        XdpModeConfig::Auto => XdpMode::Default,
-        XdpModeConfig::Native => XdpMode::Driver,
-        XdpModeConfig::Generic => XdpMode::Skb,
-    }
-}
-
-/// Loads and attaches program `name` of `ebpf` to `iface`; returns the link.
-///
-/// # Errors
-/// [`AgentError::Program`] when the verifier or the attach refuses it.
-pub fn attach(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    iface: &str,
-    mode: XdpMode,
-) -> Result<XdpLink, AgentError> {
-    let program: &mut Xdp = ebpf
-        .program_mut(name)
-        .ok_or(AgentError::Program {
-            op: "find",
-            program: name,
-            source: aya::programs::ProgramError::NotLoaded,
-        })?
-        .try_into()
-        .map_err(|source| AgentError::Program {
-            op: "find",
-            program: name,
-            source,
-        })?;
-    program.load().map_err(|source| AgentError::Program {
-        op: "load",
-        program: name,
-        source,
-    })?;
-    let err = |op| {
-        move |source| AgentError::Program {
-            op,
-            program: name,
-            source,
-        }
-    };
-    let id = program.attach(iface, mode).map_err(err("attach"))?;
-    program.take_link(id).map_err(err("take link of"))
-}
-
-/// Name of the pinned XDP link in a pin directory.
-pub const LINK_PIN: &str = "link";
-
-/// Pins every map of `ebpf` under `dir` (created empty).
-fn pin_maps(ebpf: &Ebpf, dir: &Path) -> Result<(), AgentError> {
-    std::fs::create_dir_all(dir).map_err(io_err("create", dir.display().to_string()))?;
-    for (name, map) in ebpf.maps() {
-        map.pin(dir.join(name)).map_err(|e| AgentError::Io {
-            op: "pin map in",
-            path: dir.join(name).display().to_string(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-    }
-    Ok(())
-}
-
-/// Removes the pins of `dir`, then its parents up to `PIN_ROOT` when
-/// nothing else is left in them.
-fn unpin(dir: &Path) {
-    if let Err(e) = std::fs::remove_dir_all(dir) {
-        warn!("removing pins in {}: {e}", dir.display());
-    }
-    for parent in dir.ancestors().skip(1) {
-        if !parent.starts_with(PIN_ROOT) || std::fs::remove_dir(parent).is_err() {
-            break;
-        }
-    }
 }
 
 /// How `lb run` was asked to run.
@@ -329,42 +159,6 @@ pub struct RunOptions {
     pub iface: Option<String>,
     /// Leave the data plane attached and pinned on exit.
     pub keep_attached: bool,
-}
-
-/// Holds the interface's lock ([`lock_path_in`]) while the agent runs, so
-/// two agents never drive one data plane.
-struct InstanceLock {
-    _file: std::fs::File,
-    path: PathBuf,
-}
-
-impl Drop for InstanceLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-impl InstanceLock {
-    fn take(iface: &str) -> Result<Self, AgentError> {
-        let path = lock_path_in(netns_key().as_deref(), iface);
-        let dir = path.parent().unwrap_or(Path::new(LOCK_ROOT));
-        std::fs::create_dir_all(dir).map_err(io_err("create", dir.display().to_string()))?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err("open", path.display().to_string()))?;
-        // SAFETY: flock on a file descriptor we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            return Err(AgentError::Running {
-                iface: iface.to_string(),
-                lock: path.display().to_string(),
-            });
-        }
-        Ok(Self { _file: file, path })
-    }
 }
 
 /// The data plane the agent drives: its maps, counters and XDP link.
@@ -458,7 +252,7 @@ fn adopt(config: &Config, encap_source: Ipv4Addr, dir: &Path) -> Result<DataPlan
         return Err(AgentError::EmptyConfig { running });
     }
     let regions = maps.maglev_entries() / config.table_size.max(1);
-    let max_vips = crate::sizing::max_vips_of(regions);
+    let max_vips = crate::dataplane::sizing::max_vips_of(regions);
     if max_vips != config.sizing.max_vips {
         warn!(
             "the adopted data plane holds {max_vips} VIPs (maglev.max_vips when it started), the configuration asks {}: the adopted size stays until the agent is stopped without --keep-attached and started again",
@@ -618,69 +412,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// Quiet time after a change of the configuration file or a SIGHUP before
-/// the file is read: several quick writes or signals give one reload.
-const RELOAD_DEBOUNCE: Duration = Duration::from_millis(300);
-/// Longest a burst of changes or signals may delay a reload.
-const RELOAD_MAX_DELAY: Duration = Duration::from_secs(2);
-/// Longest the configuration file may take to read and validate; past it
-/// the reload is refused (the read goes on in a blocking thread, never in
-/// the event loop).
-const RELOAD_READ_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Coalesces reload triggers: a reload is due [`RELOAD_DEBOUNCE`] after the
-/// last trigger, and at most [`RELOAD_MAX_DELAY`] after the first.
-#[derive(Debug, Default)]
-struct Debounce {
-    first: Option<time::Instant>,
-    last: Option<time::Instant>,
-    reasons: Vec<&'static str>,
-}
-
-impl Debounce {
-    fn trigger(&mut self, why: &'static str) {
-        let now = time::Instant::now();
-        self.first.get_or_insert(now);
-        self.last = Some(now);
-        if !self.reasons.contains(&why) {
-            self.reasons.push(why);
-        }
-    }
-
-    /// When the pending reload is due, if one is.
-    fn due(&self) -> Option<time::Instant> {
-        Some((self.last? + RELOAD_DEBOUNCE).min(self.first? + RELOAD_MAX_DELAY))
-    }
-
-    /// Takes the pending reload's reasons (`SIGHUP`, `file changed`).
-    fn take(&mut self) -> String {
-        self.first = None;
-        self.last = None;
-        std::mem::take(&mut self.reasons).join(", ")
-    }
-}
-
-/// A configuration read (off the event loop) for a reload.
-type ReadConfig = (String, Result<Loaded, String>);
-
-/// Reads and validates `path` in a blocking thread, within
-/// [`RELOAD_READ_TIMEOUT`], and sends the result with `why` on `done`.
-fn read_config(path: PathBuf, why: String, done: mpsc::Sender<ReadConfig>) {
-    tokio::spawn(async move {
-        let shown = path.display().to_string();
-        let read = tokio::task::spawn_blocking(move || Config::load(&path));
-        let result = match time::timeout(RELOAD_READ_TIMEOUT, read).await {
-            Ok(Ok(loaded)) => loaded.map_err(|e| e.to_string()),
-            Ok(Err(e)) => Err(format!("reading {shown}: {e}")),
-            Err(_) => Err(format!(
-                "reading {shown} took longer than {}",
-                humantime::format_duration(RELOAD_READ_TIMEOUT)
-            )),
-        };
-        let _ = done.send((why, result)).await;
-    });
 }
 
 impl Agent {
@@ -858,50 +589,13 @@ impl Agent {
         if new.vips.is_empty() && !new.allow_empty && running > 0 {
             return Err(AgentError::EmptyConfig { running }.to_string());
         }
-        let immutable = [
-            (
-                "interface",
-                new.interface.is_some()
-                    && new.interface.as_deref() != Some(self.iface.as_str())
-                    && self.options.iface.is_none(),
-                format!("{:?} -> {:?}", self.config.interface, new.interface),
-            ),
-            (
-                "xdp_mode",
-                new.xdp_mode != self.config.xdp_mode,
-                format!("{:?} -> {:?}", self.config.xdp_mode, new.xdp_mode),
-            ),
-            (
-                "conntrack.max_entries",
-                new.conntrack_entries != self.config.conntrack_entries,
-                format!(
-                    "{} -> {}",
-                    self.config.conntrack_entries, new.conntrack_entries
-                ),
-            ),
-            (
-                "api.listen",
-                new.api_listen != self.config.api_listen,
-                format!("{} -> {}", self.config.api_listen, new.api_listen),
-            ),
-            (
-                "api.max_connections",
-                new.api_max_connections != self.config.api_max_connections,
-                format!(
-                    "{} -> {}",
-                    self.config.api_max_connections, new.api_max_connections
-                ),
-            ),
-            (
-                "maglev.max_vips",
-                new.sizing.max_vips != self.config.sizing.max_vips,
-                format!("{} -> {}", self.config.sizing.max_vips, new.sizing.max_vips),
-            ),
-        ];
-        if let Some((key, _, change)) = immutable.iter().find(|(_, changed, _)| *changed) {
-            return Err(format!(
-                "{key} cannot change by reload ({change}): restart the agent"
-            ));
+        if let Some(change) = reload::immutable_change(
+            &self.config,
+            &new,
+            &self.iface,
+            self.options.iface.is_some(),
+        ) {
+            return Err(change);
         }
         let source = encap_source(&new, &self.iface).map_err(|e| e.to_string())?;
         let changes = self
@@ -964,99 +658,5 @@ impl Agent {
                 info!("  backend {addr}: {} packets, {} bytes", c.packets, c.bytes);
             }
         }
-    }
-}
-
-/// What identifies the file a path leads to (symbolic links followed): a
-/// change of any part is a change of the configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum FileId {
-    /// Device, inode, size, modification and change times (ns).
-    Present(u64, u64, u64, i64, i64),
-    /// The path leads nowhere (or cannot be read).
-    Missing(std::io::ErrorKind),
-}
-
-fn file_id(path: &Path) -> FileId {
-    use std::os::unix::fs::MetadataExt as _;
-    match std::fs::metadata(path) {
-        Ok(m) => FileId::Present(
-            m.dev(),
-            m.ino(),
-            m.size(),
-            m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-            m.ctime() * 1_000_000_000 + m.ctime_nsec(),
-        ),
-        Err(e) => FileId::Missing(e.kind()),
-    }
-}
-
-/// Watches the directory of `path` and sends `()` on `changed` whenever
-/// the file `path` leads to is another or has changed: an edit in place,
-/// an editor's rename into place, or a Kubernetes ConfigMap update (the
-/// `..data` symbolic link replaced by a rename, the file itself a link
-/// through it). Every event in the directory makes one `stat` of `path`;
-/// events that change nothing it leads to are ignored.
-fn watch(path: &Path, changed: mpsc::Sender<()>) -> notify::Result<notify::RecommendedWatcher> {
-    use notify::Watcher as _;
-    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let dir = path
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    let last = std::sync::Mutex::new(file_id(&path));
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        if event.kind.is_access() {
-            return;
-        }
-        let now = file_id(&path);
-        let mut last = last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *last != now {
-            *last = now;
-            // Full: a reload is already pending.
-            let _ = changed.try_send(());
-        }
-    })?;
-    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
-    Ok(watcher)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn debounce_coalesces_a_burst_and_bounds_the_delay() {
-        let mut d = Debounce::default();
-        assert_eq!(d.due(), None, "nothing pending");
-        let start = time::Instant::now();
-        d.trigger("SIGHUP");
-        assert_eq!(d.due(), Some(start + RELOAD_DEBOUNCE));
-        // A trigger every 100 ms for 5 s: one reload due, 2 s after the first.
-        for _ in 0..50 {
-            time::advance(Duration::from_millis(100)).await;
-            d.trigger("SIGHUP");
-            d.trigger("file changed");
-        }
-        assert_eq!(d.due(), Some(start + RELOAD_MAX_DELAY));
-        assert_eq!(d.take(), "SIGHUP, file changed");
-        assert_eq!(d.due(), None);
-    }
-
-    #[test]
-    fn pins_and_locks_are_keyed_by_namespace() {
-        assert_eq!(pin_dir_in(None, "eth0"), Path::new("/sys/fs/bpf/lb/eth0"));
-        let ns = netns_component(4026532001);
-        assert_eq!(
-            pin_dir_in(Some(&ns), "eth0"),
-            Path::new("/sys/fs/bpf/lb/netns-4026532001/eth0")
-        );
-        assert_eq!(lock_path_in(None, "eth0"), Path::new("/run/lb/eth0.lock"));
-        assert_eq!(
-            lock_path_in(Some(&ns), "eth0"),
-            Path::new("/run/lb/netns-4026532001/eth0.lock")
-        );
     }
 }

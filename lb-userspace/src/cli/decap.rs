@@ -1,6 +1,9 @@
-//! `lb decap`: attach `xdp_decap` on a backend host for the VIPs it serves.
+//! `lb decap`: attach `xdp_decap` on a backend host for the VIPs it serves,
+//! until SIGINT or SIGTERM.
 
-use std::{future::Future, net::Ipv4Addr};
+use std::{future::Future, net::Ipv4Addr, process::ExitCode};
+
+use anyhow::Context as _;
 
 use aya::{
     EbpfLoader,
@@ -10,9 +13,12 @@ use lb_common::{AddrKey, MAP_DECAP_LOCAL, MAP_DECAP_VIPS};
 use log::info;
 
 use crate::{
-    agent::{self, AgentError},
+    agent::AgentError,
     config::XdpModeConfig,
-    maps::{self, MapWriteError},
+    dataplane::{
+        maps::{self, MapWriteError},
+        object::{attach, object, xdp_mode},
+    },
     netif,
 };
 
@@ -21,6 +27,14 @@ fn addr_map(
     name: &'static str,
 ) -> Result<HashMap<MapData, AddrKey, u32>, AgentError> {
     Ok(maps::take(ebpf, name)?)
+}
+
+/// Runs `lb decap --iface IFACE --vip ADDR... [--xdp-mode MODE]`.
+pub fn command(iface: &str, vips: &[Ipv4Addr], mode: XdpModeConfig) -> ExitCode {
+    super::report(super::block_on(|| async {
+        let shutdown = super::shutdown_signal();
+        run(iface, vips, mode, shutdown).await.context("lb decap")
+    }))
 }
 
 /// Refuses an address that cannot be a VIP (unspecified, broadcast,
@@ -56,7 +70,7 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     netif::ifindex(iface).ok_or_else(|| AgentError::UnknownInterface(iface.to_string()))?;
     check_vips(vips)?;
-    let mut ebpf = EbpfLoader::new().load(agent::object())?;
+    let mut ebpf = EbpfLoader::new().load(object())?;
     let mut vip_map = addr_map(&mut ebpf, MAP_DECAP_VIPS)?;
     let mut local_map = addr_map(&mut ebpf, MAP_DECAP_LOCAL)?;
     let locals = netif::ipv4_addresses(None).map_err(|source| AgentError::Io {
@@ -82,7 +96,7 @@ pub async fn run(
                 source,
             })?;
     }
-    let link = agent::attach(&mut ebpf, "xdp_decap", iface, agent::xdp_mode(mode))?;
+    let link = attach(&mut ebpf, "xdp_decap", iface, xdp_mode(mode))?;
     info!(
         "xdp_decap attached to {iface} ({mode:?} mode) for VIPs {vips:?}; outer destinations {locals:?}"
     );

@@ -8,7 +8,7 @@
 //! (healthy when new; as the maps say when adopted); its first check result
 //! sets its state directly; after that it takes `fall` consecutive failures
 //! to become unhealthy and `rise` consecutive successes to become healthy.
-//! A check that failed for a reason of this host ([`crate::probe::ProbeFailure::is_local`]:
+//! A check that failed for a reason of this host ([`probe::ProbeFailure::is_local`]:
 //! out of file descriptors, buffers or ports) is reported but is not a
 //! result: it neither counts toward `fall` nor breaks a streak, so a local
 //! shortage never marks a backend down.
@@ -17,10 +17,10 @@ use std::{collections::HashMap, net::SocketAddr};
 
 use tokio::{sync::mpsc, task::JoinHandle, time};
 
-use crate::{
-    config::{HealthCheck, HealthCheckKind},
-    probe::{self, Probe},
-};
+pub mod probe;
+
+use crate::config::{HealthCheck, HealthCheckKind};
+use probe::Probe;
 
 /// What to check: one backend of one VIP.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,7 +270,7 @@ mod tests {
 
     #[test]
     fn local_failures_never_mark_a_backend_down() {
-        let local: Probe = Err(crate::probe::ProbeFailure::Local {
+        let local: Probe = Err(probe::ProbeFailure::Local {
             step: "connect",
             reason: "emfile",
             message: "Too many open files (os error 24)".into(),
@@ -280,7 +280,7 @@ mod tests {
             assert_eq!(t.record_probe(&local), None);
         }
         // Nor do they break a streak: fall 2 counts real failures only.
-        let refused: Probe = Err(crate::probe::ProbeFailure::Refused);
+        let refused: Probe = Err(probe::ProbeFailure::Refused);
         assert_eq!(
             t.record_probe(&refused),
             Some(false),

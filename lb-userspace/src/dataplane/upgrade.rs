@@ -23,7 +23,10 @@ use aya::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::agent::{self, AgentError, LINK_PIN};
+use crate::{
+    agent::AgentError,
+    dataplane::{object, pins::LINK_PIN},
+};
 
 /// Name of the balancer's program in the object.
 pub const PROGRAM: &str = "xdp_lb";
@@ -157,7 +160,7 @@ pub fn upgrade(dir: &Path) -> Result<Upgrade, AgentError> {
     for name in &names {
         loader.map_pin_path(name, dir.join(name));
     }
-    let mut ebpf = loader.load(agent::object())?;
+    let mut ebpf = loader.load(object::object())?;
     let program: &mut Xdp = ebpf
         .program_mut(PROGRAM)
         .ok_or(AgentError::Program {

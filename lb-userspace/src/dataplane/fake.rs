@@ -1,0 +1,98 @@
+//! An in-memory [`MapWriter`] for unit tests (compiled for tests only).
+
+use std::{collections::HashMap as StdHashMap, net::Ipv4Addr};
+
+use lb_common::{AddrKey, Backend, Globals, VipKey, VipValue};
+
+use super::maps::{MapWriteError, MapWriter};
+
+/// In-memory [`MapWriter`] for tests: what the maps would hold, and how
+/// many writes were made.
+#[derive(Debug, Default, Clone)]
+pub struct FakeMaps {
+    /// The globals entry.
+    pub globals: Globals,
+    /// Allowed prefixes.
+    pub allow_v4: Vec<(Ipv4Addr, u8)>,
+    /// VIPs.
+    pub vips: StdHashMap<VipKey, VipValue>,
+    /// VIP addresses.
+    pub vip_addrs: StdHashMap<AddrKey, u32>,
+    /// Backends by id.
+    pub backends: StdHashMap<u32, Backend>,
+    /// Maglev map entries by index.
+    pub maglev: StdHashMap<u32, u32>,
+    /// Number of write calls of any kind so far.
+    pub writes: usize,
+}
+
+impl MapWriter for FakeMaps {
+    fn set_globals(&mut self, globals: &Globals) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        self.globals = *globals;
+        Ok(())
+    }
+    fn allow_v4(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        self.allow_v4.push((addr, prefix_len));
+        Ok(())
+    }
+    fn disallow_v4(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        self.allow_v4.retain(|&p| p != (addr, prefix_len));
+        Ok(())
+    }
+    fn set_vip(&mut self, key: &VipKey, value: &VipValue) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        self.vips.insert(*key, *value);
+        Ok(())
+    }
+    fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        self.vips.remove(key);
+        Ok(())
+    }
+    fn set_vip_addr(&mut self, key: &AddrKey, count: u32) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        if count == 0 {
+            self.vip_addrs.remove(key);
+        } else {
+            self.vip_addrs.insert(*key, count);
+        }
+        Ok(())
+    }
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        self.backends.insert(id, *backend);
+        Ok(())
+    }
+    fn write_table(&mut self, offset: u32, entries: &[u32]) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        for (i, id) in entries.iter().enumerate() {
+            self.maglev.insert(offset + i as u32, *id);
+        }
+        Ok(())
+    }
+    fn globals(&self) -> Result<Globals, MapWriteError> {
+        Ok(self.globals)
+    }
+    fn allowed_v4(&self) -> Result<Vec<(Ipv4Addr, u8)>, MapWriteError> {
+        Ok(self.allow_v4.clone())
+    }
+    fn vips(&self) -> Result<Vec<(VipKey, VipValue)>, MapWriteError> {
+        Ok(self.vips.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn vip_addrs(&self) -> Result<Vec<(AddrKey, u32)>, MapWriteError> {
+        Ok(self.vip_addrs.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn backends(&self) -> Result<Vec<(u32, Backend)>, MapWriteError> {
+        Ok((0..lb_common::MAX_BACKENDS)
+            .map(|id| (id, self.backends.get(&id).copied().unwrap_or_default()))
+            .collect())
+    }
+    fn table(&self, offset: u32, len: u32) -> Result<Vec<u32>, MapWriteError> {
+        Ok((offset..offset + len)
+            .map(|i| self.maglev.get(&i).copied().unwrap_or(0))
+            .collect())
+    }
+}

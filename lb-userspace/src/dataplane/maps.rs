@@ -1,0 +1,278 @@
+//! Writing the load balancer's maps: a small trait, so the Maglev and backend
+//! bookkeeping in [`crate::balancer`] is unit-tested without root, and its
+//! implementation over aya's maps (the Maglev map through
+//! [`super::maglev_map`]).
+
+use std::{net::Ipv4Addr, path::Path};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, lpm_trie::Key},
+};
+use lb_common::{
+    AddrKey, Backend, Globals, MAP_BACKENDS, MAP_GLOBALS, MAP_MAGLEV, MAP_SRC_ALLOW_V4,
+    MAP_VIP_ADDRS, MAP_VIPS, VipKey, VipValue,
+};
+
+use super::maglev_map::MaglevMap;
+
+/// A failed map operation.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} on map {map} failed: {source}")]
+pub struct MapWriteError {
+    /// Map name.
+    pub map: &'static str,
+    /// What was being done (`insert`, `remove`, `take`, …).
+    pub op: &'static str,
+    /// aya's error.
+    #[source]
+    pub source: MapError,
+}
+
+pub(crate) fn wrap(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> MapWriteError {
+    move |source| MapWriteError { map, op, source }
+}
+
+/// The writes the agent makes to the load balancer's maps, and the reads it
+/// needs to adopt maps filled by an earlier agent.
+pub trait MapWriter {
+    /// Replaces the single [`Globals`] entry.
+    fn set_globals(&mut self, globals: &Globals) -> Result<(), MapWriteError>;
+    /// Adds an allowed IPv4 source prefix.
+    fn allow_v4(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<(), MapWriteError>;
+    /// Removes an allowed IPv4 source prefix.
+    fn disallow_v4(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<(), MapWriteError>;
+    /// Inserts or replaces a VIP.
+    fn set_vip(&mut self, key: &VipKey, value: &VipValue) -> Result<(), MapWriteError>;
+    /// Removes a VIP.
+    fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapWriteError>;
+    /// Marks an address as carrying `count` VIPs; 0 removes the entry.
+    fn set_vip_addr(&mut self, key: &AddrKey, count: u32) -> Result<(), MapWriteError>;
+    /// Writes backend `id`.
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapWriteError>;
+    /// Writes `entries` into the Maglev map starting at index `offset`.
+    fn write_table(&mut self, offset: u32, entries: &[u32]) -> Result<(), MapWriteError>;
+
+    /// The [`Globals`] entry.
+    fn globals(&self) -> Result<Globals, MapWriteError>;
+    /// Every allowed IPv4 source prefix.
+    fn allowed_v4(&self) -> Result<Vec<(Ipv4Addr, u8)>, MapWriteError>;
+    /// Every VIP.
+    fn vips(&self) -> Result<Vec<(VipKey, VipValue)>, MapWriteError>;
+    /// Every VIP address with its VIP count.
+    fn vip_addrs(&self) -> Result<Vec<(AddrKey, u32)>, MapWriteError>;
+    /// Every backend entry, free ones included, by id.
+    fn backends(&self) -> Result<Vec<(u32, Backend)>, MapWriteError>;
+    /// `len` entries of the Maglev map from index `offset`.
+    fn table(&self, offset: u32, len: u32) -> Result<Vec<u32>, MapWriteError>;
+}
+
+/// [`MapWriter`] over the maps of a loaded `xdp_lb` object, or of a pinned one.
+pub struct AyaMaps {
+    vips: HashMap<MapData, VipKey, VipValue>,
+    vip_addrs: HashMap<MapData, AddrKey, u32>,
+    maglev: MaglevMap,
+    backends: Array<MapData, Backend>,
+    allow_v4: LpmTrie<MapData, [u8; 4], u32>,
+    globals: Array<MapData, Globals>,
+}
+
+/// Takes map `name` out of a loaded object as type `T`.
+///
+/// # Errors
+/// The map is missing or of another type.
+pub fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapWriteError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or_else(|| MapWriteError {
+        map: name,
+        op: "take",
+        source: MapError::InvalidName {
+            name: name.to_string(),
+        },
+    })?;
+    T::try_from(map).map_err(wrap(name, "take"))
+}
+
+/// Opens map `name` pinned in `dir` as type `T`.
+///
+/// # Errors
+/// The pin is missing, or the map is of another type or key/value size.
+pub fn open_pin<T>(dir: &Path, name: &'static str) -> Result<T, MapWriteError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let data = MapData::from_pin(dir.join(name)).map_err(wrap(name, "open pin"))?;
+    let map = aya::maps::Map::from_map_data(data).map_err(wrap(name, "open pin"))?;
+    T::try_from(map).map_err(wrap(name, "open pin"))
+}
+
+impl AyaMaps {
+    /// Takes the writable maps out of a loaded object.
+    ///
+    /// # Errors
+    /// A map is missing or of another type than expected.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapWriteError> {
+        let maglev = ebpf.take_map(MAP_MAGLEV).ok_or_else(|| MapWriteError {
+            map: MAP_MAGLEV,
+            op: "take",
+            source: MapError::InvalidName {
+                name: MAP_MAGLEV.to_string(),
+            },
+        })?;
+        let aya::maps::Map::Array(maglev) = maglev else {
+            return Err(MapWriteError {
+                map: MAP_MAGLEV,
+                op: "take",
+                source: MapError::InvalidMapType { map_type: 0 },
+            });
+        };
+        Ok(Self {
+            vips: take(ebpf, MAP_VIPS)?,
+            vip_addrs: take(ebpf, MAP_VIP_ADDRS)?,
+            maglev: MaglevMap::new(maglev)?,
+            backends: take(ebpf, MAP_BACKENDS)?,
+            allow_v4: take(ebpf, MAP_SRC_ALLOW_V4)?,
+            globals: take(ebpf, MAP_GLOBALS)?,
+        })
+    }
+
+    /// Opens the writable maps pinned in `dir` by an earlier agent.
+    ///
+    /// # Errors
+    /// A pin is missing, or a map is of another type or size than this
+    /// agent's (check [`pinned_layout`] first for a clearer message).
+    pub fn from_pins(dir: &Path) -> Result<Self, MapWriteError> {
+        let maglev =
+            MapData::from_pin(dir.join(MAP_MAGLEV)).map_err(wrap(MAP_MAGLEV, "open pin"))?;
+        Ok(Self {
+            vips: open_pin(dir, MAP_VIPS)?,
+            vip_addrs: open_pin(dir, MAP_VIP_ADDRS)?,
+            maglev: MaglevMap::new(maglev)?,
+            backends: open_pin(dir, MAP_BACKENDS)?,
+            allow_v4: open_pin(dir, MAP_SRC_ALLOW_V4)?,
+            globals: open_pin(dir, MAP_GLOBALS)?,
+        })
+    }
+
+    /// Capacity of the Maglev map, in entries.
+    pub fn maglev_entries(&self) -> u32 {
+        self.maglev.entries as u32
+    }
+}
+
+/// The layout version stored by the agent that filled the maps pinned in
+/// `dir` ([`Globals::layout_version`]), read without assuming this agent's
+/// layout: `Ok(None)` when the globals entry has another size than this
+/// agent's [`Globals`] (so another layout, older than version numbers or
+/// newer).
+///
+/// # Errors
+/// The globals pin is missing or unreadable.
+pub fn pinned_layout(dir: &Path) -> Result<Option<u32>, MapWriteError> {
+    let data = MapData::from_pin(dir.join(MAP_GLOBALS)).map_err(wrap(MAP_GLOBALS, "open pin"))?;
+    let info = data.info().map_err(wrap(MAP_GLOBALS, "inspect"))?;
+    if info.value_size() as usize != size_of::<Globals>() {
+        return Ok(None);
+    }
+    let globals: Array<MapData, Globals> =
+        Array::try_from(aya::maps::Map::Array(data)).map_err(wrap(MAP_GLOBALS, "open pin"))?;
+    let g = globals.get(&0, 0).map_err(wrap(MAP_GLOBALS, "get"))?;
+    Ok(Some(g.layout_version))
+}
+
+impl MapWriter for AyaMaps {
+    fn set_globals(&mut self, globals: &Globals) -> Result<(), MapWriteError> {
+        self.globals
+            .set(0, globals, 0)
+            .map_err(wrap(MAP_GLOBALS, "set"))
+    }
+
+    fn allow_v4(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<(), MapWriteError> {
+        self.allow_v4
+            .insert(&Key::new(u32::from(prefix_len), addr.octets()), 1, 0)
+            .map_err(wrap(MAP_SRC_ALLOW_V4, "insert"))
+    }
+
+    fn disallow_v4(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<(), MapWriteError> {
+        self.allow_v4
+            .remove(&Key::new(u32::from(prefix_len), addr.octets()))
+            .map_err(wrap(MAP_SRC_ALLOW_V4, "remove"))
+    }
+
+    fn set_vip(&mut self, key: &VipKey, value: &VipValue) -> Result<(), MapWriteError> {
+        self.vips
+            .insert(key, value, 0)
+            .map_err(wrap(MAP_VIPS, "insert"))
+    }
+
+    fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapWriteError> {
+        self.vips.remove(key).map_err(wrap(MAP_VIPS, "remove"))
+    }
+
+    fn set_vip_addr(&mut self, key: &AddrKey, count: u32) -> Result<(), MapWriteError> {
+        if count == 0 {
+            return self
+                .vip_addrs
+                .remove(key)
+                .map_err(wrap(MAP_VIP_ADDRS, "remove"));
+        }
+        self.vip_addrs
+            .insert(key, count, 0)
+            .map_err(wrap(MAP_VIP_ADDRS, "insert"))
+    }
+
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapWriteError> {
+        self.backends
+            .set(id, backend, 0)
+            .map_err(wrap(MAP_BACKENDS, "set"))
+    }
+
+    fn write_table(&mut self, offset: u32, entries: &[u32]) -> Result<(), MapWriteError> {
+        self.maglev.write(offset, entries)
+    }
+
+    fn globals(&self) -> Result<Globals, MapWriteError> {
+        self.globals.get(&0, 0).map_err(wrap(MAP_GLOBALS, "get"))
+    }
+
+    fn allowed_v4(&self) -> Result<Vec<(Ipv4Addr, u8)>, MapWriteError> {
+        self.allow_v4
+            .keys()
+            .map(|k| {
+                k.map(|k| (Ipv4Addr::from(k.data()), k.prefix_len() as u8))
+                    .map_err(wrap(MAP_SRC_ALLOW_V4, "iterate"))
+            })
+            .collect()
+    }
+
+    fn vips(&self) -> Result<Vec<(VipKey, VipValue)>, MapWriteError> {
+        self.vips
+            .iter()
+            .map(|r| r.map_err(wrap(MAP_VIPS, "iterate")))
+            .collect()
+    }
+
+    fn vip_addrs(&self) -> Result<Vec<(AddrKey, u32)>, MapWriteError> {
+        self.vip_addrs
+            .iter()
+            .map(|r| r.map_err(wrap(MAP_VIP_ADDRS, "iterate")))
+            .collect()
+    }
+
+    fn backends(&self) -> Result<Vec<(u32, Backend)>, MapWriteError> {
+        self.backends
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.map(|b| (i as u32, b))
+                    .map_err(wrap(MAP_BACKENDS, "iterate"))
+            })
+            .collect()
+    }
+
+    fn table(&self, offset: u32, len: u32) -> Result<Vec<u32>, MapWriteError> {
+        self.maglev.read(offset, len)
+    }
+}

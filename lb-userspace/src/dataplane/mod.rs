@@ -1,0 +1,15 @@
+//! The kernel side as the agent sees it: the embedded object and its
+//! programs ([`object`]), where a data plane is pinned and locked
+//! ([`pins`]), its maps and counters ([`maps`]), how big a configuration
+//! makes them ([`sizing`]), and replacing the program of a running data
+//! plane ([`upgrade`]).
+
+#[cfg(test)]
+pub mod fake;
+pub mod maglev_map;
+pub mod maps;
+pub mod object;
+pub mod pins;
+pub mod sizing;
+pub mod stats;
+pub mod upgrade;

@@ -1,0 +1,79 @@
+//! The embedded object: loading it with maps sized for a configuration, and
+//! loading and attaching one of its programs.
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{Xdp, XdpMode, xdp::XdpLink},
+};
+use lb_common::{MAP_CONNS, MAP_MAGLEV};
+
+use crate::{
+    agent::AgentError,
+    config::{Config, XdpModeConfig},
+};
+
+/// The embedded object, aligned as aya needs.
+pub fn object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"))
+}
+
+/// Loads the embedded object with its maps sized for `config`
+/// ([`Config::sizing`]: the Maglev map and the connection table); programs
+/// are not loaded into the kernel yet.
+///
+/// # Errors
+/// aya's error when the kernel refuses a map (memory, permissions).
+pub fn load_object(config: &Config) -> Result<Ebpf, aya::EbpfError> {
+    EbpfLoader::new()
+        .map_max_entries(MAP_MAGLEV, config.sizing.maglev_entries)
+        .map_max_entries(MAP_CONNS, config.sizing.conntrack_entries)
+        .load(object())
+}
+
+/// aya's attach mode for a configured mode.
+pub fn xdp_mode(mode: XdpModeConfig) -> XdpMode {
+    match mode {
+        XdpModeConfig::Auto => XdpMode::Default,
+        XdpModeConfig::Native => XdpMode::Driver,
+        XdpModeConfig::Generic => XdpMode::Skb,
+    }
+}
+
+/// Loads and attaches program `name` of `ebpf` to `iface`; returns the link.
+///
+/// # Errors
+/// [`AgentError::Program`] when the verifier or the attach refuses it.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    iface: &str,
+    mode: XdpMode,
+) -> Result<XdpLink, AgentError> {
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(AgentError::Program {
+            op: "find",
+            program: name,
+            source: aya::programs::ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(|source| AgentError::Program {
+            op: "find",
+            program: name,
+            source,
+        })?;
+    program.load().map_err(|source| AgentError::Program {
+        op: "load",
+        program: name,
+        source,
+    })?;
+    let err = |op| {
+        move |source| AgentError::Program {
+            op,
+            program: name,
+            source,
+        }
+    };
+    let id = program.attach(iface, mode).map_err(err("attach"))?;
+    program.take_link(id).map_err(err("take link of"))
+}

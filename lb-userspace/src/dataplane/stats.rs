@@ -1,0 +1,80 @@
+//! Reading the per-CPU counters of a data plane, summed over CPUs.
+
+use std::path::Path;
+
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray},
+};
+use lb_common::{
+    ConnEvent, Counter, MAP_BACKEND_STATS, MAP_CONN_STATS, MAP_STATS, MAP_VIP_STATS, Outcome,
+};
+
+use super::maps::{MapWriteError, open_pin, take};
+
+/// Reads the per-CPU counters of a loaded (or pinned) data plane, summed over CPUs.
+pub struct StatsReader {
+    outcomes: PerCpuArray<MapData, Counter>,
+    vips: PerCpuArray<MapData, Counter>,
+    backends: PerCpuArray<MapData, Counter>,
+    conns: PerCpuArray<MapData, Counter>,
+}
+
+fn sum(map: &PerCpuArray<MapData, Counter>, index: u32) -> Counter {
+    let mut total = Counter::default();
+    if let Ok(values) = map.get(&index, 0) {
+        for c in values.iter() {
+            total.packets += c.packets;
+            total.bytes += c.bytes;
+        }
+    }
+    total
+}
+
+impl StatsReader {
+    /// Takes the counter maps out of a loaded object.
+    ///
+    /// # Errors
+    /// A map is missing or of another type.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapWriteError> {
+        Ok(Self {
+            outcomes: take(ebpf, MAP_STATS)?,
+            vips: take(ebpf, MAP_VIP_STATS)?,
+            backends: take(ebpf, MAP_BACKEND_STATS)?,
+            conns: take(ebpf, MAP_CONN_STATS)?,
+        })
+    }
+
+    /// Opens the counter maps pinned in `dir` (by `lb run`).
+    ///
+    /// # Errors
+    /// A pin is missing or not a map of the expected type.
+    pub fn from_pins(dir: &Path) -> Result<Self, MapWriteError> {
+        Ok(Self {
+            outcomes: open_pin(dir, MAP_STATS)?,
+            vips: open_pin(dir, MAP_VIP_STATS)?,
+            backends: open_pin(dir, MAP_BACKEND_STATS)?,
+            conns: open_pin(dir, MAP_CONN_STATS)?,
+        })
+    }
+
+    /// Counter of one outcome.
+    pub fn outcome(&self, outcome: Outcome) -> Counter {
+        sum(&self.outcomes, outcome as u32)
+    }
+
+    /// Counter of one connection-table event.
+    pub fn conn(&self, event: ConnEvent) -> Counter {
+        sum(&self.conns, event as u32)
+    }
+
+    /// Counter of VIP id `id`.
+    pub fn vip(&self, id: u32) -> Counter {
+        sum(&self.vips, id)
+    }
+
+    /// Counter of backend id `id`.
+    pub fn backend(&self, id: u32) -> Counter {
+        sum(&self.backends, id)
+    }
+}
