@@ -1,5 +1,7 @@
 //! Every validation rule, with the message it gives.
 
+use lb_common::MAX_TABLE_SIZE;
+
 use super::*;
 
 const GOOD: &str = r#"

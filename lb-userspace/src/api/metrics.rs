@@ -1,0 +1,296 @@
+//! `/metrics`: the collector that reads the counters at each scrape, and the
+//! two text formats (Prometheus 0.0.4 and OpenMetrics 1.0), chosen by the
+//! client's `Accept` header.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+};
+
+use super::{
+    Api,
+    shared::{Labels, Shared},
+    status::{BackendStatus, Status, Traffic},
+};
+
+/// The scrape-time collector of everything but the latency histogram.
+#[derive(Debug)]
+pub(crate) struct LbCollector(pub(crate) Arc<Shared>);
+
+fn counters(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(Labels, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in values {
+        ConstCounter::new(*value).encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauges(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: &[(Labels, i64)],
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in values {
+        ConstGauge::new(*value).encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+/// One value per backend, labelled (vip, backend).
+fn per_backend<T>(s: &Status, f: impl Fn(&BackendStatus) -> T) -> Vec<(Labels, T)> {
+    s.vips
+        .iter()
+        .flat_map(|v| {
+            v.backends.iter().map(|b| {
+                (
+                    vec![("vip", v.name.clone()), ("backend", b.address.clone())],
+                    f(b),
+                )
+            })
+        })
+        .collect()
+}
+
+impl Collector for LbCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.status();
+        let e = &mut encoder;
+        let each = |f: fn(&Traffic) -> u64| -> Vec<(Labels, u64)> {
+            s.outcomes
+                .iter()
+                .map(|(o, t)| (vec![("outcome", o.clone())], f(t)))
+                .collect()
+        };
+        counters(
+            e,
+            "lb_packets",
+            "Packets by outcome in xdp_lb, summed over CPUs.",
+            &each(|t| t.packets),
+        )?;
+        counters(
+            e,
+            "lb_bytes",
+            "Bytes by outcome in xdp_lb, summed over CPUs.",
+            &each(|t| t.bytes),
+        )?;
+        let conn: Vec<(Labels, u64)> = s
+            .conntrack
+            .iter()
+            .map(|(ev, t)| (vec![("event", ev.clone())], t.packets))
+            .collect();
+        counters(
+            e,
+            "lb_conntrack_events",
+            "Connection-table lookups: hit, miss, rehash.",
+            &conn,
+        )?;
+        let vip = |f: fn(&Traffic) -> u64| -> Vec<(Labels, u64)> {
+            s.vips
+                .iter()
+                .map(|v| (vec![("vip", v.name.clone())], f(&v.traffic)))
+                .collect()
+        };
+        counters(
+            e,
+            "lb_vip_packets",
+            "Packets forwarded per VIP.",
+            &vip(|t| t.packets),
+        )?;
+        counters(
+            e,
+            "lb_vip_bytes",
+            "Bytes forwarded per VIP.",
+            &vip(|t| t.bytes),
+        )?;
+        counters(
+            e,
+            "lb_backend_packets",
+            "Packets sent per backend.",
+            &per_backend(&s, |b| b.traffic.packets),
+        )?;
+        counters(
+            e,
+            "lb_backend_bytes",
+            "Bytes sent per backend.",
+            &per_backend(&s, |b| b.traffic.bytes),
+        )?;
+        gauges(
+            e,
+            "lb_backend_healthy",
+            "1 when the backend passes its health check.",
+            &per_backend(&s, |b| i64::from(b.state != "unhealthy")),
+        )?;
+        gauges(
+            e,
+            "lb_backend_weight",
+            "Configured weight (0: draining).",
+            &per_backend(&s, |b| i64::from(b.weight)),
+        )?;
+        counters(
+            e,
+            "lb_reloads",
+            "Configuration reloads by result.",
+            &[
+                (vec![("result", "applied".into())], s.reloads.applied),
+                (vec![("result", "rejected".into())], s.reloads.rejected),
+            ],
+        )?;
+        gauges(
+            e,
+            "lb_uptime_seconds",
+            "Seconds since the agent started.",
+            &[(vec![], s.uptime_seconds as i64)],
+        )?;
+        gauges(
+            e,
+            "lb_build_info",
+            "The agent's version.",
+            &[(vec![("version", s.version.clone())], 1)],
+        )?;
+        Ok(())
+    }
+}
+
+/// Content type of the OpenMetrics text format (OpenMetrics 1.0).
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of the Prometheus text format 0.0.4.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether an `Accept` header asks for OpenMetrics: it names
+/// `application/openmetrics-text` with a quality above 0 and at least that
+/// of `text/plain` (Prometheus sends both, OpenMetrics first).
+pub fn wants_openmetrics(accept: &str) -> bool {
+    let quality = |wanted: &str| -> Option<f32> {
+        accept
+            .split(',')
+            .filter_map(|item| {
+                let mut parts = item.split(';').map(str::trim);
+                let media = parts.next()?;
+                if !media.eq_ignore_ascii_case(wanted) {
+                    return None;
+                }
+                let q = parts
+                    .find_map(|p| p.strip_prefix("q="))
+                    .and_then(|q| q.parse().ok())
+                    .unwrap_or(1.0);
+                Some(q)
+            })
+            .reduce(f32::max)
+    };
+    match (
+        quality("application/openmetrics-text"),
+        quality("text/plain"),
+    ) {
+        (Some(om), Some(text)) => om > 0.0 && om >= text,
+        (Some(om), None) => om > 0.0,
+        _ => false,
+    }
+}
+
+/// Rewrites OpenMetrics text (as prometheus-client encodes it) into the
+/// Prometheus text format 0.0.4: a counter family is named by its samples
+/// (`x_total`), `# UNIT` and `# EOF` lines go, `unknown` becomes `untyped`.
+/// Sample lines are the same in both formats.
+pub fn openmetrics_to_prometheus(text: &str) -> String {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len() + 64);
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            let tail = if *prefix == "# TYPE " && tail == "unknown" {
+                "untyped"
+            } else {
+                tail
+            };
+            let suffix = if counters.contains(name) {
+                "_total"
+            } else {
+                ""
+            };
+            Some(format!("{prefix}{name}{suffix} {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+pub(crate) async fn metrics(
+    State(api): State<Arc<Api>>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let mut body = String::new();
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(wants_openmetrics);
+    match prometheus_client::encoding::text::encode(&mut body, &api.registry) {
+        Ok(()) if openmetrics => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
+            body,
+        ),
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
+            openmetrics_to_prometheus(&body),
+        ),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            "encoding failed\n".to_string(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_header_picks_the_format() {
+        // What Prometheus 2.x sends: OpenMetrics first.
+        assert!(wants_openmetrics(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        ));
+        assert!(!wants_openmetrics("text/plain;version=0.0.4"));
+        assert!(!wants_openmetrics("*/*"));
+        assert!(!wants_openmetrics(
+            "application/openmetrics-text;q=0.2,text/plain;q=0.9"
+        ));
+        assert!(!wants_openmetrics("application/openmetrics-text;q=0"));
+    }
+
+    #[test]
+    fn openmetrics_becomes_the_0_0_4_text_format() {
+        let openmetrics = "# HELP lb_packets Packets.\n# TYPE lb_packets counter\nlb_packets_total{outcome=\"pass\"} 3\n# HELP lb_up Up.\n# TYPE lb_up gauge\n# UNIT lb_up seconds\nlb_up 1\n# HELP lb_x X.\n# TYPE lb_x unknown\nlb_x 2\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_prometheus(openmetrics),
+            "# HELP lb_packets_total Packets.\n# TYPE lb_packets_total counter\nlb_packets_total{outcome=\"pass\"} 3\n# HELP lb_up Up.\n# TYPE lb_up gauge\nlb_up 1\n# HELP lb_x X.\n# TYPE lb_x untyped\nlb_x 2\n"
+        );
+    }
+}

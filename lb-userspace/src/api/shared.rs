@@ -1,0 +1,238 @@
+//! What the API shows, kept current by the agent: VIPs and backends, last
+//! health checks, reloads, the running program; counters are read from the
+//! maps at each request.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use lb_common::{ConnEvent, Outcome};
+use prometheus_client::metrics::{
+    counter::Counter as PromCounter,
+    family::Family,
+    histogram::{Histogram, exponential_buckets},
+};
+
+use super::status::{BackendStatus, LastCheck, Reloads, Status, VipStatus};
+use crate::{
+    balancer::VipState,
+    dataplane::{stats::StatsReader, upgrade::ProgramId},
+    health::probe::{Probe, ProbeFailure},
+};
+
+#[derive(Debug, Clone)]
+struct BackendView {
+    id: u32,
+    address: String,
+    weight: u32,
+    healthy: bool,
+}
+
+#[derive(Debug, Clone)]
+struct VipView {
+    id: u32,
+    name: String,
+    address: String,
+    protocol: String,
+    health_check: String,
+    backends: Vec<BackendView>,
+}
+
+#[derive(Debug, Default)]
+struct View {
+    vips: Vec<VipView>,
+    /// Metric labels (vip, backend) by backend id, built with `vips`.
+    labels: HashMap<u32, Labels>,
+    checks: HashMap<u32, (Probe, Instant)>,
+    reloads: Reloads,
+}
+
+pub(crate) type Labels = Vec<(&'static str, String)>;
+
+/// What the API shows, shared by the agent (writer) and the server.
+pub struct Shared {
+    started: Instant,
+    interface: String,
+    view: Mutex<View>,
+    stats: Mutex<StatsReader>,
+    program: Mutex<Option<ProgramId>>,
+    pub(crate) check_latency: Family<Labels, Histogram, fn() -> Histogram>,
+    pub(crate) check_errors: Family<Labels, PromCounter>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("interface", &self.interface)
+            .finish_non_exhaustive()
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to about 4 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    /// State for the data plane on `interface`, whose counters `stats` reads.
+    pub fn new(interface: &str, stats: StatsReader) -> Arc<Self> {
+        Arc::new(Self {
+            started: Instant::now(),
+            interface: interface.to_string(),
+            view: Mutex::new(View::default()),
+            stats: Mutex::new(stats),
+            program: Mutex::new(None),
+            check_latency: Family::new_with_constructor(latency_histogram),
+            check_errors: Family::default(),
+        })
+    }
+
+    /// Replaces the VIPs and backends shown (after a start, reload or
+    /// health change).
+    pub fn set_vips(&self, vips: &[VipState]) {
+        let views: Vec<VipView> = vips
+            .iter()
+            .map(|v| VipView {
+                id: v.id,
+                name: v.config.name.clone(),
+                address: format!("{}:{}", v.config.address, v.config.port),
+                protocol: v.config.protocol.to_string(),
+                health_check: v.config.health_check.kind.to_string(),
+                backends: v
+                    .backends
+                    .iter()
+                    .map(|b| BackendView {
+                        id: b.id,
+                        address: b.address.to_string(),
+                        weight: b.weight,
+                        healthy: b.healthy,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let labels: HashMap<u32, Labels> = views
+            .iter()
+            .flat_map(|v| {
+                v.backends.iter().map(|b| {
+                    let labels = vec![("vip", v.name.clone()), ("backend", b.address.clone())];
+                    (b.id, labels)
+                })
+            })
+            .collect();
+        let mut view = lock(&self.view);
+        view.checks.retain(|id, _| labels.contains_key(id));
+        view.vips = views;
+        view.labels = labels;
+    }
+
+    /// Sets the program the data plane runs (after a start or an upgrade).
+    pub fn set_program(&self, program: ProgramId) {
+        *lock(&self.program) = Some(program);
+    }
+
+    /// Records a health-check result of backend `backend_id`; a local
+    /// failure (not a verdict on the backend) is counted in
+    /// `lb_health_check_errors_total{reason}`.
+    pub fn record_check(&self, backend_id: u32, probe: &Probe) {
+        if let Err(ProbeFailure::Local { reason, .. }) = probe {
+            self.check_errors
+                .get_or_create(&vec![("reason", (*reason).to_string())])
+                .inc();
+        }
+        let mut view = lock(&self.view);
+        if let (Ok(latency), Some(labels)) = (probe, view.labels.get(&backend_id)) {
+            self.check_latency
+                .get_or_create(labels)
+                .observe(latency.as_secs_f64());
+        }
+        view.checks
+            .insert(backend_id, (probe.clone(), Instant::now()));
+    }
+
+    /// Counts a reload: `Ok` applied, `Err(errors)` rejected.
+    pub fn record_reload(&self, result: Result<(), String>) {
+        let mut view = lock(&self.view);
+        match result {
+            Ok(()) => {
+                view.reloads.applied += 1;
+                view.reloads.last_error = None;
+            }
+            Err(e) => {
+                view.reloads.rejected += 1;
+                view.reloads.last_error = Some(e);
+            }
+        }
+    }
+
+    /// Reloads so far.
+    pub fn reloads(&self) -> Reloads {
+        lock(&self.view).reloads.clone()
+    }
+
+    /// The current status, counters read now.
+    pub fn status(&self) -> Status {
+        let view = lock(&self.view);
+        let stats = lock(&self.stats);
+        let vips = view
+            .vips
+            .iter()
+            .map(|v| VipStatus {
+                name: v.name.clone(),
+                address: v.address.clone(),
+                protocol: v.protocol.clone(),
+                health_check: v.health_check.clone(),
+                traffic: stats.vip(v.id).into(),
+                backends: v
+                    .backends
+                    .iter()
+                    .map(|b| BackendStatus {
+                        address: b.address.clone(),
+                        weight: b.weight,
+                        state: match (b.healthy, b.weight) {
+                            (false, _) => "unhealthy",
+                            (true, 0) => "draining",
+                            (true, _) => "healthy",
+                        }
+                        .to_string(),
+                        last_check: view.checks.get(&b.id).map(|(probe, at)| LastCheck {
+                            ok: probe.is_ok(),
+                            latency_ms: probe.as_ref().ok().map(|d| d.as_secs_f64() * 1e3),
+                            reason: match probe {
+                                Ok(_) => "ok".to_string(),
+                                Err(e) => e.to_string(),
+                            },
+                            age_seconds: at.elapsed().as_secs_f64(),
+                        }),
+                        traffic: stats.backend(b.id).into(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            interface: self.interface.clone(),
+            program: *lock(&self.program),
+            vips,
+            outcomes: Outcome::ALL
+                .iter()
+                .map(|&o| (o.name().to_string(), stats.outcome(o).into()))
+                .collect(),
+            conntrack: [
+                ("hit", ConnEvent::Hit),
+                ("miss", ConnEvent::Miss),
+                ("rehash", ConnEvent::Rehash),
+            ]
+            .into_iter()
+            .map(|(name, e)| (name.to_string(), stats.conn(e).into()))
+            .collect(),
+            reloads: view.reloads.clone(),
+        }
+    }
+}

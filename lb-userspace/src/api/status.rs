@@ -1,0 +1,198 @@
+//! `/status`: the wire types shared by the agent's API and `lb status`, the
+//! client that fetches them, and the table `lb status` prints.
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use lb_common::Counter;
+use serde::{Deserialize, Serialize};
+
+use crate::dataplane::upgrade::ProgramId;
+
+/// Packets and bytes, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Traffic {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+impl From<Counter> for Traffic {
+    fn from(c: Counter) -> Self {
+        Self {
+            packets: c.packets,
+            bytes: c.bytes,
+        }
+    }
+}
+
+/// The last health check of a backend.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LastCheck {
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Latency in milliseconds, on success.
+    pub latency_ms: Option<f64>,
+    /// Why it failed (`refused`, `timeout after 250ms`, `status 500,
+    /// expected 200`, ...), or "ok".
+    pub reason: String,
+    /// Seconds since it completed.
+    pub age_seconds: f64,
+}
+
+/// A backend on `/status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackendStatus {
+    /// Address.
+    pub address: String,
+    /// Weight (0: draining).
+    pub weight: u32,
+    /// `healthy`, `unhealthy` or `draining` (healthy, weight 0).
+    pub state: String,
+    /// Last health check, if any ran.
+    pub last_check: Option<LastCheck>,
+    /// Traffic sent to it.
+    pub traffic: Traffic,
+}
+
+/// A VIP on `/status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VipStatus {
+    /// Name.
+    pub name: String,
+    /// `address:port` (port 0: every port).
+    pub address: String,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// Health-check kind.
+    pub health_check: String,
+    /// Traffic to it.
+    pub traffic: Traffic,
+    /// Its backends, in configuration order.
+    pub backends: Vec<BackendStatus>,
+}
+
+/// Reloads so far.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Reloads {
+    /// Applied (unchanged files included).
+    pub applied: u64,
+    /// Rejected (invalid, or not applicable); the running config stayed.
+    pub rejected: u64,
+    /// Errors of the last rejected configuration, until one is applied.
+    pub last_error: Option<String>,
+}
+
+/// `/status`: the running configuration's VIPs and backends with state, last
+/// check and counters; per-outcome and connection-table counters; reloads.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    /// Agent version.
+    pub version: String,
+    /// Seconds since the agent started.
+    pub uptime_seconds: f64,
+    /// Interface the data plane is attached to.
+    pub interface: String,
+    /// The `xdp_lb` program the interface's link runs.
+    pub program: Option<ProgramId>,
+    /// VIPs.
+    pub vips: Vec<VipStatus>,
+    /// Packets and bytes per outcome (`forwarded_tx`, `drop_source_filter`, ...).
+    pub outcomes: BTreeMap<String, Traffic>,
+    /// Connection-table events: `hit`, `miss`, `rehash`.
+    pub conntrack: BTreeMap<String, Traffic>,
+    /// Reloads.
+    pub reloads: Reloads,
+}
+
+/// Fetches `/status` from an agent's API at `api` (for `lb status`).
+///
+/// # Errors
+/// No answer within `timeout`, a status other than 200, or a body that is
+/// not a [`Status`].
+pub async fn fetch_status(api: SocketAddr, timeout: Duration) -> anyhow::Result<Status> {
+    use anyhow::Context as _;
+    use http_body_util::{BodyExt as _, Empty};
+    let fetch = async {
+        let stream = tokio::net::TcpStream::connect(api)
+            .await
+            .with_context(|| format!("connecting to the agent's API at {api}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        let conn = tokio::spawn(conn);
+        let request = hyper::Request::get("/status")
+            .header(hyper::header::HOST, api.to_string())
+            .body(Empty::<hyper::body::Bytes>::new())?;
+        let response = sender.send_request(request).await?;
+        let code = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        conn.abort();
+        anyhow::ensure!(
+            code == hyper::StatusCode::OK,
+            "{api}/status answered {code}"
+        );
+        serde_json::from_slice(&body).context("parsing /status")
+    };
+    tokio::time::timeout(timeout, fetch)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from {api} within {timeout:?}"))?
+}
+
+/// `lb status` as a table: VIPs, backends with state, weight, traffic and
+/// last check; outcomes with packets; reloads.
+pub fn render_table(s: &Status) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "lb {} on {}, up {:.0}s; reloads: {} applied, {} rejected",
+        s.version, s.interface, s.uptime_seconds, s.reloads.applied, s.reloads.rejected
+    );
+    if let Some(p) = &s.program {
+        let _ = writeln!(out, "program xdp_lb {p}");
+    }
+    if let Some(e) = &s.reloads.last_error {
+        let _ = writeln!(out, "last rejected configuration: {e}");
+    }
+    for v in &s.vips {
+        let _ = writeln!(
+            out,
+            "\nVIP {} {} {} (check {}): {} packets, {} bytes",
+            v.name, v.address, v.protocol, v.health_check, v.traffic.packets, v.traffic.bytes
+        );
+        let _ = writeln!(
+            out,
+            "  {:<40} {:<10} {:>6} {:>12} {:>14}  last check",
+            "backend", "state", "weight", "packets", "bytes"
+        );
+        for b in &v.backends {
+            let check = b.last_check.as_ref().map_or_else(
+                || "-".to_string(),
+                |c| match c.latency_ms {
+                    Some(ms) => format!("ok in {ms:.1} ms"),
+                    None => c.reason.clone(),
+                },
+            );
+            let _ = writeln!(
+                out,
+                "  {:<40} {:<10} {:>6} {:>12} {:>14}  {check}",
+                b.address, b.state, b.weight, b.traffic.packets, b.traffic.bytes
+            );
+        }
+    }
+    let _ = writeln!(out, "\n{:<24} {:>12} {:>14}", "outcome", "packets", "bytes");
+    for (name, t) in &s.outcomes {
+        if t.packets > 0 {
+            let _ = writeln!(out, "{name:<24} {:>12} {:>14}", t.packets, t.bytes);
+        }
+    }
+    let c = |k: &str| s.conntrack.get(k).map_or(0, |t| t.packets);
+    let _ = writeln!(
+        out,
+        "connection table: {} hits, {} misses, {} rehashes",
+        c("hit"),
+        c("miss"),
+        c("rehash")
+    );
+    out
+}

@@ -1,0 +1,321 @@
+//! The balancer's bookkeeping against in-memory maps: fills, health,
+//! drains, table regions, adoption and reloads as differences.
+
+use super::*;
+use crate::{config::Config, dataplane::fake::FakeMaps};
+
+const CONFIG: &str = r#"
+[maglev]
+table_size = 251
+max_vips = 8
+[[vip]]
+name = "web"
+address = "10.0.0.100"
+port = 80
+protocol = "tcp"
+  [[vip.backend]]
+  address = "10.0.0.21"
+  [[vip.backend]]
+  address = "10.0.0.22"
+  [[vip.backend]]
+  address = "10.0.0.23"
+  weight = 0
+[[vip]]
+name = "dns"
+address = "10.0.0.100"
+port = 53
+protocol = "udp"
+on_no_backend = "pass"
+  [[vip.backend]]
+  address = "10.0.0.31"
+"#;
+
+fn balancer() -> Balancer<FakeMaps> {
+    let config = Config::parse(CONFIG, "t").expect("valid").config;
+    Balancer::new(
+        FakeMaps::default(),
+        &config,
+        Ipv4Addr::new(10, 0, 0, 2),
+        config.sizing.table_regions,
+    )
+    .expect("fills")
+}
+
+fn table_in_maps(b: &Balancer<FakeMaps>, key: &VipKey) -> Vec<u32> {
+    let v = b.maps().vips[key];
+    (0..v.table_size)
+        .map(|i| b.maps().maglev[&(v.table_offset + i)])
+        .collect()
+}
+
+#[test]
+fn fills_every_map_and_sets_ready_last_state() {
+    let b = balancer();
+    let m = b.maps();
+    assert_eq!(m.globals.flags & GLOBAL_F_READY, GLOBAL_F_READY);
+    assert_eq!(m.globals.encap_src_v4, [10, 0, 0, 2]);
+    assert_eq!(m.globals.layout_version, LAYOUT_FINGERPRINT);
+    assert_eq!(m.allow_v4.len(), 4, "the IPv4 default prefixes");
+    assert_eq!(m.vips.len(), 2);
+    assert_eq!(m.vip_addrs[&AddrKey::v4([10, 0, 0, 100])], 2);
+    assert_eq!(m.backends.len(), 4);
+    let web = VipKey::v4([10, 0, 0, 100], 80, 6);
+    let table = table_in_maps(&b, &web);
+    assert_eq!(table.len(), 251);
+    assert_eq!(table, b.table(0));
+    // The weight-0 backend (drained) takes no entry.
+    let drained = b.vips()[0].backends[2].id;
+    assert!(!table.contains(&drained));
+    assert_eq!(
+        m.vips[&VipKey::v4([10, 0, 0, 100], 53, 17)].flags,
+        VIP_F_PASS_ON_NO_BACKEND
+    );
+}
+
+#[test]
+fn unhealthy_backend_leaves_the_table_and_returns() {
+    let mut b = balancer();
+    let web = VipKey::v4([10, 0, 0, 100], 80, 6);
+    let first = b.vips()[0].backends[0].id;
+    let second = b.vips()[0].backends[1].id;
+    assert!(b.set_health(0, 0, false).unwrap());
+    assert!(!b.set_health(0, 0, false).unwrap(), "no change, no write");
+    let table = table_in_maps(&b, &web);
+    assert!(table.iter().all(|&id| id == second));
+    assert_eq!(b.maps().backends[&first].flags, BACKEND_F_ACTIVE);
+    assert!(b.set_health(0, 0, true).unwrap());
+    let table = table_in_maps(&b, &web);
+    assert!(table.contains(&first) && table.contains(&second));
+    assert_eq!(
+        b.maps().backends[&first].flags,
+        BACKEND_F_ACTIVE | BACKEND_F_HEALTHY
+    );
+}
+
+#[test]
+fn a_just_freed_region_is_written_last() {
+    let mut b = balancer();
+    let web = VipKey::v4([10, 0, 0, 100], 80, 6);
+    // 8 VIPs at most: 16 regions, 2 in use.
+    let regions = b.regions.capacity;
+    assert_eq!(regions, 16);
+    let mut offsets = vec![b.maps().vips[&web].table_offset];
+    for i in 0..regions {
+        b.set_health(0, 0, i % 2 == 1).unwrap();
+        offsets.push(b.maps().vips[&web].table_offset);
+    }
+    // Every replacement goes to a region other than the one in use, and
+    // the region just freed comes back only after all the other free
+    // ones (14 here) were written.
+    for pair in offsets.windows(2) {
+        assert_ne!(
+            pair[0], pair[1],
+            "a new table never overwrites the one in use"
+        );
+    }
+    let free = regions as usize - 2;
+    for (i, offset) in offsets.iter().enumerate() {
+        let next_use = offsets[i + 1..].iter().position(|o| o == offset);
+        if let Some(gap) = next_use {
+            assert!(
+                gap >= free,
+                "region at {offset} reused after {gap} writes: {offsets:?}"
+            );
+        }
+    }
+    assert!(
+        offsets.iter().collect::<HashSet<_>>().len() > free,
+        "every free region was used: {offsets:?}"
+    );
+}
+
+#[test]
+fn drain_and_removal() {
+    let mut b = balancer();
+    let web = VipKey::v4([10, 0, 0, 100], 80, 6);
+    let first = b.vips()[0].backends[0].id;
+    assert!(b.set_weight(0, 0, 0).unwrap());
+    assert!(
+        !table_in_maps(&b, &web).contains(&first),
+        "drained: no new flow"
+    );
+    assert_eq!(
+        b.maps().backends[&first].flags,
+        BACKEND_F_ACTIVE | BACKEND_F_HEALTHY,
+        "still usable by its flows"
+    );
+    b.remove_backend(0, 0).unwrap();
+    assert_eq!(
+        b.maps().backends[&first].flags,
+        0,
+        "removed: its flows are hashed again"
+    );
+    assert_eq!(b.vips()[0].backends.len(), 2);
+    // The freed id is given out again with a new generation.
+    let old_generation = b.maps().backends[&first].generation;
+    let config = Config::parse(CONFIG, "t").expect("valid").config;
+    b.add_vip(&Vip {
+        name: "more".into(),
+        port: 81,
+        ..config.vips[0].clone()
+    })
+    .unwrap();
+    let reused = b.vips()[2].backends[0].id;
+    assert_eq!(reused, first);
+    assert_ne!(b.maps().backends[&reused].generation, old_generation);
+}
+
+#[test]
+fn no_healthy_backend_empties_the_table() {
+    let mut b = balancer();
+    let dns = VipKey::v4([10, 0, 0, 100], 53, 17);
+    b.set_health(1, 0, false).unwrap();
+    assert_eq!(b.maps().vips[&dns].table_size, 0);
+    b.set_health(1, 0, true).unwrap();
+    assert_eq!(b.maps().vips[&dns].table_size, 251);
+}
+
+fn config(text: &str) -> Config {
+    Config::parse(text, "t").expect("valid").config
+}
+
+#[test]
+fn adopting_maps_of_the_same_config_writes_nothing_and_keeps_ids() {
+    let mut before = balancer();
+    before.set_health(0, 1, false).unwrap();
+    let maps = before.maps().clone();
+    let (adopted, changes) = Balancer::adopt(
+        maps.clone(),
+        &config(CONFIG),
+        Ipv4Addr::new(10, 0, 0, 2),
+        config(CONFIG).sizing.table_regions,
+    )
+    .unwrap();
+    assert!(changes.is_empty(), "{changes}");
+    assert_eq!(adopted.maps().writes, maps.writes, "no map write");
+    for (a, b) in adopted.vips().iter().zip(before.vips()) {
+        assert_eq!(a.id, b.id);
+        assert_eq!(a.region, b.region);
+        assert_eq!(a.backends, b.backends, "ids, weights and health kept");
+    }
+}
+
+#[test]
+fn adopting_with_another_config_applies_only_the_difference() {
+    let before = balancer();
+    let web = VipKey::v4([10, 0, 0, 100], 80, 6);
+    let dns = VipKey::v4([10, 0, 0, 100], 53, 17);
+    let web_before = before.maps().vips[&web];
+    // dns gone, a backend added to web.
+    let text = CONFIG
+        .split("[[vip]]\nname = \"dns\"")
+        .next()
+        .unwrap()
+        .to_string()
+        + "  [[vip.backend]]\n  address = \"10.0.0.24\"\n";
+    let (adopted, changes) = Balancer::adopt(
+        before.maps().clone(),
+        &config(&text),
+        Ipv4Addr::new(10, 0, 0, 2),
+        config(CONFIG).sizing.table_regions,
+    )
+    .unwrap();
+    assert_eq!(
+        (changes.vips_removed, changes.backends_added),
+        (1, 1),
+        "{changes}"
+    );
+    let m = adopted.maps();
+    assert!(!m.vips.contains_key(&dns));
+    assert_eq!(m.vips[&web].vip_id, web_before.vip_id);
+    assert_ne!(
+        m.vips[&web].table_offset, web_before.table_offset,
+        "new table, new region"
+    );
+    let dns_backend = IpAddr::from([10, 0, 0, 31]);
+    assert!(
+        m.backends
+            .values()
+            .all(|b| b.flags == 0 || backend_address(b) != dns_backend),
+        "dns's backend retired"
+    );
+    assert_eq!(m.vip_addrs[&AddrKey::v4([10, 0, 0, 100])], 1);
+}
+
+#[test]
+fn reload_touches_only_what_changed() {
+    let mut b = balancer();
+    let web = VipKey::v4([10, 0, 0, 100], 80, 6);
+    let dns = VipKey::v4([10, 0, 0, 100], 53, 17);
+    let dns_before = b.maps().vips[&dns];
+    let web_ids: Vec<u32> = b.vips()[0].backends.iter().map(|x| x.id).collect();
+    // Weight of one web backend changes; a new VIP appears.
+    let text = CONFIG.replace(
+        "  [[vip.backend]]\n  address = \"10.0.0.22\"\n",
+        "  [[vip.backend]]\n  address = \"10.0.0.22\"\n  weight = 3\n",
+    ) + "[[vip]]\nname = \"extra\"\naddress = \"10.0.0.101\"\nport = 80\nprotocol = \"tcp\"\n  [[vip.backend]]\n  address = \"10.0.0.41\"\n";
+    let changes = b.apply(&config(&text), Ipv4Addr::new(10, 0, 0, 2)).unwrap();
+    assert_eq!(
+        (
+            changes.vips_added,
+            changes.weights_changed,
+            changes.tables_written
+        ),
+        (1, 1, 2),
+        "{changes}"
+    );
+    assert_eq!(b.maps().vips[&dns], dns_before, "untouched VIP, same table");
+    let ids: Vec<u32> = b.vips()[0].backends.iter().map(|x| x.id).collect();
+    assert_eq!(ids, web_ids, "kept backends keep their ids");
+    assert_eq!(b.vips()[2].config.name, "extra");
+    // The same configuration again writes nothing.
+    let writes = b.maps().writes;
+    let again = b.apply(&config(&text), Ipv4Addr::new(10, 0, 0, 2)).unwrap();
+    assert!(again.is_empty(), "{again}");
+    assert_eq!(b.maps().writes, writes);
+    // Back to the first configuration: the extra VIP and its backend go.
+    let back = b
+        .apply(&config(CONFIG), Ipv4Addr::new(10, 0, 0, 2))
+        .unwrap();
+    assert_eq!((back.vips_removed, back.backends_removed), (1, 1), "{back}");
+    assert!(
+        !b.maps()
+            .vips
+            .contains_key(&VipKey::v4([10, 0, 0, 101], 80, 6))
+    );
+    assert!(
+        !b.maps()
+            .vip_addrs
+            .contains_key(&AddrKey::v4([10, 0, 0, 101]))
+    );
+    assert_eq!(table_in_maps(&b, &web), b.table(0));
+}
+
+#[test]
+fn a_refused_config_writes_nothing() {
+    let mut b = balancer();
+    let writes = b.maps().writes;
+    let bigger = CONFIG.replace("table_size = 251", "table_size = 257");
+    let err = b
+        .apply(&config(&bigger), Ipv4Addr::new(10, 0, 0, 2))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("maglev.table_size cannot change"),
+        "{err}"
+    );
+    // More VIPs than maglev.max_vips of the running data plane.
+    let mut many = CONFIG.replace("max_vips = 8", "max_vips = 64");
+    for i in 0..30 {
+        many += &format!(
+            "[[vip]]\nname = \"v{i}\"\naddress = \"10.0.1.{i}\"\nport = 80\nprotocol = \"tcp\"\n  [[vip.backend]]\n  address = \"10.0.0.41\"\n"
+        );
+    }
+    let err = b
+        .apply(&config(&many), Ipv4Addr::new(10, 0, 0, 2))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "out of VIPs (maglev.max_vips of the running data plane): the data plane holds at most 8"
+    );
+    assert_eq!(b.maps().writes, writes, "nothing written");
+}
