@@ -225,7 +225,7 @@ pub fn bench(prefix: &str, lb_bin: &Path, d: Durations, report: &mut Report) -> 
     lab.stop_agent();
     let (drop_pps, drop_sent, drop_ns) = {
         let _in_lb = lab.ns("lb").enter()?;
-        let mut ebpf = EbpfLoader::new().load(object::object())?;
+        let mut ebpf = EbpfLoader::new().load(object::bench_object())?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROG_BENCH_DROP)
             .context(PROG_BENCH_DROP)?

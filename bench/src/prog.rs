@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, bail, ensure};
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{Array, MapData, ProgramArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
@@ -121,9 +121,11 @@ fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> [u8; BENCH_FRAME_L
     frame.try_into().expect("64 bytes")
 }
 
-/// The loaded object in its namespace, pinned to one CPU.
+/// The production object and the benchmark's own, loaded in the bench's
+/// namespace, pinned to one CPU.
 struct Bench {
     ebpf: Ebpf,
+    bench: Ebpf,
     stats: StatsReader,
     template: Array<MapData, BenchTemplate>,
     progs: ProgramArray<MapData>,
@@ -158,13 +160,21 @@ impl Bench {
             Ipv4Addr::from(LB_ADDR),
             regions,
         )?;
+        let mut bench = EbpfLoader::new()
+            .load(object::bench_object())
+            .context("loading the bench object")?;
         for name in [
             "xdp_lb",
             PROG_BENCH_DROP,
             PROG_BENCH_PARSE_DROP,
             PROG_BENCH_RESTORE,
         ] {
-            let prog: &mut Xdp = ebpf
+            let object = if name == "xdp_lb" {
+                &mut ebpf
+            } else {
+                &mut bench
+            };
+            let prog: &mut Xdp = object
                 .program_mut(name)
                 .with_context(|| format!("program {name}"))?
                 .try_into()?;
@@ -172,13 +182,15 @@ impl Bench {
                 .with_context(|| format!("the verifier refuses {name}"))?;
         }
         let template = Array::try_from(
-            ebpf.take_map(MAP_BENCH_TEMPLATE)
+            bench
+                .take_map(MAP_BENCH_TEMPLATE)
                 .context(MAP_BENCH_TEMPLATE)?,
         )?;
         let progs =
-            ProgramArray::try_from(ebpf.take_map(MAP_BENCH_PROGS).context(MAP_BENCH_PROGS)?)?;
+            ProgramArray::try_from(bench.take_map(MAP_BENCH_PROGS).context(MAP_BENCH_PROGS)?)?;
         Ok(Self {
             ebpf,
+            bench,
             stats,
             template,
             progs,
@@ -187,9 +199,15 @@ impl Bench {
         })
     }
 
+    /// Program `name`: `xdp_lb` from the production object, the others
+    /// from the bench's own.
     fn prog(&self, name: &str) -> anyhow::Result<&Xdp> {
-        Ok(self
-            .ebpf
+        let object = if name == "xdp_lb" {
+            &self.ebpf
+        } else {
+            &self.bench
+        };
+        Ok(object
             .program(name)
             .with_context(|| format!("program {name}"))?
             .try_into()?)

@@ -7,16 +7,12 @@
     reason = "the #[xdp] macro does not carry doc comments to the functions it generates"
 )]
 
-mod balance;
-mod bench;
-mod csum;
 mod decap;
 mod encap;
-mod filter;
+mod lb;
 mod maps;
 mod nexthop;
 mod parse;
-mod select;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
@@ -35,7 +31,7 @@ use crate::maps::{LB_STATS, count};
 )]
 pub fn xdp_lb(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let outcome = match balance::try_lb(&ctx, bytes) {
+    let outcome = match lb::try_lb(&ctx, bytes) {
         Ok(outcome) | Err(outcome) => outcome,
     };
     count(&LB_STATS, outcome as u32, bytes);
@@ -53,32 +49,6 @@ pub fn xdp_decap(ctx: XdpContext) -> u32 {
     let outcome = decap::try_decap(&ctx);
     count(&LB_STATS, outcome as u32, bytes);
     action(outcome)
-}
-
-/// Benchmark baseline: drops every frame, doing nothing else.
-#[xdp]
-pub fn bench_drop(_ctx: XdpContext) -> u32 {
-    XDP_DROP
-}
-
-/// Benchmark baseline: parses Ethernet, IPv4 and TCP, then drops.
-#[xdp]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "#[xdp] entry points take the context by value"
-)]
-pub fn bench_parse_drop(ctx: XdpContext) -> u32 {
-    bench::parse_drop(&ctx)
-}
-
-/// Benchmark wrapper: restores the frame, then tail-calls the program under test.
-#[xdp]
-#[expect(
-    clippy::needless_pass_by_value,
-    reason = "#[xdp] entry points take the context by value"
-)]
-pub fn bench_restore(ctx: XdpContext) -> u32 {
-    bench::restore(&ctx)
 }
 
 /// The XDP action of an outcome.

@@ -3,12 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    AddrKey, BENCH_PROGS_LEN, Backend, BenchTemplate, ConnEvent, ConnValue, Counter, FlowKey,
-    Globals, MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES, MAX_VIPS, Outcome, VipKey,
-    VipValue,
+    AddrKey, Backend, ConnEvent, ConnValue, Counter, FlowKey, Globals, MAX_BACKENDS,
+    MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES, MAX_VIPS, Outcome, VipKey, VipValue,
 };
 
 /// VIP (address, port, protocol) -> its id, Maglev table and flags.
@@ -63,23 +62,6 @@ pub static DECAP_VIPS: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_VIP
 /// Backend side: this host's addresses (accepted outer destinations).
 #[map]
 pub static DECAP_LOCAL: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
-
-// ---------------------------------------------------------------------------
-// Benchmark only (`cargo xtask bench`, programs in bench.rs): small maps the
-// agent loads with the object but never fills or reads.
-// ---------------------------------------------------------------------------
-
-/// Benchmark: the frame `bench_restore` puts back before each repetition.
-#[map]
-pub static BENCH_TEMPLATE: Array<BenchTemplate> = Array::with_max_entries(1, 0);
-
-/// Benchmark: the program `bench_restore` tail-calls (slot 0).
-#[map]
-pub static BENCH_PROGS: ProgramArray = ProgramArray::with_max_entries(BENCH_PROGS_LEN, 0);
-
-/// Benchmark: repetition counter of `bench_restore`, numbering new flows.
-#[map]
-pub static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Adds one packet of `bytes` bytes to entry `index` of a per-CPU counter map.
 /// An index past the map's end is ignored (the lookup fails).

@@ -17,6 +17,13 @@ pub fn object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"))
 }
 
+/// The benchmark's own object (`lb-ebpf`'s `lb-bench` binary: baselines
+/// and the frame-restoring wrapper), embedded for `lb-bench` only; the
+/// agent never loads it.
+pub fn bench_object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-bench"))
+}
+
 /// Loads the embedded object with its maps sized for `config`
 /// ([`Config::sizing`]: the Maglev map and the connection table); programs
 /// are not loaded into the kernel yet.

@@ -1,10 +1,11 @@
-//! Outer headers: IPv4-in-IPv4 encapsulation (RFC 2003) toward a backend.
+//! IPv4-in-IPv4 encapsulation (RFC 2003) toward a backend.
 
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{Outcome, PROTO_IPIP};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, vlan::VlanHdr};
 
-use crate::{csum, parse::ptr_at};
+use super::csum;
+use crate::parse::ptr_at;
 
 /// Outer IPv4 "don't fragment" flag (RFC 791), as the frags field reads.
 const IP_DF: [u8; 2] = [0x40, 0x00];
@@ -72,17 +73,5 @@ pub fn push_ipv4(ctx: &XdpContext, l3: usize, outer: &OuterV4) -> Result<(), Out
     let ip: *mut Ipv4Hdr = ptr_at(ctx, l3).ok_or(Outcome::DropEncap)?;
     // SAFETY: bounds checked by ptr_at.
     unsafe { *ip = hdr };
-    Ok(())
-}
-
-/// Sets the Ethernet addresses of the frame.
-#[inline(always)]
-pub fn set_macs(ctx: &XdpContext, src: [u8; 6], dst: [u8; 6]) -> Result<(), Outcome> {
-    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Outcome::DropEncap)?;
-    // SAFETY: bounds checked by ptr_at.
-    unsafe {
-        (*eth).src_addr = src;
-        (*eth).dst_addr = dst;
-    }
     Ok(())
 }

@@ -10,13 +10,17 @@ use lb_common::{
 };
 use network_types::ip::Ipv4Hdr;
 
+pub mod filter;
+pub mod select;
+
+use filter::source_allowed_v4;
+use select::{find_vip_v4, flow_backend};
+
 use crate::{
     encap::{self, OuterV4},
-    filter::source_allowed_v4,
     maps::{LB_BE_STATS, LB_GLOBALS, LB_VIP_ADDRS, LB_VIP_STATS, count},
     nexthop::{self, NextHop},
     parse::{ipv4_at, is_fragment, l3_offset_v4, ports_at},
-    select::{find_vip_v4, flow_backend},
 };
 
 /// Processes one frame of `bytes` bytes. `Ok` and `Err` both carry the

@@ -1,20 +1,75 @@
-//! Benchmark programs for `cargo xtask bench`: two baselines and the wrapper
-//! that restores the input frame before each `BPF_PROG_TEST_RUN` repetition.
-//! Never attached by the agent.
+//! The benchmark's own object (`cargo xtask bench`), apart from the
+//! production one: two baselines and the wrapper that restores the input
+//! frame before each `BPF_PROG_TEST_RUN` repetition and tail-calls the
+//! program under test (`xdp_lb` of the production object, put in
+//! `BENCH_PROGS` by the bench). Never loaded by the agent.
+#![no_std]
+#![no_main]
+#![expect(
+    missing_docs,
+    reason = "the #[xdp] macro does not carry doc comments to the functions it generates"
+)]
+
+// The production parser, so the parse-then-drop baseline parses as xdp_lb does.
+#[path = "../parse/mod.rs"]
+#[allow(
+    dead_code,
+    unused_imports,
+    reason = "the bench uses part of the parser"
+)]
+mod parse;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS},
     helpers::generated::bpf_xdp_adjust_head,
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
 use lb_common::{
-    BENCH_F_VARY_FLOW, BENCH_FRAME_LEN, BENCH_SPORT_OFFSET, BENCH_SRC_ADDR_OFFSET, PROTO_TCP,
+    BENCH_F_VARY_FLOW, BENCH_FRAME_LEN, BENCH_PROGS_LEN, BENCH_SPORT_OFFSET, BENCH_SRC_ADDR_OFFSET,
+    BenchTemplate, PROTO_TCP,
 };
 
-use crate::{
-    maps::{BENCH_PROGS, BENCH_SEQ, BENCH_TEMPLATE},
-    parse::{ipv4_at, l3_offset_v4, ports_at, ptr_at},
-};
+use crate::parse::{ipv4_at, l3_offset_v4, ports_at, ptr_at};
+
+/// Benchmark: the frame `bench_restore` puts back before each repetition.
+#[map]
+pub static BENCH_TEMPLATE: Array<BenchTemplate> = Array::with_max_entries(1, 0);
+
+/// Benchmark: the program `bench_restore` tail-calls (slot 0).
+#[map]
+pub static BENCH_PROGS: ProgramArray = ProgramArray::with_max_entries(BENCH_PROGS_LEN, 0);
+
+/// Benchmark: repetition counter of `bench_restore`, numbering new flows.
+#[map]
+pub static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Baseline: drops every frame, doing nothing else.
+#[xdp]
+pub fn bench_drop(_ctx: XdpContext) -> u32 {
+    XDP_DROP
+}
+
+/// Baseline: parses Ethernet, IPv4 and TCP, then drops.
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "#[xdp] entry points take the context by value"
+)]
+pub fn bench_parse_drop(ctx: XdpContext) -> u32 {
+    parse_drop(&ctx)
+}
+
+/// The wrapper: restores the frame, then tail-calls the program under test.
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "#[xdp] entry points take the context by value"
+)]
+pub fn bench_restore(ctx: XdpContext) -> u32 {
+    restore(&ctx)
+}
 
 /// Parse-then-drop baseline: Ethernet, IPv4 and TCP through the balancer's
 /// own parser, then XDP_DROP. The ports decide the action so the compiler
@@ -91,4 +146,15 @@ pub fn restore(ctx: &XdpContext) -> u32 {
     // SAFETY: tail call to slot 0; returns only when the slot is empty.
     unsafe { BENCH_PROGS.tail_call(ctx, 0) };
     XDP_ABORTED
+}
+
+/// Tail calls into a GPL program need a GPL-compatible licence.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
 }

@@ -1,0 +1,25 @@
+//! Outer headers toward a backend: IPv4-in-IPv4 ([`ipip`]), their
+//! checksums ([`csum`]), and the Ethernet addresses of the frame sent.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::Outcome;
+use network_types::eth::EthHdr;
+
+use crate::parse::ptr_at;
+
+pub mod csum;
+pub mod ipip;
+
+pub use ipip::{OuterV4, push_ipv4};
+
+/// Sets the Ethernet addresses of the frame.
+#[inline(always)]
+pub fn set_macs(ctx: &XdpContext, src: [u8; 6], dst: [u8; 6]) -> Result<(), Outcome> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Outcome::DropEncap)?;
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        (*eth).src_addr = src;
+        (*eth).dst_addr = dst;
+    }
+    Ok(())
+}

@@ -1,0 +1,25 @@
+//! L2 to L4 parsing: Ethernet with at most one 802.1Q tag ([`l2`]), IPv4
+//! with options skipped by IHL ([`ipv4`]), TCP and UDP ports ([`l4`]); all
+//! through one bounds-check helper, [`ptr_at`].
+
+use aya_ebpf::programs::XdpContext;
+
+pub mod ipv4;
+pub mod l2;
+pub mod l4;
+
+pub use ipv4::{ipv4_at, is_fragment};
+pub use l2::l3_offset_v4;
+pub use l4::ports_at;
+
+/// The one bounds-check helper: a pointer to a `T` at `offset` bytes into the
+/// frame, or `None` when the frame is too short.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
