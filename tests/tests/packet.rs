@@ -263,160 +263,223 @@ fn tcp_syn_to_vip_is_encapsulated_to_the_backend_userspace_computes() {
     assert_eq!(per_backend, 64);
 }
 
-#[test]
-fn udp_datagram_to_vip_is_encapsulated() {
-    if !lb_tests::can_run_as_root("udp_datagram_to_vip_is_encapsulated") {
-        return;
-    }
-    let fx = Fixture::new("udp");
-    let frame = udp_datagram(CLIENT, VIP, 5353, 53, b"query");
-    let (action, out) = fx.run("xdp_lb", &frame);
-    assert_eq!(action, XDP_TX);
-    let backend = fx.expected_backend(1, CLIENT, VIP, 5353, 53, 17);
-    assert_encapsulated(
-        &out,
-        14,
-        (LB_MAC, backend_mac(backend)),
-        backend,
-        &frame[14..],
-    );
+/// What `xdp_lb` must make of a fixture's frame.
+enum Out {
+    /// The frame back unchanged.
+    Unchanged,
+    /// Not looked at (a dropped frame).
+    Dropped,
+    /// Encapsulated toward the backend userspace computes for the flow in
+    /// VIP `vip` (index into the configuration), the L2 header (`l2_len`
+    /// bytes, a VLAN tag kept) in front; with `resolved`, the MACs are the
+    /// LB's and the backend's, else unchanged (handed to the kernel).
+    Encap {
+        vip: usize,
+        l2_len: usize,
+        resolved: bool,
+    },
 }
 
-#[test]
-fn non_vip_traffic_passes_unchanged() {
-    if !lb_tests::can_run_as_root("non_vip_traffic_passes_unchanged") {
-        return;
-    }
-    let fx = Fixture::new("nonvip");
-    for frame in [
-        tcp_syn(CLIENT, LB_ADDR, 40000, 22), // to the LB itself
-        tcp_syn(CLIENT, VIP, 40000, 81),     // VIP address, other port
-        udp_datagram(CLIENT, [10, 20, 0, 55], 1, 2, b""), // another host
-        tcp_syn(OUTSIDE, LB_ADDR, 40000, 22), // outside source, not to a VIP: scope "vip"
-    ] {
-        let (action, out) = fx.run("xdp_lb", &frame);
-        assert_eq!(action, XDP_PASS);
-        assert_eq!(out, frame);
-    }
-    assert_eq!(fx.count(Outcome::Passed), 4);
-    assert_eq!(fx.count(Outcome::Forwarded), 0);
+/// One rule of the data plane, as Katran's fixtures state them: a frame in,
+/// the action and output expected, and the outcome counted once.
+struct Row {
+    description: &'static str,
+    frame: Vec<u8>,
+    action: u32,
+    out: Out,
+    outcome: Outcome,
 }
 
-#[test]
-fn source_outside_the_allowed_prefixes_is_dropped_and_counted() {
-    if !lb_tests::can_run_as_root("source_outside_the_allowed_prefixes_is_dropped_and_counted") {
-        return;
-    }
-    let fx = Fixture::new("srcfilter");
-    let before = fx.count(Outcome::DropSourceFilter);
-    let (action, _) = fx.run("xdp_lb", &tcp_syn(OUTSIDE, VIP, 40000, 80));
-    assert_eq!(action, XDP_DROP);
-    assert_eq!(fx.count(Outcome::DropSourceFilter), before + 1);
-    // An allowed source to the same VIP is forwarded.
-    let (action, _) = fx.run("xdp_lb", &tcp_syn(CLIENT, VIP, 40000, 80));
-    assert_eq!(action, XDP_TX);
-}
-
-#[test]
-fn fragments_of_vip_traffic_are_dropped() {
-    if !lb_tests::can_run_as_root("fragments_of_vip_traffic_are_dropped") {
-        return;
-    }
-    let fx = Fixture::new("frag");
-    for (more, offset) in [(true, 0u16), (false, 185)] {
-        let mut header =
-            Ipv4Header::new(8, 64, etherparse::IpNumber::UDP, CLIENT, VIP).expect("header");
-        header.more_fragments = more;
-        header.fragment_offset = etherparse::IpFragOffset::try_new(offset).expect("offset");
-        let mut frame = Vec::new();
-        PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
-            .ip(IpHeaders::Ipv4(header, Default::default()))
-            .udp(5353, 53)
-            .write(&mut frame, b"")
-            .expect("build");
-        let (action, _) = fx.run("xdp_lb", &frame);
-        assert_eq!(action, XDP_DROP, "fragment more={more} offset={offset}");
-    }
-    assert_eq!(fx.count(Outcome::DropFragment), 2);
-}
-
-#[test]
-fn truncated_headers_are_not_forwarded_and_are_counted() {
-    if !lb_tests::can_run_as_root("truncated_headers_are_not_forwarded_and_are_counted") {
-        return;
-    }
-    let fx = Fixture::new("trunc");
-    let syn = tcp_syn(CLIENT, VIP, 40000, 80);
-    // BPF_PROG_TEST_RUN refuses frames under 14 bytes, so the truncated L2
-    // header is an 802.1Q frame cut inside its tag.
-    let mut tagged = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
-        .single_vlan(VlanId::try_new(7).expect("vid"))
-        .ipv4(CLIENT, VIP, 64)
-        .tcp(40000, 80, 1, 1000)
-        .write(&mut tagged, &[])
-        .expect("build");
-    let cases: [(&str, &[u8]); 3] = [
-        ("802.1Q tag", &tagged[..16]),
-        ("IPv4 header", &syn[..14 + 12]),
-        ("TCP header", &syn[..14 + 20 + 10]),
-    ];
-    for (what, frame) in cases {
-        let (action, _) = fx.run("xdp_lb", frame);
-        assert_eq!(action, XDP_DROP, "truncated {what}");
-    }
-    assert_eq!(fx.count(Outcome::DropMalformed), 3);
-    assert_eq!(fx.count(Outcome::Forwarded), 0);
-}
-
-#[test]
-fn vlan_tagged_syn_is_forwarded_with_its_tag() {
-    if !lb_tests::can_run_as_root("vlan_tagged_syn_is_forwarded_with_its_tag") {
-        return;
-    }
-    let fx = Fixture::new("vlan");
+fn fragment(more: bool, offset: u16) -> Vec<u8> {
+    let mut header =
+        Ipv4Header::new(8, 64, etherparse::IpNumber::UDP, CLIENT, VIP).expect("header");
+    header.more_fragments = more;
+    header.fragment_offset = etherparse::IpFragOffset::try_new(offset).expect("offset");
     let mut frame = Vec::new();
     PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
-        .single_vlan(VlanId::try_new(42).expect("vid"))
+        .ip(IpHeaders::Ipv4(header, Default::default()))
+        .udp(5353, 53)
+        .write(&mut frame, b"")
+        .expect("build");
+    frame
+}
+
+fn tagged_syn(vid: u16, sport: u16) -> Vec<u8> {
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .single_vlan(VlanId::try_new(vid).expect("vid"))
         .ipv4(CLIENT, VIP, 64)
-        .tcp(40001, 80, 1, 1000)
+        .tcp(sport, 80, 1, 1000)
         .syn()
         .write(&mut frame, &[])
         .expect("build");
-    let (action, out) = fx.run("xdp_lb", &frame);
-    assert_eq!(action, XDP_TX);
-    assert_eq!(&out[12..18], &frame[12..18], "802.1Q tag kept");
-    let backend = fx.expected_backend(0, CLIENT, VIP, 40001, 80, 6);
-    assert_encapsulated(
-        &out,
-        18,
-        (LB_MAC, backend_mac(backend)),
-        backend,
-        &frame[18..],
-    );
+    frame
+}
+
+/// The fixtures of `xdp_lb`'s rules (SPEC 6); each new rule is one row.
+fn rows() -> Vec<Row> {
+    let syn = tcp_syn(CLIENT, VIP, 40000, 80);
+    use Out::*;
+    vec![
+        Row {
+            description: "UDP datagram to a VIP: encapsulated toward its backend",
+            frame: udp_datagram(CLIENT, VIP, 5353, 53, b"query"),
+            action: XDP_TX,
+            out: Encap {
+                vip: 1,
+                l2_len: 14,
+                resolved: true,
+            },
+            outcome: Outcome::Forwarded,
+        },
+        Row {
+            description: "802.1Q-tagged SYN: encapsulated, tag kept",
+            frame: tagged_syn(42, 40001),
+            action: XDP_TX,
+            out: Encap {
+                vip: 0,
+                l2_len: 18,
+                resolved: true,
+            },
+            outcome: Outcome::Forwarded,
+        },
+        Row {
+            description: "no neighbour entry for the backend: encapsulated, handed to the kernel",
+            frame: tcp_syn(CLIENT, VIP_NO_NEIGH, 40000, 8080),
+            action: XDP_PASS,
+            out: Encap {
+                vip: 2,
+                l2_len: 14,
+                resolved: false,
+            },
+            outcome: Outcome::PassedNoNeighbour,
+        },
+        Row {
+            description: "TCP to the load balancer itself: passed",
+            frame: tcp_syn(CLIENT, LB_ADDR, 40000, 22),
+            action: XDP_PASS,
+            out: Unchanged,
+            outcome: Outcome::Passed,
+        },
+        Row {
+            description: "VIP address, a port without a VIP: passed",
+            frame: tcp_syn(CLIENT, VIP, 40000, 81),
+            action: XDP_PASS,
+            out: Unchanged,
+            outcome: Outcome::Passed,
+        },
+        Row {
+            description: "UDP to another host: passed",
+            frame: udp_datagram(CLIENT, [10, 20, 0, 55], 1, 2, b""),
+            action: XDP_PASS,
+            out: Unchanged,
+            outcome: Outcome::Passed,
+        },
+        Row {
+            description: "outside source to a non-VIP address, scope vip: passed",
+            frame: tcp_syn(OUTSIDE, LB_ADDR, 40000, 22),
+            action: XDP_PASS,
+            out: Unchanged,
+            outcome: Outcome::Passed,
+        },
+        Row {
+            description: "outside source to a VIP: dropped by the source filter",
+            frame: tcp_syn(OUTSIDE, VIP, 40000, 80),
+            action: XDP_DROP,
+            out: Dropped,
+            outcome: Outcome::DropSourceFilter,
+        },
+        Row {
+            description: "first fragment to a VIP: dropped",
+            frame: fragment(true, 0),
+            action: XDP_DROP,
+            out: Dropped,
+            outcome: Outcome::DropFragment,
+        },
+        Row {
+            description: "later fragment to a VIP: dropped",
+            frame: fragment(false, 185),
+            action: XDP_DROP,
+            out: Dropped,
+            outcome: Outcome::DropFragment,
+        },
+        Row {
+            // BPF_PROG_TEST_RUN refuses frames under 14 bytes, so the
+            // truncated L2 header is an 802.1Q frame cut inside its tag.
+            description: "802.1Q tag cut short: dropped as malformed",
+            frame: tagged_syn(7, 40000)[..16].to_vec(),
+            action: XDP_DROP,
+            out: Dropped,
+            outcome: Outcome::DropMalformed,
+        },
+        Row {
+            description: "IPv4 header cut short: dropped as malformed",
+            frame: syn[..14 + 12].to_vec(),
+            action: XDP_DROP,
+            out: Dropped,
+            outcome: Outcome::DropMalformed,
+        },
+        Row {
+            description: "TCP header cut short: dropped as malformed",
+            frame: syn[..14 + 20 + 10].to_vec(),
+            action: XDP_DROP,
+            out: Dropped,
+            outcome: Outcome::DropMalformed,
+        },
+    ]
 }
 
 #[test]
-fn missing_neighbour_hands_the_encapsulated_packet_to_the_kernel() {
-    if !lb_tests::can_run_as_root("missing_neighbour_hands_the_encapsulated_packet_to_the_kernel") {
+fn xdp_lb_fixtures() {
+    if !lb_tests::can_run_as_root("xdp_lb_fixtures") {
         return;
     }
-    let fx = Fixture::new("noneigh");
-    let frame = tcp_syn(CLIENT, VIP_NO_NEIGH, 40000, 8080);
-    let (action, out) = fx.run("xdp_lb", &frame);
-    assert_eq!(
-        action, XDP_PASS,
-        "no silent drop: the kernel forwards and resolves"
-    );
-    // MACs unchanged: the frame is still addressed to the LB.
-    assert_encapsulated(
-        &out,
-        14,
-        (CLIENT_MAC, LB_MAC),
-        [10, 20, 0, 23],
-        &frame[14..],
-    );
-    assert_eq!(fx.count(Outcome::PassedNoNeighbour), 1);
+    let fx = Fixture::new("fixtures");
+    for row in rows() {
+        let what = row.description;
+        let before = fx.count(row.outcome);
+        let (action, out) = fx.run("xdp_lb", &row.frame);
+        assert_eq!(action, row.action, "{what}: action");
+        assert_eq!(
+            fx.count(row.outcome),
+            before + 1,
+            "{what}: counted as {}",
+            row.outcome.name()
+        );
+        match row.out {
+            Out::Unchanged => assert_eq!(out, row.frame, "{what}: unchanged"),
+            Out::Dropped => {}
+            Out::Encap {
+                vip,
+                l2_len,
+                resolved,
+            } => {
+                let packet = etherparse::SlicedPacket::from_ethernet(&row.frame).expect("parse");
+                let Some(etherparse::NetSlice::Ipv4(ip)) = &packet.net else {
+                    panic!("{what}: an IPv4 frame");
+                };
+                let (sport, dport, proto) = match &packet.transport {
+                    Some(etherparse::TransportSlice::Tcp(t)) => {
+                        (t.source_port(), t.destination_port(), 6)
+                    }
+                    Some(etherparse::TransportSlice::Udp(u)) => {
+                        (u.source_port(), u.destination_port(), 17)
+                    }
+                    _ => panic!("{what}: TCP or UDP"),
+                };
+                let (src, dst) = (ip.header().source(), ip.header().destination());
+                let backend = fx.expected_backend(vip, src, dst, sport, dport, proto);
+                let macs = if resolved {
+                    (LB_MAC, backend_mac(backend))
+                } else {
+                    (CLIENT_MAC, LB_MAC)
+                };
+                assert_eq!(&out[12..l2_len], &row.frame[12..l2_len], "{what}: L2 kept");
+                assert_encapsulated(&out, l2_len, macs, backend, &row.frame[l2_len..]);
+            }
+        }
+        println!("ok: {what}");
+    }
 }
 
 #[test]
