@@ -12,8 +12,10 @@ use core::mem::{offset_of, size_of};
 use crate::{
     AddrKey, Backend, ConnEvent, ConnValue, Counter, FlowKey, Globals, MAGLEV_MAP_FLAGS,
     MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONN_STATS, MAP_CONNS, MAP_DECAP_LOCAL, MAP_DECAP_VIPS,
-    MAP_GLOBALS, MAP_MAGLEV, MAP_SRC_ALLOW_V4, MAP_STATS, MAP_VIP_ADDRS, MAP_VIP_STATS, MAP_VIPS,
-    MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES, MAX_VIPS, Outcome, VipKey, VipValue,
+    MAP_GLOBALS, MAP_ICMP_BUCKET, MAP_MAGLEV, MAP_SRC_ALLOW_V4, MAP_SRC_ALLOW_VIP4, MAP_STATS,
+    MAP_VIP_ADDRS, MAP_VIP_DROPS, MAP_VIP_STATS, MAP_VIPS, MAX_BACKENDS, MAX_LOCAL_ADDRS,
+    MAX_SOURCE_PREFIXES, MAX_VIP_SOURCE_PREFIXES, MAX_VIPS, Outcome, TokenBucket, VipKey,
+    VipSourceKey, VipValue,
 };
 
 /// Kind of a BPF map: its `bpf_map_type` number (include/uapi/linux/bpf.h).
@@ -73,7 +75,7 @@ pub const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Every map of `xdp_lb` and `xdp_decap` (the benchmark's own maps are not
 /// part of the layout).
-pub const MAPS: [MapSpec; 13] = [
+pub const MAPS: [MapSpec; 16] = [
     spec(
         MAP_VIPS,
         MapKind::Hash,
@@ -171,6 +173,30 @@ pub const MAPS: [MapSpec; 13] = [
         0,
         Some(MAX_LOCAL_ADDRS),
     ),
+    spec(
+        MAP_SRC_ALLOW_VIP4,
+        MapKind::LpmTrie,
+        4 + size_of::<VipSourceKey>(),
+        4,
+        BPF_F_NO_PREALLOC,
+        Some(MAX_VIP_SOURCE_PREFIXES),
+    ),
+    spec(
+        MAP_VIP_DROPS,
+        MapKind::PerCpuArray,
+        4,
+        size_of::<Counter>(),
+        0,
+        Some(MAX_VIPS),
+    ),
+    spec(
+        MAP_ICMP_BUCKET,
+        MapKind::PerCpuArray,
+        4,
+        size_of::<TokenBucket>(),
+        0,
+        Some(1),
+    ),
 ];
 
 /// FNV-1a (32 bits) of `bytes`, continuing from `hash`.
@@ -194,7 +220,7 @@ const fn fnv_u32s(mut hash: u32, values: &[usize]) -> u32 {
 }
 
 /// Sizes and field offsets of every shared map type, in a fixed order.
-const SHAPES: [usize; 44] = [
+const SHAPES: [usize; 53] = [
     size_of::<VipKey>(),
     offset_of!(VipKey, addr),
     offset_of!(VipKey, port),
@@ -230,6 +256,14 @@ const SHAPES: [usize; 44] = [
     offset_of!(Globals, encap_src_v6),
     offset_of!(Globals, layout_version),
     offset_of!(Globals, table_size),
+    offset_of!(Globals, encap_mtu),
+    offset_of!(Globals, too_big_per_cpu),
+    size_of::<VipSourceKey>(),
+    offset_of!(VipSourceKey, vip_id),
+    offset_of!(VipSourceKey, addr),
+    size_of::<TokenBucket>(),
+    offset_of!(TokenBucket, credit_ns),
+    offset_of!(TokenBucket, last_ns),
     size_of::<Counter>(),
     offset_of!(Counter, packets),
     offset_of!(Counter, bytes),
@@ -237,6 +271,7 @@ const SHAPES: [usize; 44] = [
     crate::BACKEND_F_ACTIVE as usize,
     crate::BACKEND_F_HEALTHY as usize,
     crate::VIP_F_PASS_ON_NO_BACKEND as usize,
+    crate::VIP_F_OWN_ALLOW as usize,
     crate::GLOBAL_F_SCOPE_ALL as usize,
     crate::GLOBAL_F_READY as usize,
     crate::FAMILY_V4 as usize,

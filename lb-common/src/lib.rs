@@ -26,6 +26,8 @@ pub const FAMILY_V4: u8 = 4;
 /// Address family code used in map keys and values for IPv6.
 pub const FAMILY_V6: u8 = 6;
 
+/// IANA protocol number of ICMP.
+pub const PROTO_ICMP: u8 = 1;
 /// IANA protocol number of TCP.
 pub const PROTO_TCP: u8 = 6;
 /// IANA protocol number of UDP.

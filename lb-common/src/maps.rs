@@ -47,6 +47,16 @@ pub const MAP_DECAP_VIPS: &str = "DECAP_VIPS";
 /// Backend side: this host's own addresses, the outer destinations it accepts,
 /// [`AddrKey`] -> `u32` (unused value 1), hash map of [`MAX_LOCAL_ADDRS`] entries.
 pub const MAP_DECAP_LOCAL: &str = "DECAP_LOCAL";
+/// Per-VIP source lists: LPM trie keyed by [`VipSourceKey`] (VIP id, then
+/// IPv4 source) -> `u32` (unused value 1), [`MAX_VIP_SOURCE_PREFIXES`]
+/// entries. One lookup tells whether a source is in a VIP's own `allow`.
+pub const MAP_SRC_ALLOW_VIP4: &str = "LB_SRC_ALLOW_VIP4";
+/// Per-VIP refused packets (source not in the VIP's own `allow`): per-CPU
+/// array of [`crate::Counter`] indexed by VIP id, [`MAX_VIPS`] entries.
+pub const MAP_VIP_DROPS: &str = "LB_VIP_DROPS";
+/// Per-CPU token bucket of ICMP "too big" generation: array of one
+/// [`TokenBucket`].
+pub const MAP_ICMP_BUCKET: &str = "LB_ICMP_BUCKET";
 
 /// Most VIPs one data plane holds; VIP ids are `0..MAX_VIPS`.
 pub const MAX_VIPS: u32 = 1024;
@@ -57,6 +67,8 @@ pub const MAX_BACKENDS: u32 = 16384;
 pub const MAX_SOURCE_PREFIXES: u32 = 1024;
 /// Most local addresses the decapsulation program accepts as outer destination.
 pub const MAX_LOCAL_ADDRS: u32 = 64;
+/// Most prefixes over all VIPs' own `allow` lists.
+pub const MAX_VIP_SOURCE_PREFIXES: u32 = 16384;
 /// Largest Maglev table size the agent accepts (a prime, as Katran's largest).
 pub const MAX_TABLE_SIZE: u32 = 16_777_213;
 
@@ -113,6 +125,44 @@ const _: () = assert!(size_of::<VipValue>() == 16);
 /// [`VipValue::flags`]: pass packets to the kernel, rather than drop them,
 /// when the VIP has no usable backend (`on_no_backend = "pass"`).
 pub const VIP_F_PASS_ON_NO_BACKEND: u32 = 1;
+/// [`VipValue::flags`]: the VIP has its own `allow` list in
+/// [`MAP_SRC_ALLOW_VIP4`]; a source must be in it too.
+pub const VIP_F_OWN_ALLOW: u32 = 2;
+
+/// Data of an LPM key of [`MAP_SRC_ALLOW_VIP4`]: the VIP id (big-endian, so
+/// it is the leading 32 bits of every prefix) then the IPv4 source. A
+/// VIP's prefix `a/n` is stored with prefix length `32 + n`. 8 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipSourceKey {
+    /// VIP id, big-endian.
+    pub vip_id: [u8; 4],
+    /// IPv4 source address (or prefix), network byte order.
+    pub addr: [u8; 4],
+}
+const _: () = assert!(size_of::<VipSourceKey>() == 8);
+
+impl VipSourceKey {
+    /// The key data for `addr` in VIP `vip_id`'s list.
+    pub const fn v4(vip_id: u32, addr: [u8; 4]) -> Self {
+        Self {
+            vip_id: vip_id.to_be_bytes(),
+            addr,
+        }
+    }
+}
+
+/// Value of [`MAP_ICMP_BUCKET`]: a token bucket kept in nanoseconds of
+/// credit (see [`crate::rules::take_token`]). 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenBucket {
+    /// Credit in nanoseconds, at most one second's worth.
+    pub credit_ns: u64,
+    /// `bpf_ktime_get_ns` of the last refill.
+    pub last_ns: u64,
+}
+const _: () = assert!(size_of::<TokenBucket>() == 16);
 
 /// An address, keying [`MAP_VIP_ADDRS`], [`MAP_DECAP_VIPS`] and
 /// [`MAP_DECAP_LOCAL`]. 20 bytes; IPv4 in the first 4 bytes, the rest zero.
@@ -233,8 +283,14 @@ pub struct Globals {
     /// Maglev table size `M` of every VIP. Only the agent reads it: to
     /// adopt pinned maps after a restart.
     pub table_size: u32,
+    /// Largest outer packet toward backends in bytes (`encap.mtu`); 0: the
+    /// egress interface's MTU (from `bpf_fib_lookup`).
+    pub encap_mtu: u32,
+    /// ICMP "too big" messages generated per second per CPU
+    /// (`icmp.too_big_per_cpu`); 0: never.
+    pub too_big_per_cpu: u32,
 }
-const _: () = assert!(size_of::<Globals>() == 32);
+const _: () = assert!(size_of::<Globals>() == 40);
 
 /// [`Globals::flags`]: apply the source filter to every packet on the
 /// interface (`scope = "all"`), not only to packets for VIP addresses.
@@ -255,4 +311,6 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::ConnValue {}
     unsafe impl aya::Pod for crate::Counter {}
+    unsafe impl aya::Pod for super::VipSourceKey {}
+    unsafe impl aya::Pod for super::TokenBucket {}
 }

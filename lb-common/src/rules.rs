@@ -3,7 +3,7 @@
 //! agent call them to say what the kernel does. Written once here, they
 //! cannot drift apart.
 
-use crate::{BACKEND_F_ACTIVE, BACKEND_F_HEALTHY};
+use crate::{BACKEND_F_ACTIVE, BACKEND_F_HEALTHY, TokenBucket};
 
 /// What the source filter makes of a packet (SPEC 4, `source_filter`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +61,47 @@ pub const fn maglev_member(healthy: bool, weight: u32) -> bool {
     healthy && weight > 0
 }
 
+/// The per-VIP source rule: a VIP with its own `allow` list (`has_own`)
+/// takes only sources in it (`in_own`, the LPM lookup in the kernel); the
+/// global filter has already passed them. A VIP's list narrows, never
+/// widens.
+#[inline(always)]
+pub fn vip_source_allowed(has_own: bool, in_own: impl FnOnce() -> bool) -> bool {
+    !has_own || in_own()
+}
+
+/// Nanoseconds of credit a token bucket holds at most: one second, so the
+/// burst is one second's rate.
+pub const BUCKET_CAPACITY_NS: u64 = 1_000_000_000;
+
+/// Takes one token from `bucket` at time `now_ns` for a rate of
+/// `per_second` tokens per second; whether there was one. The bucket keeps
+/// nanoseconds of credit: time adds credit up to [`BUCKET_CAPACITY_NS`],
+/// a token costs `1e9 / per_second`. A fresh bucket (zeroed) starts full.
+/// Rate 0 never gives a token.
+#[inline(always)]
+pub fn take_token(bucket: &mut TokenBucket, now_ns: u64, per_second: u32) -> bool {
+    if per_second == 0 {
+        return false;
+    }
+    let cost = BUCKET_CAPACITY_NS / per_second as u64;
+    let elapsed = now_ns.saturating_sub(bucket.last_ns);
+    let credit = bucket.credit_ns.saturating_add(elapsed);
+    let credit = if credit > BUCKET_CAPACITY_NS {
+        BUCKET_CAPACITY_NS
+    } else {
+        credit
+    };
+    bucket.last_ns = now_ns;
+    if credit >= cost {
+        bucket.credit_ns = credit - cost;
+        true
+    } else {
+        bucket.credit_ns = credit;
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +137,33 @@ mod tests {
         assert_eq!(match_vip([0, 81], lookup), Some("any"));
         let only_web = |p: [u8; 2]| (p == [0, 80]).then_some("web");
         assert_eq!(match_vip([0, 81], only_web), None);
+    }
+
+    #[test]
+    fn a_vip_list_narrows_never_widens() {
+        assert!(vip_source_allowed(false, || false));
+        assert!(vip_source_allowed(true, || true));
+        assert!(!vip_source_allowed(true, || false));
+    }
+
+    #[test]
+    fn the_bucket_gives_a_second_s_burst_then_the_rate() {
+        let mut b = TokenBucket::default();
+        let start = 5_000_000_000;
+        let given = (0..1500)
+            .filter(|_| take_token(&mut b, start, 1000))
+            .count();
+        assert_eq!(given, 1000, "a full bucket gives one second's worth");
+        assert!(!take_token(&mut b, start, 1000));
+        // 10 ms later: 10 more.
+        let given = (0..50)
+            .filter(|_| take_token(&mut b, start + 10_000_000, 1000))
+            .count();
+        assert_eq!(given, 10);
+        assert!(
+            !take_token(&mut TokenBucket::default(), start, 0),
+            "rate 0: never"
+        );
     }
 
     #[test]

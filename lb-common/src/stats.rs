@@ -43,11 +43,35 @@ pub enum Outcome {
     DropEncap = 10,
     /// Backend side: outer header removed, inner packet passed to the kernel.
     Decapsulated = 11,
+    /// An ICMP echo request to a VIP address, answered by the load balancer
+    /// (XDP_TX).
+    EchoReplied = 12,
+    /// A packet with DF set that would not fit toward its backend once
+    /// encapsulated: answered with ICMP "fragmentation needed" (XDP_TX).
+    TooBigSent = 13,
+    /// Like `TooBigSent`, but the per-CPU rate limit suppressed the ICMP
+    /// message: dropped.
+    TooBigSuppressed = 14,
+    /// Dropped: a packet without DF that would not fit toward its backend
+    /// once encapsulated (XDP cannot fragment).
+    DropTooBigNoDf = 15,
+    /// An ICMP error about a VIP flow (destination unreachable, time
+    /// exceeded) encapsulated toward the backend that serves the flow.
+    IcmpForwarded = 16,
+    /// Dropped: an ICMP error to a VIP address that quotes a packet not sent
+    /// from that VIP, or of a protocol other than TCP and UDP.
+    DropIcmpNotFromVip = 17,
+    /// Dropped: an ICMP message (or its quoted header) cut short.
+    DropIcmpTruncated = 18,
+    /// Dropped: "fragmentation needed" with a next-hop MTU below 68 (RFC 791).
+    DropIcmpBadMtu = 19,
+    /// Dropped: the source is not in the VIP's own `allow` list.
+    DropVipSourceFilter = 20,
 }
 
 impl Outcome {
     /// Number of outcomes: the size of [`crate::MAP_STATS`].
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 21;
     /// Every outcome, in index order.
     pub const ALL: [Outcome; Self::COUNT as usize] = [
         Self::Passed,
@@ -62,6 +86,15 @@ impl Outcome {
         Self::DropNoRoute,
         Self::DropEncap,
         Self::Decapsulated,
+        Self::EchoReplied,
+        Self::TooBigSent,
+        Self::TooBigSuppressed,
+        Self::DropTooBigNoDf,
+        Self::IcmpForwarded,
+        Self::DropIcmpNotFromVip,
+        Self::DropIcmpTruncated,
+        Self::DropIcmpBadMtu,
+        Self::DropVipSourceFilter,
     ];
 
     /// Name used in metrics, status and logs (snake case).
@@ -79,6 +112,15 @@ impl Outcome {
             Self::DropNoRoute => "drop_no_route",
             Self::DropEncap => "drop_encap",
             Self::Decapsulated => "decapsulated",
+            Self::EchoReplied => "echo_replied",
+            Self::TooBigSent => "too_big_sent",
+            Self::TooBigSuppressed => "too_big_suppressed",
+            Self::DropTooBigNoDf => "drop_too_big_no_df",
+            Self::IcmpForwarded => "icmp_forwarded",
+            Self::DropIcmpNotFromVip => "drop_icmp_not_from_vip",
+            Self::DropIcmpTruncated => "drop_icmp_truncated",
+            Self::DropIcmpBadMtu => "drop_icmp_bad_mtu",
+            Self::DropVipSourceFilter => "drop_vip_source_filter",
         }
     }
 }
@@ -133,7 +175,16 @@ mod tests {
             | Outcome::PassedNoBackend
             | Outcome::DropNoRoute
             | Outcome::DropEncap
-            | Outcome::Decapsulated => o,
+            | Outcome::Decapsulated
+            | Outcome::EchoReplied
+            | Outcome::TooBigSent
+            | Outcome::TooBigSuppressed
+            | Outcome::DropTooBigNoDf
+            | Outcome::IcmpForwarded
+            | Outcome::DropIcmpNotFromVip
+            | Outcome::DropIcmpTruncated
+            | Outcome::DropIcmpBadMtu
+            | Outcome::DropVipSourceFilter => o,
         };
         for o in Outcome::ALL {
             let o = variant(o);

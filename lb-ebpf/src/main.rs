@@ -55,7 +55,10 @@ pub fn xdp_decap(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn action(outcome: Outcome) -> u32 {
     match outcome {
-        Outcome::Forwarded => XDP_TX,
+        Outcome::Forwarded
+        | Outcome::EchoReplied
+        | Outcome::TooBigSent
+        | Outcome::IcmpForwarded => XDP_TX,
         Outcome::Redirected => XDP_REDIRECT,
         Outcome::Passed
         | Outcome::PassedNoNeighbour
@@ -66,7 +69,13 @@ fn action(outcome: Outcome) -> u32 {
         | Outcome::DropMalformed
         | Outcome::DropNoBackend
         | Outcome::DropNoRoute
-        | Outcome::DropEncap => XDP_DROP,
+        | Outcome::DropEncap
+        | Outcome::TooBigSuppressed
+        | Outcome::DropTooBigNoDf
+        | Outcome::DropIcmpNotFromVip
+        | Outcome::DropIcmpTruncated
+        | Outcome::DropIcmpBadMtu
+        | Outcome::DropVipSourceFilter => XDP_DROP,
     }
 }
 

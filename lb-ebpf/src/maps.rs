@@ -7,7 +7,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     AddrKey, Backend, ConnEvent, ConnValue, Counter, FlowKey, Globals, MAX_BACKENDS,
-    MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES, MAX_VIPS, Outcome, VipKey, VipValue,
+    MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES, MAX_VIP_SOURCE_PREFIXES, MAX_VIPS, Outcome, TokenBucket,
+    VipKey, VipSourceKey, VipValue,
 };
 
 /// VIP (address, port, protocol) -> its id, Maglev table and flags.
@@ -62,6 +63,19 @@ pub static DECAP_VIPS: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_VIP
 /// Backend side: this host's addresses (accepted outer destinations).
 #[map]
 pub static DECAP_LOCAL: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
+
+/// Per-VIP `allow` lists: (VIP id, source) prefixes; see [`VipSourceKey`].
+#[map]
+pub static LB_SRC_ALLOW_VIP4: LpmTrie<VipSourceKey, u32> =
+    LpmTrie::with_max_entries(MAX_VIP_SOURCE_PREFIXES, 1);
+
+/// Per-VIP packets refused by the VIP's own `allow` list, by VIP id.
+#[map]
+pub static LB_VIP_DROPS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+/// Per-CPU token bucket of ICMP "too big" generation.
+#[map]
+pub static LB_ICMP_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
 
 /// Adds one packet of `bytes` bytes to entry `index` of a per-CPU counter map.
 /// An index past the map's end is ignored (the lookup fails).

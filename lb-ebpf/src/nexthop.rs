@@ -26,8 +26,11 @@ pub enum NextHop {
     },
     /// A route exists but the kernel has no neighbour entry for the next hop.
     NoNeighbour,
-    /// The packet of `tot_len` bytes exceeds the egress MTU.
-    FragNeeded,
+    /// The packet of `tot_len` bytes exceeds the egress MTU, `mtu` bytes.
+    FragNeeded {
+        /// The egress MTU (`mtu_result`).
+        mtu: u16,
+    },
     /// No route (unreachable, blackhole, prohibited, forwarding disabled, …).
     NoRoute,
 }
@@ -60,7 +63,11 @@ pub fn lookup_v4(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], tot_len: u16) -> 
             dmac: params.dmac,
         },
         BPF_FIB_LKUP_RET_NO_NEIGH => NextHop::NoNeighbour,
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => NextHop::FragNeeded,
+        // SAFETY: on FRAG_NEEDED the kernel stores the MTU in this union
+        // member (net/core/filter.c, bpf_fib_lookup).
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => NextHop::FragNeeded {
+            mtu: unsafe { params.__bindgen_anon_1.mtu_result },
+        },
         _ => NextHop::NoRoute,
     }
 }

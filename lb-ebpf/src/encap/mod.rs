@@ -1,5 +1,6 @@
 //! Outer headers toward a backend: IPv4-in-IPv4 ([`ipip`]), their
-//! checksums ([`csum`]), and the Ethernet addresses of the frame sent.
+//! checksums ([`csum`]), the answer when a packet would not fit
+//! ([`too_big`]), and the Ethernet addresses of the frame sent.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::Outcome;
@@ -9,6 +10,7 @@ use crate::parse::ptr_at;
 
 pub mod csum;
 pub mod ipip;
+pub mod too_big;
 
 pub use ipip::{OuterV4, push_ipv4};
 

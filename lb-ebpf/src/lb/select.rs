@@ -84,3 +84,25 @@ pub fn flow_backend(
     );
     Some((id, backend))
 }
+
+/// The backend of a flow for a packet that must not change the connection
+/// table (an ICMP error about the flow): the connection-table entry while
+/// its backend is usable, else the Maglev choice; nothing recorded or
+/// counted.
+#[inline(always)]
+pub fn lookup_backend(
+    vip: &VipValue,
+    flow: &FlowKey,
+    flow_hash: u32,
+) -> Option<(u32, &'static Backend)> {
+    if let Some(entry) = LB_CONNS.get_ptr(flow) {
+        // SAFETY: a map value pointer, valid during this program run.
+        let entry = unsafe { *entry };
+        if let Some(backend) = usable_backend(entry.backend_id)
+            && backend.generation == entry.generation
+        {
+            return Some((entry.backend_id, backend));
+        }
+    }
+    maglev_backend(vip, flow_hash)
+}

@@ -23,3 +23,18 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     }
     Some((start + offset) as *mut T)
 }
+
+/// [`ptr_at`] whose bounds check the compiler cannot drop: `data_end` is
+/// read afresh (volatile), so a check the compiler could prove from an
+/// earlier one (a header before one already checked) stays in the code, as
+/// the verifier needs a check on each packet pointer it tracks.
+#[inline(always)]
+pub fn ptr_at_fresh<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    // SAFETY: ctx.ctx points at the program's xdp_md.
+    let end = unsafe { core::ptr::read_volatile(&(*ctx.ctx).data_end) } as usize;
+    if start + offset + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
