@@ -1,10 +1,14 @@
-//! `cargo xtask`: set-up, build, test, demo, bench and run. Installs what a fresh
-//! machine lacks (the pinned nightly with rust-src, bpf-linker 0.10.4, and the
-//! lab's programs) before building, saying what it does.
+//! `cargo xtask`: set-up, build, test (on the host's kernel, and on Debian 12's
+//! in QEMU), demo, bench and run. Installs what a fresh machine lacks (the
+//! pinned nightly with rust-src, bpf-linker 0.10.4, and the lab's programs)
+//! before building, saying what it does.
+
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -36,6 +40,13 @@ enum Task {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Set up, build, then run the verifier counts, the packet tests and one
+    /// end-to-end test on Debian bookworm's 6.1 kernel in QEMU; needs root.
+    TestKernel {
+        /// Kill the VM after this many minutes.
+        #[arg(long, default_value_t = 15)]
+        timeout_minutes: u64,
     },
     /// Set up, build, then run the namespace demo; needs root.
     Demo,
@@ -79,6 +90,9 @@ fn main() -> anyhow::Result<()> {
                 .env("LB_PROMTOOL", promtool)
                 .env("LB_BIN_VARIANT", variant);
             status(&mut cmd)
+        }
+        Task::TestKernel { timeout_minutes } => {
+            vm::test_kernel(&root, Duration::from_secs(timeout_minutes * 60))
         }
         Task::Demo => {
             setup()?;

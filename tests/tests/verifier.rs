@@ -1,0 +1,49 @@
+//! The verifier's work on each XDP program: loads `xdp_lb` and `xdp_decap`
+//! into the running kernel and prints how many instructions the verifier
+//! processed (the kernel's `verified_insns`, the `processed N insns` of its
+//! log; the limit is 1,000,000). `cargo xtask test-kernel` runs it on Debian
+//! 12's 6.1 kernel, whose verifier is older than the host's.
+
+use aya::programs::Xdp;
+use lb_userspace::{agent, config::Config};
+
+/// Small maps: the verifier's work does not depend on their size.
+const CONFIG: &str = r#"
+[maglev]
+table_size = 251
+[[vip]]
+name = "web"
+address = "10.20.0.100"
+port = 80
+protocol = "tcp"
+  [[vip.backend]]
+  address = "10.20.0.21"
+"#;
+
+#[test]
+fn programs_pass_the_verifier_and_report_its_instruction_count() {
+    if !lb_tests::can_run_as_root("verifier") {
+        return;
+    }
+    let config = Config::parse(CONFIG, "verifier-test")
+        .expect("valid")
+        .config;
+    let mut ebpf = agent::load_object(&config).expect("load object");
+    for name in ["xdp_lb", "xdp_decap"] {
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .expect("program")
+            .try_into()
+            .expect("xdp");
+        // The error's text carries the verifier's log.
+        if let Err(e) = prog.load() {
+            panic!("the verifier refuses {name}: {e}");
+        }
+        let processed = prog
+            .info()
+            .expect("program info")
+            .verified_instruction_count()
+            .expect("verified_insns (kernel 5.16 and later)");
+        println!("{name}: processed {processed} insns");
+    }
+}
