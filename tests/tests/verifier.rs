@@ -5,7 +5,7 @@
 //! 12's 6.1 kernel, whose verifier is older than the host's.
 
 use aya::programs::Xdp;
-use lb_userspace::{agent, config::Config};
+use lb_userspace::{config::Config, dataplane::object};
 
 /// Small maps: the verifier's work does not depend on their size.
 const CONFIG: &str = r#"
@@ -28,7 +28,7 @@ fn programs_pass_the_verifier_and_report_its_instruction_count() {
     let config = Config::parse(CONFIG, "verifier-test")
         .expect("valid")
         .config;
-    let mut ebpf = agent::load_object(&config).expect("load object");
+    let mut ebpf = object::load_object(&config).expect("load object");
     for name in ["xdp_lb", "xdp_decap"] {
         let prog: &mut Xdp = ebpf
             .program_mut(name)
