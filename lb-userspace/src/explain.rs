@@ -14,7 +14,9 @@ use aya::maps::{Array, HashMap, MapData};
 use lb_common::{
     BACKEND_F_ACTIVE, Backend, ConnValue, FlowKey, MAP_BACKENDS, MAP_CONNS, MAP_MAGLEV, MAP_VIPS,
     VipKey, VipValue, flow_hash_v4, maglev_slot,
-    rules::{FilterVerdict, backend_usable, filter_verdict, maglev_member, match_vip},
+    rules::{
+        FilterVerdict, backend_usable, filter_verdict, maglev_member, match_vip, vip_source_allowed,
+    },
 };
 
 use crate::{
@@ -58,8 +60,20 @@ pub enum Verdict<'a> {
     /// Passed to the kernel: not a VIP address, or no VIP of that port and
     /// protocol.
     Pass,
+    /// Dropped: the source is not in this VIP's own `allow` list.
+    DropVipSourceFilter(&'a Vip),
     /// Balanced by this VIP.
     Vip(&'a Vip),
+}
+
+/// A VIP's own `allow` list as text.
+fn own_list(vip: &Vip) -> String {
+    vip.allow
+        .iter()
+        .flatten()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The [`Verdict`] for a packet from `src` to `dst` over `protocol`.
@@ -74,9 +88,22 @@ pub fn verdict(
     match filter_verdict(config.scope == FilterScope::All, to_vip_address, allowed) {
         FilterVerdict::Drop => Verdict::DropSourceFilter,
         FilterVerdict::Pass => Verdict::Pass,
-        FilterVerdict::ToVipAddress => {
-            find_vip(config, dst, protocol).map_or(Verdict::Pass, Verdict::Vip)
-        }
+        FilterVerdict::ToVipAddress => match find_vip(config, dst, protocol) {
+            None => Verdict::Pass,
+            Some(vip) => {
+                let in_own = || {
+                    vip.allow
+                        .iter()
+                        .flatten()
+                        .any(|net| net.contains(&src.ip()))
+                };
+                if vip_source_allowed(vip.allow.is_some(), in_own) {
+                    Verdict::Vip(vip)
+                } else {
+                    Verdict::DropVipSourceFilter(vip)
+                }
+            }
+        },
     }
 }
 
@@ -121,8 +148,21 @@ pub fn explain(
             );
             return Ok(out);
         }
+        Verdict::DropVipSourceFilter(vip) => {
+            let _ = writeln!(
+                out,
+                "VIP {:?}: source {} is outside its own allow list ({}): dropped and counted for the VIP",
+                vip.name,
+                src.ip(),
+                own_list(vip)
+            );
+            return Ok(out);
+        }
         Verdict::Vip(vip) => vip,
     };
+    if vip.allow.is_some() {
+        let _ = writeln!(out, "VIP {:?} allows {}", vip.name, own_list(vip));
+    }
     let sport = src.port().to_be_bytes();
     let dport = dst.port().to_be_bytes();
     let hash = flow_hash_v4(s, d, sport, dport, proto);

@@ -119,6 +119,21 @@ impl Collector for LbCollector {
         )?;
         counters(
             e,
+            "lb_vip_dropped_packets",
+            "Packets to a VIP refused by its own allow list, by reason.",
+            &s.vips
+                .iter()
+                .map(|v| {
+                    let labels = vec![
+                        ("vip", v.name.clone()),
+                        ("reason", "source_filter".to_string()),
+                    ];
+                    (labels, v.refused.packets)
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        counters(
+            e,
             "lb_backend_packets",
             "Packets sent per backend.",
             &per_backend(&s, |b| b.traffic.packets),

@@ -37,6 +37,7 @@ struct VipView {
     address: String,
     protocol: String,
     health_check: String,
+    allow: Option<Vec<String>>,
     backends: Vec<BackendView>,
 }
 
@@ -104,6 +105,11 @@ impl Shared {
                 address: format!("{}:{}", v.config.address, v.config.port),
                 protocol: v.config.protocol.to_string(),
                 health_check: v.config.health_check.kind.to_string(),
+                allow: v
+                    .config
+                    .allow
+                    .as_ref()
+                    .map(|list| list.iter().map(ToString::to_string).collect()),
                 backends: v
                     .backends
                     .iter()
@@ -187,7 +193,9 @@ impl Shared {
                 address: v.address.clone(),
                 protocol: v.protocol.clone(),
                 health_check: v.health_check.clone(),
+                allow: v.allow.clone(),
                 traffic: stats.vip(v.id).into(),
+                refused: stats.vip_refused(v.id).into(),
                 backends: v
                     .backends
                     .iter()

@@ -66,8 +66,12 @@ pub struct VipStatus {
     pub protocol: String,
     /// Health-check kind.
     pub health_check: String,
+    /// Its own source prefixes (`allow`); `None`: the global list alone.
+    pub allow: Option<Vec<String>>,
     /// Traffic to it.
     pub traffic: Traffic,
+    /// Packets refused by its own `allow` list.
+    pub refused: Traffic,
     /// Its backends, in configuration order.
     pub backends: Vec<BackendStatus>,
 }
@@ -160,6 +164,14 @@ pub fn render_table(s: &Status) -> String {
             "\nVIP {} {} {} (check {}): {} packets, {} bytes",
             v.name, v.address, v.protocol, v.health_check, v.traffic.packets, v.traffic.bytes
         );
+        if let Some(allow) = &v.allow {
+            let _ = writeln!(
+                out,
+                "  allow {} (own list; {} packets refused)",
+                allow.join(", "),
+                v.refused.packets
+            );
+        }
         let _ = writeln!(
             out,
             "  {:<40} {:<10} {:>6} {:>12} {:>14}  last check",

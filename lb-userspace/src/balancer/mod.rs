@@ -20,8 +20,8 @@ use std::{
 
 use lb_common::{
     AddrKey, BACKEND_F_ACTIVE, BACKEND_F_HEALTHY, Backend, GLOBAL_F_READY, GLOBAL_F_SCOPE_ALL,
-    Globals, LAYOUT_FINGERPRINT, MAX_BACKENDS, MAX_VIPS, VIP_F_PASS_ON_NO_BACKEND, VipKey,
-    VipValue, rules::maglev_member,
+    Globals, LAYOUT_FINGERPRINT, MAX_BACKENDS, MAX_VIPS, VIP_F_OWN_ALLOW, VIP_F_PASS_ON_NO_BACKEND,
+    VipKey, VipValue, rules::maglev_member,
 };
 
 mod ids;
@@ -162,6 +162,8 @@ pub struct Balancer<M: MapWriter> {
     addr_counts: HashMap<AddrKey, u32>,
     /// Allowed IPv4 prefixes, as in the map.
     allow_v4: HashSet<(Ipv4Addr, u8)>,
+    /// Every VIP's own IPv4 prefixes (VIP id, address, length), as in the map.
+    vip_allow: HashSet<(u32, Ipv4Addr, u8)>,
     globals: Globals,
 }
 
@@ -219,11 +221,26 @@ fn backend_value(addr: IpAddr, flags: u8, generation: u32, vip_id: u32) -> Backe
 }
 
 fn vip_flags(vip: &Vip) -> u32 {
+    let mut flags = 0;
     if vip.on_no_backend == OnNoBackend::Pass {
-        VIP_F_PASS_ON_NO_BACKEND
-    } else {
-        0
+        flags |= VIP_F_PASS_ON_NO_BACKEND;
     }
+    if vip.allow.is_some() {
+        flags |= VIP_F_OWN_ALLOW;
+    }
+    flags
+}
+
+/// A VIP's own IPv4 source prefixes as the per-VIP trie holds them.
+fn own_allow(vip: &Vip, id: u32) -> HashSet<(u32, Ipv4Addr, u8)> {
+    vip.allow
+        .iter()
+        .flatten()
+        .filter_map(|n| match n {
+            ipnet::IpNet::V4(n) => Some((id, n.network(), n.prefix_len())),
+            ipnet::IpNet::V6(_) => None,
+        })
+        .collect()
 }
 
 impl<M: MapWriter> Balancer<M> {
@@ -239,6 +256,7 @@ impl<M: MapWriter> Balancer<M> {
             generations: vec![0; MAX_BACKENDS as usize],
             addr_counts: HashMap::new(),
             allow_v4: HashSet::new(),
+            vip_allow: HashSet::new(),
             globals: Globals::default(),
         }
     }
@@ -293,6 +311,7 @@ impl<M: MapWriter> Balancer<M> {
         let mut b = Self::empty(maps, table_size, regions);
         b.globals = globals;
         b.allow_v4 = b.maps.allowed_v4()?.into_iter().collect();
+        b.vip_allow = b.maps.allowed_vip_v4()?.into_iter().collect();
         b.addr_counts = b.maps.vip_addrs()?.into_iter().collect();
         for (id, backend) in &backends {
             b.generations[*id as usize] = backend.generation;
@@ -460,6 +479,8 @@ impl<M: MapWriter> Balancer<M> {
             flags,
             layout_version: LAYOUT_FINGERPRINT,
             table_size: self.table_size,
+            encap_mtu: config.encap_mtu.map_or(0, u32::from),
+            too_big_per_cpu: config.too_big_per_cpu,
             ..self.globals
         };
         if globals != self.globals {
@@ -577,6 +598,9 @@ impl<M: MapWriter> Balancer<M> {
 
     fn add_vip(&mut self, vip: &Vip) -> Result<(), BalancerError> {
         let id = self.vip_ids.take("VIP ids")?;
+        // The VIP's own list before its entry: no moment with the flag set
+        // and the list empty.
+        self.add_own_allow(vip, id)?;
         let mut backends = Vec::with_capacity(vip.backends.len());
         for b in &vip.backends {
             backends.push(self.new_backend(b.address, b.weight, id)?);
@@ -602,6 +626,7 @@ impl<M: MapWriter> Balancer<M> {
         changes: &mut Changes,
     ) -> Result<(), BalancerError> {
         let id = self.vips[i].id;
+        changes.other_writes += self.add_own_allow(vip, id)?;
         let mut old = std::mem::take(&mut self.vips[i].backends);
         let mut backends = Vec::with_capacity(vip.backends.len());
         for b in &vip.backends {
@@ -642,7 +667,42 @@ impl<M: MapWriter> Balancer<M> {
             self.retire_backend(b, id)?;
             changes.backends_removed += 1;
         }
+        // Prefixes the VIP no longer lists, once its entry says so.
+        changes.other_writes += self.drop_own_allow(id, &own_allow(vip, id))?;
         Ok(())
+    }
+
+    /// Writes the prefixes of `vip`'s own list (VIP id `id`) not yet in the
+    /// map; returns how many.
+    fn add_own_allow(&mut self, vip: &Vip, id: u32) -> Result<usize, BalancerError> {
+        let mut written = 0;
+        for entry in own_allow(vip, id) {
+            if !self.vip_allow.contains(&entry) {
+                self.maps.allow_vip_v4(entry.0, entry.1, entry.2)?;
+                self.vip_allow.insert(entry);
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
+    /// Removes VIP `id`'s prefixes that are not in `keep`; returns how many.
+    fn drop_own_allow(
+        &mut self,
+        id: u32,
+        keep: &HashSet<(u32, Ipv4Addr, u8)>,
+    ) -> Result<usize, BalancerError> {
+        let stale: Vec<_> = self
+            .vip_allow
+            .iter()
+            .filter(|e| e.0 == id && !keep.contains(e))
+            .copied()
+            .collect();
+        for entry in &stale {
+            self.maps.disallow_vip_v4(entry.0, entry.1, entry.2)?;
+            self.vip_allow.remove(entry);
+        }
+        Ok(stale.len())
     }
 
     /// Whether VIP `i`'s table must be written: its members changed, or (adopted)
@@ -667,6 +727,7 @@ impl<M: MapWriter> Balancer<M> {
     fn remove_vip(&mut self, i: usize) -> Result<(), BalancerError> {
         let vip = self.vips.remove(i);
         self.maps.remove_vip(&vip_key(&vip.config))?;
+        self.drop_own_allow(vip.id, &HashSet::new())?;
         for b in &vip.backends {
             self.retire_backend(b, vip.id)?;
         }

@@ -41,6 +41,13 @@ pub const MAX_API_CONNECTIONS: u32 = 512;
 /// rather than read (a `/dev/zero` or a runaway generator would otherwise
 /// grow the agent without bound).
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// Default `icmp.too_big_per_cpu`: ICMP "too big" messages per second per CPU.
+pub const DEFAULT_TOO_BIG_PER_CPU: u32 = 1000;
+/// Largest `icmp.too_big_per_cpu`.
+pub const MAX_TOO_BIG_PER_CPU: u32 = 1_000_000;
+/// Smallest `encap.mtu`: an outer header, a minimal inner header and room
+/// for a quoted packet (RFC 791's 576 bytes every host accepts).
+pub const MIN_ENCAP_MTU: u32 = 576;
 /// Default `encap.gue_port`.
 pub const DEFAULT_GUE_PORT: u16 = 6080;
 /// Largest backend weight accepted.
@@ -270,6 +277,11 @@ pub struct Config {
     pub encap_source_v6: Option<Ipv6Addr>,
     /// GUE destination port.
     pub gue_port: u16,
+    /// Largest outer packet toward backends (`encap.mtu`); `None`: the
+    /// egress interface's MTU.
+    pub encap_mtu: Option<u16>,
+    /// ICMP "too big" messages generated per second per CPU; 0: never.
+    pub too_big_per_cpu: u32,
     /// Maglev table size `M` (prime) of every VIP.
     pub table_size: u32,
     /// Connection-table capacity in flows.
@@ -293,6 +305,9 @@ pub struct Vip {
     pub protocol: Protocol,
     /// Rule when no backend is usable.
     pub on_no_backend: OnNoBackend,
+    /// The VIP's own source prefixes (`allow`), each inside a global one;
+    /// `None`: the global list alone.
+    pub allow: Option<Vec<IpNet>>,
     /// Health check of every backend.
     pub health_check: HealthCheck,
     /// Backends, in file order, each address once.

@@ -26,6 +26,8 @@ pub(super) struct RawConfig {
     pub(super) maglev: RawMaglev,
     #[serde(default)]
     pub(super) conntrack: RawConntrack,
+    #[serde(default)]
+    pub(super) icmp: RawIcmp,
     #[serde(default, rename = "vip")]
     pub(super) vips: Vec<RawVip>,
 }
@@ -55,6 +57,13 @@ pub(super) struct RawEncap {
     pub(super) source_v4: Option<IpAddr>,
     pub(super) source_v6: Option<IpAddr>,
     pub(super) gue_port: Option<u16>,
+    pub(super) mtu: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIcmp {
+    pub(super) too_big_per_cpu: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -79,6 +88,7 @@ pub(super) struct RawVip {
     pub(super) protocol: Protocol,
     #[serde(default)]
     pub(super) on_no_backend: OnNoBackend,
+    pub(super) allow: Option<Vec<String>>,
     pub(super) health_check: Option<RawHealthCheck>,
     #[serde(default, rename = "backend")]
     pub(super) backends: Vec<RawBackend>,

@@ -77,6 +77,22 @@ impl Validator {
                 },
             );
         }
+        let encap_mtu = self.encap_mtu(&raw.encap);
+        let too_big_per_cpu = self.too_big_per_cpu(&raw.icmp);
+        let own_prefixes: usize = vips
+            .iter()
+            .filter_map(|v| v.allow.as_ref())
+            .map(Vec::len)
+            .sum();
+        if own_prefixes > lb_common::MAX_VIP_SOURCE_PREFIXES as usize {
+            self.error(
+                "vip",
+                format!(
+                    "{own_prefixes} prefixes in VIPs' own allow lists, at most {}",
+                    lb_common::MAX_VIP_SOURCE_PREFIXES
+                ),
+            );
+        }
         Config {
             interface: raw.interface,
             xdp_mode: raw.xdp_mode,
@@ -86,6 +102,8 @@ impl Validator {
             allow,
             scope: raw.source_filter.scope,
             encap: raw.encap.kind,
+            encap_mtu,
+            too_big_per_cpu,
             encap_source_v4,
             encap_source_v6,
             gue_port,
@@ -264,6 +282,29 @@ impl Validator {
         (v4, v6, gue_port)
     }
 
+    fn encap_mtu(&mut self, encap: &RawEncap) -> Option<u16> {
+        let mtu = encap.mtu?;
+        if !(MIN_ENCAP_MTU..=u32::from(u16::MAX)).contains(&mtu) {
+            self.error(
+                "encap.mtu",
+                format!("{mtu} is out of range ({MIN_ENCAP_MTU} to 65535)"),
+            );
+            return None;
+        }
+        Some(mtu as u16)
+    }
+
+    fn too_big_per_cpu(&mut self, icmp: &RawIcmp) -> u32 {
+        let rate = icmp.too_big_per_cpu.unwrap_or(DEFAULT_TOO_BIG_PER_CPU);
+        if rate > MAX_TOO_BIG_PER_CPU {
+            self.error(
+                "icmp.too_big_per_cpu",
+                format!("{rate} is out of range (0 to {MAX_TOO_BIG_PER_CPU})"),
+            );
+        }
+        rate
+    }
+
     fn table_size(&mut self, maglev: &RawMaglev) -> u32 {
         let m = maglev.table_size.unwrap_or(DEFAULT_TABLE_SIZE);
         if !(3..=MAX_TABLE_SIZE).contains(&m) {
@@ -332,17 +373,57 @@ impl Validator {
             }
             let health_check = self.health_check(&key, &vip);
             let backends = self.backends(&key, &vip, table_size);
+            let own_allow = self.vip_allow(&key, &vip, allow);
             out.push(Vip {
                 name: vip.name,
                 address: vip.address,
                 port: vip.port,
                 protocol: vip.protocol,
                 on_no_backend: vip.on_no_backend,
+                allow: own_allow,
                 health_check,
                 backends,
             });
         }
         out
+    }
+
+    /// A VIP's own `allow` list: prefixes of the VIP's family, host bits
+    /// clear, each inside a global prefix (it narrows, never widens).
+    fn vip_allow(&mut self, vip_key: &str, vip: &RawVip, global: &[IpNet]) -> Option<Vec<IpNet>> {
+        let texts = vip.allow.as_ref()?;
+        let key = format!("{vip_key}.allow");
+        if texts.is_empty() {
+            self.error(
+                &key,
+                "is empty: every client would be refused (remove the key to use the global list)",
+            );
+        }
+        let mut out: Vec<IpNet> = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            let key = format!("{key}[{i}]");
+            match text.parse::<IpNet>() {
+                Ok(net) if net.trunc() != net => self.error(
+                    key,
+                    format!("{text:?} has host bits set (did you mean {}?)", net.trunc()),
+                ),
+                Ok(net) if net.addr().is_ipv4() != vip.address.is_ipv4() => {
+                    self.error(key, format!("{text:?} is not of the VIP's address family"));
+                }
+                Ok(net) if !global.iter().any(|g| g.contains(&net)) => self.error(
+                    key,
+                    format!(
+                        "{text:?} is outside every source_filter.allow prefix: it could never match"
+                    ),
+                ),
+                Ok(net) if out.contains(&net) => {
+                    self.error(key, format!("{text:?} is listed twice"));
+                }
+                Ok(net) => out.push(net),
+                Err(_) => self.error(key, format!("{text:?} is not a prefix (address/length)")),
+            }
+        }
+        Some(out)
     }
 
     fn health_check(&mut self, vip_key: &str, vip: &RawVip) -> HealthCheck {

@@ -14,6 +14,8 @@ pub struct FakeMaps {
     pub globals: Globals,
     /// Allowed prefixes.
     pub allow_v4: Vec<(Ipv4Addr, u8)>,
+    /// Every VIP's own source prefixes: (VIP id, address, length).
+    pub allow_vip_v4: Vec<(u32, Ipv4Addr, u8)>,
     /// VIPs.
     pub vips: StdHashMap<VipKey, VipValue>,
     /// VIP addresses.
@@ -78,6 +80,33 @@ impl MapWriter for FakeMaps {
     }
     fn allowed_v4(&self) -> Result<Vec<(Ipv4Addr, u8)>, MapWriteError> {
         Ok(self.allow_v4.clone())
+    }
+
+    fn allow_vip_v4(
+        &mut self,
+        vip_id: u32,
+        addr: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        self.allow_vip_v4.push((vip_id, addr, prefix_len));
+        Ok(())
+    }
+
+    fn disallow_vip_v4(
+        &mut self,
+        vip_id: u32,
+        addr: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        self.allow_vip_v4
+            .retain(|&p| p != (vip_id, addr, prefix_len));
+        Ok(())
+    }
+
+    fn allowed_vip_v4(&self) -> Result<Vec<(u32, Ipv4Addr, u8)>, MapWriteError> {
+        Ok(self.allow_vip_v4.clone())
     }
     fn vips(&self) -> Result<Vec<(VipKey, VipValue)>, MapWriteError> {
         Ok(self.vips.iter().map(|(k, v)| (*k, *v)).collect())

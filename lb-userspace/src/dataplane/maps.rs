@@ -11,7 +11,7 @@ use aya::{
 };
 use lb_common::{
     AddrKey, Backend, Globals, MAP_BACKENDS, MAP_GLOBALS, MAP_MAGLEV, MAP_SRC_ALLOW_V4,
-    MAP_VIP_ADDRS, MAP_VIPS, VipKey, VipValue,
+    MAP_SRC_ALLOW_VIP4, MAP_VIP_ADDRS, MAP_VIPS, VipKey, VipSourceKey, VipValue,
 };
 
 use super::maglev_map::MaglevMap;
@@ -42,6 +42,20 @@ pub trait MapWriter {
     fn allow_v4(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<(), MapWriteError>;
     /// Removes an allowed IPv4 source prefix.
     fn disallow_v4(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<(), MapWriteError>;
+    /// Allows source prefix `addr/prefix_len` for VIP `vip_id` (its own list).
+    fn allow_vip_v4(
+        &mut self,
+        vip_id: u32,
+        addr: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<(), MapWriteError>;
+    /// Removes source prefix `addr/prefix_len` from VIP `vip_id`'s own list.
+    fn disallow_vip_v4(
+        &mut self,
+        vip_id: u32,
+        addr: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<(), MapWriteError>;
     /// Inserts or replaces a VIP.
     fn set_vip(&mut self, key: &VipKey, value: &VipValue) -> Result<(), MapWriteError>;
     /// Removes a VIP.
@@ -57,6 +71,8 @@ pub trait MapWriter {
     fn globals(&self) -> Result<Globals, MapWriteError>;
     /// Every allowed IPv4 source prefix.
     fn allowed_v4(&self) -> Result<Vec<(Ipv4Addr, u8)>, MapWriteError>;
+    /// Every prefix of every VIP's own list: (VIP id, address, length).
+    fn allowed_vip_v4(&self) -> Result<Vec<(u32, Ipv4Addr, u8)>, MapWriteError>;
     /// Every VIP.
     fn vips(&self) -> Result<Vec<(VipKey, VipValue)>, MapWriteError>;
     /// Every VIP address with its VIP count.
@@ -74,6 +90,7 @@ pub struct AyaMaps {
     maglev: MaglevMap,
     backends: Array<MapData, Backend>,
     allow_v4: LpmTrie<MapData, [u8; 4], u32>,
+    allow_vip_v4: LpmTrie<MapData, VipSourceKey, u32>,
     globals: Array<MapData, Globals>,
 }
 
@@ -134,6 +151,7 @@ impl AyaMaps {
             maglev: MaglevMap::new(maglev)?,
             backends: take(ebpf, MAP_BACKENDS)?,
             allow_v4: take(ebpf, MAP_SRC_ALLOW_V4)?,
+            allow_vip_v4: take(ebpf, MAP_SRC_ALLOW_VIP4)?,
             globals: take(ebpf, MAP_GLOBALS)?,
         })
     }
@@ -152,6 +170,7 @@ impl AyaMaps {
             maglev: MaglevMap::new(maglev)?,
             backends: open_pin(dir, MAP_BACKENDS)?,
             allow_v4: open_pin(dir, MAP_SRC_ALLOW_V4)?,
+            allow_vip_v4: open_pin(dir, MAP_SRC_ALLOW_VIP4)?,
             globals: open_pin(dir, MAP_GLOBALS)?,
         })
     }
@@ -235,6 +254,53 @@ impl MapWriter for AyaMaps {
 
     fn globals(&self) -> Result<Globals, MapWriteError> {
         self.globals.get(&0, 0).map_err(wrap(MAP_GLOBALS, "get"))
+    }
+
+    fn allow_vip_v4(
+        &mut self,
+        vip_id: u32,
+        addr: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<(), MapWriteError> {
+        let key = Key::new(
+            32 + u32::from(prefix_len),
+            VipSourceKey::v4(vip_id, addr.octets()),
+        );
+        self.allow_vip_v4
+            .insert(&key, 1, 0)
+            .map_err(wrap(MAP_SRC_ALLOW_VIP4, "insert"))
+    }
+
+    fn disallow_vip_v4(
+        &mut self,
+        vip_id: u32,
+        addr: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<(), MapWriteError> {
+        let key = Key::new(
+            32 + u32::from(prefix_len),
+            VipSourceKey::v4(vip_id, addr.octets()),
+        );
+        self.allow_vip_v4
+            .remove(&key)
+            .map_err(wrap(MAP_SRC_ALLOW_VIP4, "remove"))
+    }
+
+    fn allowed_vip_v4(&self) -> Result<Vec<(u32, Ipv4Addr, u8)>, MapWriteError> {
+        self.allow_vip_v4
+            .keys()
+            .map(|k| {
+                k.map(|k| {
+                    let data = k.data();
+                    (
+                        u32::from_be_bytes(data.vip_id),
+                        Ipv4Addr::from(data.addr),
+                        (k.prefix_len() - 32) as u8,
+                    )
+                })
+                .map_err(wrap(MAP_SRC_ALLOW_VIP4, "iterate"))
+            })
+            .collect()
     }
 
     fn allowed_v4(&self) -> Result<Vec<(Ipv4Addr, u8)>, MapWriteError> {

@@ -8,8 +8,9 @@ use std::{
 
 use aya::Ebpf;
 use lb_common::{
-    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONN_STATS, MAP_CONNS, MAP_GLOBALS, MAP_MAGLEV,
-    MAP_SRC_ALLOW_V4, MAP_STATS, MAP_VIP_ADDRS, MAP_VIP_STATS, MAP_VIPS,
+    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONN_STATS, MAP_CONNS, MAP_GLOBALS, MAP_ICMP_BUCKET,
+    MAP_MAGLEV, MAP_SRC_ALLOW_V4, MAP_SRC_ALLOW_VIP4, MAP_STATS, MAP_VIP_ADDRS, MAP_VIP_DROPS,
+    MAP_VIP_STATS, MAP_VIPS,
 };
 use log::warn;
 
@@ -25,7 +26,7 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 pub const LOCK_ROOT: &str = "/run/lb";
 
 /// Every map the agent opens when it adopts a pinned data plane.
-pub const ADOPTED_MAPS: [&str; 11] = [
+pub const ADOPTED_MAPS: [&str; 14] = [
     MAP_VIPS,
     MAP_VIP_ADDRS,
     MAP_MAGLEV,
@@ -37,6 +38,9 @@ pub const ADOPTED_MAPS: [&str; 11] = [
     MAP_BACKEND_STATS,
     MAP_CONNS,
     MAP_CONN_STATS,
+    MAP_SRC_ALLOW_VIP4,
+    MAP_VIP_DROPS,
+    MAP_ICMP_BUCKET,
 ];
 
 /// The network namespace this process runs in, as a path component:

@@ -7,7 +7,8 @@ use aya::{
     maps::{MapData, PerCpuArray},
 };
 use lb_common::{
-    ConnEvent, Counter, MAP_BACKEND_STATS, MAP_CONN_STATS, MAP_STATS, MAP_VIP_STATS, Outcome,
+    ConnEvent, Counter, MAP_BACKEND_STATS, MAP_CONN_STATS, MAP_STATS, MAP_VIP_DROPS, MAP_VIP_STATS,
+    Outcome,
 };
 
 use super::maps::{MapWriteError, open_pin, take};
@@ -16,6 +17,7 @@ use super::maps::{MapWriteError, open_pin, take};
 pub struct StatsReader {
     outcomes: PerCpuArray<MapData, Counter>,
     vips: PerCpuArray<MapData, Counter>,
+    vip_drops: PerCpuArray<MapData, Counter>,
     backends: PerCpuArray<MapData, Counter>,
     conns: PerCpuArray<MapData, Counter>,
 }
@@ -40,6 +42,7 @@ impl StatsReader {
         Ok(Self {
             outcomes: take(ebpf, MAP_STATS)?,
             vips: take(ebpf, MAP_VIP_STATS)?,
+            vip_drops: take(ebpf, MAP_VIP_DROPS)?,
             backends: take(ebpf, MAP_BACKEND_STATS)?,
             conns: take(ebpf, MAP_CONN_STATS)?,
         })
@@ -53,6 +56,7 @@ impl StatsReader {
         Ok(Self {
             outcomes: open_pin(dir, MAP_STATS)?,
             vips: open_pin(dir, MAP_VIP_STATS)?,
+            vip_drops: open_pin(dir, MAP_VIP_DROPS)?,
             backends: open_pin(dir, MAP_BACKEND_STATS)?,
             conns: open_pin(dir, MAP_CONN_STATS)?,
         })
@@ -71,6 +75,11 @@ impl StatsReader {
     /// Counter of VIP id `id`.
     pub fn vip(&self, id: u32) -> Counter {
         sum(&self.vips, id)
+    }
+
+    /// Packets and bytes VIP `id` refused (source not in its own list).
+    pub fn vip_refused(&self, id: u32) -> Counter {
+        sum(&self.vip_drops, id)
     }
 
     /// Counter of backend id `id`.
