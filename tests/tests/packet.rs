@@ -278,6 +278,15 @@ enum Out {
         l2_len: usize,
         resolved: bool,
     },
+    /// Encapsulated like [`Out::Encap`] (resolved, no VLAN) toward the
+    /// backend of the client flow `(client, vip, client port, vip port,
+    /// protocol)` the packet is about (an ICMP error).
+    EncapFor {
+        vip: usize,
+        flow: ([u8; 4], [u8; 4], u16, u16, u8),
+    },
+    /// Exactly this frame.
+    Exact(Vec<u8>),
 }
 
 /// One rule of the data plane, as Katran's fixtures state them: a frame in,
@@ -316,11 +325,195 @@ fn tagged_syn(vid: u16, sport: u16) -> Vec<u8> {
     frame
 }
 
+/// An ICMP echo request (TTL 30) or reply (TTL 64), id 7, sequence 1.
+fn echo(src: [u8; 4], dst: [u8; 4], macs: ([u8; 6], [u8; 6]), request: bool) -> Vec<u8> {
+    let ip = PacketBuilder::ethernet2(macs.0, macs.1).ipv4(src, dst, if request { 30 } else { 64 });
+    let builder = if request {
+        ip.icmpv4_echo_request(7, 1)
+    } else {
+        ip.icmpv4_echo_reply(7, 1)
+    };
+    let mut frame = Vec::new();
+    builder.write(&mut frame, b"ping-payload").expect("build");
+    frame
+}
+
+/// A TCP segment client -> VIP:80 of `total` bytes of IPv4, with or
+/// without DF.
+fn big_segment(total: usize, df: bool) -> Vec<u8> {
+    let mut ip = Ipv4Header::new(0, 64, etherparse::IpNumber::TCP, CLIENT, VIP).expect("header");
+    ip.dont_fragment = df;
+    let payload = vec![0x5a; total - 20 - 20];
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ip(IpHeaders::Ipv4(ip, Default::default()))
+        .tcp(40100, 80, 1, 65535)
+        .ack(1)
+        .write(&mut frame, &payload)
+        .expect("build");
+    frame
+}
+
+/// The "fragmentation needed" `xdp_lb` must send for `frame` (from the VIP,
+/// next-hop MTU `mtu`, quoting the IPv4 header and 8 bytes).
+fn too_big_reply(frame: &[u8], mtu: u16) -> Vec<u8> {
+    use etherparse::{Icmpv4Type, icmpv4::DestUnreachableHeader};
+    let quote = &frame[14..14 + 28];
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(LB_MAC, CLIENT_MAC)
+        .ipv4(VIP, CLIENT, 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu },
+        ))
+        .write(&mut out, quote)
+        .expect("build");
+    out
+}
+
+/// An ICMP error from router 10.20.0.1 to the VIP, quoting `quoted` (an
+/// IPv4 packet, cut to `quote_len` bytes).
+fn icmp_error(kind: etherparse::Icmpv4Type, quoted: &[u8], quote_len: usize) -> Vec<u8> {
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv4([10, 20, 0, 1], VIP, 64)
+        .icmpv4(kind)
+        .write(&mut frame, &quoted[..quote_len.min(quoted.len())])
+        .expect("build");
+    frame
+}
+
+/// A DSR reply VIP:80 -> client:`port` (what a router on the way back
+/// quotes), as an IPv4 packet without L2.
+fn reply_from_vip(src: [u8; 4], port: u16) -> Vec<u8> {
+    let mut packet = Vec::new();
+    PacketBuilder::ipv4(src, CLIENT, 64)
+        .tcp(80, port, 1, 65535)
+        .ack(1)
+        .write(&mut packet, &[0u8; 100])
+        .expect("build");
+    packet
+}
+
+fn frag_needed(mtu: u16) -> etherparse::Icmpv4Type {
+    etherparse::Icmpv4Type::DestinationUnreachable(
+        etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu },
+    )
+}
+
 /// The fixtures of `xdp_lb`'s rules (SPEC 6); each new rule is one row.
 fn rows() -> Vec<Row> {
     let syn = tcp_syn(CLIENT, VIP, 40000, 80);
+    let too_big = big_segment(1500, true);
+    let reply = reply_from_vip(VIP, 40200);
     use Out::*;
     vec![
+        Row {
+            description: "ICMP echo request to a VIP address: answered",
+            frame: echo(CLIENT, VIP, (CLIENT_MAC, LB_MAC), true),
+            action: XDP_TX,
+            out: Exact(echo(VIP, CLIENT, (LB_MAC, CLIENT_MAC), false)),
+            outcome: Outcome::EchoReplied,
+        },
+        Row {
+            description: "ICMP echo request from an outside source: dropped by the source filter",
+            frame: echo(OUTSIDE, VIP, (CLIENT_MAC, LB_MAC), true),
+            action: XDP_DROP,
+            out: Dropped,
+            outcome: Outcome::DropSourceFilter,
+        },
+        Row {
+            description: "DF packet that would not fit once encapsulated: fragmentation needed, MTU 1480",
+            frame: too_big.clone(),
+            action: XDP_TX,
+            out: Exact(too_big_reply(&too_big, 1480)),
+            outcome: Outcome::TooBigSent,
+        },
+        Row {
+            description: "packet without DF that would not fit: dropped",
+            frame: big_segment(1500, false),
+            action: XDP_DROP,
+            out: Dropped,
+            outcome: Outcome::DropTooBigNoDf,
+        },
+        Row {
+            description: "a packet that fits once encapsulated (1480 bytes): forwarded",
+            frame: big_segment(1480, true),
+            action: XDP_TX,
+            out: Encap {
+                vip: 0,
+                l2_len: 14,
+                resolved: true,
+            },
+            outcome: Outcome::Forwarded,
+        },
+        Row {
+            description: "fragmentation needed quoting a reply VIP:80 -> client (8-byte quote): to the flow's backend",
+            frame: icmp_error(frag_needed(1400), &reply, 28),
+            action: XDP_TX,
+            out: EncapFor {
+                vip: 0,
+                flow: (CLIENT, VIP, 40200, 80, 6),
+            },
+            outcome: Outcome::IcmpForwarded,
+        },
+        Row {
+            description: "fragmentation needed quoting the whole reply: to the flow's backend",
+            frame: icmp_error(frag_needed(1400), &reply, reply.len()),
+            action: XDP_TX,
+            out: EncapFor {
+                vip: 0,
+                flow: (CLIENT, VIP, 40200, 80, 6),
+            },
+            outcome: Outcome::IcmpForwarded,
+        },
+        Row {
+            description: "time exceeded about a VIP flow: to the flow's backend",
+            frame: icmp_error(
+                etherparse::Icmpv4Type::TimeExceeded(
+                    etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit,
+                ),
+                &reply,
+                28,
+            ),
+            action: XDP_TX,
+            out: EncapFor {
+                vip: 0,
+                flow: (CLIENT, VIP, 40200, 80, 6),
+            },
+            outcome: Outcome::IcmpForwarded,
+        },
+        Row {
+            description: "ICMP error quoting a packet not sent from the VIP: refused",
+            frame: icmp_error(
+                frag_needed(1400),
+                &reply_from_vip([10, 20, 0, 21], 40200),
+                28,
+            ),
+            action: XDP_DROP,
+            out: Dropped,
+            outcome: Outcome::DropIcmpNotFromVip,
+        },
+        Row {
+            description: "ICMP error whose quote is cut inside the L4 header: refused",
+            frame: icmp_error(frag_needed(1400), &reply, 24),
+            action: XDP_DROP,
+            out: Dropped,
+            outcome: Outcome::DropIcmpTruncated,
+        },
+        Row {
+            description: "fragmentation needed with a next-hop MTU below 68: refused",
+            frame: icmp_error(frag_needed(60), &reply, 28),
+            action: XDP_DROP,
+            out: Dropped,
+            outcome: Outcome::DropIcmpBadMtu,
+        },
+        Row {
+            description: "ICMP header cut short: refused",
+            frame: echo(CLIENT, VIP, (CLIENT_MAC, LB_MAC), true)[..14 + 20 + 4].to_vec(),
+            action: XDP_DROP,
+            out: Dropped,
+            outcome: Outcome::DropIcmpTruncated,
+        },
         Row {
             description: "UDP datagram to a VIP: encapsulated toward its backend",
             frame: udp_datagram(CLIENT, VIP, 5353, 53, b"query"),
@@ -449,6 +642,24 @@ fn xdp_lb_fixtures() {
         match row.out {
             Out::Unchanged => assert_eq!(out, row.frame, "{what}: unchanged"),
             Out::Dropped => {}
+            Out::Exact(expected) => {
+                assert_eq!(out, expected, "{what}: the exact frame");
+                // Both checksums of what was sent are valid (etherparse
+                // computes them for the expected frame).
+                let sent = etherparse::SlicedPacket::from_ethernet(&out).expect("parse");
+                assert!(sent.net.is_some(), "{what}");
+            }
+            Out::EncapFor { vip, flow } => {
+                let (client, vip_addr, cport, vport, proto) = flow;
+                let backend = fx.expected_backend(vip, client, vip_addr, cport, vport, proto);
+                assert_encapsulated(
+                    &out,
+                    14,
+                    (LB_MAC, backend_mac(backend)),
+                    backend,
+                    &row.frame[14..],
+                );
+            }
             Out::Encap {
                 vip,
                 l2_len,
@@ -480,6 +691,76 @@ fn xdp_lb_fixtures() {
         }
         println!("ok: {what}");
     }
+}
+
+/// The "too big" rate limit (`icmp.too_big_per_cpu`, per CPU) and a
+/// configured `encap.mtu` below the egress MTU.
+#[test]
+fn too_big_is_rate_limited_per_cpu_and_follows_encap_mtu() {
+    if !lb_tests::can_run_as_root("too_big_is_rate_limited_per_cpu_and_follows_encap_mtu") {
+        return;
+    }
+    // One CPU, so one bucket.
+    // SAFETY: a zeroed cpu_set_t is valid; CPU 0 exists.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+    let config = format!("[encap]\nmtu = 1000\n[icmp]\ntoo_big_per_cpu = 3\n{CONFIG}");
+    let fx = Fixture::with_config("ratelimit", &config);
+    // 1000 bytes of IPv4: 1020 encapsulated, over encap.mtu.
+    let frame = big_segment(1000, true);
+    let mut sent = 0;
+    for _ in 0..10 {
+        let (action, out) = fx.run("xdp_lb", &frame);
+        if action == XDP_TX {
+            assert_eq!(
+                out,
+                too_big_reply(&frame, 980),
+                "next-hop MTU: encap.mtu - 20"
+            );
+            sent += 1;
+        } else {
+            assert_eq!(action, XDP_DROP);
+        }
+    }
+    assert_eq!(sent, 3, "a full bucket: one second's worth, 3");
+    assert_eq!(fx.count(Outcome::TooBigSent), 3);
+    assert_eq!(fx.count(Outcome::TooBigSuppressed), 7);
+    // 980 bytes fit (1000 encapsulated).
+    let (action, _) = fx.run("xdp_lb", &big_segment(980, true));
+    assert_eq!(action, XDP_TX);
+    assert_eq!(fx.count(Outcome::Forwarded), 1);
+}
+
+/// A VIP's own `allow` narrows the perimeter for that VIP only, in one
+/// lookup keyed by VIP id and source; refusals are counted for the VIP.
+#[test]
+fn a_vip_list_narrows_the_sources_of_that_vip() {
+    if !lb_tests::can_run_as_root("a_vip_list_narrows_the_sources_of_that_vip") {
+        return;
+    }
+    let config = CONFIG.replacen(
+        "protocol = \"tcp\"\n",
+        "protocol = \"tcp\"\nallow = [\"10.20.0.10/32\"]\n",
+        1,
+    );
+    let fx = Fixture::with_config("vipallow", &config);
+    let other = [10, 20, 0, 11];
+    let (action, _) = fx.run("xdp_lb", &tcp_syn(CLIENT, VIP, 40000, 80));
+    assert_eq!(action, XDP_TX, "the listed /32 reaches the VIP");
+    let (action, _) = fx.run("xdp_lb", &tcp_syn(other, VIP, 40000, 80));
+    assert_eq!(action, XDP_DROP, "another private source does not");
+    assert_eq!(fx.count(Outcome::DropVipSourceFilter), 1);
+    let web = fx.balancer.vips()[0].id;
+    assert_eq!(fx.stats.vip_refused(web).packets, 1);
+    // The UDP VIP on the same address has no list of its own.
+    let (action, _) = fx.run("xdp_lb", &udp_datagram(other, VIP, 5353, 53, b"q"));
+    assert_eq!(action, XDP_TX);
 }
 
 #[test]

@@ -91,7 +91,8 @@ pub fn reply(
         tos: 0,
         tot_len: ((PUSHED + QUOTE_LEN) as u16).to_be_bytes(),
         id: [0, 0],
-        frags: [0, 0],
+        // DF: the message is 56 bytes and never needs fragments.
+        frags: [0x40, 0],
         ttl: TTL,
         proto: PROTO_ICMP,
         check: [0, 0],
