@@ -716,3 +716,82 @@ fn primes() {
     assert!(is_prime(65537));
     assert!(!is_prime(65535));
 }
+
+#[test]
+fn vip_allow_narrows_the_global_list() {
+    let with = |list: &str| {
+        GOOD.replacen(
+            "protocol = \"tcp\"\n",
+            &format!("protocol = \"tcp\"\nallow = [{list}]\n"),
+            1,
+        )
+    };
+    let c = Config::parse(&with("\"10.20.0.0/16\", \"192.168.1.7/32\""), "t")
+        .expect("valid")
+        .config;
+    assert_eq!(
+        c.vips[0]
+            .allow
+            .as_ref()
+            .map(|l| l.iter().map(ToString::to_string).collect::<Vec<_>>()),
+        Some(vec![
+            "10.20.0.0/16".to_string(),
+            "192.168.1.7/32".to_string()
+        ])
+    );
+    assert_eq!(
+        Config::parse(GOOD, "t").expect("valid").config.vips[0].allow,
+        None
+    );
+    rejects(
+        &with("\"172.16.0.0/12\""),
+        "vip[0].allow[0]: \"172.16.0.0/12\" is outside every source_filter.allow prefix: it could never match",
+    );
+    // Wider than the global /8 it overlaps: it would widen the perimeter.
+    rejects(
+        &with("\"10.0.0.0/7\""),
+        "vip[0].allow[0]: \"10.0.0.0/7\" is outside every source_filter.allow prefix: it could never match",
+    );
+    rejects(
+        &with("\"10.1.2.3/16\""),
+        "vip[0].allow[0]: \"10.1.2.3/16\" has host bits set (did you mean 10.1.0.0/16?)",
+    );
+    rejects(
+        &with(""),
+        "vip[0].allow: is empty: every client would be refused (remove the key to use the global list)",
+    );
+    rejects(
+        &with("\"10.1.0.0/16\", \"10.1.0.0/16\""),
+        "vip[0].allow[1]: \"10.1.0.0/16\" is listed twice",
+    );
+    rejects(
+        &with("\"fd00::/8\""),
+        "vip[0].allow[0]: \"fd00::/8\" is not of the VIP's address family",
+    );
+}
+
+#[test]
+fn encap_mtu_and_the_too_big_rate_are_checked() {
+    let c = Config::parse(GOOD, "t").expect("valid").config;
+    assert_eq!(
+        (c.encap_mtu, c.too_big_per_cpu),
+        (None, DEFAULT_TOO_BIG_PER_CPU)
+    );
+    let text = GOOD.replace(
+        "source_v4 = \"10.10.0.2\"",
+        "source_v4 = \"10.10.0.2\"\nmtu = 1500\n\n[icmp]\ntoo_big_per_cpu = 0",
+    );
+    let c = Config::parse(&text, "t").expect("valid").config;
+    assert_eq!((c.encap_mtu, c.too_big_per_cpu), (Some(1500), 0));
+    rejects(
+        &GOOD.replace(
+            "source_v4 = \"10.10.0.2\"",
+            "source_v4 = \"10.10.0.2\"\nmtu = 500",
+        ),
+        "encap.mtu: 500 is out of range (576 to 65535)",
+    );
+    rejects(
+        &GOOD.replace("[maglev]", "[icmp]\ntoo_big_per_cpu = 2000000\n\n[maglev]"),
+        "icmp.too_big_per_cpu: 2000000 is out of range (0 to 1000000)",
+    );
+}
