@@ -44,6 +44,35 @@ pub const BACKENDS: [(&str, &str); 3] = [
 pub const SPARE_BACKEND: (&str, &str) = ("be4", "10.30.0.24");
 /// Port of the echo servers ([`Options::echo`]) and of the `echo` VIP.
 pub const ECHO_PORT: u16 = 7000;
+/// Port of the sink servers ([`Options::sink`]) and of the `sink` VIP.
+pub const SINK_PORT: u16 = 7100;
+/// Size of the `/big` file every backend serves (1 MiB).
+pub const BIG_LEN: usize = 1 << 20;
+/// The client's address behind the router ([`Options::router`]).
+pub const ROUTED_CLIENT_ADDR: &str = "10.31.0.10";
+/// The router's address on the bridge.
+pub const ROUTER_ADDR: &str = "10.30.0.1";
+/// MTU of the router's link toward the client ([`Options::router`]).
+pub const NARROW_MTU: u32 = 1400;
+
+/// The sink server: reads each connection to its end, then answers
+/// "got N" with the byte count.
+const SINK_SERVER: &str = r#"
+import socketserver, sys
+class Sink(socketserver.StreamRequestHandler):
+    def handle(self):
+        n = 0
+        while True:
+            b = self.rfile.read(65536)
+            if not b:
+                break
+            n += len(b)
+        self.wfile.write(b"got %d\n" % n)
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+Server(("0.0.0.0", int(sys.argv[1])), Sink).serve_forever()
+"#;
 
 /// The echo server: greets each connection with the backend's name and a
 /// newline, then sends back every line it receives.
@@ -69,6 +98,13 @@ pub struct Options {
     /// Run an echo server on every backend and configure VIP `echo` on
     /// [`ECHO_PORT`] over be1..be3.
     pub echo: bool,
+    /// Run a sink server on every backend and configure VIP `sink` on
+    /// [`SINK_PORT`] over be1..be3.
+    pub sink: bool,
+    /// Put the client behind a router (its own subnet, 10.31.0.0/24) whose
+    /// link toward the client has an MTU of [`NARROW_MTU`]; the client's
+    /// own interface keeps 1500.
+    pub router: bool,
     /// Start the agent under `prlimit --nofile=N:N` (soft and hard limit).
     pub agent_nofile: Option<u32>,
     /// Name of the load balancer's interface (default `PREFIX0`); two labs
@@ -246,8 +282,10 @@ impl Lab {
     fn build_network(&mut self) -> anyhow::Result<()> {
         let p = self.prefix.clone();
         let backends = self.backends();
+        let router = self.options.router.then_some("rt");
         for suffix in ["sw", "client", "lb"]
             .into_iter()
+            .chain(router)
             .chain(backends.iter().map(|b| b.0))
         {
             self.ns.push(Netns::new(&format!("{p}-{suffix}"))?);
@@ -256,7 +294,11 @@ impl Lab {
         sw.ip(&["link", "add", "br0", "type", "bridge"])?;
         sw.ip(&["link", "set", "dev", "br0", "up"])?;
         let mut hosts: Vec<(&str, String, String, &str)> = vec![
-            ("client", "eth0".to_string(), format!("{p}c"), CLIENT_ADDR),
+            if self.options.router {
+                ("rt", "eth0".to_string(), format!("{p}r"), ROUTER_ADDR)
+            } else {
+                ("client", "eth0".to_string(), format!("{p}c"), CLIENT_ADDR)
+            },
             ("lb", self.lb_iface.clone(), format!("{p}p"), LB_ADDR),
         ];
         for (i, (name, addr)) in backends.iter().enumerate() {
@@ -272,17 +314,62 @@ impl Lab {
             ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", iface])?;
             ns.ip(&["link", "set", "dev", iface, "up"])?;
         }
+        if self.options.router {
+            self.build_router()?;
+        }
         let client = self.client();
         client.ip(&["addr", "add", &format!("{OUTSIDE_ADDR}/32"), "dev", "eth0"])?;
-        client.ip(&["route", "add", &format!("{VIP}/32"), "via", LB_ADDR])?;
+        if !self.options.router {
+            client.ip(&["route", "add", &format!("{VIP}/32"), "via", LB_ADDR])?;
+        }
         crate::netns::disable_tx_checksum(client, "eth0")?;
         for (name, _) in backends {
             let be = self.ns_named(name);
+            if self.options.router {
+                be.ip(&["route", "add", "10.31.0.0/24", "via", ROUTER_ADDR])?;
+            }
             be.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
             // The VIP is on loopback: never answer ARP for it on eth0.
             be.sysctl("net.ipv4.conf.all.arp_ignore=1")?;
             be.sysctl("net.ipv4.conf.all.arp_announce=2")?;
         }
+        Ok(())
+    }
+
+    /// The client behind the router: client eth0 (10.31.0.10, MTU 1500)
+    /// to the router's `rc` (10.31.0.1, MTU 1400); the router forwards,
+    /// routes the VIP to the load balancer; backends and the load balancer
+    /// reach the client's subnet through it.
+    fn build_router(&self) -> anyhow::Result<()> {
+        let client_ns = format!("{}-client", self.prefix);
+        let rt = self.ns_named("rt");
+        rt.ip(&[
+            "link", "add", "rc", "type", "veth", "peer", "name", "eth0", "netns", &client_ns,
+        ])?;
+        rt.ip(&["addr", "add", "10.31.0.1/24", "dev", "rc"])?;
+        rt.ip(&[
+            "link",
+            "set",
+            "dev",
+            "rc",
+            "mtu",
+            &NARROW_MTU.to_string(),
+            "up",
+        ])?;
+        rt.sysctl("net.ipv4.ip_forward=1")?;
+        rt.ip(&["route", "add", &format!("{VIP}/32"), "via", LB_ADDR])?;
+        let client = self.client();
+        client.ip(&[
+            "addr",
+            "add",
+            &format!("{ROUTED_CLIENT_ADDR}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        client.ip(&["link", "set", "dev", "eth0", "up"])?;
+        client.ip(&["route", "add", "default", "via", "10.31.0.1"])?;
+        self.lb()
+            .ip(&["route", "add", "10.31.0.0/24", "via", ROUTER_ADDR])?;
         Ok(())
     }
 
@@ -323,6 +410,7 @@ impl Lab {
         let mut body = format!("{name} ").into_bytes();
         body.resize(BODY_LEN, b'.');
         fs::write(root.join("whoami"), body)?;
+        fs::write(root.join("big"), vec![b'x'; BIG_LEN])?;
         let idx = self.ns_index(name);
         let decap = self.spawn(
             idx,
@@ -339,6 +427,17 @@ impl Lab {
             &format!("decap-{name}"),
         )?;
         self.procs.push(decap);
+        if self.options.sink {
+            let script = self.dir.join("sink.py");
+            fs::write(&script, SINK_SERVER)?;
+            let sink = self.spawn(
+                idx,
+                &which("python3")?,
+                &[&script.display().to_string(), &SINK_PORT.to_string()],
+                &format!("sink-{name}"),
+            )?;
+            self.procs.push(sink);
+        }
         if self.options.echo {
             let script = self.dir.join("echo.py");
             fs::write(&script, ECHO_SERVER)?;
@@ -388,8 +487,12 @@ impl Lab {
                 let ok = self
                     .client()
                     .command("curl")
+                    // HEAD: small answers, so no backend learns a path
+                    // MTU toward the client here (the router lab's
+                    // downloads must learn theirs through the VIP).
                     .args([
                         "-s",
+                        "-I",
                         "-o",
                         "/dev/null",
                         "--max-time",
@@ -444,6 +547,14 @@ impl Lab {
                 text.push_str(&format!(
                     "\n  [[vip.backend]]\n  address = \"{addr}\"\n  weight = {weight}\n"
                 ));
+            }
+        }
+        if self.options.sink {
+            text.push_str(&format!(
+                "\n[[vip]]\nname = \"sink\"\naddress = \"{VIP}\"\nport = {SINK_PORT}\nprotocol = \"tcp\"\n{check}"
+            ));
+            for (_, addr) in BACKENDS {
+                text.push_str(&format!("\n  [[vip.backend]]\n  address = \"{addr}\"\n"));
             }
         }
         text.push_str(extra);

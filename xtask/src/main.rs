@@ -254,14 +254,15 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     ]))
 }
 
-/// The lab (tests and demo) runs `ip`, `nsenter`, `prlimit`, `curl` and
-/// `python3`; the tests parse `/metrics` with Python's `prometheus_client`.
+/// The lab (tests and demo) runs `ip`, `nsenter`, `prlimit`, `curl`, `ping`
+/// and `python3`; the tests parse `/metrics` with Python's `prometheus_client`.
 fn ensure_lab_programs() -> anyhow::Result<()> {
     // (shell check, Debian package)
     let needed = [
         ("command -v ip", "iproute2"),
         ("command -v nsenter && command -v prlimit", "util-linux"),
         ("command -v curl", "curl"),
+        ("command -v ping", "iputils-ping"),
         ("command -v python3", "python3"),
         (
             "/usr/bin/python3 -c 'import prometheus_client'",
