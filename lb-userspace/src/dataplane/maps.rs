@@ -94,6 +94,15 @@ pub struct AyaMaps {
     globals: Array<MapData, Globals>,
 }
 
+/// The LPM key of prefix `addr/prefix_len` in VIP `vip_id`'s own list: the
+/// VIP id's 32 bits lead every prefix.
+fn vip_source_key(vip_id: u32, addr: Ipv4Addr, prefix_len: u8) -> Key<VipSourceKey> {
+    Key::new(
+        32 + u32::from(prefix_len),
+        VipSourceKey::v4(vip_id, addr.octets()),
+    )
+}
+
 /// Takes map `name` out of a loaded object as type `T`.
 ///
 /// # Errors
@@ -262,10 +271,7 @@ impl MapWriter for AyaMaps {
         addr: Ipv4Addr,
         prefix_len: u8,
     ) -> Result<(), MapWriteError> {
-        let key = Key::new(
-            32 + u32::from(prefix_len),
-            VipSourceKey::v4(vip_id, addr.octets()),
-        );
+        let key = vip_source_key(vip_id, addr, prefix_len);
         self.allow_vip_v4
             .insert(&key, 1, 0)
             .map_err(wrap(MAP_SRC_ALLOW_VIP4, "insert"))
@@ -277,10 +283,7 @@ impl MapWriter for AyaMaps {
         addr: Ipv4Addr,
         prefix_len: u8,
     ) -> Result<(), MapWriteError> {
-        let key = Key::new(
-            32 + u32::from(prefix_len),
-            VipSourceKey::v4(vip_id, addr.octets()),
-        );
+        let key = vip_source_key(vip_id, addr, prefix_len);
         self.allow_vip_v4
             .remove(&key)
             .map_err(wrap(MAP_SRC_ALLOW_VIP4, "remove"))
