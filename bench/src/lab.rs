@@ -13,13 +13,17 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use lb_tests::netns::{Netns, disable_tx_checksum};
+pub use lb_tests::proc::Proc;
+use lb_tests::{
+    netns::{Netns, disable_tx_checksum},
+    topology::{self, Host},
+};
 
 /// The VIP (TCP port 80 and UDP port 9).
 pub const VIP: &str = "10.40.0.100";
@@ -41,47 +45,6 @@ pub const BACKENDS: [(&str, &str); 3] = [
 ];
 /// Port of HAProxy on the load balancer's own address.
 pub const HAPROXY_PORT: u16 = 8080;
-
-/// A process the bench started, ended by its pid.
-pub struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    /// Its pid.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Whether it has exited.
-    pub fn exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
-    }
-
-    /// SIGTERM, up to 5 s to exit, then SIGKILL.
-    pub fn stop(&mut self) {
-        if self.exited() {
-            return;
-        }
-        // SAFETY: signalling our own child by its pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if self.exited() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// The lab. Fields drop in order: processes, then namespaces.
 pub struct Lab {
@@ -176,9 +139,6 @@ impl Lab {
         for suffix in ["sw", "client", "lb", "be1", "be2", "be3"] {
             self.ns.push(Netns::new(&format!("{p}-{suffix}"))?);
         }
-        let sw = self.ns("sw");
-        sw.ip(&["link", "add", "br0", "type", "bridge"])?;
-        sw.ip(&["link", "set", "dev", "br0", "up"])?;
         let hosts = [
             ("client", "eth0", "c", CLIENT_ADDR),
             ("lb", self.lb_iface.as_str(), "p", LB_ADDR),
@@ -186,16 +146,21 @@ impl Lab {
             ("be2", "eth0", "b2", BACKENDS[1].1),
             ("be3", "eth0", "b3", BACKENDS[2].1),
         ];
-        for (host, iface, peer, addr) in hosts {
-            let host_ns = format!("{p}-{host}");
-            sw.ip(&[
-                "link", "add", peer, "type", "veth", "peer", "name", iface, "netns", &host_ns,
-            ])?;
-            sw.ip(&["link", "set", "dev", peer, "master", "br0", "up"])?;
-            let ns = self.ns(host);
-            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", iface])?;
-            ns.ip(&["link", "set", "dev", iface, "up"])?;
-        }
+        let names: Vec<(String, String)> = hosts
+            .iter()
+            .map(|(host, _, _, addr)| (format!("{p}-{host}"), format!("{addr}/24")))
+            .collect();
+        let on_bridge: Vec<Host<'_>> = hosts
+            .iter()
+            .zip(&names)
+            .map(|((_, iface, peer, _), (ns, addr))| Host {
+                ns,
+                iface,
+                peer,
+                addr,
+            })
+            .collect();
+        topology::bridge(self.ns("sw"), &on_bridge)?;
         let mac = |m: [u8; 6]| {
             m.iter()
                 .map(|b| format!("{b:02x}"))
@@ -215,11 +180,7 @@ impl Lab {
         client.ip(&["route", "add", &format!("{VIP}/32"), "via", LB_ADDR])?;
         disable_tx_checksum(client, "eth0")?;
         for (name, _) in BACKENDS {
-            let be = self.ns(name);
-            be.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
-            // The VIP is on loopback: never answer ARP for it on eth0.
-            be.sysctl("net.ipv4.conf.all.arp_ignore=1")?;
-            be.sysctl("net.ipv4.conf.all.arp_announce=2")?;
+            topology::vip_on_loopback(self.ns(name), VIP)?;
         }
         Ok(())
     }
@@ -235,14 +196,13 @@ impl Lab {
         args: &[&str],
         what: &str,
     ) -> anyhow::Result<Proc> {
-        let log = fs::File::create(self.dir.join(format!("{what}.log")))?;
-        let mut cmd = self.ns(suffix).command(&program.display().to_string());
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let child = cmd.spawn().with_context(|| format!("starting {what}"))?;
-        Ok(Proc { child })
+        Proc::spawn(
+            self.ns(suffix),
+            program,
+            args,
+            &self.dir.join(format!("{what}.log")),
+        )
+        .with_context(|| format!("starting {what}"))
     }
 
     /// Keeps `proc` until the lab is dropped.

@@ -16,14 +16,18 @@ use std::{
     fs,
     io::Write as _,
     path::{Path, PathBuf},
-    process::{Child, Stdio},
+    process::Stdio,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 
-use crate::netns::Netns;
+use crate::{
+    netns::Netns,
+    proc::Proc,
+    topology::{self, Host},
+};
 
 /// The VIP of the lab.
 pub const VIP: &str = "10.30.0.100";
@@ -131,30 +135,6 @@ impl Mode {
             Self::Native => "native",
             Self::Generic => "generic",
         }
-    }
-}
-
-/// A process started by the lab, ended by pid on drop.
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -290,9 +270,6 @@ impl Lab {
         {
             self.ns.push(Netns::new(&format!("{p}-{suffix}"))?);
         }
-        let sw = &self.ns[0];
-        sw.ip(&["link", "add", "br0", "type", "bridge"])?;
-        sw.ip(&["link", "set", "dev", "br0", "up"])?;
         let mut hosts: Vec<(&str, String, String, &str)> = vec![
             if self.options.router {
                 ("rt", "eth0".to_string(), format!("{p}r"), ROUTER_ADDR)
@@ -304,16 +281,21 @@ impl Lab {
         for (i, (name, addr)) in backends.iter().enumerate() {
             hosts.push((name, "eth0".to_string(), format!("{p}b{}", i + 1), addr));
         }
-        for (host, iface, peer, addr) in &hosts {
-            let host_ns = format!("{p}-{host}");
-            sw.ip(&[
-                "link", "add", peer, "type", "veth", "peer", "name", iface, "netns", &host_ns,
-            ])?;
-            sw.ip(&["link", "set", "dev", peer, "master", "br0", "up"])?;
-            let ns = self.ns_named(host);
-            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", iface])?;
-            ns.ip(&["link", "set", "dev", iface, "up"])?;
-        }
+        let names: Vec<(String, String)> = hosts
+            .iter()
+            .map(|(host, _, _, addr)| (format!("{p}-{host}"), format!("{addr}/24")))
+            .collect();
+        let on_bridge: Vec<Host<'_>> = hosts
+            .iter()
+            .zip(&names)
+            .map(|((_, iface, peer, _), (ns, addr))| Host {
+                ns,
+                iface,
+                peer,
+                addr,
+            })
+            .collect();
+        topology::bridge(&self.ns[0], &on_bridge)?;
         if self.options.router {
             self.build_router()?;
         }
@@ -328,10 +310,7 @@ impl Lab {
             if self.options.router {
                 be.ip(&["route", "add", "10.31.0.0/24", "via", ROUTER_ADDR])?;
             }
-            be.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
-            // The VIP is on loopback: never answer ARP for it on eth0.
-            be.sysctl("net.ipv4.conf.all.arp_ignore=1")?;
-            be.sysctl("net.ipv4.conf.all.arp_announce=2")?;
+            topology::vip_on_loopback(be, VIP)?;
         }
         Ok(())
     }
@@ -381,17 +360,13 @@ impl Lab {
         what: &str,
     ) -> anyhow::Result<Proc> {
         // Appended: a restarted agent adds to its log.
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("{what}.log")))?;
-        let mut cmd = self.ns[ns_index].command(&program.display().to_string());
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let child = cmd.spawn().with_context(|| format!("starting {what}"))?;
-        Ok(Proc { child })
+        Proc::spawn(
+            &self.ns[ns_index],
+            program,
+            args,
+            &self.dir.join(format!("{what}.log")),
+        )
+        .with_context(|| format!("starting {what}"))
     }
 
     fn ns_index(&self, suffix: &str) -> usize {
@@ -624,8 +599,7 @@ impl Lab {
     /// Kills the agent with SIGKILL and waits for it to exit.
     pub fn kill_agent(&mut self) {
         if let Some(mut agent) = self.agent.take() {
-            let _ = agent.child.kill();
-            let _ = agent.child.wait();
+            agent.kill();
         }
     }
 
@@ -636,7 +610,7 @@ impl Lab {
 
     /// The agent's pid, while it runs.
     pub fn agent_pid(&self) -> Option<u32> {
-        self.agent.as_ref().map(|a| a.child.id())
+        self.agent.as_ref().map(Proc::pid)
     }
 
     /// GETs `path` of the agent's API (loopback in the LB's namespace) with
@@ -658,9 +632,7 @@ impl Lab {
 
     /// Whether the agent process is running.
     pub fn agent_running(&mut self) -> bool {
-        self.agent
-            .as_mut()
-            .is_some_and(|a| matches!(a.child.try_wait(), Ok(None)))
+        self.agent.as_mut().is_some_and(|a| !a.exited())
     }
 
     /// How many lines of the agent's log contain `needle`.
@@ -702,7 +674,7 @@ impl Lab {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Some(agent) = self.agent.as_mut()
-                && let Ok(Some(status)) = agent.child.try_wait()
+                && let Some(status) = agent.exit_status()
             {
                 bail!("the agent exited ({status}):\n{}", self.agent_log());
             }

@@ -5,6 +5,8 @@
 pub mod flows;
 pub mod lab;
 pub mod netns;
+pub mod proc;
+pub mod topology;
 pub mod xdp;
 
 /// Whether this test can run: it needs root (network namespaces, XDP, BPF
