@@ -12,10 +12,10 @@ use core::mem::{offset_of, size_of};
 use crate::{
     AddrKey, Backend, ConnEvent, ConnValue, Counter, FlowKey, Globals, MAGLEV_MAP_FLAGS,
     MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONN_STATS, MAP_CONNS, MAP_DECAP_LOCAL, MAP_DECAP_VIPS,
-    MAP_GLOBALS, MAP_ICMP_BUCKET, MAP_MAGLEV, MAP_SRC_ALLOW_V4, MAP_SRC_ALLOW_VIP4, MAP_STATS,
-    MAP_VIP_ADDRS, MAP_VIP_DROPS, MAP_VIP_STATS, MAP_VIPS, MAX_BACKENDS, MAX_LOCAL_ADDRS,
-    MAX_SOURCE_PREFIXES, MAX_VIP_SOURCE_PREFIXES, MAX_VIPS, Outcome, TokenBucket, VipKey,
-    VipSourceKey, VipValue,
+    MAP_GLOBALS, MAP_ICMP_BUCKET, MAP_MAGLEV, MAP_SRC_ALLOW_V4, MAP_SRC_ALLOW_V6,
+    MAP_SRC_ALLOW_VIP4, MAP_SRC_ALLOW_VIP6, MAP_STATS, MAP_VIP_ADDRS, MAP_VIP_DROPS, MAP_VIP_STATS,
+    MAP_VIPS, MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES, MAX_VIP_SOURCE_PREFIXES,
+    MAX_VIPS, Outcome, TokenBucket, VipKey, VipSourceKey, VipSourceKey6, VipValue,
 };
 
 /// Kind of a BPF map: its `bpf_map_type` number (include/uapi/linux/bpf.h).
@@ -75,7 +75,7 @@ pub const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Every map of `xdp_lb` and `xdp_decap` (the benchmark's own maps are not
 /// part of the layout).
-pub const MAPS: [MapSpec; 16] = [
+pub const MAPS: [MapSpec; 18] = [
     spec(
         MAP_VIPS,
         MapKind::Hash,
@@ -197,6 +197,22 @@ pub const MAPS: [MapSpec; 16] = [
         0,
         Some(1),
     ),
+    spec(
+        MAP_SRC_ALLOW_V6,
+        MapKind::LpmTrie,
+        4 + 16,
+        4,
+        BPF_F_NO_PREALLOC,
+        Some(MAX_SOURCE_PREFIXES),
+    ),
+    spec(
+        MAP_SRC_ALLOW_VIP6,
+        MapKind::LpmTrie,
+        4 + size_of::<VipSourceKey6>(),
+        4,
+        BPF_F_NO_PREALLOC,
+        Some(MAX_VIP_SOURCE_PREFIXES),
+    ),
 ];
 
 /// FNV-1a (32 bits) of `bytes`, continuing from `hash`.
@@ -220,7 +236,7 @@ const fn fnv_u32s(mut hash: u32, values: &[usize]) -> u32 {
 }
 
 /// Sizes and field offsets of every shared map type, in a fixed order.
-const SHAPES: [usize; 53] = [
+const SHAPES: [usize; 58] = [
     size_of::<VipKey>(),
     offset_of!(VipKey, addr),
     offset_of!(VipKey, port),
@@ -258,6 +274,10 @@ const SHAPES: [usize; 53] = [
     offset_of!(Globals, table_size),
     offset_of!(Globals, encap_mtu),
     offset_of!(Globals, too_big_per_cpu),
+    offset_of!(Globals, gue_port),
+    size_of::<VipSourceKey6>(),
+    offset_of!(VipSourceKey6, vip_id),
+    offset_of!(VipSourceKey6, addr),
     size_of::<VipSourceKey>(),
     offset_of!(VipSourceKey, vip_id),
     offset_of!(VipSourceKey, addr),
@@ -274,6 +294,7 @@ const SHAPES: [usize; 53] = [
     crate::VIP_F_OWN_ALLOW as usize,
     crate::GLOBAL_F_SCOPE_ALL as usize,
     crate::GLOBAL_F_READY as usize,
+    crate::GLOBAL_F_GUE as usize,
     crate::FAMILY_V4 as usize,
 ];
 

@@ -16,7 +16,7 @@ pub mod rules;
 pub mod stats;
 
 pub use bench::*;
-pub use hash::{flow_hash_v4, maglev_permutation, maglev_slot};
+pub use hash::{flow_hash, flow_hash_v4, flow_hash_v6, maglev_permutation, maglev_slot};
 pub use layout::LAYOUT_FINGERPRINT;
 pub use maps::*;
 pub use stats::{ConnEvent, Counter, Outcome};
@@ -26,6 +26,10 @@ pub const FAMILY_V4: u8 = 4;
 /// Address family code used in map keys and values for IPv6.
 pub const FAMILY_V6: u8 = 6;
 
+/// IANA protocol number of IPv6-in-IP encapsulation (RFC 2473).
+pub const PROTO_IPV6: u8 = 41;
+/// IANA protocol number of ICMPv6.
+pub const PROTO_ICMPV6: u8 = 58;
 /// IANA protocol number of ICMP.
 pub const PROTO_ICMP: u8 = 1;
 /// IANA protocol number of TCP.

@@ -57,6 +57,12 @@ pub const MAP_VIP_DROPS: &str = "LB_VIP_DROPS";
 /// Per-CPU token bucket of ICMP "too big" generation: array of one
 /// [`TokenBucket`].
 pub const MAP_ICMP_BUCKET: &str = "LB_ICMP_BUCKET";
+/// Allowed IPv6 source prefixes: LPM trie `[u8; 16]` -> `u32` (unused value
+/// 1), [`MAX_SOURCE_PREFIXES`] entries.
+pub const MAP_SRC_ALLOW_V6: &str = "LB_SRC_ALLOW6";
+/// Per-VIP IPv6 source lists: LPM trie keyed by [`VipSourceKey6`],
+/// [`MAX_VIP_SOURCE_PREFIXES`] entries.
+pub const MAP_SRC_ALLOW_VIP6: &str = "LB_SRC_ALLOW_VIP6";
 
 /// Most VIPs one data plane holds; VIP ids are `0..MAX_VIPS`.
 pub const MAX_VIPS: u32 = 1024;
@@ -102,6 +108,16 @@ impl VipKey {
             port: port.to_be_bytes(),
             proto,
             family: crate::FAMILY_V4,
+        }
+    }
+
+    /// The key of an IPv6 VIP; `port` in host byte order.
+    pub const fn v6(addr: [u8; 16], port: u16, proto: u8) -> Self {
+        Self {
+            addr,
+            port: port.to_be_bytes(),
+            proto,
+            family: crate::FAMILY_V6,
         }
     }
 }
@@ -152,6 +168,29 @@ impl VipSourceKey {
     }
 }
 
+/// Data of an LPM key of [`MAP_SRC_ALLOW_VIP6`]: the VIP id (big-endian)
+/// then the IPv6 source; a VIP's prefix `a/n` has prefix length `32 + n`.
+/// 20 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipSourceKey6 {
+    /// VIP id, big-endian.
+    pub vip_id: [u8; 4],
+    /// IPv6 source address (or prefix), network byte order.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<VipSourceKey6>() == 20);
+
+impl VipSourceKey6 {
+    /// The key data for `addr` in VIP `vip_id`'s list.
+    pub const fn new(vip_id: u32, addr: [u8; 16]) -> Self {
+        Self {
+            vip_id: vip_id.to_be_bytes(),
+            addr,
+        }
+    }
+}
+
 /// Value of [`MAP_ICMP_BUCKET`]: a token bucket kept in nanoseconds of
 /// credit (see [`crate::rules::take_token`]). 16 bytes.
 #[repr(C)]
@@ -189,6 +228,15 @@ impl AddrKey {
         Self {
             addr: bytes,
             family: crate::FAMILY_V4,
+            _pad: [0; 3],
+        }
+    }
+
+    /// The key of an IPv6 address.
+    pub const fn v6(addr: [u8; 16]) -> Self {
+        Self {
+            addr,
+            family: crate::FAMILY_V6,
             _pad: [0; 3],
         }
     }
@@ -254,6 +302,27 @@ impl FlowKey {
             _pad: [0; 2],
         }
     }
+
+    /// The key of a flow of either family, addresses as in map keys.
+    #[inline(always)]
+    pub const fn new(
+        family: u8,
+        src: [u8; 16],
+        dst: [u8; 16],
+        sport: [u8; 2],
+        dport: [u8; 2],
+        proto: u8,
+    ) -> Self {
+        Self {
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+            family,
+            _pad: [0; 2],
+        }
+    }
 }
 
 /// Value of [`MAP_CONNS`]: the backend a flow was given. 8 bytes.
@@ -289,8 +358,11 @@ pub struct Globals {
     /// ICMP "too big" messages generated per second per CPU
     /// (`icmp.too_big_per_cpu`); 0: never.
     pub too_big_per_cpu: u32,
+    /// Destination UDP port of GUE packets (`encap.gue_port`), host order;
+    /// used with [`GLOBAL_F_GUE`].
+    pub gue_port: u32,
 }
-const _: () = assert!(size_of::<Globals>() == 40);
+const _: () = assert!(size_of::<Globals>() == 44);
 
 /// [`Globals::flags`]: apply the source filter to every packet on the
 /// interface (`scope = "all"`), not only to packets for VIP addresses.
@@ -298,6 +370,9 @@ pub const GLOBAL_F_SCOPE_ALL: u32 = 1;
 /// [`Globals::flags`]: the agent has filled the maps; until then every packet
 /// is passed.
 pub const GLOBAL_F_READY: u32 = 2;
+/// [`Globals::flags`]: encapsulate in GUE (UDP to [`Globals::gue_port`],
+/// the inner IP packet directly after the UDP header) instead of IP-in-IP.
+pub const GLOBAL_F_GUE: u32 = 4;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -313,4 +388,5 @@ mod pod {
     unsafe impl aya::Pod for crate::Counter {}
     unsafe impl aya::Pod for super::VipSourceKey {}
     unsafe impl aya::Pod for super::TokenBucket {}
+    unsafe impl aya::Pod for super::VipSourceKey6 {}
 }

@@ -67,11 +67,15 @@ pub enum Outcome {
     DropIcmpBadMtu = 19,
     /// Dropped: the source is not in the VIP's own `allow` list.
     DropVipSourceFilter = 20,
+    /// Dropped: IPv6 traffic to a VIP address whose extension headers
+    /// `xdp_lb` does not walk (more than 4, or others than hop-by-hop,
+    /// routing and destination options before the transport header).
+    DropIpv6Ext = 21,
 }
 
 impl Outcome {
     /// Number of outcomes: the size of [`crate::MAP_STATS`].
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 22;
     /// Every outcome, in index order.
     pub const ALL: [Outcome; Self::COUNT as usize] = [
         Self::Passed,
@@ -95,7 +99,38 @@ impl Outcome {
         Self::DropIcmpTruncated,
         Self::DropIcmpBadMtu,
         Self::DropVipSourceFilter,
+        Self::DropIpv6Ext,
     ];
+
+    /// The outcome of counter index `index` (its discriminant), if any.
+    #[inline(always)]
+    pub const fn from_index(index: u32) -> Option<Outcome> {
+        Some(match index {
+            0 => Self::Passed,
+            1 => Self::Forwarded,
+            2 => Self::Redirected,
+            3 => Self::PassedNoNeighbour,
+            4 => Self::DropSourceFilter,
+            5 => Self::DropFragment,
+            6 => Self::DropMalformed,
+            7 => Self::DropNoBackend,
+            8 => Self::PassedNoBackend,
+            9 => Self::DropNoRoute,
+            10 => Self::DropEncap,
+            11 => Self::Decapsulated,
+            12 => Self::EchoReplied,
+            13 => Self::TooBigSent,
+            14 => Self::TooBigSuppressed,
+            15 => Self::DropTooBigNoDf,
+            16 => Self::IcmpForwarded,
+            17 => Self::DropIcmpNotFromVip,
+            18 => Self::DropIcmpTruncated,
+            19 => Self::DropIcmpBadMtu,
+            20 => Self::DropVipSourceFilter,
+            21 => Self::DropIpv6Ext,
+            _ => return None,
+        })
+    }
 
     /// Name used in metrics, status and logs (snake case).
     pub const fn name(self) -> &'static str {
@@ -121,6 +156,7 @@ impl Outcome {
             Self::DropIcmpTruncated => "drop_icmp_truncated",
             Self::DropIcmpBadMtu => "drop_icmp_bad_mtu",
             Self::DropVipSourceFilter => "drop_vip_source_filter",
+            Self::DropIpv6Ext => "drop_ipv6_ext",
         }
     }
 }
@@ -184,13 +220,18 @@ mod tests {
             | Outcome::DropIcmpNotFromVip
             | Outcome::DropIcmpTruncated
             | Outcome::DropIcmpBadMtu
-            | Outcome::DropVipSourceFilter => o,
+            | Outcome::DropVipSourceFilter
+            | Outcome::DropIpv6Ext => o,
         };
         for o in Outcome::ALL {
             let o = variant(o);
             assert!((o as u32) < Outcome::COUNT, "{}", o.name());
         }
         assert_eq!(Outcome::ALL.len(), Outcome::COUNT as usize);
+        for o in Outcome::ALL {
+            assert_eq!(Outcome::from_index(o as u32), Some(o), "{}", o.name());
+        }
+        assert_eq!(Outcome::from_index(Outcome::COUNT), None);
         let event = |e: ConnEvent| match e {
             ConnEvent::Hit | ConnEvent::Miss | ConnEvent::Rehash => e,
         };

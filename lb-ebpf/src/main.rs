@@ -75,7 +75,8 @@ fn action(outcome: Outcome) -> u32 {
         | Outcome::DropIcmpNotFromVip
         | Outcome::DropIcmpTruncated
         | Outcome::DropIcmpBadMtu
-        | Outcome::DropVipSourceFilter => XDP_DROP,
+        | Outcome::DropVipSourceFilter
+        | Outcome::DropIpv6Ext => XDP_DROP,
     }
 }
 

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use lb_common::{
     AddrKey, Backend, ConnEvent, ConnValue, Counter, FlowKey, Globals, MAX_BACKENDS,
     MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES, MAX_VIP_SOURCE_PREFIXES, MAX_VIPS, Outcome, TokenBucket,
-    VipKey, VipSourceKey, VipValue,
+    VipKey, VipSourceKey, VipSourceKey6, VipValue,
 };
 
 /// VIP (address, port, protocol) -> its id, Maglev table and flags.
@@ -67,6 +67,16 @@ pub static DECAP_LOCAL: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_LO
 /// Per-VIP `allow` lists: (VIP id, source) prefixes; see [`VipSourceKey`].
 #[map]
 pub static LB_SRC_ALLOW_VIP4: LpmTrie<VipSourceKey, u32> =
+    LpmTrie::with_max_entries(MAX_VIP_SOURCE_PREFIXES, 1);
+
+/// Allowed IPv6 source prefixes.
+#[map]
+pub static LB_SRC_ALLOW6: LpmTrie<[u8; 16], u32> =
+    LpmTrie::with_max_entries(MAX_SOURCE_PREFIXES, 1);
+
+/// Per-VIP IPv6 `allow` lists: (VIP id, source) prefixes.
+#[map]
+pub static LB_SRC_ALLOW_VIP6: LpmTrie<VipSourceKey6, u32> =
     LpmTrie::with_max_entries(MAX_VIP_SOURCE_PREFIXES, 1);
 
 /// Per-VIP packets refused by the VIP's own `allow` list, by VIP id.

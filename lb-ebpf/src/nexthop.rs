@@ -5,48 +5,95 @@ use aya_ebpf::{
     bindings::bpf_fib_lookup, helpers::generated::bpf_fib_lookup as fib_lookup,
     programs::XdpContext,
 };
-use lb_common::PROTO_IPIP;
+use lb_common::{PROTO_IPIP, PROTO_IPV6};
+
+use crate::parse::L3;
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 // Return codes of bpf_fib_lookup (enum in include/uapi/linux/bpf.h).
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
 const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
 const BPF_FIB_LKUP_RET_FRAG_NEEDED: i64 = 8;
 
-/// Where to send a packet.
-pub enum NextHop {
-    /// Out of `ifindex` to `dmac`, from `smac`.
-    Resolved {
-        /// Egress interface.
-        ifindex: u32,
-        /// Source MAC of the egress interface.
-        smac: [u8; 6],
-        /// MAC of the next hop.
-        dmac: [u8; 6],
-    },
+/// What the FIB says of a packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Out of [`NextHop::ifindex`] to [`NextHop::dmac`].
+    Resolved,
     /// A route exists but the kernel has no neighbour entry for the next hop.
     NoNeighbour,
-    /// The packet of `tot_len` bytes exceeds the egress MTU, `mtu` bytes.
-    FragNeeded {
-        /// The egress MTU (`mtu_result`).
-        mtu: u16,
-    },
-    /// No route (unreachable, blackhole, prohibited, forwarding disabled, …).
+    /// The packet exceeds the egress MTU, [`NextHop::mtu`] bytes.
+    FragNeeded,
+    /// No route (unreachable, blackhole, prohibited, forwarding disabled, ...).
     NoRoute,
 }
 
-/// Looks up the next hop of an IPv4 packet `src` -> `dst` (network byte
-/// order) of `tot_len` bytes, as if it arrived on the ingress interface.
+/// Where to send a packet. Every field is set whatever the route (zero
+/// when it does not apply), so no field is ever read undefined: the
+/// verifier refuses a register spilled before it was written.
+#[derive(Clone, Copy)]
+pub struct NextHop {
+    /// The answer.
+    pub route: Route,
+    /// Egress interface.
+    pub ifindex: u32,
+    /// Source MAC of the egress interface.
+    pub smac: [u8; 6],
+    /// MAC of the next hop.
+    pub dmac: [u8; 6],
+    /// The egress MTU, with [`Route::FragNeeded`].
+    pub mtu: u16,
+}
+
+/// All-zero lookup parameters, written as eight 8-byte stores: a plain
+/// `mem::zeroed` compiles to a call of a byte-by-byte `memset` subprogram,
+/// which is slow and whose register use the verifier then rejects.
 #[inline(always)]
-pub fn lookup_v4(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], tot_len: u16) -> NextHop {
-    // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid value.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = PROTO_IPIP;
+fn zeroed_params() -> bpf_fib_lookup {
+    const WORDS: usize = size_of::<bpf_fib_lookup>() / 8;
+    const _: () = assert!(size_of::<bpf_fib_lookup>() == WORDS * 8);
+    let mut params = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
+    let words = params.as_mut_ptr().cast::<u64>();
+    for i in 0..WORDS {
+        // SAFETY: within the value; volatile, so the stores stay stores.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+    // SAFETY: every byte written; all-zero is a valid bpf_fib_lookup.
+    unsafe { params.assume_init() }
+}
+
+/// Looks up the next hop of an outer packet `src` -> `dst` of family
+/// `family` (addresses as in map keys: IPv4 in the first 4 bytes) and
+/// `tot_len` bytes, as if it arrived on the ingress interface.
+#[inline(always)]
+pub fn lookup(
+    ctx: &XdpContext,
+    family: L3,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    tot_len: u16,
+) -> NextHop {
+    let mut params = zeroed_params();
     params.__bindgen_anon_1.tot_len = tot_len;
     params.ifindex = ctx.ingress_ifindex() as u32;
-    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
-    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
+    match family {
+        L3::V4 => {
+            params.family = AF_INET;
+            params.l4_protocol = PROTO_IPIP;
+            params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([src[0], src[1], src[2], src[3]]);
+            params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
+        }
+        L3::V6 => {
+            params.family = AF_INET6;
+            params.l4_protocol = PROTO_IPV6;
+            // SAFETY: both are 16 bytes of plain data.
+            unsafe {
+                params.__bindgen_anon_3.ipv6_src = core::mem::transmute::<[u8; 16], [u32; 4]>(*src);
+                params.__bindgen_anon_4.ipv6_dst = core::mem::transmute::<[u8; 16], [u32; 4]>(*dst);
+            }
+        }
+    }
     // SAFETY: params is a valid, writable bpf_fib_lookup of the given size.
     let ret = unsafe {
         fib_lookup(
@@ -56,18 +103,19 @@ pub fn lookup_v4(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], tot_len: u16) -> 
             0,
         )
     };
-    match ret {
-        BPF_FIB_LKUP_RET_SUCCESS => NextHop::Resolved {
-            ifindex: params.ifindex,
-            smac: params.smac,
-            dmac: params.dmac,
-        },
-        BPF_FIB_LKUP_RET_NO_NEIGH => NextHop::NoNeighbour,
-        // SAFETY: on FRAG_NEEDED the kernel stores the MTU in this union
-        // member (net/core/filter.c, bpf_fib_lookup).
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => NextHop::FragNeeded {
-            mtu: unsafe { params.__bindgen_anon_1.mtu_result },
-        },
-        _ => NextHop::NoRoute,
+    let route = match ret {
+        BPF_FIB_LKUP_RET_SUCCESS => Route::Resolved,
+        BPF_FIB_LKUP_RET_NO_NEIGH => Route::NoNeighbour,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Route::FragNeeded,
+        _ => Route::NoRoute,
+    };
+    NextHop {
+        route,
+        ifindex: params.ifindex,
+        smac: params.smac,
+        dmac: params.dmac,
+        // SAFETY: plain data; on FRAG_NEEDED the kernel stores the MTU in
+        // this union member (net/core/filter.c, bpf_fib_lookup).
+        mtu: unsafe { params.__bindgen_anon_1.mtu_result },
     }
 }

@@ -1,6 +1,7 @@
-//! Outer headers toward a backend: IPv4-in-IPv4 ([`ipip`]), their
-//! checksums ([`csum`]), the answer when a packet would not fit
-//! ([`too_big`]), and the Ethernet addresses of the frame sent.
+//! Outer headers toward a backend: IP-in-IP and GUE over IPv4 or IPv6
+//! ([`outer`]), their checksums ([`csum`]), the answers when a packet would
+//! not fit (ICMP [`too_big`], ICMPv6 [`ptb`]), and the Ethernet addresses
+//! of the frame sent.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::Outcome;
@@ -9,10 +10,11 @@ use network_types::eth::EthHdr;
 use crate::parse::ptr_at;
 
 pub mod csum;
-pub mod ipip;
+pub mod outer;
+pub mod ptb;
 pub mod too_big;
 
-pub use ipip::{OuterV4, push_ipv4};
+pub use outer::{Outer, push};
 
 /// Sets the Ethernet addresses of the frame.
 #[inline(always)]

@@ -31,8 +31,16 @@ const PUSHED: usize = Ipv4Hdr::LEN + size_of::<IcmpHdr>();
 /// becomes L2 + IPv4 (VIP -> client) + ICMP + the quote, MACs swapped, for
 /// XDP_TX. `per_second` is `icmp.too_big_per_cpu`; over it,
 /// `Err(TooBigSuppressed)` and the frame is dropped.
+// A subprogram of its own: its stack frame does not add to the caller's.
+#[inline(never)]
+pub fn reply(ctx: &XdpContext, l3: usize, next_hop_mtu: u16, per_second: u32) -> Outcome {
+    match try_reply(ctx, l3, next_hop_mtu, per_second) {
+        Ok(outcome) | Err(outcome) => outcome,
+    }
+}
+
 #[inline(always)]
-pub fn reply(
+fn try_reply(
     ctx: &XdpContext,
     l3: usize,
     next_hop_mtu: u16,

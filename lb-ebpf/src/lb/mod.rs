@@ -1,42 +1,54 @@
-//! The load balancer's path for one packet: source filter, ICMP to a VIP
-//! address, VIP lookup and the VIP's own source list, backend selection
-//! (connection table, Maglev), encapsulation or "too big", next hop.
-//! Returns the outcome; the entry point in main.rs counts it and turns it
-//! into an XDP action.
+//! The load balancer's path for one packet, in three subprograms called one
+//! after the other from the entry (so their stack frames never add up):
+//! parse per family ([`v4`], [`v6`]: source filter, ICMP to a VIP address,
+//! the flow); [`choose`] (VIP, the VIP's own sources, the backend by
+//! connection table or Maglev); [`forward`] (encapsulation by the backend's
+//! family and the encapsulation kind, next hop); and, when the packet would
+//! not fit, the "too big" answer. Returns the outcome; the entry point in
+//! main.rs counts it and turns it into an XDP action.
 
 use aya_ebpf::{helpers::generated::bpf_redirect, programs::XdpContext};
 use lb_common::{
-    AddrKey, FlowKey, GLOBAL_F_READY, GLOBAL_F_SCOPE_ALL, Outcome, PROTO_ICMP, VIP_F_OWN_ALLOW,
-    VIP_F_PASS_ON_NO_BACKEND, VipValue, flow_hash_v4,
-    rules::{FilterVerdict, filter_verdict, vip_source_allowed},
+    FAMILY_V6, FlowKey, GLOBAL_F_GUE, GLOBAL_F_READY, Globals, Outcome, VIP_F_OWN_ALLOW,
+    VIP_F_PASS_ON_NO_BACKEND, VipValue, flow_hash, rules::vip_source_allowed,
 };
-use network_types::ip::Ipv4Hdr;
 
 pub mod filter;
 pub mod icmp;
+pub mod icmp6;
 pub mod select;
+mod v4;
+mod v6;
 
-use filter::{source_allowed_v4, source_allowed_vip_v4};
-use icmp::Icmp;
-use select::{find_vip_v4, flow_backend, lookup_backend};
+use select::{find_vip, flow_backend, lookup_backend};
 
 use crate::{
-    encap::{self, OuterV4},
-    maps::{LB_BE_STATS, LB_GLOBALS, LB_VIP_ADDRS, LB_VIP_DROPS, LB_VIP_STATS, count},
-    nexthop::{self, NextHop},
-    parse::{ipv4_at, is_fragment, l3_offset_v4, ports_at},
+    encap::{self, Outer},
+    maps::{LB_BE_STATS, LB_GLOBALS, LB_VIP_DROPS, LB_VIP_STATS, count},
+    nexthop::{self, Route},
+    parse::{L3, l3_offset},
 };
 
-/// IPv4 "don't fragment" flag, as the frags field reads (RFC 791).
-const IP_DF: u16 = 0x4000;
+/// What a step returns when the packet goes on to the next step; any other
+/// value is an [`Outcome`]'s index.
+const CONTINUE: u32 = u32::MAX;
+/// What [`forward`] returns when the packet would not fit.
+const TOO_BIG: u32 = u32::MAX - 1;
 
-/// The flow a packet belongs to, client to VIP; ports in network byte order.
-struct Flow {
-    client: [u8; 4],
-    vip: [u8; 4],
-    client_port: [u8; 2],
-    vip_port: [u8; 2],
-    proto: u8,
+/// A step's result as its return value (subprograms return a scalar: a
+/// returned struct would be a pointer into the callee's stack, which the
+/// verifier refuses).
+#[inline(always)]
+fn code(step: Result<Outcome, Outcome>) -> u32 {
+    match step {
+        Ok(outcome) | Err(outcome) => outcome as u32,
+    }
+}
+
+/// The outcome of a step's code (`CONTINUE` never reaches here).
+#[inline(always)]
+fn outcome(code: u32) -> Outcome {
+    Outcome::from_index(code).unwrap_or(Outcome::DropMalformed)
 }
 
 /// Processes one frame of `bytes` bytes. `Ok` and `Err` both carry the
@@ -49,180 +61,258 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Outcome, Outcome> {
     if globals.flags & GLOBAL_F_READY == 0 {
         return Ok(Outcome::Passed);
     }
-    let Some(l3) = l3_offset_v4(ctx)? else {
+    let Some((l3, family)) = l3_offset(ctx)? else {
         return Ok(Outcome::Passed);
     };
-    let ip = ipv4_at(ctx, l3)?;
-    // SAFETY: bounds checked by ipv4_at; fields are copied out before the
-    // frame is changed.
-    let hdr: &Ipv4Hdr = unsafe { &*ip.hdr };
-    let (src, dst, proto, tos) = (hdr.src_addr, hdr.dst_addr, hdr.proto, hdr.tos);
-    let frags = u16::from_be_bytes(hdr.frags);
-    let inner_len = u16::from_be_bytes(hdr.tot_len);
-
-    // Source filter first, so unwanted sources cost the least (SPEC 4).
-    let for_vip_addr = LB_VIP_ADDRS.get_ptr(AddrKey::v4(dst)).is_some();
-    match filter_verdict(
-        globals.flags & GLOBAL_F_SCOPE_ALL != 0,
-        for_vip_addr,
-        || source_allowed_v4(src),
-    ) {
-        FilterVerdict::Drop => return Err(Outcome::DropSourceFilter),
-        FilterVerdict::Pass => return Ok(Outcome::Passed),
-        FilterVerdict::ToVipAddress => {}
+    let mut p = Packet::new(l3, family, bytes);
+    let step = match family {
+        L3::V4 => v4::parse(ctx, globals, &mut p),
+        L3::V6 => v6::parse(ctx, globals, &mut p),
+    };
+    if step != CONTINUE {
+        return Ok(outcome(step));
     }
-    // A fragment has no ports to hash on (later fragments carry no L4 header).
-    if is_fragment(hdr) {
-        return Err(Outcome::DropFragment);
+    let mut c = Choice {
+        backend_id: 0,
+        hash: 0,
+        addr: [0; 16],
+        family: 0,
+        mtu_left: 0,
+    };
+    let step = choose(&p, &mut c);
+    if step != CONTINUE {
+        return Ok(outcome(step));
     }
-    let l4 = l3 + ip.len;
-    // An ICMP error is about a flow whose packets went the other way (a DSR
-    // reply from the VIP): it follows that flow to its backend.
-    let (flow, icmp_error) = if proto == PROTO_ICMP {
-        match icmp::classify(ctx, l4)? {
-            Icmp::EchoRequest => return icmp::echo_reply(ctx, l3, ip.len),
-            Icmp::Other => return Ok(Outcome::Passed),
-            Icmp::Error => {
-                let q = icmp::quoted_flow(ctx, l4, dst)?;
-                let flow = Flow {
-                    client: q.client,
-                    vip: dst,
-                    client_port: q.client_port,
-                    vip_port: q.vip_port,
-                    proto: q.proto,
-                };
-                (flow, true)
-            }
-        }
-    } else {
-        let Some((sport, dport)) = ports_at(ctx, l4, proto)? else {
-            return Ok(Outcome::Passed);
-        };
-        let flow = Flow {
-            client: src,
-            vip: dst,
-            client_port: sport,
-            vip_port: dport,
-            proto,
-        };
-        (flow, false)
-    };
-    let Some(vip) = find_vip_v4(flow.vip, flow.vip_port, flow.proto) else {
-        return if icmp_error {
-            Err(Outcome::DropIcmpNotFromVip)
-        } else {
-            Ok(Outcome::Passed)
-        };
-    };
-    // The VIP's own list narrows the perimeter for its clients. An ICMP
-    // error comes from a router on the path, not from the client: only the
-    // global filter applies to it.
-    if !icmp_error
-        && !vip_source_allowed(vip.flags & VIP_F_OWN_ALLOW != 0, || {
-            source_allowed_vip_v4(vip.vip_id, src)
-        })
-    {
-        count(&LB_VIP_DROPS, vip.vip_id, bytes);
-        return Err(Outcome::DropVipSourceFilter);
-    }
-    count(&LB_VIP_STATS, vip.vip_id, bytes);
-
-    let hash = flow_hash_v4(
-        flow.client,
-        flow.vip,
-        flow.client_port,
-        flow.vip_port,
-        flow.proto,
-    );
-    let key = FlowKey::v4(
-        flow.client,
-        flow.vip,
-        flow.client_port,
-        flow.vip_port,
-        flow.proto,
-    );
-    let chosen = if icmp_error {
-        lookup_backend(vip, &key, hash)
-    } else {
-        flow_backend(vip, &key, hash, bytes)
-    };
-    let Some((backend_id, backend)) = chosen else {
-        return no_backend(vip);
-    };
-    let Some(tot_len) = inner_len.checked_add(Ipv4Hdr::LEN as u16) else {
-        return Err(Outcome::DropEncap);
-    };
-    let outer = OuterV4 {
-        src: globals.encap_src_v4,
-        dst: [
-            backend.addr[0],
-            backend.addr[1],
-            backend.addr[2],
-            backend.addr[3],
-        ],
-        tos,
-        tot_len,
-    };
-    // Route before touching the frame, so a packet we cannot send is left
-    // intact; a packet that would not fit is answered, or dropped.
-    let next_hop = nexthop::lookup_v4(ctx, outer.src, outer.dst, tot_len);
-    let mtu = match next_hop {
-        NextHop::NoRoute => return Err(Outcome::DropNoRoute),
-        NextHop::FragNeeded { mtu } => Some(mtu),
-        _ if globals.encap_mtu != 0 && u32::from(tot_len) > globals.encap_mtu => {
-            Some(globals.encap_mtu as u16)
-        }
-        NextHop::Resolved { .. } | NextHop::NoNeighbour => None,
-    };
-    if let Some(mtu) = mtu {
-        return too_big(ctx, l3, ip.len, frags, mtu, globals.too_big_per_cpu);
-    }
-    encap::push_ipv4(ctx, l3, &outer)?;
-    count(&LB_BE_STATS, backend_id, bytes);
-
-    match next_hop {
-        NextHop::Resolved {
-            ifindex,
-            smac,
-            dmac,
-        } => {
-            encap::set_macs(ctx, smac, dmac)?;
-            if ifindex != ctx.ingress_ifindex() as u32 {
-                // SAFETY: plain helper call; returns XDP_REDIRECT for flags 0.
-                unsafe { bpf_redirect(ifindex, 0) };
-                Ok(Outcome::Redirected)
-            } else if icmp_error {
-                Ok(Outcome::IcmpForwarded)
-            } else {
-                Ok(Outcome::Forwarded)
-            }
-        }
-        // The frame still carries our own MAC as destination: the kernel
-        // routes the encapsulated packet, resolving the neighbour as it does.
-        _ => Ok(Outcome::PassedNoNeighbour),
+    match forward(ctx, globals, &p, &mut c) {
+        TOO_BIG => Ok(too_big(ctx, &p.inner, c.mtu_left, globals.too_big_per_cpu)),
+        step => Ok(outcome(step)),
     }
 }
 
-/// The rule for a packet that would exceed `mtu` once encapsulated: with DF
-/// set (and no IP options to quote around), "fragmentation needed" back to
-/// the client with the MTU left for the inner packet; without DF, dropped
-/// (XDP cannot fragment).
-#[inline(always)]
-fn too_big(
-    ctx: &XdpContext,
+/// The flow a packet belongs to, client to VIP: addresses as in map keys
+/// (IPv4 in the first 4 bytes), ports in network byte order.
+struct Flow {
+    family: u8,
+    client: [u8; 16],
+    vip: [u8; 16],
+    client_port: [u8; 2],
+    vip_port: [u8; 2],
+    proto: u8,
+}
+
+/// The packet as it is forwarded (the inner packet once encapsulated).
+struct Inner {
+    /// Offset of its IP header.
     l3: usize,
-    ip_len: usize,
-    frags: u16,
-    mtu: u16,
-    per_second: u32,
-) -> Result<Outcome, Outcome> {
-    if frags & IP_DF == 0 {
-        return Err(Outcome::DropTooBigNoDf);
+    family: L3,
+    /// Its length in bytes (IPv4 total length; IPv6 header plus payload).
+    len: u16,
+    /// DSCP/ECN byte.
+    tos: u8,
+    /// IPv4: DF set. IPv6 packets are never fragmented on the way.
+    df: bool,
+    /// IPv4: options present (the "too big" answer does not quote them).
+    options: bool,
+}
+
+/// A packet of a VIP flow, as the parse step leaves it.
+struct Packet {
+    flow: Flow,
+    inner: Inner,
+    /// The packet's own source (the client, or for an ICMP error the router
+    /// that sent it).
+    source: [u8; 16],
+    /// An ICMP error about the flow (a router's, about a DSR reply): it
+    /// follows the flow to its backend without touching the connection
+    /// table, and only the global source filter applies to it.
+    icmp_error: bool,
+    /// The frame's length, for the counters.
+    bytes: u64,
+}
+
+impl Packet {
+    /// A packet at `l3` of `family`, every other field written (the
+    /// verifier refuses reading a stack slot nobody wrote).
+    #[inline(always)]
+    fn new(l3: usize, family: L3, bytes: u64) -> Self {
+        Self {
+            flow: Flow {
+                family: 0,
+                client: [0; 16],
+                vip: [0; 16],
+                client_port: [0; 2],
+                vip_port: [0; 2],
+                proto: 0,
+            },
+            inner: Inner {
+                l3,
+                family,
+                len: 0,
+                tos: 0,
+                df: false,
+                options: false,
+            },
+            source: [0; 16],
+            icmp_error: false,
+            bytes,
+        }
     }
-    if ip_len != Ipv4Hdr::LEN {
-        return Err(Outcome::DropEncap);
+}
+
+/// The backend [`choose`] picked, for [`forward`].
+struct Choice {
+    backend_id: u32,
+    hash: u32,
+    /// The backend's address and family, as in its map entry.
+    addr: [u8; 16],
+    family: u8,
+    /// With `TOO_BIG`: the bytes the inner packet may have.
+    mtu_left: u16,
+}
+
+/// The VIP lookup, the VIP's own source list and the backend choice.
+// A subprogram of its own: its stack frame does not add to the others'.
+#[inline(never)]
+fn choose(p: &Packet, c: &mut Choice) -> u32 {
+    let f = &p.flow;
+    let Some(vip) = find_vip(f.family, &f.vip, f.vip_port, f.proto) else {
+        return if p.icmp_error {
+            Outcome::DropIcmpNotFromVip as u32
+        } else {
+            Outcome::Passed as u32
+        };
+    };
+    if !p.icmp_error
+        && !vip_source_allowed(vip.flags & VIP_F_OWN_ALLOW != 0, || {
+            if f.family == FAMILY_V6 {
+                filter::source_allowed_vip_v6(vip.vip_id, p.source)
+            } else {
+                let s = p.source;
+                filter::source_allowed_vip_v4(vip.vip_id, [s[0], s[1], s[2], s[3]])
+            }
+        })
+    {
+        count(&LB_VIP_DROPS, vip.vip_id, p.bytes);
+        return Outcome::DropVipSourceFilter as u32;
     }
-    encap::too_big::reply(ctx, l3, mtu.saturating_sub(Ipv4Hdr::LEN as u16), per_second)
+    count(&LB_VIP_STATS, vip.vip_id, p.bytes);
+
+    let hash = flow_hash(
+        f.family,
+        &f.client,
+        &f.vip,
+        f.client_port,
+        f.vip_port,
+        f.proto,
+    );
+    let key = FlowKey::new(
+        f.family,
+        f.client,
+        f.vip,
+        f.client_port,
+        f.vip_port,
+        f.proto,
+    );
+    let chosen = if p.icmp_error {
+        lookup_backend(vip, &key, hash)
+    } else {
+        flow_backend(vip, &key, hash, p.bytes)
+    };
+    let Some((backend_id, backend)) = chosen else {
+        return code(no_backend(vip));
+    };
+    c.backend_id = backend_id;
+    c.hash = hash;
+    c.addr = backend.addr;
+    c.family = backend.family;
+    CONTINUE
+}
+
+/// Encapsulates the packet toward the chosen backend and picks the next
+/// hop; `TOO_BIG` (with `c.mtu_left`) when it would not fit.
+#[inline(never)]
+fn forward(ctx: &XdpContext, globals: &Globals, p: &Packet, c: &mut Choice) -> u32 {
+    match try_forward(ctx, globals, p, c) {
+        Ok(step) => step,
+        Err(outcome) => outcome as u32,
+    }
+}
+
+#[inline(always)]
+fn try_forward(
+    ctx: &XdpContext,
+    globals: &Globals,
+    p: &Packet,
+    c: &mut Choice,
+) -> Result<u32, Outcome> {
+    let inner = &p.inner;
+    let (family, src) = if c.family == FAMILY_V6 {
+        (L3::V6, globals.encap_src_v6)
+    } else {
+        let s = globals.encap_src_v4;
+        let mut src = [0u8; 16];
+        src[..4].copy_from_slice(&s);
+        (L3::V4, src)
+    };
+    let outer = Outer {
+        family,
+        src,
+        dst: c.addr,
+        inner: inner.family,
+        inner_len: inner.len,
+        tos: inner.tos,
+        flow_hash: c.hash,
+        gue_port: (globals.flags & GLOBAL_F_GUE != 0).then_some(globals.gue_port as u16),
+    };
+    let total = outer.total_len().ok_or(Outcome::DropEncap)?;
+    // Route before touching the frame, so a packet we cannot send is left
+    // intact; a packet that would not fit is answered, or dropped.
+    let next_hop = nexthop::lookup(ctx, family, &outer.src, &outer.dst, total);
+    let mtu = match next_hop.route {
+        Route::NoRoute => return Err(Outcome::DropNoRoute),
+        Route::FragNeeded => Some(next_hop.mtu),
+        _ if globals.encap_mtu != 0 && u32::from(total) > globals.encap_mtu => {
+            Some(globals.encap_mtu as u16)
+        }
+        Route::Resolved | Route::NoNeighbour => None,
+    };
+    if let Some(mtu) = mtu {
+        c.mtu_left = mtu.saturating_sub(outer.overhead());
+        return Ok(TOO_BIG);
+    }
+    encap::push(ctx, inner.l3, &outer)?;
+    count(&LB_BE_STATS, c.backend_id, p.bytes);
+    let done = if next_hop.route == Route::NoNeighbour {
+        // The frame still carries our own MAC as destination: the kernel
+        // routes the encapsulated packet, resolving the neighbour as it does.
+        Outcome::PassedNoNeighbour
+    } else {
+        encap::set_macs(ctx, next_hop.smac, next_hop.dmac)?;
+        if next_hop.ifindex != ctx.ingress_ifindex() as u32 {
+            // SAFETY: plain helper call; returns XDP_REDIRECT for flags 0.
+            unsafe { bpf_redirect(next_hop.ifindex, 0) };
+            Outcome::Redirected
+        } else if p.icmp_error {
+            Outcome::IcmpForwarded
+        } else {
+            Outcome::Forwarded
+        }
+    };
+    Ok(done as u32)
+}
+
+/// The rule for a packet that would not fit once encapsulated (`mtu` bytes
+/// left for it): IPv4 with DF (and no options to quote around) and IPv6 are
+/// answered ("fragmentation needed", "packet too big"); IPv4 without DF is
+/// dropped (XDP cannot fragment).
+#[inline(always)]
+fn too_big(ctx: &XdpContext, inner: &Inner, mtu: u16, per_second: u32) -> Outcome {
+    match inner.family {
+        L3::V4 if !inner.df => Outcome::DropTooBigNoDf,
+        L3::V4 if inner.options => Outcome::DropEncap,
+        L3::V4 => encap::too_big::reply(ctx, inner.l3, mtu, per_second),
+        L3::V6 => encap::ptb::reply(ctx, inner.l3, u32::from(mtu), per_second),
+    }
 }
 
 /// The rule for a VIP without a usable backend (`on_no_backend`).

@@ -8,11 +8,17 @@ use lb_common::{
 
 use crate::maps::{LB_BACKENDS, LB_CONN_STATS, LB_CONNS, LB_MAGLEV, LB_VIPS, count};
 
-/// The VIP for (IPv4 address, port, protocol), falling back to the port-0
-/// wildcard VIP of that address and protocol. Ports in network byte order.
+/// The VIP for (address, port, protocol) of `family` (address as in map
+/// keys), falling back to the port-0 wildcard VIP of that address and
+/// protocol. Ports in network byte order.
 #[inline(always)]
-pub fn find_vip_v4(dst: [u8; 4], port: [u8; 2], proto: u8) -> Option<&'static VipValue> {
-    let mut key = VipKey::v4(dst, 0, proto);
+pub fn find_vip(family: u8, dst: &[u8; 16], port: [u8; 2], proto: u8) -> Option<&'static VipValue> {
+    let mut key = VipKey {
+        addr: *dst,
+        port: [0, 0],
+        proto,
+        family,
+    };
     let value = match_vip(port, |port| {
         key.port = port;
         LB_VIPS.get_ptr(key)

@@ -1,15 +1,18 @@
 //! L2 to L4 parsing: Ethernet with at most one 802.1Q tag ([`l2`]), IPv4
-//! with options skipped by IHL ([`ipv4`]), TCP and UDP ports ([`l4`]); all
-//! through one bounds-check helper, [`ptr_at`].
+//! with options skipped by IHL ([`ipv4`]), IPv6 with its extension headers
+//! walked ([`ipv6`]), TCP and UDP ports ([`l4`]); all through one
+//! bounds-check helper, [`ptr_at`].
 
 use aya_ebpf::programs::XdpContext;
 
 pub mod ipv4;
+pub mod ipv6;
 pub mod l2;
 pub mod l4;
 
 pub use ipv4::{ipv4_at, is_fragment};
-pub use l2::l3_offset_v4;
+pub use ipv6::ipv6_at;
+pub use l2::{L3, l3_offset, l3_offset_v4, set_ether_type};
 pub use l4::ports_at;
 
 /// The one bounds-check helper: a pointer to a `T` at `offset` bytes into the

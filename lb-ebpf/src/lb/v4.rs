@@ -1,0 +1,102 @@
+//! IPv4 packets: the source filter, fragments, ICMP to a VIP address, and
+//! the flow of a TCP or UDP packet.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    AddrKey, FAMILY_V4, GLOBAL_F_SCOPE_ALL, Globals, Outcome, PROTO_ICMP,
+    rules::{FilterVerdict, filter_verdict},
+};
+use network_types::ip::Ipv4Hdr;
+
+use super::{CONTINUE, Flow, Packet, filter::source_allowed_v4, icmp, icmp::Icmp};
+use crate::{
+    maps::LB_VIP_ADDRS,
+    parse::{ipv4_at, is_fragment, ports_at},
+};
+
+/// IPv4 "don't fragment" flag, as the frags field reads (RFC 791).
+const IP_DF: u16 = 0x4000;
+
+/// An address as map keys hold it.
+#[inline(always)]
+fn key(a: [u8; 4]) -> [u8; 16] {
+    AddrKey::v4(a).addr
+}
+
+/// Processes the IPv4 packet at `l3`.
+// A subprogram of its own: its stack frame does not add to the others'.
+#[inline(never)]
+pub(super) fn parse(ctx: &XdpContext, globals: &Globals, p: &mut Packet) -> u32 {
+    match try_parse(ctx, globals, p) {
+        Ok(step) => step,
+        Err(outcome) => outcome as u32,
+    }
+}
+
+#[inline(always)]
+fn try_parse(ctx: &XdpContext, globals: &Globals, p: &mut Packet) -> Result<u32, Outcome> {
+    let l3 = p.inner.l3;
+    let ip = ipv4_at(ctx, l3)?;
+    // SAFETY: bounds checked by ipv4_at; fields are copied out before the
+    // frame is changed.
+    let hdr: &Ipv4Hdr = unsafe { &*ip.hdr };
+    let (src, dst, proto, tos) = (hdr.src_addr, hdr.dst_addr, hdr.proto, hdr.tos);
+    let df = u16::from_be_bytes(hdr.frags) & IP_DF != 0;
+    let len = u16::from_be_bytes(hdr.tot_len);
+
+    // Source filter first, so unwanted sources cost the least (SPEC 4).
+    let for_vip_addr = LB_VIP_ADDRS.get_ptr(AddrKey::v4(dst)).is_some();
+    match filter_verdict(
+        globals.flags & GLOBAL_F_SCOPE_ALL != 0,
+        for_vip_addr,
+        || source_allowed_v4(src),
+    ) {
+        FilterVerdict::Drop => return Err(Outcome::DropSourceFilter),
+        FilterVerdict::Pass => return Ok(Outcome::Passed as u32),
+        FilterVerdict::ToVipAddress => {}
+    }
+    // A fragment has no ports to hash on (later fragments carry no L4 header).
+    if is_fragment(hdr) {
+        return Err(Outcome::DropFragment);
+    }
+    let l4 = l3 + ip.len;
+    let (flow, icmp_error) = if proto == PROTO_ICMP {
+        match icmp::classify(ctx, l4)? {
+            Icmp::EchoRequest => return icmp::echo_reply(ctx, l3, ip.len).map(|o| o as u32),
+            Icmp::Other => return Ok(Outcome::Passed as u32),
+            Icmp::Error => {
+                let q = icmp::quoted_flow(ctx, l4, dst)?;
+                let flow = Flow {
+                    family: FAMILY_V4,
+                    client: key(q.client),
+                    vip: key(dst),
+                    client_port: q.client_port,
+                    vip_port: q.vip_port,
+                    proto: q.proto,
+                };
+                (flow, true)
+            }
+        }
+    } else {
+        let Some((sport, dport)) = ports_at(ctx, l4, proto)? else {
+            return Ok(Outcome::Passed as u32);
+        };
+        let flow = Flow {
+            family: FAMILY_V4,
+            client: key(src),
+            vip: key(dst),
+            client_port: sport,
+            vip_port: dport,
+            proto,
+        };
+        (flow, false)
+    };
+    p.flow = flow;
+    p.inner.len = len;
+    p.inner.tos = tos;
+    p.inner.df = df;
+    p.inner.options = ip.len != Ipv4Hdr::LEN;
+    p.source = key(src);
+    p.icmp_error = icmp_error;
+    Ok(CONTINUE)
+}

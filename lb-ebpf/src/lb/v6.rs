@@ -1,0 +1,97 @@
+//! IPv6 packets: the source filter, extension headers and fragments,
+//! ICMPv6 to a VIP address, and the flow of a TCP or UDP packet.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    AddrKey, FAMILY_V6, GLOBAL_F_SCOPE_ALL, Globals, Outcome, PROTO_ICMPV6,
+    rules::{FilterVerdict, filter_verdict},
+};
+use network_types::ip::Ipv6Hdr;
+
+use super::{CONTINUE, Flow, Packet, filter::source_allowed_v6, icmp::Icmp, icmp6};
+use crate::{
+    maps::LB_VIP_ADDRS,
+    parse::{ipv6_at, ports_at},
+};
+
+/// Processes the IPv6 packet at `l3`.
+// A subprogram of its own: its stack frame does not add to the others'.
+#[inline(never)]
+pub(super) fn parse(ctx: &XdpContext, globals: &Globals, p: &mut Packet) -> u32 {
+    match try_parse(ctx, globals, p) {
+        Ok(step) => step,
+        Err(outcome) => outcome as u32,
+    }
+}
+
+#[inline(always)]
+fn try_parse(ctx: &XdpContext, globals: &Globals, p: &mut Packet) -> Result<u32, Outcome> {
+    let l3 = p.inner.l3;
+    let hdr: *const Ipv6Hdr = crate::parse::ptr_at(ctx, l3).ok_or(Outcome::DropMalformed)?;
+    // SAFETY: bounds checked by ptr_at; fields copied out.
+    let (vcf, payload_len, src, dst) = unsafe {
+        (
+            (*hdr).vcf,
+            (*hdr).payload_len,
+            (*hdr).src_addr,
+            (*hdr).dst_addr,
+        )
+    };
+
+    // Source filter first; NDP and other traffic for this host pass.
+    let for_vip_addr = LB_VIP_ADDRS.get_ptr(AddrKey::v6(dst)).is_some();
+    match filter_verdict(
+        globals.flags & GLOBAL_F_SCOPE_ALL != 0,
+        for_vip_addr,
+        || source_allowed_v6(src),
+    ) {
+        FilterVerdict::Drop => return Err(Outcome::DropSourceFilter),
+        FilterVerdict::Pass => return Ok(Outcome::Passed as u32),
+        FilterVerdict::ToVipAddress => {}
+    }
+    let ip = ipv6_at(ctx, l3)?;
+    if ip.fragment {
+        return Err(Outcome::DropFragment);
+    }
+    let (flow, icmp_error) = if ip.proto == PROTO_ICMPV6 {
+        match icmp6::classify(ctx, ip.l4)? {
+            Icmp::EchoRequest => return icmp6::echo_reply(ctx, l3, ip.l4).map(|o| o as u32),
+            Icmp::Other => return Ok(Outcome::Passed as u32),
+            Icmp::Error => {
+                let q = icmp6::quoted_flow(ctx, ip.l4, &dst)?;
+                let flow = Flow {
+                    family: FAMILY_V6,
+                    client: q.client,
+                    vip: dst,
+                    client_port: q.client_port,
+                    vip_port: q.vip_port,
+                    proto: q.proto,
+                };
+                (flow, true)
+            }
+        }
+    } else {
+        let Some((sport, dport)) = ports_at(ctx, ip.l4, ip.proto)? else {
+            return Ok(Outcome::Passed as u32);
+        };
+        let flow = Flow {
+            family: FAMILY_V6,
+            client: src,
+            vip: dst,
+            client_port: sport,
+            vip_port: dport,
+            proto: ip.proto,
+        };
+        (flow, false)
+    };
+    let len = u16::from_be_bytes(payload_len)
+        .checked_add(Ipv6Hdr::LEN as u16)
+        .ok_or(Outcome::DropMalformed)?;
+    p.flow = flow;
+    p.inner.len = len;
+    p.inner.tos = (u32::from_be_bytes(vcf) >> 20) as u8;
+    p.inner.df = true;
+    p.source = src;
+    p.icmp_error = icmp_error;
+    Ok(CONTINUE)
+}
