@@ -11,8 +11,8 @@ use core::mem::{offset_of, size_of};
 
 use crate::{
     AddrKey, Backend, ConnEvent, ConnValue, Counter, FlowKey, Globals, MAGLEV_MAP_FLAGS,
-    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONN_STATS, MAP_CONNS, MAP_DECAP_LOCAL, MAP_DECAP_VIPS,
-    MAP_GLOBALS, MAP_ICMP_BUCKET, MAP_MAGLEV, MAP_SRC_ALLOW_V4, MAP_SRC_ALLOW_V6,
+    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONN_STATS, MAP_CONNS, MAP_DECAP_CONFIG, MAP_DECAP_LOCAL,
+    MAP_DECAP_VIPS, MAP_GLOBALS, MAP_ICMP_BUCKET, MAP_MAGLEV, MAP_SRC_ALLOW_V4, MAP_SRC_ALLOW_V6,
     MAP_SRC_ALLOW_VIP4, MAP_SRC_ALLOW_VIP6, MAP_STATS, MAP_VIP_ADDRS, MAP_VIP_DROPS, MAP_VIP_STATS,
     MAP_VIPS, MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES, MAX_VIP_SOURCE_PREFIXES,
     MAX_VIPS, Outcome, TokenBucket, VipKey, VipSourceKey, VipSourceKey6, VipValue,
@@ -75,7 +75,7 @@ pub const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Every map of `xdp_lb` and `xdp_decap` (the benchmark's own maps are not
 /// part of the layout).
-pub const MAPS: [MapSpec; 18] = [
+pub const MAPS: [MapSpec; 19] = [
     spec(
         MAP_VIPS,
         MapKind::Hash,
@@ -213,6 +213,7 @@ pub const MAPS: [MapSpec; 18] = [
         BPF_F_NO_PREALLOC,
         Some(MAX_VIP_SOURCE_PREFIXES),
     ),
+    spec(MAP_DECAP_CONFIG, MapKind::Array, 4, 4, 0, Some(1)),
 ];
 
 /// FNV-1a (32 bits) of `bytes`, continuing from `hash`.

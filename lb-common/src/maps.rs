@@ -47,6 +47,9 @@ pub const MAP_DECAP_VIPS: &str = "DECAP_VIPS";
 /// Backend side: this host's own addresses, the outer destinations it accepts,
 /// [`AddrKey`] -> `u32` (unused value 1), hash map of [`MAX_LOCAL_ADDRS`] entries.
 pub const MAP_DECAP_LOCAL: &str = "DECAP_LOCAL";
+/// Backend side: `lb decap`'s settings, array of one `u32`: the GUE port
+/// (0: GUE not decapsulated).
+pub const MAP_DECAP_CONFIG: &str = "DECAP_CONFIG";
 /// Per-VIP source lists: LPM trie keyed by [`VipSourceKey`] (VIP id, then
 /// IPv4 source) -> `u32` (unused value 1), [`MAX_VIP_SOURCE_PREFIXES`]
 /// entries. One lookup tells whether a source is in a VIP's own `allow`.

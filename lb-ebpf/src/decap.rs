@@ -1,18 +1,26 @@
-//! The backend side: strip the outer IPv4 header of IPIP packets sent to this
-//! host for a VIP it serves. Everything else passes untouched.
+//! The backend side: strip the outer headers of packets tunnelled to this
+//! host for a VIP it serves: IPv4 or IPv6 outer header, then the inner
+//! packet directly (IP-in-IP: protocol 4 or 41) or after a UDP header to
+//! the GUE port (GUE variant 1, the inner IP version read from its first
+//! nibble). Everything else passes untouched.
 
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
-use lb_common::{AddrKey, Outcome, PROTO_IPIP};
-use network_types::{eth::EthHdr, vlan::VlanHdr};
-
-use crate::{
-    maps::{DECAP_LOCAL, DECAP_VIPS},
-    parse::{ipv4_at, is_fragment, l3_offset_v4, ptr_at},
+use lb_common::{AddrKey, Outcome, PROTO_IPIP, PROTO_IPV6, PROTO_UDP};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    udp::UdpHdr,
+    vlan::VlanHdr,
 };
 
-/// Decapsulates the frame when it is IPIP to a local address carrying an
-/// IPv4 packet for a served VIP: `Decapsulated`. Otherwise `Passed`, with the
-/// frame unchanged (this program never drops).
+use crate::{
+    maps::{DECAP_CONFIG, DECAP_LOCAL, DECAP_VIPS},
+    parse::{L3, ipv4_at, is_fragment, l3_offset, ptr_at, ptr_at_fresh, set_ether_type},
+};
+
+/// Decapsulates the frame when it is tunnelled to a local address and
+/// carries a packet for a served VIP: `Decapsulated`. Otherwise `Passed`,
+/// with the frame unchanged (this program never drops).
 #[inline(always)]
 pub fn try_decap(ctx: &XdpContext) -> Outcome {
     match decap(ctx) {
@@ -21,39 +29,93 @@ pub fn try_decap(ctx: &XdpContext) -> Outcome {
     }
 }
 
+/// What follows the outer IP header: the offset and family of the inner
+/// packet, for IP-in-IP or GUE to `gue_port`.
+#[inline(always)]
+fn inner_of(ctx: &XdpContext, at: usize, proto: u8) -> Option<(usize, L3)> {
+    match proto {
+        PROTO_IPIP => Some((at, L3::V4)),
+        PROTO_IPV6 => Some((at, L3::V6)),
+        PROTO_UDP => {
+            let port = *DECAP_CONFIG.get(0)?;
+            let udp: *const UdpHdr = ptr_at(ctx, at)?;
+            // SAFETY: bounds checked by ptr_at.
+            if port == 0 || u32::from(u16::from_be_bytes(unsafe { (*udp).dst })) != port {
+                return None;
+            }
+            let inner = at + UdpHdr::LEN;
+            // At least an IPv4 header's worth (a 1-byte check compiles to a
+            // comparison the verifier does not take as a bound).
+            let start: *const [u8; Ipv4Hdr::LEN] = ptr_at(ctx, inner)?;
+            // SAFETY: bounds checked by ptr_at.
+            match unsafe { (*start)[0] } >> 4 {
+                4 => Some((inner, L3::V4)),
+                6 => Some((inner, L3::V6)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 #[inline(always)]
 fn decap(ctx: &XdpContext) -> Option<()> {
-    let l3 = l3_offset_v4(ctx).ok()??;
-    let outer = ipv4_at(ctx, l3).ok()?;
-    // SAFETY: bounds checked by ipv4_at.
-    let hdr = unsafe { &*outer.hdr };
-    if hdr.proto != PROTO_IPIP || is_fragment(hdr) {
-        return None;
-    }
-    DECAP_LOCAL.get_ptr(AddrKey::v4(hdr.dst_addr))?;
-    let inner = ipv4_at(ctx, l3 + outer.len).ok()?;
-    // SAFETY: bounds checked by ipv4_at.
-    DECAP_VIPS.get_ptr(AddrKey::v4(unsafe { (*inner.hdr).dst_addr }))?;
+    let (l3, outer_family) = l3_offset(ctx).ok()??;
+    let (inner_at, inner_family) = match outer_family {
+        L3::V4 => {
+            let outer = ipv4_at(ctx, l3).ok()?;
+            // SAFETY: bounds checked by ipv4_at.
+            let hdr = unsafe { &*outer.hdr };
+            if is_fragment(hdr) {
+                return None;
+            }
+            DECAP_LOCAL.get_ptr(AddrKey::v4(hdr.dst_addr))?;
+            inner_of(ctx, l3 + outer.len, hdr.proto)?
+        }
+        L3::V6 => {
+            let hdr: *const Ipv6Hdr = ptr_at(ctx, l3)?;
+            // SAFETY: bounds checked by ptr_at.
+            let (next, dst) = unsafe { ((*hdr).next_hdr, (*hdr).dst_addr) };
+            DECAP_LOCAL.get_ptr(AddrKey::v6(dst))?;
+            inner_of(ctx, l3 + Ipv6Hdr::LEN, next)?
+        }
+    };
+    let vip = match inner_family {
+        L3::V4 => {
+            let inner: *const Ipv4Hdr = ptr_at(ctx, inner_at)?;
+            // SAFETY: bounds checked by ptr_at.
+            AddrKey::v4(unsafe { (*inner).dst_addr })
+        }
+        L3::V6 => {
+            let inner: *const Ipv6Hdr = ptr_at(ctx, inner_at)?;
+            // SAFETY: bounds checked by ptr_at.
+            AddrKey::v6(unsafe { (*inner).dst_addr })
+        }
+    };
+    DECAP_VIPS.get_ptr(vip)?;
 
-    let eth: *const EthHdr = ptr_at(ctx, 0)?;
-    // SAFETY: bounds checked by ptr_at; copied before the frame moves.
+    let eth: *const EthHdr = ptr_at_fresh(ctx, 0)?;
+    // SAFETY: bounds checked; copied before the frame moves.
     let eth = unsafe { *eth };
     let vlan = if l3 > EthHdr::LEN {
         let vlan: *const VlanHdr = ptr_at(ctx, EthHdr::LEN)?;
+        // SAFETY: bounds checked by ptr_at.
         Some(unsafe { *vlan })
     } else {
         None
     };
-    // SAFETY: a positive delta shrinks the frame from the front by the outer
-    // header's length (20 to 60 bytes); old packet pointers become invalid.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, outer.len as i32) } != 0 {
+    // SAFETY: a positive delta shrinks the frame from the front by the
+    // outer headers' length; old packet pointers become invalid.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, (inner_at - l3) as i32) } != 0 {
         return None;
     }
     let new_eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: bounds checked by ptr_at.
     unsafe { *new_eth = eth };
     if let Some(vlan) = vlan {
         let new_vlan: *mut VlanHdr = ptr_at(ctx, EthHdr::LEN)?;
+        // SAFETY: bounds checked by ptr_at.
         unsafe { *new_vlan = vlan };
     }
-    Some(())
+    set_ether_type(ctx, l3, inner_family).ok()
 }

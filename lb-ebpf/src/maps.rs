@@ -69,6 +69,11 @@ pub static DECAP_LOCAL: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_LO
 pub static LB_SRC_ALLOW_VIP4: LpmTrie<VipSourceKey, u32> =
     LpmTrie::with_max_entries(MAX_VIP_SOURCE_PREFIXES, 1);
 
+/// Backend side: settings of `lb decap`; entry 0 is the GUE port (0: no
+/// GUE).
+#[map]
+pub static DECAP_CONFIG: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Allowed IPv6 source prefixes.
 #[map]
 pub static LB_SRC_ALLOW6: LpmTrie<[u8; 16], u32> =

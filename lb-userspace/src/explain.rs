@@ -4,23 +4,19 @@
 //! connection table say (a connection-table entry for a usable backend
 //! overrides the Maglev choice).
 
-use std::{
-    fmt::Write as _,
-    net::{IpAddr, SocketAddr},
-    path::Path,
-};
+use std::{fmt::Write as _, net::SocketAddr, path::Path};
 
 use aya::maps::{Array, HashMap, MapData};
 use lb_common::{
-    BACKEND_F_ACTIVE, Backend, ConnValue, FlowKey, MAP_BACKENDS, MAP_CONNS, MAP_MAGLEV, MAP_VIPS,
-    VipKey, VipValue, flow_hash_v4, maglev_slot,
+    BACKEND_F_ACTIVE, Backend, ConnValue, FAMILY_V4, FAMILY_V6, FlowKey, MAP_BACKENDS, MAP_CONNS,
+    MAP_MAGLEV, MAP_VIPS, VipKey, VipValue, flow_hash, maglev_slot,
     rules::{
         FilterVerdict, backend_usable, filter_verdict, maglev_member, match_vip, vip_source_allowed,
     },
 };
 
 use crate::{
-    balancer::{backend_address, backend_name, vip_key},
+    balancer::{addr_key, backend_address, backend_name, vip_key},
     config::{Config, FilterScope, Protocol, Vip},
     dataplane::maps::{MapWriteError, open_pin},
     maglev::{self, MaglevBackend},
@@ -29,9 +25,9 @@ use crate::{
 /// Why a flow cannot be explained.
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
-    /// Only IPv4 flows are balanced so far.
-    #[error("{0}: only IPv4 flows are balanced (IPv6 is not supported yet)")]
-    NotIpv4(SocketAddr),
+    /// A flow's two ends are of different families.
+    #[error("{0} -> {1}: a flow's addresses are of one family")]
+    MixedFamilies(SocketAddr, SocketAddr),
     /// Reading the running data plane failed.
     #[error(transparent)]
     Map(#[from] MapWriteError),
@@ -107,11 +103,17 @@ pub fn verdict(
     }
 }
 
-fn octets(addr: SocketAddr) -> Result<[u8; 4], ExplainError> {
-    match addr.ip() {
-        IpAddr::V4(a) => Ok(a.octets()),
-        IpAddr::V6(_) => Err(ExplainError::NotIpv4(addr)),
+/// The flow's family and addresses as map keys hold them; both ends must
+/// be of one family.
+fn key_addresses(
+    src: SocketAddr,
+    dst: SocketAddr,
+) -> Result<(u8, [u8; 16], [u8; 16]), ExplainError> {
+    if src.is_ipv4() != dst.is_ipv4() {
+        return Err(ExplainError::MixedFamilies(src, dst));
     }
+    let family = if src.is_ipv6() { FAMILY_V6 } else { FAMILY_V4 };
+    Ok((family, addr_key(src.ip()).addr, addr_key(dst.ip()).addr))
 }
 
 /// Explains flow `src` -> `dst` over `protocol` against `config` and, when
@@ -119,7 +121,7 @@ fn octets(addr: SocketAddr) -> Result<[u8; 4], ExplainError> {
 /// Returns the text to print.
 ///
 /// # Errors
-/// An IPv6 flow, or pinned maps that cannot be read.
+/// Addresses of two families, or pinned maps that cannot be read.
 pub fn explain(
     config: &Config,
     protocol: Protocol,
@@ -127,7 +129,7 @@ pub fn explain(
     dst: SocketAddr,
     pins: Option<&Path>,
 ) -> Result<String, ExplainError> {
-    let (s, d) = (octets(src)?, octets(dst)?);
+    let (family, s, d) = key_addresses(src, dst)?;
     let mut out = String::new();
     let proto = protocol.number();
     let _ = writeln!(out, "flow {protocol} {src} -> {dst}");
@@ -165,7 +167,7 @@ pub fn explain(
     }
     let sport = src.port().to_be_bytes();
     let dport = dst.port().to_be_bytes();
-    let hash = flow_hash_v4(s, d, sport, dport, proto);
+    let hash = flow_hash(family, &s, &d, sport, dport, proto);
     let m = config.table_size;
     let slot = maglev_slot(hash, m);
     let _ = writeln!(
@@ -260,7 +262,7 @@ pub fn explain(
             }
         }
     }
-    match conns.get(&FlowKey::v4(s, d, sport, dport, proto), 0) {
+    match conns.get(&FlowKey::new(family, s, d, sport, dport, proto), 0) {
         Ok(entry) => {
             let current = backends.get(&entry.backend_id, 0).ok();
             let usable = current
@@ -359,7 +361,7 @@ protocol = "tcp"
     #[test]
     fn backend_is_the_one_the_table_gives_for_the_hash() {
         let text = run("10.1.0.1:40000", "10.0.0.100:80");
-        let hash = flow_hash_v4(
+        let hash = lb_common::flow_hash_v4(
             [10, 1, 0, 1],
             [10, 0, 0, 100],
             40000u16.to_be_bytes(),

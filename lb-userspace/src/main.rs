@@ -1,7 +1,7 @@
 //! `lb`: the load balancer's command line (SPEC section 5).
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::ExitCode,
 };
@@ -75,7 +75,8 @@ enum Command {
         #[arg(long)]
         iface: Option<String>,
     },
-    /// On a backend host: decapsulate IP-in-IP packets for these VIPs and
+    /// On a backend host: decapsulate IP-in-IP and GUE packets (over IPv4
+    /// or IPv6) for these VIPs and
     /// pass the inner packets to the kernel, until SIGINT or SIGTERM.
     Decap {
         /// Interface the tunnelled packets arrive on.
@@ -84,7 +85,11 @@ enum Command {
         /// A VIP this host serves (configured on its loopback); repeatable.
         /// With none, every packet passes untouched.
         #[arg(long = "vip")]
-        vips: Vec<Ipv4Addr>,
+        vips: Vec<IpAddr>,
+        /// UDP port of GUE packets to decapsulate (the load balancer's
+        /// `encap.gue_port`); 0 decapsulates no GUE.
+        #[arg(long, default_value_t = lb_userspace::config::DEFAULT_GUE_PORT)]
+        gue_port: u16,
         /// Attach mode.
         #[arg(long, value_enum, default_value = "auto")]
         xdp_mode: Mode,
@@ -140,7 +145,8 @@ fn main() -> ExitCode {
         Command::Decap {
             iface,
             vips,
+            gue_port,
             xdp_mode,
-        } => cli::decap::command(&iface, &vips, xdp_mode.into()),
+        } => cli::decap::command(&iface, &vips, gue_port, xdp_mode.into()),
     }
 }

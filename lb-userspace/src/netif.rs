@@ -4,7 +4,7 @@
 use std::{
     ffi::{CStr, CString},
     io,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
 };
 
@@ -25,6 +25,32 @@ pub fn ifindex(name: &str) -> Option<u32> {
 /// # Errors
 /// `getifaddrs` fails.
 pub fn ipv4_addresses(name: Option<&str>) -> io::Result<Vec<Ipv4Addr>> {
+    Ok(addresses(name)?
+        .into_iter()
+        .filter_map(|a| match a {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        })
+        .collect())
+}
+
+/// Global IPv6 addresses (not link-local, not loopback) of interface
+/// `name`, or of every interface when `None`, in the kernel's order.
+///
+/// # Errors
+/// `getifaddrs` fails.
+pub fn ipv6_addresses(name: Option<&str>) -> io::Result<Vec<Ipv6Addr>> {
+    Ok(addresses(name)?
+        .into_iter()
+        .filter_map(|a| match a {
+            IpAddr::V6(a) if !a.is_loopback() && !a.is_unicast_link_local() => Some(a),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Every address of interface `name` (or of every interface).
+fn addresses(name: Option<&str>) -> io::Result<Vec<IpAddr>> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `list`, freed below.
     if unsafe { libc::getifaddrs(&mut list) } != 0 {
@@ -45,9 +71,17 @@ pub fn ipv4_addresses(name: Option<&str>) -> io::Result<Vec<Ipv4Addr>> {
             continue;
         }
         // SAFETY: ifa_addr is non-null; its family says what it points to.
-        if i32::from(unsafe { (*ifa.ifa_addr).sa_family }) == libc::AF_INET {
+        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+        if family == libc::AF_INET {
+            // SAFETY: an AF_INET address is a sockaddr_in.
             let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-            out.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            out.push(IpAddr::from(Ipv4Addr::from(u32::from_be(
+                sin.sin_addr.s_addr,
+            ))));
+        } else if family == libc::AF_INET6 {
+            // SAFETY: an AF_INET6 address is a sockaddr_in6.
+            let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+            out.push(IpAddr::from(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
         }
     }
     // SAFETY: list came from getifaddrs.
@@ -63,11 +97,23 @@ pub fn ipv4_addresses(name: Option<&str>) -> io::Result<Vec<Ipv4Addr>> {
 /// # Errors
 /// The sysctl file cannot be read or written.
 pub fn enable_ipv4_forwarding(name: &str) -> io::Result<bool> {
-    let path = format!("/proc/sys/net/ipv4/conf/{name}/forwarding");
-    if std::fs::read_to_string(&path)?.trim() == "1" {
+    enable_forwarding(&format!("/proc/sys/net/ipv4/conf/{name}/forwarding"))
+}
+
+/// [`enable_ipv4_forwarding`] for IPv6 (`bpf_fib_lookup` with `AF_INET6`
+/// needs it likewise).
+///
+/// # Errors
+/// The sysctl file cannot be read or written (no IPv6 on the host).
+pub fn enable_ipv6_forwarding(name: &str) -> io::Result<bool> {
+    enable_forwarding(&format!("/proc/sys/net/ipv6/conf/{name}/forwarding"))
+}
+
+fn enable_forwarding(path: &str) -> io::Result<bool> {
+    if std::fs::read_to_string(path)?.trim() == "1" {
         return Ok(false);
     }
-    std::fs::write(&path, "1")?;
+    std::fs::write(path, "1")?;
     Ok(true)
 }
 

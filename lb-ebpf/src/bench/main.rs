@@ -31,7 +31,7 @@ use lb_common::{
     BenchTemplate, PROTO_TCP,
 };
 
-use crate::parse::{ipv4_at, l3_offset_v4, ports_at, ptr_at};
+use crate::parse::{ipv4_at, l3_offset, ports_at, ptr_at};
 
 /// Benchmark: the frame `bench_restore` puts back before each repetition.
 #[map]
@@ -77,7 +77,7 @@ pub fn bench_restore(ctx: XdpContext) -> u32 {
 /// the (never sent) port pair 0 -> 0, XDP_ABORTED for a malformed one.
 #[inline(always)]
 pub fn parse_drop(ctx: &XdpContext) -> u32 {
-    let Ok(Some(l3)) = l3_offset_v4(ctx) else {
+    let Ok(Some((l3, parse::L3::V4))) = l3_offset(ctx) else {
         return XDP_PASS;
     };
     let Ok(ip) = ipv4_at(ctx, l3) else {

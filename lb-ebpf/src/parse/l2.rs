@@ -43,15 +43,6 @@ pub fn l3_offset(ctx: &XdpContext) -> Result<Option<(usize, L3)>, Outcome> {
     })
 }
 
-/// Where the IPv4 header of a frame starts; `Ok(None)` for other frames.
-#[inline(always)]
-pub fn l3_offset_v4(ctx: &XdpContext) -> Result<Option<usize>, Outcome> {
-    Ok(match l3_offset(ctx)? {
-        Some((offset, L3::V4)) => Some(offset),
-        _ => None,
-    })
-}
-
 /// Sets the EtherType of the frame's network layer (after the VLAN tag
 /// when `l3` says there is one), for a packet whose outermost IP header
 /// changed family.

@@ -12,7 +12,7 @@ pub mod l4;
 
 pub use ipv4::{ipv4_at, is_fragment};
 pub use ipv6::ipv6_at;
-pub use l2::{L3, l3_offset, l3_offset_v4, set_ether_type};
+pub use l2::{L3, l3_offset, set_ether_type};
 pub use l4::ports_at;
 
 /// The one bounds-check helper: a pointer to a `T` at `offset` bytes into the

@@ -3,7 +3,7 @@
 
 use std::{
     future::Future,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -19,7 +19,7 @@ pub mod watch;
 
 use crate::{
     api::{self, Shared},
-    balancer::{Balancer, BalancerError, Changes},
+    balancer::{Balancer, BalancerError, Changes, Sources},
     config::{Config, Loaded},
     dataplane::{
         maps::{self, AyaMaps, MapWriteError, MapWriter as _},
@@ -72,6 +72,9 @@ pub enum AgentError {
     /// No outer source address could be chosen.
     #[error("interface {0} has no IPv4 address: set encap.source_v4")]
     NoSourceAddress(String),
+    /// No outer IPv6 source address could be chosen for IPv6 backends.
+    #[error("interface {0} has no global IPv6 address: set encap.source_v6")]
+    NoSourceAddressV6(String),
     /// A system call or file operation failed.
     #[error("{op} {path}: {source}")]
     Io {
@@ -175,7 +178,7 @@ struct DataPlane {
 fn start_fresh(
     config: &Config,
     iface: &str,
-    encap_source: Ipv4Addr,
+    encap_source: Sources,
     dir: &Path,
 ) -> Result<DataPlane, AgentError> {
     let sizing = config.sizing;
@@ -206,11 +209,13 @@ fn start_fresh(
         source: std::io::Error::other(e.to_string()),
     })?;
     info!(
-        "xdp_lb attached to {iface} ({:?} mode), pinned in {}: {} VIPs, {} backends, outer source {encap_source}; {sizing}",
+        "xdp_lb attached to {iface} ({:?} mode), pinned in {}: {} VIPs, {} backends, outer sources {} and {}; {sizing}",
         config.xdp_mode,
         dir.display(),
         config.vips.len(),
         config.backend_count(),
+        encap_source.v4,
+        encap_source.v6,
     );
     Ok(DataPlane {
         balancer,
@@ -223,7 +228,7 @@ fn start_fresh(
 
 /// Adopts the data plane pinned in `dir`: no program load, no map reset;
 /// `config` is applied as a difference.
-fn adopt(config: &Config, encap_source: Ipv4Addr, dir: &Path) -> Result<DataPlane, AgentError> {
+fn adopt(config: &Config, encap_source: Sources, dir: &Path) -> Result<DataPlane, AgentError> {
     match maps::pinned_layout(dir)? {
         Some(LAYOUT_FINGERPRINT) => {}
         found => {
@@ -285,16 +290,30 @@ fn adopt(config: &Config, encap_source: Ipv4Addr, dir: &Path) -> Result<DataPlan
     })
 }
 
-/// The outer source address for `config` on `iface`.
-fn encap_source(config: &Config, iface: &str) -> Result<Ipv4Addr, AgentError> {
-    match config.encap_source_v4 {
-        Some(a) => Ok(a),
+/// The outer source addresses for `config` on `iface`: the configured ones,
+/// else the interface's first IPv4 and first global IPv6 address; each is
+/// required only when a backend of its family needs it.
+fn encap_source(config: &Config, iface: &str) -> Result<Sources, AgentError> {
+    let backends = || config.vips.iter().flat_map(|v| &v.backends);
+    let v4 = match config.encap_source_v4 {
+        Some(a) => a,
         None => netif::ipv4_addresses(Some(iface))
             .map_err(io_err("list addresses of", iface.to_string()))?
             .first()
             .copied()
-            .ok_or_else(|| AgentError::NoSourceAddress(iface.to_string())),
-    }
+            .or_else(|| (!backends().any(|b| b.address.is_ipv4())).then_some(Ipv4Addr::UNSPECIFIED))
+            .ok_or_else(|| AgentError::NoSourceAddress(iface.to_string()))?,
+    };
+    let v6 = match config.encap_source_v6 {
+        Some(a) => a,
+        None => netif::ipv6_addresses(Some(iface))
+            .map_err(io_err("list addresses of", iface.to_string()))?
+            .first()
+            .copied()
+            .or_else(|| (!backends().any(|b| b.address.is_ipv6())).then_some(Ipv6Addr::UNSPECIFIED))
+            .ok_or_else(|| AgentError::NoSourceAddressV6(iface.to_string()))?,
+    };
+    Ok(Sources { v4, v6 })
 }
 
 /// Runs the agent for `config` until `shutdown` completes: adopts the data
@@ -328,6 +347,15 @@ pub async fn run(
         .map_err(io_err("enable forwarding on", iface.clone()))?
     {
         info!("enabled IPv4 forwarding on {iface}: next-hop lookups (bpf_fib_lookup) need it");
+    }
+    // IPv6 next-hop lookups need IPv6 forwarding likewise; a host without
+    // IPv6 simply has no such sysctl.
+    match netif::enable_ipv6_forwarding(&iface) {
+        Ok(true) => info!("enabled IPv6 forwarding on {iface}: next-hop lookups need it"),
+        Ok(false) => {}
+        Err(e) => {
+            warn!("cannot enable IPv6 forwarding on {iface} ({e}): IPv6 VIPs will not be forwarded")
+        }
     }
     netif::ensure_bpffs(Path::new(BPFFS)).map_err(io_err("mount bpffs on", BPFFS))?;
     let dir = pin_dir(&iface);
@@ -400,7 +428,7 @@ struct Agent {
     config: Config,
     iface: String,
     options: RunOptions,
-    source: Ipv4Addr,
+    source: Sources,
     /// When a local health-check failure was last logged.
     last_local_error: Option<time::Instant>,
 }

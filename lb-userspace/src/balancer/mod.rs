@@ -15,21 +15,22 @@
 use std::{
     collections::{HashMap, HashSet},
     fmt,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use lb_common::{
-    AddrKey, BACKEND_F_ACTIVE, BACKEND_F_HEALTHY, Backend, GLOBAL_F_READY, GLOBAL_F_SCOPE_ALL,
-    Globals, LAYOUT_FINGERPRINT, MAX_BACKENDS, MAX_VIPS, VIP_F_OWN_ALLOW, VIP_F_PASS_ON_NO_BACKEND,
-    VipKey, VipValue, rules::maglev_member,
+    AddrKey, BACKEND_F_ACTIVE, BACKEND_F_HEALTHY, Backend, GLOBAL_F_GUE, GLOBAL_F_READY,
+    GLOBAL_F_SCOPE_ALL, Globals, LAYOUT_FINGERPRINT, MAX_BACKENDS, MAX_VIPS, VIP_F_OWN_ALLOW,
+    VIP_F_PASS_ON_NO_BACKEND, VipKey, VipValue, rules::maglev_member,
 };
 
 mod ids;
 
 use ids::IdPool;
+use ipnet::IpNet;
 
 use crate::{
-    config::{Config, FilterScope, OnNoBackend, Vip},
+    config::{Config, EncapKind, FilterScope, OnNoBackend, Vip},
     dataplane::{
         maps::{MapWriteError, MapWriter},
         sizing,
@@ -160,10 +161,10 @@ pub struct Balancer<M: MapWriter> {
     generations: Vec<u32>,
     /// VIP counts per VIP address, as in the map.
     addr_counts: HashMap<AddrKey, u32>,
-    /// Allowed IPv4 prefixes, as in the map.
-    allow_v4: HashSet<(Ipv4Addr, u8)>,
-    /// Every VIP's own IPv4 prefixes (VIP id, address, length), as in the map.
-    vip_allow: HashSet<(u32, Ipv4Addr, u8)>,
+    /// Allowed source prefixes of both families, as in the maps.
+    allow: HashSet<IpNet>,
+    /// Every VIP's own prefixes with the VIP id, as in the maps.
+    vip_allow: HashSet<(u32, IpNet)>,
     globals: Globals,
 }
 
@@ -171,15 +172,34 @@ pub struct Balancer<M: MapWriter> {
 pub fn vip_key(vip: &Vip) -> VipKey {
     match vip.address {
         IpAddr::V4(a) => VipKey::v4(a.octets(), vip.port, vip.protocol.number()),
-        // Rejected by validation until IPv6 is supported.
-        IpAddr::V6(_) => VipKey::default(),
+        IpAddr::V6(a) => VipKey::v6(a.octets(), vip.port, vip.protocol.number()),
     }
 }
 
-fn addr_key(addr: IpAddr) -> AddrKey {
+/// The map key of an address of either family.
+pub fn addr_key(addr: IpAddr) -> AddrKey {
     match addr {
         IpAddr::V4(a) => AddrKey::v4(a.octets()),
-        IpAddr::V6(_) => AddrKey::default(),
+        IpAddr::V6(a) => AddrKey::v6(a.octets()),
+    }
+}
+
+/// The outer source addresses of encapsulation: IPv4 toward IPv4 backends,
+/// IPv6 toward IPv6 backends (unspecified when no backend needs it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sources {
+    /// Toward IPv4 backends.
+    pub v4: Ipv4Addr,
+    /// Toward IPv6 backends.
+    pub v6: Ipv6Addr,
+}
+
+impl From<Ipv4Addr> for Sources {
+    fn from(v4: Ipv4Addr) -> Self {
+        Self {
+            v4,
+            v6: Ipv6Addr::UNSPECIFIED,
+        }
     }
 }
 
@@ -231,16 +251,9 @@ fn vip_flags(vip: &Vip) -> u32 {
     flags
 }
 
-/// A VIP's own IPv4 source prefixes as the per-VIP trie holds them.
-fn own_allow(vip: &Vip, id: u32) -> HashSet<(u32, Ipv4Addr, u8)> {
-    vip.allow
-        .iter()
-        .flatten()
-        .filter_map(|n| match n {
-            ipnet::IpNet::V4(n) => Some((id, n.network(), n.prefix_len())),
-            ipnet::IpNet::V6(_) => None,
-        })
-        .collect()
+/// A VIP's own source prefixes as the per-VIP tries hold them.
+fn own_allow(vip: &Vip, id: u32) -> HashSet<(u32, IpNet)> {
+    vip.allow.iter().flatten().map(|&n| (id, n)).collect()
 }
 
 impl<M: MapWriter> Balancer<M> {
@@ -255,7 +268,7 @@ impl<M: MapWriter> Balancer<M> {
             regions: IdPool::fifo(regions, &none),
             generations: vec![0; MAX_BACKENDS as usize],
             addr_counts: HashMap::new(),
-            allow_v4: HashSet::new(),
+            allow: HashSet::new(),
             vip_allow: HashSet::new(),
             globals: Globals::default(),
         }
@@ -272,11 +285,11 @@ impl<M: MapWriter> Balancer<M> {
     pub fn new(
         maps: M,
         config: &Config,
-        encap_source_v4: Ipv4Addr,
+        sources: impl Into<Sources>,
         regions: u32,
     ) -> Result<Self, BalancerError> {
         let mut balancer = Self::empty(maps, config.table_size, regions);
-        balancer.apply(config, encap_source_v4)?;
+        balancer.apply(config, sources)?;
         Ok(balancer)
     }
 
@@ -293,7 +306,7 @@ impl<M: MapWriter> Balancer<M> {
     pub fn adopt(
         maps: M,
         config: &Config,
-        encap_source_v4: Ipv4Addr,
+        sources: impl Into<Sources>,
         regions: u32,
     ) -> Result<(Self, Changes), BalancerError> {
         let globals = maps.globals()?;
@@ -310,8 +323,8 @@ impl<M: MapWriter> Balancer<M> {
         let wanted: HashMap<VipKey, &Vip> = config.vips.iter().map(|v| (vip_key(v), v)).collect();
         let mut b = Self::empty(maps, table_size, regions);
         b.globals = globals;
-        b.allow_v4 = b.maps.allowed_v4()?.into_iter().collect();
-        b.vip_allow = b.maps.allowed_vip_v4()?.into_iter().collect();
+        b.allow = b.maps.allowed()?.into_iter().collect();
+        b.vip_allow = b.maps.allowed_vip()?.into_iter().collect();
         b.addr_counts = b.maps.vip_addrs()?.into_iter().collect();
         for (id, backend) in &backends {
             b.generations[*id as usize] = backend.generation;
@@ -370,7 +383,7 @@ impl<M: MapWriter> Balancer<M> {
         b.vip_ids = IdPool::new(MAX_VIPS, &used_vips);
         b.backend_ids = IdPool::new(MAX_BACKENDS, &used_backends);
         b.regions = IdPool::fifo(regions, &used_regions);
-        let more = b.apply(config, encap_source_v4)?;
+        let more = b.apply(config, sources)?;
         changes.vips_added += more.vips_added;
         changes.vips_removed += more.vips_removed;
         changes.backends_added += more.backends_added;
@@ -395,21 +408,15 @@ impl<M: MapWriter> Balancer<M> {
     pub fn apply(
         &mut self,
         config: &Config,
-        encap_source_v4: Ipv4Addr,
+        sources: impl Into<Sources>,
     ) -> Result<Changes, BalancerError> {
+        let sources = sources.into();
         self.check_fits(config)?;
         let mut changes = Changes::default();
 
-        let allow: HashSet<(Ipv4Addr, u8)> = config
-            .allow
-            .iter()
-            .filter_map(|n| match n {
-                ipnet::IpNet::V4(n) => Some((n.network(), n.prefix_len())),
-                ipnet::IpNet::V6(_) => None,
-            })
-            .collect();
-        for &(addr, len) in allow.difference(&self.allow_v4) {
-            self.maps.allow_v4(addr, len)?;
+        let allow: HashSet<IpNet> = config.allow.iter().copied().collect();
+        for &net in allow.difference(&self.allow) {
+            self.maps.allow(net)?;
             changes.other_writes += 1;
         }
 
@@ -463,19 +470,24 @@ impl<M: MapWriter> Balancer<M> {
         }
         self.addr_counts = counts;
 
-        let stale: Vec<(Ipv4Addr, u8)> = self.allow_v4.difference(&allow).copied().collect();
-        for (addr, len) in stale {
-            self.maps.disallow_v4(addr, len)?;
+        let stale: Vec<IpNet> = self.allow.difference(&allow).copied().collect();
+        for net in stale {
+            self.maps.disallow(net)?;
             changes.other_writes += 1;
         }
-        self.allow_v4 = allow;
+        self.allow = allow;
 
         let mut flags = GLOBAL_F_READY;
         if config.scope == FilterScope::All {
             flags |= GLOBAL_F_SCOPE_ALL;
         }
+        if config.encap == EncapKind::Gue {
+            flags |= GLOBAL_F_GUE;
+        }
         let globals = Globals {
-            encap_src_v4: encap_source_v4.octets(),
+            encap_src_v4: sources.v4.octets(),
+            encap_src_v6: sources.v6.octets(),
+            gue_port: u32::from(config.gue_port),
             flags,
             layout_version: LAYOUT_FINGERPRINT,
             table_size: self.table_size,
@@ -678,7 +690,7 @@ impl<M: MapWriter> Balancer<M> {
         let mut written = 0;
         for entry in own_allow(vip, id) {
             if !self.vip_allow.contains(&entry) {
-                self.maps.allow_vip_v4(entry.0, entry.1, entry.2)?;
+                self.maps.allow_vip(entry.0, entry.1)?;
                 self.vip_allow.insert(entry);
                 written += 1;
             }
@@ -690,7 +702,7 @@ impl<M: MapWriter> Balancer<M> {
     fn drop_own_allow(
         &mut self,
         id: u32,
-        keep: &HashSet<(u32, Ipv4Addr, u8)>,
+        keep: &HashSet<(u32, IpNet)>,
     ) -> Result<usize, BalancerError> {
         let stale: Vec<_> = self
             .vip_allow
@@ -699,7 +711,7 @@ impl<M: MapWriter> Balancer<M> {
             .copied()
             .collect();
         for entry in &stale {
-            self.maps.disallow_vip_v4(entry.0, entry.1, entry.2)?;
+            self.maps.disallow_vip(entry.0, entry.1)?;
             self.vip_allow.remove(entry);
         }
         Ok(stale.len())

@@ -55,7 +55,7 @@ fn fills_every_map_and_sets_ready_last_state() {
     assert_eq!(m.globals.flags & GLOBAL_F_READY, GLOBAL_F_READY);
     assert_eq!(m.globals.encap_src_v4, [10, 0, 0, 2]);
     assert_eq!(m.globals.layout_version, LAYOUT_FINGERPRINT);
-    assert_eq!(m.allow_v4.len(), 4, "the IPv4 default prefixes");
+    assert_eq!(m.allow.len(), 5, "the default prefixes, fc00::/7 included");
     assert_eq!(m.vips.len(), 2);
     assert_eq!(m.vip_addrs[&AddrKey::v4([10, 0, 0, 100])], 2);
     assert_eq!(m.backends.len(), 4);

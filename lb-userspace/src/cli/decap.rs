@@ -1,19 +1,20 @@
 //! `lb decap`: attach `xdp_decap` on a backend host for the VIPs it serves,
 //! until SIGINT or SIGTERM.
 
-use std::{future::Future, net::Ipv4Addr, process::ExitCode};
+use std::{future::Future, net::IpAddr, process::ExitCode};
 
 use anyhow::Context as _;
 
 use aya::{
     EbpfLoader,
-    maps::{HashMap, MapData},
+    maps::{Array, HashMap, MapData},
 };
-use lb_common::{AddrKey, MAP_DECAP_LOCAL, MAP_DECAP_VIPS};
+use lb_common::{AddrKey, MAP_DECAP_CONFIG, MAP_DECAP_LOCAL, MAP_DECAP_VIPS};
 use log::info;
 
 use crate::{
     agent::AgentError,
+    balancer::addr_key,
     config::XdpModeConfig,
     dataplane::{
         maps::{self, MapWriteError},
@@ -30,10 +31,12 @@ fn addr_map(
 }
 
 /// Runs `lb decap --iface IFACE --vip ADDR... [--xdp-mode MODE]`.
-pub fn command(iface: &str, vips: &[Ipv4Addr], mode: XdpModeConfig) -> ExitCode {
+pub fn command(iface: &str, vips: &[IpAddr], gue_port: u16, mode: XdpModeConfig) -> ExitCode {
     super::report(super::block_on(|| async {
         let shutdown = super::shutdown_signal();
-        run(iface, vips, mode, shutdown).await.context("lb decap")
+        run(iface, vips, gue_port, mode, shutdown)
+            .await
+            .context("lb decap")
     }))
 }
 
@@ -42,9 +45,10 @@ pub fn command(iface: &str, vips: &[Ipv4Addr], mode: XdpModeConfig) -> ExitCode 
 ///
 /// # Errors
 /// [`AgentError::BadVip`] naming the address and the reason.
-pub fn check_vips(vips: &[Ipv4Addr]) -> Result<(), AgentError> {
+pub fn check_vips(vips: &[IpAddr]) -> Result<(), AgentError> {
     for (i, vip) in vips.iter().enumerate() {
-        if vip.is_unspecified() || vip.is_broadcast() || vip.is_multicast() || vip.is_loopback() {
+        let broadcast = matches!(vip, IpAddr::V4(a) if a.is_broadcast());
+        if vip.is_unspecified() || broadcast || vip.is_multicast() || vip.is_loopback() {
             return Err(AgentError::BadVip(format!("{vip} cannot be a VIP")));
         }
         if vips[..i].contains(vip) {
@@ -64,7 +68,8 @@ pub fn check_vips(vips: &[Ipv4Addr]) -> Result<(), AgentError> {
 /// The interface is unknown, or loading, filling or attaching fails.
 pub async fn run(
     iface: &str,
-    vips: &[Ipv4Addr],
+    vips: &[IpAddr],
+    gue_port: u16,
     mode: XdpModeConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
@@ -73,14 +78,34 @@ pub async fn run(
     let mut ebpf = EbpfLoader::new().load(object())?;
     let mut vip_map = addr_map(&mut ebpf, MAP_DECAP_VIPS)?;
     let mut local_map = addr_map(&mut ebpf, MAP_DECAP_LOCAL)?;
-    let locals = netif::ipv4_addresses(None).map_err(|source| AgentError::Io {
+    let mut locals: Vec<IpAddr> = netif::ipv4_addresses(None)
+        .map_err(|source| AgentError::Io {
+            op: "list addresses",
+            path: "of this host".into(),
+            source,
+        })?
+        .into_iter()
+        .map(IpAddr::from)
+        .collect();
+    let v6 = netif::ipv6_addresses(None).map_err(|source| AgentError::Io {
         op: "list addresses",
         path: "of this host".into(),
         source,
     })?;
+    // The VIPs are on this host's loopback: not outer destinations.
+    locals.extend(v6.into_iter().map(IpAddr::from));
+    locals.retain(|a| !vips.contains(a));
+    let mut config: Array<MapData, u32> = maps::take(&mut ebpf, MAP_DECAP_CONFIG)?;
+    config
+        .set(0, u32::from(gue_port), 0)
+        .map_err(|source| MapWriteError {
+            map: MAP_DECAP_CONFIG,
+            op: "set",
+            source,
+        })?;
     for vip in vips {
         vip_map
-            .insert(AddrKey::v4(vip.octets()), 1, 0)
+            .insert(addr_key(*vip), 1, 0)
             .map_err(|source| MapWriteError {
                 map: MAP_DECAP_VIPS,
                 op: "insert",
@@ -89,7 +114,7 @@ pub async fn run(
     }
     for local in locals.iter().take(lb_common::MAX_LOCAL_ADDRS as usize) {
         local_map
-            .insert(AddrKey::v4(local.octets()), 1, 0)
+            .insert(addr_key(*local), 1, 0)
             .map_err(|source| MapWriteError {
                 map: MAP_DECAP_LOCAL,
                 op: "insert",
@@ -109,14 +134,17 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     #[test]
     fn decap_refuses_unspecified_and_duplicate_vips() {
-        let vip = Ipv4Addr::new(10, 0, 0, 100);
-        assert!(check_vips(&[vip, Ipv4Addr::new(10, 0, 0, 101)]).is_ok());
+        let vip = IpAddr::from(Ipv4Addr::new(10, 0, 0, 100));
+        assert!(check_vips(&[vip, IpAddr::from(Ipv4Addr::new(10, 0, 0, 101))]).is_ok());
+        assert!(check_vips(&["fd00::100".parse().unwrap()]).is_ok());
         assert_eq!(
-            check_vips(&[Ipv4Addr::UNSPECIFIED])
+            check_vips(&[IpAddr::from(Ipv4Addr::UNSPECIFIED)])
                 .unwrap_err()
                 .to_string(),
             "--vip 0.0.0.0 cannot be a VIP"

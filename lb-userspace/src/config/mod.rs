@@ -48,6 +48,9 @@ pub const MAX_TOO_BIG_PER_CPU: u32 = 1_000_000;
 /// Smallest `encap.mtu`: an outer header, a minimal inner header and room
 /// for a quoted packet (RFC 791's 576 bytes every host accepts).
 pub const MIN_ENCAP_MTU: u32 = 576;
+/// Smallest `encap.mtu` with IPv6 backends: the IPv6 minimum MTU (RFC
+/// 8200) plus the largest encapsulation overhead (IPv6 + UDP, 48 bytes).
+pub const MIN_ENCAP_MTU_V6: u32 = 1280 + 48;
 /// Default `encap.gue_port`.
 pub const DEFAULT_GUE_PORT: u16 = 6080;
 /// Largest backend weight accepted.
@@ -165,7 +168,8 @@ pub enum EncapKind {
     /// IPv4-in-IPv4 (RFC 2003).
     #[default]
     Ipip,
-    /// Generic UDP Encapsulation (not supported yet).
+    /// Generic UDP Encapsulation, variant 1 (the inner IP packet right
+    /// after UDP, to `encap.gue_port`).
     Gue,
 }
 

@@ -398,10 +398,17 @@ fn vip_outside_allow_is_an_error() {
 }
 
 #[test]
-fn gue_is_not_supported_yet() {
+fn gue_is_an_encapsulation() {
+    let c = Config::parse(
+        &GOOD.replace("kind = \"ipip\"", "kind = \"gue\"\ngue_port = 6081"),
+        "t",
+    )
+    .expect("valid")
+    .config;
+    assert_eq!((c.encap, c.gue_port), (EncapKind::Gue, 6081));
     rejects(
-        &GOOD.replace("kind = \"ipip\"", "kind = \"gue\""),
-        "encap.kind: \"gue\" is not supported yet (use \"ipip\")",
+        &GOOD.replace("kind = \"ipip\"", "kind = \"gue\"\ngue_port = 0"),
+        "encap.gue_port: must not be 0",
     );
 }
 
@@ -487,9 +494,24 @@ fn vip_names_and_keys_are_unique() {
 
 #[test]
 fn vip_addresses_are_checked() {
+    // An IPv6 VIP needs IPv6 backends (6in4 is refused).
+    let v6 = GOOD
+        .replace("\"192.168.0.0/16\"]", "\"192.168.0.0/16\", \"fc00::/7\"]")
+        .replace("address = \"10.10.0.100\"", "address = \"fd00::100\"")
+        .replace("10.10.0.21", "fd00::21")
+        .replace("10.10.0.22", "fd00::22");
+    let c = Config::parse(&v6, "t").expect("valid").config;
+    assert!(c.vips[0].address.is_ipv6());
     rejects(
-        &GOOD.replace("address = \"10.10.0.100\"", "address = \"fd00::100\""),
-        "vip[0].address: IPv6 VIPs are not supported yet",
+        &GOOD
+            .replace("\"192.168.0.0/16\"]", "\"192.168.0.0/16\", \"fc00::/7\"]")
+            .replace("address = \"10.10.0.100\"", "address = \"fd00::100\"")
+            .replace("10.10.0.22", "fd00::22"),
+        "vip[0].backend[0].address: 10.10.0.21 is IPv4 but the VIP is IPv6: IPv6-in-IPv4 is not supported (give the VIP IPv6 backends)",
+    );
+    rejects(
+        &v6.replace("address = \"fd00::100\"", "address = \"ff02::1\""),
+        "vip[0].address: ff02::1 cannot be a VIP",
     );
     rejects(
         &GOOD.replace("address = \"10.10.0.100\"", "address = \"0.0.0.0\""),
@@ -661,9 +683,14 @@ fn backend_rules() {
         &GOOD.replace("10.10.0.22", "10.10.0.21"),
         "vip[0].backend[1].address: 10.10.0.21 is listed twice in VIP \"internal-api\"",
     );
+    // An IPv4 VIP may have IPv6 backends (IPv4-in-IPv6).
+    assert!(problems(&GOOD.replace("10.10.0.22", "fd00::22")).is_empty());
     rejects(
-        &GOOD.replace("10.10.0.22", "fd00::22"),
-        "vip[0].backend[1].address: IPv6 backends are not supported yet (encapsulation is IPv4-in-IPv4)",
+        &GOOD.replace("10.10.0.22", "fd00::22").replace(
+            "source_v4 = \"10.10.0.2\"",
+            "source_v4 = \"10.10.0.2\"\nmtu = 1300",
+        ),
+        "encap.mtu: 1300 is below 1328 with IPv6 backends: IPv6 links carry 1280 bytes, plus up to 48 of encapsulation",
     );
     rejects(
         &GOOD.replace("10.10.0.22", "10.10.0.100"),

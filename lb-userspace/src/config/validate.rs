@@ -78,6 +78,21 @@ impl Validator {
             );
         }
         let encap_mtu = self.encap_mtu(&raw.encap);
+        let v6_backend = vips
+            .iter()
+            .flat_map(|v| &v.backends)
+            .any(|b| b.address.is_ipv6());
+        if let Some(mtu) = encap_mtu
+            && v6_backend
+            && u32::from(mtu) < MIN_ENCAP_MTU_V6
+        {
+            self.error(
+                "encap.mtu",
+                format!(
+                    "{mtu} is below {MIN_ENCAP_MTU_V6} with IPv6 backends: IPv6 links carry 1280 bytes, plus up to 48 of encapsulation"
+                ),
+            );
+        }
         let too_big_per_cpu = self.too_big_per_cpu(&raw.icmp);
         let own_prefixes: usize = vips
             .iter()
@@ -256,9 +271,6 @@ impl Validator {
     }
 
     fn encap(&mut self, encap: &RawEncap) -> (Option<Ipv4Addr>, Option<Ipv6Addr>, u16) {
-        if encap.kind == EncapKind::Gue {
-            self.error("encap.kind", "\"gue\" is not supported yet (use \"ipip\")");
-        }
         let v4 = match encap.source_v4 {
             Some(IpAddr::V4(a)) => Some(a),
             Some(IpAddr::V6(a)) => {
@@ -351,15 +363,7 @@ impl Validator {
                 );
             }
             match vip.address {
-                IpAddr::V6(_) => {
-                    self.error(format!("{key}.address"), "IPv6 VIPs are not supported yet")
-                }
-                IpAddr::V4(a)
-                    if a.is_unspecified()
-                        || a.is_multicast()
-                        || a.is_broadcast()
-                        || a.is_loopback() =>
-                {
+                a if !usable_address(a) => {
                     self.error(format!("{key}.address"), format!("{a} cannot be a VIP"));
                 }
                 addr => {
@@ -585,18 +589,15 @@ impl Validator {
                 );
             }
             match backend.address {
-                IpAddr::V6(_) => self.error(
-                    format!("{key}.address"),
-                    "IPv6 backends are not supported yet (encapsulation is IPv4-in-IPv4)",
-                ),
-                IpAddr::V4(a)
-                    if a.is_unspecified()
-                        || a.is_multicast()
-                        || a.is_broadcast()
-                        || a.is_loopback() =>
-                {
+                a if !usable_address(a) => {
                     self.error(format!("{key}.address"), format!("{a} cannot be a backend"));
                 }
+                IpAddr::V4(a) if vip.address.is_ipv6() => self.error(
+                    format!("{key}.address"),
+                    format!(
+                        "{a} is IPv4 but the VIP is IPv6: IPv6-in-IPv4 is not supported (give the VIP IPv6 backends)"
+                    ),
+                ),
                 addr if addr == vip.address => {
                     self.error(format!("{key}.address"), "is the VIP's own address");
                 }
@@ -644,6 +645,17 @@ impl Validator {
             );
         }
         out
+    }
+}
+
+/// Whether `addr` can be a VIP or a backend: not unspecified, loopback,
+/// multicast or broadcast.
+fn usable_address(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => {
+            !(a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback())
+        }
+        IpAddr::V6(a) => !(a.is_unspecified() || a.is_multicast() || a.is_loopback()),
     }
 }
 

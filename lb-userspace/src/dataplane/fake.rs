@@ -1,6 +1,8 @@
 //! An in-memory [`MapWriter`] for unit tests (compiled for tests only).
 
-use std::{collections::HashMap as StdHashMap, net::Ipv4Addr};
+use std::collections::HashMap as StdHashMap;
+
+use ipnet::IpNet;
 
 use lb_common::{AddrKey, Backend, Globals, VipKey, VipValue};
 
@@ -13,9 +15,9 @@ pub struct FakeMaps {
     /// The globals entry.
     pub globals: Globals,
     /// Allowed prefixes.
-    pub allow_v4: Vec<(Ipv4Addr, u8)>,
-    /// Every VIP's own source prefixes: (VIP id, address, length).
-    pub allow_vip_v4: Vec<(u32, Ipv4Addr, u8)>,
+    pub allow: Vec<IpNet>,
+    /// Every VIP's own source prefixes, with the VIP id.
+    pub allow_vip: Vec<(u32, IpNet)>,
     /// VIPs.
     pub vips: StdHashMap<VipKey, VipValue>,
     /// VIP addresses.
@@ -29,19 +31,41 @@ pub struct FakeMaps {
 }
 
 impl MapWriter for FakeMaps {
+    fn allow(&mut self, net: IpNet) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        self.allow.push(net);
+        Ok(())
+    }
+
+    fn disallow(&mut self, net: IpNet) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        self.allow.retain(|&n| n != net);
+        Ok(())
+    }
+
+    fn allow_vip(&mut self, vip_id: u32, net: IpNet) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        self.allow_vip.push((vip_id, net));
+        Ok(())
+    }
+
+    fn disallow_vip(&mut self, vip_id: u32, net: IpNet) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        self.allow_vip.retain(|&p| p != (vip_id, net));
+        Ok(())
+    }
+
+    fn allowed(&self) -> Result<Vec<IpNet>, MapWriteError> {
+        Ok(self.allow.clone())
+    }
+
+    fn allowed_vip(&self) -> Result<Vec<(u32, IpNet)>, MapWriteError> {
+        Ok(self.allow_vip.clone())
+    }
+
     fn set_globals(&mut self, globals: &Globals) -> Result<(), MapWriteError> {
         self.writes += 1;
         self.globals = *globals;
-        Ok(())
-    }
-    fn allow_v4(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<(), MapWriteError> {
-        self.writes += 1;
-        self.allow_v4.push((addr, prefix_len));
-        Ok(())
-    }
-    fn disallow_v4(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<(), MapWriteError> {
-        self.writes += 1;
-        self.allow_v4.retain(|&p| p != (addr, prefix_len));
         Ok(())
     }
     fn set_vip(&mut self, key: &VipKey, value: &VipValue) -> Result<(), MapWriteError> {
@@ -77,36 +101,6 @@ impl MapWriter for FakeMaps {
     }
     fn globals(&self) -> Result<Globals, MapWriteError> {
         Ok(self.globals)
-    }
-    fn allowed_v4(&self) -> Result<Vec<(Ipv4Addr, u8)>, MapWriteError> {
-        Ok(self.allow_v4.clone())
-    }
-
-    fn allow_vip_v4(
-        &mut self,
-        vip_id: u32,
-        addr: Ipv4Addr,
-        prefix_len: u8,
-    ) -> Result<(), MapWriteError> {
-        self.writes += 1;
-        self.allow_vip_v4.push((vip_id, addr, prefix_len));
-        Ok(())
-    }
-
-    fn disallow_vip_v4(
-        &mut self,
-        vip_id: u32,
-        addr: Ipv4Addr,
-        prefix_len: u8,
-    ) -> Result<(), MapWriteError> {
-        self.writes += 1;
-        self.allow_vip_v4
-            .retain(|&p| p != (vip_id, addr, prefix_len));
-        Ok(())
-    }
-
-    fn allowed_vip_v4(&self) -> Result<Vec<(u32, Ipv4Addr, u8)>, MapWriteError> {
-        Ok(self.allow_vip_v4.clone())
     }
     fn vips(&self) -> Result<Vec<(VipKey, VipValue)>, MapWriteError> {
         Ok(self.vips.iter().map(|(k, v)| (*k, *v)).collect())

@@ -3,15 +3,17 @@
 //! implementation over aya's maps (the Maglev map through
 //! [`super::maglev_map`]).
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{net::IpAddr, path::Path};
 
 use aya::{
     Ebpf,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, lpm_trie::Key},
 };
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use lb_common::{
     AddrKey, Backend, Globals, MAP_BACKENDS, MAP_GLOBALS, MAP_MAGLEV, MAP_SRC_ALLOW_V4,
-    MAP_SRC_ALLOW_VIP4, MAP_VIP_ADDRS, MAP_VIPS, VipKey, VipSourceKey, VipValue,
+    MAP_SRC_ALLOW_V6, MAP_SRC_ALLOW_VIP4, MAP_SRC_ALLOW_VIP6, MAP_VIP_ADDRS, MAP_VIPS, VipKey,
+    VipSourceKey, VipSourceKey6, VipValue,
 };
 
 use super::maglev_map::MaglevMap;
@@ -38,24 +40,14 @@ pub(crate) fn wrap(map: &'static str, op: &'static str) -> impl FnOnce(MapError)
 pub trait MapWriter {
     /// Replaces the single [`Globals`] entry.
     fn set_globals(&mut self, globals: &Globals) -> Result<(), MapWriteError>;
-    /// Adds an allowed IPv4 source prefix.
-    fn allow_v4(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<(), MapWriteError>;
-    /// Removes an allowed IPv4 source prefix.
-    fn disallow_v4(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<(), MapWriteError>;
-    /// Allows source prefix `addr/prefix_len` for VIP `vip_id` (its own list).
-    fn allow_vip_v4(
-        &mut self,
-        vip_id: u32,
-        addr: Ipv4Addr,
-        prefix_len: u8,
-    ) -> Result<(), MapWriteError>;
-    /// Removes source prefix `addr/prefix_len` from VIP `vip_id`'s own list.
-    fn disallow_vip_v4(
-        &mut self,
-        vip_id: u32,
-        addr: Ipv4Addr,
-        prefix_len: u8,
-    ) -> Result<(), MapWriteError>;
+    /// Adds an allowed source prefix (host bits clear), of either family.
+    fn allow(&mut self, net: IpNet) -> Result<(), MapWriteError>;
+    /// Removes an allowed source prefix.
+    fn disallow(&mut self, net: IpNet) -> Result<(), MapWriteError>;
+    /// Allows source prefix `net` for VIP `vip_id` (its own list).
+    fn allow_vip(&mut self, vip_id: u32, net: IpNet) -> Result<(), MapWriteError>;
+    /// Removes source prefix `net` from VIP `vip_id`'s own list.
+    fn disallow_vip(&mut self, vip_id: u32, net: IpNet) -> Result<(), MapWriteError>;
     /// Inserts or replaces a VIP.
     fn set_vip(&mut self, key: &VipKey, value: &VipValue) -> Result<(), MapWriteError>;
     /// Removes a VIP.
@@ -69,10 +61,10 @@ pub trait MapWriter {
 
     /// The [`Globals`] entry.
     fn globals(&self) -> Result<Globals, MapWriteError>;
-    /// Every allowed IPv4 source prefix.
-    fn allowed_v4(&self) -> Result<Vec<(Ipv4Addr, u8)>, MapWriteError>;
-    /// Every prefix of every VIP's own list: (VIP id, address, length).
-    fn allowed_vip_v4(&self) -> Result<Vec<(u32, Ipv4Addr, u8)>, MapWriteError>;
+    /// Every allowed source prefix, both families.
+    fn allowed(&self) -> Result<Vec<IpNet>, MapWriteError>;
+    /// Every prefix of every VIP's own list, with its VIP id.
+    fn allowed_vip(&self) -> Result<Vec<(u32, IpNet)>, MapWriteError>;
     /// Every VIP.
     fn vips(&self) -> Result<Vec<(VipKey, VipValue)>, MapWriteError>;
     /// Every VIP address with its VIP count.
@@ -90,17 +82,32 @@ pub struct AyaMaps {
     maglev: MaglevMap,
     backends: Array<MapData, Backend>,
     allow_v4: LpmTrie<MapData, [u8; 4], u32>,
+    allow_v6: LpmTrie<MapData, [u8; 16], u32>,
     allow_vip_v4: LpmTrie<MapData, VipSourceKey, u32>,
+    allow_vip_v6: LpmTrie<MapData, VipSourceKey6, u32>,
     globals: Array<MapData, Globals>,
 }
 
-/// The LPM key of prefix `addr/prefix_len` in VIP `vip_id`'s own list: the
-/// VIP id's 32 bits lead every prefix.
-fn vip_source_key(vip_id: u32, addr: Ipv4Addr, prefix_len: u8) -> Key<VipSourceKey> {
+/// The LPM key of IPv4 prefix `net` in VIP `vip_id`'s own list: the VIP
+/// id's 32 bits lead every prefix.
+fn vip_source_key(vip_id: u32, net: Ipv4Net) -> Key<VipSourceKey> {
     Key::new(
-        32 + u32::from(prefix_len),
-        VipSourceKey::v4(vip_id, addr.octets()),
+        32 + u32::from(net.prefix_len()),
+        VipSourceKey::v4(vip_id, net.network().octets()),
     )
+}
+
+/// The LPM key of IPv6 prefix `net` in VIP `vip_id`'s own list.
+fn vip_source_key6(vip_id: u32, net: Ipv6Net) -> Key<VipSourceKey6> {
+    Key::new(
+        32 + u32::from(net.prefix_len()),
+        VipSourceKey6::new(vip_id, net.network().octets()),
+    )
+}
+
+/// A prefix read back from a trie (lengths come from the map: in range).
+fn net(addr: IpAddr, len: u32) -> Option<IpNet> {
+    IpNet::new(addr, len as u8).ok()
 }
 
 /// Takes map `name` out of a loaded object as type `T`.
@@ -160,7 +167,9 @@ impl AyaMaps {
             maglev: MaglevMap::new(maglev)?,
             backends: take(ebpf, MAP_BACKENDS)?,
             allow_v4: take(ebpf, MAP_SRC_ALLOW_V4)?,
+            allow_v6: take(ebpf, MAP_SRC_ALLOW_V6)?,
             allow_vip_v4: take(ebpf, MAP_SRC_ALLOW_VIP4)?,
+            allow_vip_v6: take(ebpf, MAP_SRC_ALLOW_VIP6)?,
             globals: take(ebpf, MAP_GLOBALS)?,
         })
     }
@@ -179,7 +188,9 @@ impl AyaMaps {
             maglev: MaglevMap::new(maglev)?,
             backends: open_pin(dir, MAP_BACKENDS)?,
             allow_v4: open_pin(dir, MAP_SRC_ALLOW_V4)?,
+            allow_v6: open_pin(dir, MAP_SRC_ALLOW_V6)?,
             allow_vip_v4: open_pin(dir, MAP_SRC_ALLOW_VIP4)?,
+            allow_vip_v6: open_pin(dir, MAP_SRC_ALLOW_VIP6)?,
             globals: open_pin(dir, MAP_GLOBALS)?,
         })
     }
@@ -217,16 +228,98 @@ impl MapWriter for AyaMaps {
             .map_err(wrap(MAP_GLOBALS, "set"))
     }
 
-    fn allow_v4(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<(), MapWriteError> {
-        self.allow_v4
-            .insert(&Key::new(u32::from(prefix_len), addr.octets()), 1, 0)
-            .map_err(wrap(MAP_SRC_ALLOW_V4, "insert"))
+    fn allow(&mut self, net: IpNet) -> Result<(), MapWriteError> {
+        match net {
+            IpNet::V4(n) => self
+                .allow_v4
+                .insert(
+                    &Key::new(u32::from(n.prefix_len()), n.network().octets()),
+                    1,
+                    0,
+                )
+                .map_err(wrap(MAP_SRC_ALLOW_V4, "insert")),
+            IpNet::V6(n) => self
+                .allow_v6
+                .insert(
+                    &Key::new(u32::from(n.prefix_len()), n.network().octets()),
+                    1,
+                    0,
+                )
+                .map_err(wrap(MAP_SRC_ALLOW_V6, "insert")),
+        }
     }
 
-    fn disallow_v4(&mut self, addr: Ipv4Addr, prefix_len: u8) -> Result<(), MapWriteError> {
-        self.allow_v4
-            .remove(&Key::new(u32::from(prefix_len), addr.octets()))
-            .map_err(wrap(MAP_SRC_ALLOW_V4, "remove"))
+    fn disallow(&mut self, net: IpNet) -> Result<(), MapWriteError> {
+        match net {
+            IpNet::V4(n) => self
+                .allow_v4
+                .remove(&Key::new(u32::from(n.prefix_len()), n.network().octets()))
+                .map_err(wrap(MAP_SRC_ALLOW_V4, "remove")),
+            IpNet::V6(n) => self
+                .allow_v6
+                .remove(&Key::new(u32::from(n.prefix_len()), n.network().octets()))
+                .map_err(wrap(MAP_SRC_ALLOW_V6, "remove")),
+        }
+    }
+
+    fn allow_vip(&mut self, vip_id: u32, net: IpNet) -> Result<(), MapWriteError> {
+        match net {
+            IpNet::V4(n) => self
+                .allow_vip_v4
+                .insert(&vip_source_key(vip_id, n), 1, 0)
+                .map_err(wrap(MAP_SRC_ALLOW_VIP4, "insert")),
+            IpNet::V6(n) => self
+                .allow_vip_v6
+                .insert(&vip_source_key6(vip_id, n), 1, 0)
+                .map_err(wrap(MAP_SRC_ALLOW_VIP6, "insert")),
+        }
+    }
+
+    fn disallow_vip(&mut self, vip_id: u32, net: IpNet) -> Result<(), MapWriteError> {
+        match net {
+            IpNet::V4(n) => self
+                .allow_vip_v4
+                .remove(&vip_source_key(vip_id, n))
+                .map_err(wrap(MAP_SRC_ALLOW_VIP4, "remove")),
+            IpNet::V6(n) => self
+                .allow_vip_v6
+                .remove(&vip_source_key6(vip_id, n))
+                .map_err(wrap(MAP_SRC_ALLOW_VIP6, "remove")),
+        }
+    }
+
+    fn allowed(&self) -> Result<Vec<IpNet>, MapWriteError> {
+        let mut out = Vec::new();
+        for k in self.allow_v4.keys() {
+            let k = k.map_err(wrap(MAP_SRC_ALLOW_V4, "iterate"))?;
+            out.extend(net(IpAddr::from(k.data()), k.prefix_len()));
+        }
+        for k in self.allow_v6.keys() {
+            let k = k.map_err(wrap(MAP_SRC_ALLOW_V6, "iterate"))?;
+            out.extend(net(IpAddr::from(k.data()), k.prefix_len()));
+        }
+        Ok(out)
+    }
+
+    fn allowed_vip(&self) -> Result<Vec<(u32, IpNet)>, MapWriteError> {
+        let mut out = Vec::new();
+        for k in self.allow_vip_v4.keys() {
+            let k = k.map_err(wrap(MAP_SRC_ALLOW_VIP4, "iterate"))?;
+            let d = k.data();
+            out.extend(
+                net(IpAddr::from(d.addr), k.prefix_len() - 32)
+                    .map(|n| (u32::from_be_bytes(d.vip_id), n)),
+            );
+        }
+        for k in self.allow_vip_v6.keys() {
+            let k = k.map_err(wrap(MAP_SRC_ALLOW_VIP6, "iterate"))?;
+            let d = k.data();
+            out.extend(
+                net(IpAddr::from(d.addr), k.prefix_len() - 32)
+                    .map(|n| (u32::from_be_bytes(d.vip_id), n)),
+            );
+        }
+        Ok(out)
     }
 
     fn set_vip(&mut self, key: &VipKey, value: &VipValue) -> Result<(), MapWriteError> {
@@ -263,57 +356,6 @@ impl MapWriter for AyaMaps {
 
     fn globals(&self) -> Result<Globals, MapWriteError> {
         self.globals.get(&0, 0).map_err(wrap(MAP_GLOBALS, "get"))
-    }
-
-    fn allow_vip_v4(
-        &mut self,
-        vip_id: u32,
-        addr: Ipv4Addr,
-        prefix_len: u8,
-    ) -> Result<(), MapWriteError> {
-        let key = vip_source_key(vip_id, addr, prefix_len);
-        self.allow_vip_v4
-            .insert(&key, 1, 0)
-            .map_err(wrap(MAP_SRC_ALLOW_VIP4, "insert"))
-    }
-
-    fn disallow_vip_v4(
-        &mut self,
-        vip_id: u32,
-        addr: Ipv4Addr,
-        prefix_len: u8,
-    ) -> Result<(), MapWriteError> {
-        let key = vip_source_key(vip_id, addr, prefix_len);
-        self.allow_vip_v4
-            .remove(&key)
-            .map_err(wrap(MAP_SRC_ALLOW_VIP4, "remove"))
-    }
-
-    fn allowed_vip_v4(&self) -> Result<Vec<(u32, Ipv4Addr, u8)>, MapWriteError> {
-        self.allow_vip_v4
-            .keys()
-            .map(|k| {
-                k.map(|k| {
-                    let data = k.data();
-                    (
-                        u32::from_be_bytes(data.vip_id),
-                        Ipv4Addr::from(data.addr),
-                        (k.prefix_len() - 32) as u8,
-                    )
-                })
-                .map_err(wrap(MAP_SRC_ALLOW_VIP4, "iterate"))
-            })
-            .collect()
-    }
-
-    fn allowed_v4(&self) -> Result<Vec<(Ipv4Addr, u8)>, MapWriteError> {
-        self.allow_v4
-            .keys()
-            .map(|k| {
-                k.map(|k| (Ipv4Addr::from(k.data()), k.prefix_len() as u8))
-                    .map_err(wrap(MAP_SRC_ALLOW_V4, "iterate"))
-            })
-            .collect()
     }
 
     fn vips(&self) -> Result<Vec<(VipKey, VipValue)>, MapWriteError> {
