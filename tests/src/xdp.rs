@@ -6,6 +6,9 @@
 
 use crate::netns::{EnteredNetns, Netns};
 
+/// The load balancer's IPv6 address in a packet test's namespace.
+pub const LB_ADDR_V6: &str = "fd00:20::2/64";
+
 /// An entered namespace with the load balancer's veth; leaving and removal
 /// on drop (in that order).
 pub struct LbNamespace {
@@ -16,8 +19,9 @@ pub struct LbNamespace {
 }
 
 /// Makes namespace `name` with veth `iface` (peer `peer`, both up): `iface`
-/// gets MAC `mac`, address `cidr` (e.g. "10.20.0.2/24"), forwarding, and a
-/// permanent neighbour entry per (address, MAC) of `neighbours`. The calling
+/// gets MAC `mac`, address `cidr` (e.g. "10.20.0.2/24") and
+/// [`LB_ADDR_V6`], forwarding of both families, and a permanent neighbour
+/// entry per (address, MAC) of `neighbours` (IPv4 or IPv6). The calling
 /// thread then enters it.
 ///
 /// # Errors
@@ -33,6 +37,7 @@ pub fn lb_namespace(
     ns.ip(&["link", "add", iface, "type", "veth", "peer", "name", peer])?;
     ns.ip(&["link", "set", "dev", iface, "address", mac])?;
     ns.ip(&["addr", "add", cidr, "dev", iface])?;
+    ns.ip(&["addr", "add", LB_ADDR_V6, "dev", iface, "nodad"])?;
     ns.ip(&["link", "set", "dev", iface, "up"])?;
     ns.ip(&["link", "set", "dev", peer, "up"])?;
     for (addr, lladdr) in neighbours {
@@ -49,6 +54,7 @@ pub fn lb_namespace(
         ])?;
     }
     ns.sysctl(&format!("net.ipv4.conf.{iface}.forwarding=1"))?;
+    ns.sysctl("net.ipv6.conf.all.forwarding=1")?;
     let entered = ns.enter()?;
     let ifindex = lb_userspace::netif::ifindex(iface)
         .ok_or_else(|| anyhow::anyhow!("{iface} does not exist after creation"))?;
