@@ -52,6 +52,19 @@ pub const ECHO_PORT: u16 = 7000;
 pub const SINK_PORT: u16 = 7100;
 /// Size of the `/big` file every backend serves (1 MiB).
 pub const BIG_LEN: usize = 1 << 20;
+/// The IPv6 VIP ([`Options::ipv6`]).
+pub const VIP_V6: &str = "fd00:30::100";
+/// An IPv4 VIP served by the IPv6 addresses of the backends
+/// ([`Options::ipv6`]: IPv4-in-IPv6).
+pub const VIP_4OVER6: &str = "10.30.0.101";
+/// IPv6 addresses of be1..be3 ([`Options::ipv6`]).
+pub const BACKENDS_V6: [&str; 3] = ["fd00:30::21", "fd00:30::22", "fd00:30::23"];
+/// The client's IPv6 address ([`Options::ipv6`]).
+pub const CLIENT_ADDR_V6: &str = "fd00:30::10";
+/// An IPv6 source outside the allowed prefixes (documentation range), also
+/// on the client.
+pub const OUTSIDE_ADDR_V6: &str = "2001:db8::7";
+
 /// The client's address behind the router ([`Options::router`]).
 pub const ROUTED_CLIENT_ADDR: &str = "10.31.0.10";
 /// The router's address on the bridge.
@@ -109,6 +122,10 @@ pub struct Options {
     /// link toward the client has an MTU of [`NARROW_MTU`]; the client's
     /// own interface keeps 1500.
     pub router: bool,
+    /// Dual stack: IPv6 addresses (fd00:30::/64) on every host, VIP
+    /// `web6` ([`VIP_V6`]) over the backends' IPv6 addresses, VIP
+    /// `web4over6` ([`VIP_4OVER6`], IPv4) over the same IPv6 addresses.
+    pub ipv6: bool,
     /// Start the agent under `prlimit --nofile=N:N` (soft and hard limit).
     pub agent_nofile: Option<u32>,
     /// Name of the load balancer's interface (default `PREFIX0`); two labs
@@ -299,6 +316,9 @@ impl Lab {
         if self.options.router {
             self.build_router()?;
         }
+        if self.options.ipv6 {
+            self.build_ipv6()?;
+        }
         let client = self.client();
         client.ip(&["addr", "add", &format!("{OUTSIDE_ADDR}/32"), "dev", "eth0"])?;
         if !self.options.router {
@@ -352,6 +372,40 @@ impl Lab {
         Ok(())
     }
 
+    /// IPv6 on the bridge: addresses without duplicate detection (so they
+    /// work at once), the VIPs on the backends' loopback, the client's
+    /// route to the IPv6 VIP through the load balancer.
+    fn build_ipv6(&self) -> anyhow::Result<()> {
+        let client = self.client();
+        for addr in [CLIENT_ADDR_V6, OUTSIDE_ADDR_V6] {
+            client.ip(&["addr", "add", &format!("{addr}/64"), "dev", "eth0", "nodad"])?;
+        }
+        client.ip(&[
+            "-6",
+            "route",
+            "add",
+            &format!("{VIP_V6}/128"),
+            "via",
+            "fd00:30::2",
+        ])?;
+        client.ip(&["route", "add", &format!("{VIP_4OVER6}/32"), "via", LB_ADDR])?;
+        self.lb().ip(&[
+            "addr",
+            "add",
+            "fd00:30::2/64",
+            "dev",
+            &self.lb_iface,
+            "nodad",
+        ])?;
+        for ((name, _), addr) in BACKENDS.iter().zip(BACKENDS_V6) {
+            let be = self.ns_named(name);
+            be.ip(&["addr", "add", &format!("{addr}/64"), "dev", "eth0", "nodad"])?;
+            be.ip(&["addr", "add", &format!("{VIP_V6}/128"), "dev", "lo"])?;
+            be.ip(&["addr", "add", &format!("{VIP_4OVER6}/32"), "dev", "lo"])?;
+        }
+        Ok(())
+    }
+
     fn spawn(
         &self,
         ns_index: usize,
@@ -391,14 +445,15 @@ impl Lab {
             idx,
             &self.lb_bin.clone(),
             &[
-                "decap",
-                "--iface",
-                "eth0",
-                "--vip",
-                VIP,
-                "--xdp-mode",
-                mode.as_str(),
-            ],
+                &["decap", "--iface", "eth0", "--vip", VIP][..],
+                if self.options.ipv6 {
+                    &["--vip", VIP_V6, "--vip", VIP_4OVER6][..]
+                } else {
+                    &[][..]
+                },
+                &["--xdp-mode", mode.as_str()][..],
+            ]
+            .concat(),
             &format!("decap-{name}"),
         )?;
         self.procs.push(decap);
@@ -444,7 +499,7 @@ impl Lab {
                 "http.server",
                 "80",
                 "--bind",
-                "0.0.0.0",
+                "::",
                 "--directory",
                 &root.display().to_string(),
             ],
@@ -522,6 +577,16 @@ impl Lab {
                 text.push_str(&format!(
                     "\n  [[vip.backend]]\n  address = \"{addr}\"\n  weight = {weight}\n"
                 ));
+            }
+        }
+        if self.options.ipv6 {
+            for (name, vip) in [("web6", VIP_V6), ("web4over6", VIP_4OVER6)] {
+                text.push_str(&format!(
+                    "\n[[vip]]\nname = \"{name}\"\naddress = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\n{check}"
+                ));
+                for addr in BACKENDS_V6 {
+                    text.push_str(&format!("\n  [[vip.backend]]\n  address = \"{addr}\"\n"));
+                }
             }
         }
         if self.options.sink {
@@ -695,7 +760,18 @@ impl Lab {
     /// connection (at most 2 s each), from `source` when given. Returns, per
     /// request, the name of the backend that answered or `None` on failure.
     pub fn requests(&self, count: usize, source: Option<&str>) -> Vec<Option<String>> {
-        let url = format!("http://{VIP}/whoami");
+        self.requests_to(VIP, count, source)
+    }
+
+    /// [`Lab::requests`] to another VIP (an IPv6 one in brackets:
+    /// `[fd00:30::100]`).
+    pub fn requests_to(
+        &self,
+        vip: &str,
+        count: usize,
+        source: Option<&str>,
+    ) -> Vec<Option<String>> {
+        let url = format!("http://{vip}/whoami");
         let mut cmd = self.client().command("curl");
         cmd.args([
             "-s",

@@ -1,0 +1,122 @@
+//! IPv6 and GUE end to end (issue 11), in a dual-stack lab: HTTP to an
+//! IPv6 VIP over three IPv6 backends, an IPv4 VIP over IPv6 backends
+//! (IPv4-in-IPv6), the IPv6 source filter, and the same traffic with GUE
+//! over IPv4 and over IPv6.
+
+use std::{collections::HashMap, time::Duration};
+
+use lb_tests::lab::{
+    BACKENDS, Lab, Mode, OUTSIDE_ADDR_V6, Options, VIP_4OVER6, VIP_V6, if_counters,
+};
+
+/// Requests per run.
+const REQUESTS: usize = 300;
+
+/// Per-backend counts of `results`, and the failures.
+fn tally(results: &[Option<String>]) -> (HashMap<String, usize>, usize) {
+    let mut per = HashMap::new();
+    let mut failed = 0;
+    for r in results {
+        match r {
+            Some(b) => *per.entry(b.clone()).or_default() += 1,
+            None => failed += 1,
+        }
+    }
+    (per, failed)
+}
+
+/// `REQUESTS` requests to `vip`: all succeed, every backend serves some,
+/// none more than half; prints the counts.
+fn spread(lab: &Lab, what: &str, vip: &str) -> HashMap<String, usize> {
+    let (per, failed) = tally(&lab.requests_to(vip, REQUESTS, None));
+    println!("{what}: {per:?}, {failed} failed");
+    assert_eq!(failed, 0, "{what}: {per:?}\n{}", lab.agent_log());
+    assert_eq!(
+        per.len(),
+        BACKENDS.len(),
+        "{what}: every backend serves: {per:?}"
+    );
+    assert!(
+        per.values().all(|&n| n <= REQUESTS / 2),
+        "{what}: none more than half: {per:?}"
+    );
+    per
+}
+
+/// The packets counted for `outcome` by the agent (from `/status`).
+fn outcome(lab: &Lab, outcome: &str) -> u64 {
+    let status = lab
+        .api_get("/status", Duration::from_secs(2))
+        .expect("/status");
+    let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    status["outcomes"][outcome]["packets"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn ipv6_vips_ipv4_over_ipv6_and_gue() {
+    if !lb_tests::can_run_as_root("ipv6_vips_ipv4_over_ipv6_and_gue") {
+        return;
+    }
+    let lab = Lab::start_with(
+        "lbv6",
+        Mode::Generic,
+        Options {
+            ipv6: true,
+            ..Options::default()
+        },
+    )
+    .expect("lab starts");
+    let v6 = format!("[{VIP_V6}]");
+    // Wait until the IPv6 VIP serves (neighbours of the IPv6 backends).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while lab.requests_to(&v6, 1, None)[0].is_none() {
+        assert!(std::time::Instant::now() < deadline, "{}", lab.agent_log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // IPv6 VIP over IPv6 backends; replies bypass the load balancer.
+    let before = if_counters(lab.lb(), &lab.lb_iface).expect("counters");
+    spread(&lab, "IPv6 VIP, IPv6-in-IPv6", &v6);
+    let after = if_counters(lab.lb(), &lab.lb_iface).expect("counters");
+    let sent = after.tx_bytes - before.tx_bytes;
+    let bodies = (REQUESTS * lb_tests::lab::BODY_LEN) as u64;
+    println!("load balancer sent {sent} bytes for {bodies} bytes of bodies");
+    assert!(sent < bodies / 2, "replies bypass the load balancer (DSR)");
+
+    // From 2001:db8::7 nothing connects; the filter counts it.
+    let dropped = outcome(&lab, "drop_source_filter");
+    let outside = lab.requests_to(&v6, 3, Some(OUTSIDE_ADDR_V6));
+    assert!(outside.iter().all(Option::is_none), "{outside:?}");
+    let now = outcome(&lab, "drop_source_filter");
+    println!("drop_source_filter {dropped} -> {now}");
+    assert!(now > dropped);
+
+    // An IPv4 VIP over the IPv6 backends.
+    spread(&lab, "IPv4 VIP, IPv4-in-IPv6", VIP_4OVER6);
+
+    // GUE, over IPv4 (the IPv4 VIP's IPv4 backends) and over IPv6.
+    let echo: Vec<(&str, u32)> = BACKENDS.iter().map(|b| (b.0, 1)).collect();
+    let text = lab.config_text(&echo, "").replacen(
+        "\n[maglev]",
+        "\n[encap]\nkind = \"gue\"\n\n[maglev]",
+        1,
+    );
+    let reloads = lab.log_count("configuration reloaded");
+    lab.write_config(&text).expect("write config");
+    assert!(lab.wait_for_log(
+        "configuration reloaded",
+        reloads + 1,
+        Duration::from_secs(10)
+    ));
+    let log = lab.agent_log();
+    let reload = log
+        .lines()
+        .rfind(|l| l.contains("configuration reloaded"))
+        .expect("reload line");
+    assert!(
+        reload.contains("other map writes 1"),
+        "the encapsulation switched (globals written): {reload}"
+    );
+    spread(&lab, "IPv4 VIP, GUE over IPv4", lb_tests::lab::VIP);
+    spread(&lab, "IPv6 VIP, GUE over IPv6", &v6);
+}
