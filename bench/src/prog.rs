@@ -64,9 +64,12 @@ struct Expect {
     out_len: usize,
 }
 
-fn config(conntrack: u32) -> String {
+fn config(conntrack: u32, gue: bool) -> String {
+    let encap = if gue { "kind = \"gue\"\n" } else { "" };
     format!(
         r#"
+[encap]
+{encap}source_v6 = "fd00:20::2"
 [maglev]
 table_size = 65537
 [conntrack]
@@ -93,8 +96,33 @@ protocol = "udp"
   address = "10.40.0.22"
   [[vip.backend]]
   address = "10.40.0.23"
+[[vip]]
+name = "web6"
+address = "fd00:20::100"
+port = 80
+protocol = "tcp"
+  [[vip.backend]]
+  address = "fd00:20::21"
+  [[vip.backend]]
+  address = "fd00:20::22"
 "#
     )
+}
+
+/// An IPv6 TCP segment (ACK) client -> the IPv6 VIP, padded to
+/// [`BENCH_FRAME_LEN`] bytes.
+fn tcp6(sport: u16) -> [u8; BENCH_FRAME_LEN] {
+    let client: [u8; 16] = [0xfd, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+    let vip: [u8; 16] = [0xfd, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    let payload = [0u8; BENCH_FRAME_LEN - 14 - 40 - 20];
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv6(client, vip, 64)
+        .tcp(sport, 80, 1000, 65535)
+        .ack(1)
+        .write(&mut frame, &payload)
+        .expect("build");
+    frame.try_into().expect("frame of BENCH_FRAME_LEN bytes")
 }
 
 /// A TCP segment padded to [`BENCH_FRAME_LEN`] bytes with payload.
@@ -106,7 +134,7 @@ fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, syn: bool) -> [u8; BE
     let payload = [0u8; BENCH_FRAME_LEN - 14 - 20 - 20];
     let mut frame = Vec::new();
     builder.write(&mut frame, &payload).expect("build");
-    frame.try_into().expect("64 bytes")
+    frame.try_into().expect("frame of BENCH_FRAME_LEN bytes")
 }
 
 /// A UDP datagram padded to [`BENCH_FRAME_LEN`] bytes with payload.
@@ -118,7 +146,7 @@ fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> [u8; BENCH_FRAME_L
         .udp(sport, dport)
         .write(&mut frame, &payload)
         .expect("build");
-    frame.try_into().expect("64 bytes")
+    frame.try_into().expect("frame of BENCH_FRAME_LEN bytes")
 }
 
 /// The production object and the benchmark's own, loaded in the bench's
@@ -135,29 +163,35 @@ struct Bench {
 }
 
 impl Bench {
-    fn new(prefix: &str, conntrack: u32) -> anyhow::Result<Self> {
+    fn new(prefix: &str, conntrack: u32, gue: bool) -> anyhow::Result<Self> {
         // veth bp0 (10.40.0.2/24, the LB's side, forwarding on) with permanent
         // neighbours for the backends, so bpf_fib_lookup resolves them.
-        let neighbours: Vec<(String, String)> = [21u8, 22, 23]
+        let mut neighbours: Vec<(String, String)> = [21u8, 22, 23]
             .into_iter()
             .map(|b| (format!("10.40.0.{b}"), format!("02:40:00:00:00:{b:02x}")))
             .collect();
+        for b in [0x21u8, 0x22] {
+            neighbours.push((format!("fd00:20::{b:x}"), format!("02:40:00:00:00:{b:02x}")));
+        }
         let lb = lb_namespace(
-            &format!("{prefix}-prog"),
+            &format!("{prefix}-{}", if gue { "gue" } else { "prog" }),
             ("bp0", "bp1"),
             "02:40:00:00:00:02",
             "10.40.0.2/24",
             &neighbours,
         )?;
 
-        let config = Config::parse(&config(conntrack), "bench")?.config;
+        let config = Config::parse(&config(conntrack, gue), "bench")?.config;
         let regions = config.sizing.table_regions;
         let mut ebpf = object::load_object(&config).context("loading the object")?;
         let stats = StatsReader::take(&mut ebpf)?;
         let balancer = Balancer::new(
             AyaMaps::take(&mut ebpf)?,
             &config,
-            Ipv4Addr::from(LB_ADDR),
+            lb_userspace::balancer::Sources {
+                v4: Ipv4Addr::from(LB_ADDR),
+                v6: "fd00:20::2".parse().expect("address"),
+            },
             regions,
         )?;
         let mut bench = EbpfLoader::new()
@@ -365,7 +399,7 @@ fn run_cases(prefix: &str, plan: Plan) -> anyhow::Result<Vec<(String, f64, Strin
     // (and the warm-up), so none evicts another.
     let new_flows = u64::from(plan.repeat) * plan.runs as u64 + 1024;
     let conntrack = u32::try_from(new_flows.next_power_of_two()).unwrap_or(u32::MAX);
-    let mut b = Bench::new(prefix, conntrack)?;
+    let mut b = Bench::new(prefix, conntrack, false)?;
     let syn = tcp(CLIENT, VIP, 40000, 80, true);
     let ack = tcp(CLIENT, VIP, 40001, 80, false);
     let dgram = udp(CLIENT, VIP, 5353, 53);
@@ -412,7 +446,8 @@ fn run_cases(prefix: &str, plan: Plan) -> anyhow::Result<Vec<(String, f64, Strin
         format!("subtracted below; {wrap_vary:.1} ns with flow numbering"),
     ));
 
-    let cases: [(&str, &[u8; BENCH_FRAME_LEN], u32, Expect, &str); 5] = [
+    let ack6 = tcp6(40002);
+    let cases: [(&str, &[u8; BENCH_FRAME_LEN], u32, Expect, &str); 6] = [
         (
             "xdp_lb: new TCP flow (Maglev + encap)",
             &syn,
@@ -473,6 +508,18 @@ fn run_cases(prefix: &str, plan: Plan) -> anyhow::Result<Vec<(String, f64, Strin
             },
             "passed = repetitions",
         ),
+        (
+            "xdp_lb: established IPv6 TCP flow (IPv6-in-IPv6)",
+            &ack6,
+            0,
+            Expect {
+                action: XDP_TX,
+                outcome: Some(Outcome::Forwarded),
+                conn: Some(ConnEvent::Hit),
+                out_len: BENCH_FRAME_LEN + 40,
+            },
+            "forwarded_tx and conntrack_hit = repetitions",
+        ),
     ];
     for (case, frame, flags, expect, note) in cases {
         b.wrap("xdp_lb", frame, flags)?;
@@ -487,5 +534,28 @@ fn run_cases(prefix: &str, plan: Plan) -> anyhow::Result<Vec<(String, f64, Strin
         };
         rows.push((case.to_string(), total - overhead, note.to_string()));
     }
+    // The same established flow with GUE (outer IPv4 and UDP), in a data
+    // plane of its own.
+    std::mem::drop(b);
+    let mut g = Bench::new(prefix, conntrack, true)?;
+    g.wrap("xdp_lb", &ack, 0)?;
+    let _ = g.run(PROG_BENCH_RESTORE, &ack, 1)?;
+    let total = g.measure(
+        "gue",
+        PROG_BENCH_RESTORE,
+        &ack,
+        plan,
+        Expect {
+            action: XDP_TX,
+            outcome: Some(Outcome::Forwarded),
+            conn: Some(ConnEvent::Hit),
+            out_len: BENCH_FRAME_LEN + 28,
+        },
+    )?;
+    rows.push((
+        "xdp_lb: established TCP flow, GUE over IPv4".into(),
+        total - wrap_fixed,
+        "forwarded_tx and conntrack_hit = repetitions; 28 bytes of outer headers".into(),
+    ));
     Ok(rows)
 }

@@ -25,8 +25,9 @@ pub const MAP_BENCH_SEQ: &str = "BENCH_SEQ";
 pub const BENCH_PROGS_LEN: u32 = 1;
 
 /// Length of every frame the wrapper restores: an untagged Ethernet frame
-/// with an IPv4 header without options (callers pad the payload to fit).
-pub const BENCH_FRAME_LEN: usize = 64;
+/// with an IPv4 or IPv6 header and a TCP or UDP header (callers pad the
+/// payload to fit; 80 holds an IPv6 TCP segment).
+pub const BENCH_FRAME_LEN: usize = 80;
 /// Offset of the IPv4 source address in a template frame (Ethernet 14 +
 /// 12); the wrapper writes the flow number's high half into its last two bytes.
 pub const BENCH_SRC_ADDR_OFFSET: usize = 26;

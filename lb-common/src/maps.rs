@@ -222,26 +222,41 @@ const _: () = assert!(size_of::<AddrKey>() == 20);
 
 impl AddrKey {
     /// The key of an IPv4 address.
+    #[inline(always)]
     pub const fn v4(addr: [u8; 4]) -> Self {
-        let mut bytes = [0u8; 16];
-        bytes[0] = addr[0];
-        bytes[1] = addr[1];
-        bytes[2] = addr[2];
-        bytes[3] = addr[3];
-        Self {
-            addr: bytes,
-            family: crate::FAMILY_V4,
-            _pad: [0; 3],
-        }
+        Self::from_words([u32::from_ne_bytes(addr), 0, 0, 0], crate::FAMILY_V4)
+    }
+
+    /// The key from the address as four native-order words: built as five
+    /// 4-byte stores. Filling a zeroed byte array instead compiles, in the
+    /// XDP program, to calls of a byte-by-byte `memset`.
+    #[inline(always)]
+    const fn from_words(addr: [u32; 4], family: u8) -> Self {
+        let words = [
+            addr[0],
+            addr[1],
+            addr[2],
+            addr[3],
+            u32::from_ne_bytes([family, 0, 0, 0]),
+        ];
+        // SAFETY: AddrKey is 20 bytes of plain data (asserted above), any
+        // bit pattern is valid.
+        unsafe { core::mem::transmute::<[u32; 5], Self>(words) }
     }
 
     /// The key of an IPv6 address.
+    #[inline(always)]
     pub const fn v6(addr: [u8; 16]) -> Self {
-        Self {
-            addr,
-            family: crate::FAMILY_V6,
-            _pad: [0; 3],
-        }
+        let a = addr;
+        Self::from_words(
+            [
+                u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+                u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+                u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+                u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+            ],
+            crate::FAMILY_V6,
+        )
     }
 }
 

@@ -1,6 +1,8 @@
 //! Next hop of an encapsulated packet, from the kernel's FIB and neighbour
 //! table (`bpf_fib_lookup`, include/uapi/linux/bpf.h).
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::bpf_fib_lookup, helpers::generated::bpf_fib_lookup as fib_lookup,
     programs::XdpContext,
@@ -46,21 +48,29 @@ pub struct NextHop {
     pub mtu: u16,
 }
 
-/// All-zero lookup parameters, written as eight 8-byte stores: a plain
-/// `mem::zeroed` compiles to a call of a byte-by-byte `memset` subprogram,
-/// which is slow and whose register use the verifier then rejects.
+/// Zeroes lookup parameters in place with eight 8-byte stores. Plain
+/// zeroing (`mem::zeroed`, a zero array transmuted, or a zeroed value
+/// moved) compiles to a call of a byte-by-byte `memset` subprogram, slow
+/// and hard on the verifier; volatile stores in place cannot be merged
+/// into one.
 #[inline(always)]
-fn zeroed_params() -> bpf_fib_lookup {
-    const WORDS: usize = size_of::<bpf_fib_lookup>() / 8;
-    const _: () = assert!(size_of::<bpf_fib_lookup>() == WORDS * 8);
-    let mut params = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
+fn zero_params(params: &mut MaybeUninit<bpf_fib_lookup>) -> &mut bpf_fib_lookup {
+    const _: () = assert!(size_of::<bpf_fib_lookup>() == 64);
     let words = params.as_mut_ptr().cast::<u64>();
-    for i in 0..WORDS {
-        // SAFETY: within the value; volatile, so the stores stay stores.
-        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    // SAFETY: `words` points at the 8 words of `params`, which is 8-byte
+    // aligned (it holds u64-aligned unions); all-zero is a valid
+    // bpf_fib_lookup, so it is initialised once every word is written.
+    unsafe {
+        words.add(0).write_volatile(0);
+        words.add(1).write_volatile(0);
+        words.add(2).write_volatile(0);
+        words.add(3).write_volatile(0);
+        words.add(4).write_volatile(0);
+        words.add(5).write_volatile(0);
+        words.add(6).write_volatile(0);
+        words.add(7).write_volatile(0);
+        params.assume_init_mut()
     }
-    // SAFETY: every byte written; all-zero is a valid bpf_fib_lookup.
-    unsafe { params.assume_init() }
 }
 
 /// Looks up the next hop of an outer packet `src` -> `dst` of family
@@ -74,7 +84,8 @@ pub fn lookup(
     dst: &[u8; 16],
     tot_len: u16,
 ) -> NextHop {
-    let mut params = zeroed_params();
+    let mut slot = MaybeUninit::uninit();
+    let params = zero_params(&mut slot);
     params.__bindgen_anon_1.tot_len = tot_len;
     params.ifindex = ctx.ingress_ifindex() as u32;
     match family {
@@ -98,7 +109,7 @@ pub fn lookup(
     let ret = unsafe {
         fib_lookup(
             ctx.ctx.cast(),
-            &mut params,
+            params,
             size_of::<bpf_fib_lookup>() as i32,
             0,
         )

@@ -7,10 +7,12 @@
 //! not fit, the "too big" answer. Returns the outcome; the entry point in
 //! main.rs counts it and turns it into an XDP action.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{helpers::generated::bpf_redirect, programs::XdpContext};
 use lb_common::{
-    FAMILY_V6, FlowKey, GLOBAL_F_GUE, GLOBAL_F_READY, Globals, Outcome, VIP_F_OWN_ALLOW,
-    VIP_F_PASS_ON_NO_BACKEND, VipValue, flow_hash, rules::vip_source_allowed,
+    AddrKey, Backend, FAMILY_V6, FlowKey, GLOBAL_F_GUE, GLOBAL_F_READY, Globals, Outcome,
+    VIP_F_OWN_ALLOW, VIP_F_PASS_ON_NO_BACKEND, VipValue, flow_hash, rules::vip_source_allowed,
 };
 
 pub mod filter;
@@ -64,26 +66,27 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Outcome, Outcome> {
     let Some((l3, family)) = l3_offset(ctx)? else {
         return Ok(Outcome::Passed);
     };
-    let mut p = Packet::new(l3, family, bytes);
+    // Written whole by the parse step when it returns CONTINUE, and by
+    // choose likewise: not zeroed here, which would cost every packet
+    // (the non-VIP ones first) a byte-by-byte memset.
+    let mut p = MaybeUninit::<Packet>::uninit();
     let step = match family {
-        L3::V4 => v4::parse(ctx, globals, &mut p),
-        L3::V6 => v6::parse(ctx, globals, &mut p),
+        L3::V4 => v4::parse(ctx, globals, l3, bytes, p.as_mut_ptr()),
+        L3::V6 => v6::parse(ctx, globals, l3, bytes, p.as_mut_ptr()),
     };
     if step != CONTINUE {
         return Ok(outcome(step));
     }
-    let mut c = Choice {
-        backend_id: 0,
-        hash: 0,
-        addr: [0; 16],
-        family: 0,
-        mtu_left: 0,
-    };
-    let step = choose(&p, &mut c);
+    // SAFETY: the parse step wrote the whole packet before CONTINUE.
+    let p = unsafe { p.assume_init_ref() };
+    let mut c = MaybeUninit::<Choice>::uninit();
+    let step = choose(p, c.as_mut_ptr());
     if step != CONTINUE {
         return Ok(outcome(step));
     }
-    match forward(ctx, globals, &p, &mut c) {
+    // SAFETY: choose wrote the whole choice before CONTINUE.
+    let c = unsafe { c.assume_init_mut() };
+    match forward(ctx, globals, p, c) {
         TOO_BIG => Ok(too_big(ctx, &p.inner, c.mtu_left, globals.too_big_per_cpu)),
         step => Ok(outcome(step)),
     }
@@ -130,42 +133,13 @@ struct Packet {
     bytes: u64,
 }
 
-impl Packet {
-    /// A packet at `l3` of `family`, every other field written (the
-    /// verifier refuses reading a stack slot nobody wrote).
-    #[inline(always)]
-    fn new(l3: usize, family: L3, bytes: u64) -> Self {
-        Self {
-            flow: Flow {
-                family: 0,
-                client: [0; 16],
-                vip: [0; 16],
-                client_port: [0; 2],
-                vip_port: [0; 2],
-                proto: 0,
-            },
-            inner: Inner {
-                l3,
-                family,
-                len: 0,
-                tos: 0,
-                df: false,
-                options: false,
-            },
-            source: [0; 16],
-            icmp_error: false,
-            bytes,
-        }
-    }
-}
-
 /// The backend [`choose`] picked, for [`forward`].
 struct Choice {
     backend_id: u32,
     hash: u32,
-    /// The backend's address and family, as in its map entry.
-    addr: [u8; 16],
-    family: u8,
+    /// The backend's map entry (a map value: it lives as long as the
+    /// program run; copying its address here would cost a memmove call).
+    backend: &'static Backend,
     /// With `TOO_BIG`: the bytes the inner packet may have.
     mtu_left: u16,
 }
@@ -173,7 +147,7 @@ struct Choice {
 /// The VIP lookup, the VIP's own source list and the backend choice.
 // A subprogram of its own: its stack frame does not add to the others'.
 #[inline(never)]
-fn choose(p: &Packet, c: &mut Choice) -> u32 {
+fn choose(p: &Packet, c: *mut Choice) -> u32 {
     let f = &p.flow;
     let Some(vip) = find_vip(f.family, &f.vip, f.vip_port, f.proto) else {
         return if p.icmp_error {
@@ -221,10 +195,15 @@ fn choose(p: &Packet, c: &mut Choice) -> u32 {
     let Some((backend_id, backend)) = chosen else {
         return code(no_backend(vip));
     };
-    c.backend_id = backend_id;
-    c.hash = hash;
-    c.addr = backend.addr;
-    c.family = backend.family;
+    // SAFETY: the caller's choice, written whole.
+    unsafe {
+        c.write(Choice {
+            backend_id,
+            hash,
+            backend,
+            mtu_left: 0,
+        });
+    }
     CONTINUE
 }
 
@@ -246,18 +225,15 @@ fn try_forward(
     c: &mut Choice,
 ) -> Result<u32, Outcome> {
     let inner = &p.inner;
-    let (family, src) = if c.family == FAMILY_V6 {
+    let (family, src) = if c.backend.family == FAMILY_V6 {
         (L3::V6, globals.encap_src_v6)
     } else {
-        let s = globals.encap_src_v4;
-        let mut src = [0u8; 16];
-        src[..4].copy_from_slice(&s);
-        (L3::V4, src)
+        (L3::V4, AddrKey::v4(globals.encap_src_v4).addr)
     };
     let outer = Outer {
         family,
         src,
-        dst: c.addr,
+        dst: c.backend.addr,
         inner: inner.family,
         inner_len: inner.len,
         tos: inner.tos,

@@ -8,10 +8,10 @@ use lb_common::{
 };
 use network_types::ip::Ipv4Hdr;
 
-use super::{CONTINUE, Flow, Packet, filter::source_allowed_v4, icmp, icmp::Icmp};
+use super::{CONTINUE, Flow, Inner, Packet, filter::source_allowed_v4, icmp, icmp::Icmp};
 use crate::{
     maps::LB_VIP_ADDRS,
-    parse::{ipv4_at, is_fragment, ports_at},
+    parse::{L3, ipv4_at, is_fragment, ports_at},
 };
 
 /// IPv4 "don't fragment" flag, as the frags field reads (RFC 791).
@@ -26,16 +26,27 @@ fn key(a: [u8; 4]) -> [u8; 16] {
 /// Processes the IPv4 packet at `l3`.
 // A subprogram of its own: its stack frame does not add to the others'.
 #[inline(never)]
-pub(super) fn parse(ctx: &XdpContext, globals: &Globals, p: &mut Packet) -> u32 {
-    match try_parse(ctx, globals, p) {
+pub(super) fn parse(
+    ctx: &XdpContext,
+    globals: &Globals,
+    l3: usize,
+    bytes: u64,
+    p: *mut Packet,
+) -> u32 {
+    match try_parse(ctx, globals, l3, bytes, p) {
         Ok(step) => step,
         Err(outcome) => outcome as u32,
     }
 }
 
 #[inline(always)]
-fn try_parse(ctx: &XdpContext, globals: &Globals, p: &mut Packet) -> Result<u32, Outcome> {
-    let l3 = p.inner.l3;
+fn try_parse(
+    ctx: &XdpContext,
+    globals: &Globals,
+    l3: usize,
+    bytes: u64,
+    p: *mut Packet,
+) -> Result<u32, Outcome> {
     let ip = ipv4_at(ctx, l3)?;
     // SAFETY: bounds checked by ipv4_at; fields are copied out before the
     // frame is changed.
@@ -91,12 +102,22 @@ fn try_parse(ctx: &XdpContext, globals: &Globals, p: &mut Packet) -> Result<u32,
         };
         (flow, false)
     };
-    p.flow = flow;
-    p.inner.len = len;
-    p.inner.tos = tos;
-    p.inner.df = df;
-    p.inner.options = ip.len != Ipv4Hdr::LEN;
-    p.source = key(src);
-    p.icmp_error = icmp_error;
+    // SAFETY: the caller's packet, written whole.
+    unsafe {
+        p.write(Packet {
+            flow,
+            inner: Inner {
+                l3,
+                family: L3::V4,
+                len,
+                tos,
+                df,
+                options: ip.len != Ipv4Hdr::LEN,
+            },
+            source: key(src),
+            icmp_error,
+            bytes,
+        });
+    }
     Ok(CONTINUE)
 }

@@ -8,25 +8,36 @@ use lb_common::{
 };
 use network_types::ip::Ipv6Hdr;
 
-use super::{CONTINUE, Flow, Packet, filter::source_allowed_v6, icmp::Icmp, icmp6};
+use super::{CONTINUE, Flow, Inner, Packet, filter::source_allowed_v6, icmp::Icmp, icmp6};
 use crate::{
     maps::LB_VIP_ADDRS,
-    parse::{ipv6_at, ports_at},
+    parse::{L3, ipv6_at, ports_at},
 };
 
 /// Processes the IPv6 packet at `l3`.
 // A subprogram of its own: its stack frame does not add to the others'.
 #[inline(never)]
-pub(super) fn parse(ctx: &XdpContext, globals: &Globals, p: &mut Packet) -> u32 {
-    match try_parse(ctx, globals, p) {
+pub(super) fn parse(
+    ctx: &XdpContext,
+    globals: &Globals,
+    l3: usize,
+    bytes: u64,
+    p: *mut Packet,
+) -> u32 {
+    match try_parse(ctx, globals, l3, bytes, p) {
         Ok(step) => step,
         Err(outcome) => outcome as u32,
     }
 }
 
 #[inline(always)]
-fn try_parse(ctx: &XdpContext, globals: &Globals, p: &mut Packet) -> Result<u32, Outcome> {
-    let l3 = p.inner.l3;
+fn try_parse(
+    ctx: &XdpContext,
+    globals: &Globals,
+    l3: usize,
+    bytes: u64,
+    p: *mut Packet,
+) -> Result<u32, Outcome> {
     let hdr: *const Ipv6Hdr = crate::parse::ptr_at(ctx, l3).ok_or(Outcome::DropMalformed)?;
     // SAFETY: bounds checked by ptr_at; fields copied out.
     let (vcf, payload_len, src, dst) = unsafe {
@@ -87,11 +98,22 @@ fn try_parse(ctx: &XdpContext, globals: &Globals, p: &mut Packet) -> Result<u32,
     let len = u16::from_be_bytes(payload_len)
         .checked_add(Ipv6Hdr::LEN as u16)
         .ok_or(Outcome::DropMalformed)?;
-    p.flow = flow;
-    p.inner.len = len;
-    p.inner.tos = (u32::from_be_bytes(vcf) >> 20) as u8;
-    p.inner.df = true;
-    p.source = src;
-    p.icmp_error = icmp_error;
+    // SAFETY: the caller's packet, written whole.
+    unsafe {
+        p.write(Packet {
+            flow,
+            inner: Inner {
+                l3,
+                family: L3::V6,
+                len,
+                tos: (u32::from_be_bytes(vcf) >> 20) as u8,
+                df: true,
+                options: false,
+            },
+            source: src,
+            icmp_error,
+            bytes,
+        });
+    }
     Ok(CONTINUE)
 }
