@@ -230,24 +230,67 @@ mod tests {
         );
     }
 
+    /// Counts 65 536 hashes over 16 buckets and checks each bucket is
+    /// within 5% of the mean (4096).
+    fn assert_even(what: &str, hash: impl Fn(u16) -> u32) {
+        let mut buckets = [0u32; 16];
+        for i in 0..=u16::MAX {
+            buckets[(hash(i) % 16) as usize] += 1;
+        }
+        for count in buckets {
+            assert!(
+                (3891..=4301).contains(&count),
+                "{what}: bucket count {count}"
+            );
+        }
+    }
+
     #[test]
     fn flow_hash_spreads_source_ports_evenly() {
-        // 65 536 flows differing only in source port over 16 buckets: each
-        // bucket within 5% of the mean (4096).
-        let mut buckets = [0u32; 16];
-        for port in 0..=u16::MAX {
-            let h = flow_hash_v4(
+        assert_even("IPv4 source ports", |port| {
+            flow_hash_v4(
                 [10, 1, 2, 3],
                 [10, 0, 0, 100],
                 port.to_be_bytes(),
                 [0, 80],
                 6,
-            );
-            buckets[(h % 16) as usize] += 1;
-        }
-        for count in buckets {
-            assert!((3891..=4301).contains(&count), "bucket count {count}");
-        }
+            )
+        });
+        let client: [u8; 16] = "fd00:21::7"
+            .parse::<core::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let vip: [u8; 16] = "fd00:30::100"
+            .parse::<core::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        assert_even("IPv6 source ports", |port| {
+            flow_hash_v6(client, vip, port.to_be_bytes(), [0, 80], 6)
+        });
+    }
+
+    #[test]
+    fn flow_hash_spreads_source_addresses_evenly() {
+        let vip: [u8; 16] = "fd00:30::100"
+            .parse::<core::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        // Clients differing only in the last 16 bits (one /112), and only in
+        // the interface identifier's upper half (SLAAC-like neighbours).
+        assert_even("IPv6 clients in one /112", |i| {
+            let mut client = vip;
+            client[14..].copy_from_slice(&i.to_be_bytes());
+            flow_hash_v6(client, vip, [0xc0, 0x00], [0, 80], 6)
+        });
+        assert_even("IPv6 clients by interface identifier", |i| {
+            let mut client = vip;
+            client[8..10].copy_from_slice(&i.to_be_bytes());
+            flow_hash_v6(client, vip, [0xc0, 0x00], [0, 80], 6)
+        });
+        assert_even("IPv4 clients in one /16", |i| {
+            let [a, b] = i.to_be_bytes();
+            flow_hash_v4([10, 21, a, b], [10, 0, 0, 100], [0xc0, 0x00], [0, 80], 6)
+        });
     }
 
     #[test]

@@ -172,10 +172,9 @@ pub fn explain(
     let slot = maglev_slot(hash, m);
     let _ = writeln!(
         out,
-        "VIP {:?} ({}:{} {}), {} backends",
+        "VIP {:?} ({} {}), {} backends",
         vip.name,
-        vip.address,
-        vip.port,
+        std::net::SocketAddr::new(vip.address, vip.port),
         vip.protocol,
         vip.backends.len()
     );

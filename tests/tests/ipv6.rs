@@ -83,6 +83,37 @@ fn ipv6_vips_ipv4_over_ipv6_and_gue() {
     println!("load balancer sent {sent} bytes for {bodies} bytes of bodies");
     assert!(sent < bodies / 2, "replies bypass the load balancer (DSR)");
 
+    // Status and metrics name the IPv6 VIP and backends; the backends
+    // are healthy by their IPv6 health checks (tcp, every 500 ms).
+    let status = lab
+        .api_get("/status", Duration::from_secs(2))
+        .expect("/status");
+    let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    let web6 = status["vips"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "web6"))
+        .expect("web6 in /status");
+    assert_eq!(web6["address"], format!("[{VIP_V6}]:80"), "{web6}");
+    let metrics = lab
+        .api_get("/metrics", Duration::from_secs(2))
+        .expect("/metrics");
+    for backend in lb_tests::lab::BACKENDS_V6 {
+        let label = format!("backend=\"{backend}\"");
+        let healthy = metrics.lines().any(|l| {
+            l.starts_with("lb_backend_healthy{")
+                && l.contains("vip=\"web6\"")
+                && l.contains(&label)
+                && l.ends_with(" 1")
+        });
+        assert!(healthy, "{backend} healthy in /metrics:\n{metrics}");
+        let checked = metrics.lines().any(|l| {
+            l.starts_with("lb_health_check_duration_seconds_count{")
+                && l.contains(&label)
+                && !l.ends_with(" 0")
+        });
+        assert!(checked, "{backend} health-checked:\n{metrics}");
+    }
+
     // From 2001:db8::7 nothing connects; the filter counts it.
     let dropped = outcome(&lab, "drop_source_filter");
     let outside = lab.requests_to(&v6, 3, Some(OUTSIDE_ADDR_V6));

@@ -102,7 +102,8 @@ impl Shared {
             .map(|v| VipView {
                 id: v.id,
                 name: v.config.name.clone(),
-                address: format!("{}:{}", v.config.address, v.config.port),
+                // `[addr]:port` for IPv6 (RFC 3986 section 3.2.2).
+                address: std::net::SocketAddr::new(v.config.address, v.config.port).to_string(),
                 protocol: v.config.protocol.to_string(),
                 health_check: v.config.health_check.kind.to_string(),
                 allow: v
