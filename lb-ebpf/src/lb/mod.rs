@@ -11,8 +11,8 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{helpers::generated::bpf_redirect, programs::XdpContext};
 use lb_common::{
-    AddrKey, Backend, FAMILY_V6, FlowKey, GLOBAL_F_GUE, GLOBAL_F_READY, Globals, Outcome,
-    VIP_F_OWN_ALLOW, VIP_F_PASS_ON_NO_BACKEND, VipValue, flow_hash, rules::vip_source_allowed,
+    AddrKey, FAMILY_V6, FlowKey, GLOBAL_F_GUE, GLOBAL_F_READY, Globals, Outcome, VIP_F_OWN_ALLOW,
+    VIP_F_PASS_ON_NO_BACKEND, VipValue, flow_hash, rules::vip_source_allowed,
 };
 
 pub mod filter;
@@ -137,9 +137,13 @@ struct Packet {
 struct Choice {
     backend_id: u32,
     hash: u32,
-    /// The backend's map entry (a map value: it lives as long as the
-    /// program run; copying its address here would cost a memmove call).
-    backend: &'static Backend,
+    /// The backend's address as in its map entry (IPv4 in the first 4
+    /// bytes), copied by words: a map value's address kept on the stack
+    /// across subprograms is lost by 6.1's verifier, and a byte copy would
+    /// cost a memmove call.
+    backend_addr: [u32; 4],
+    /// The backend's family ([`lb_common::FAMILY_V4`] or [`FAMILY_V6`]).
+    backend_family: u8,
     /// With `TOO_BIG`: the bytes the inner packet may have.
     mtu_left: u16,
 }
@@ -200,11 +204,21 @@ fn choose(p: &Packet, c: *mut Choice) -> u32 {
         c.write(Choice {
             backend_id,
             hash,
-            backend,
+            backend_addr: addr_words(&backend.addr),
+            backend_family: backend.family,
             mtu_left: 0,
         });
     }
     CONTINUE
+}
+
+/// An address of a map entry as four words (four 4-byte loads).
+#[inline(always)]
+fn addr_words(addr: &[u8; 16]) -> [u32; 4] {
+    // SAFETY: addresses in map entries start 4-byte aligned (Backend's
+    // alignment is 4 and `addr` is its first field), 16 bytes long.
+    let w = unsafe { &*addr.as_ptr().cast::<[u32; 4]>() };
+    [w[0], w[1], w[2], w[3]]
 }
 
 /// Encapsulates the packet toward the chosen backend and picks the next
@@ -225,7 +239,7 @@ fn try_forward(
     c: &mut Choice,
 ) -> Result<u32, Outcome> {
     let inner = &p.inner;
-    let (family, src) = if c.backend.family == FAMILY_V6 {
+    let (family, src) = if c.backend_family == FAMILY_V6 {
         (L3::V6, globals.encap_src_v6)
     } else {
         (L3::V4, AddrKey::v4(globals.encap_src_v4).addr)
@@ -233,7 +247,8 @@ fn try_forward(
     let outer = Outer {
         family,
         src,
-        dst: c.backend.addr,
+        // SAFETY: four words are 16 bytes of plain data.
+        dst: unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(c.backend_addr) },
         inner: inner.family,
         inner_len: inner.len,
         tos: inner.tos,
