@@ -1442,6 +1442,62 @@ fn ipv6_vips_and_ipv4_over_ipv6() {
         out,
         six_in_six(&ext, v6(fx.expected_backend_any(0, &f)), hash_of(&f), true)
     );
+    // Five extension headers (one more than the program walks): the
+    // documented rule, dropped and counted as drop_ipv6_ext.
+    let mut deep = Vec::new();
+    {
+        use etherparse::*;
+        let opts: Vec<Ipv6RawExtHeader> = (0..5)
+            .map(|i| {
+                let next = if i == 4 {
+                    IpNumber::TCP
+                } else {
+                    IpNumber::IPV6_DESTINATION_OPTIONS
+                };
+                Ipv6RawExtHeader::new_raw(next, &[0; 6]).expect("options")
+            })
+            .collect();
+        let tcp = TcpHeader::new(40002, 80, 1, 1000);
+        let ip = Ipv6Header {
+            source: CLIENT_V6,
+            destination: VIP_V6,
+            hop_limit: 64,
+            next_header: IpNumber::IPV6_DESTINATION_OPTIONS,
+            payload_length: (5 * 8 + tcp.header_len()) as u16,
+            ..Default::default()
+        };
+        deep.extend_from_slice(&ext[..14]);
+        deep.extend_from_slice(&ip.to_bytes());
+        for o in &opts {
+            deep.extend_from_slice(&o.to_bytes());
+        }
+        deep.extend_from_slice(&tcp.to_bytes());
+    }
+    let before = fx.count(Outcome::DropIpv6Ext);
+    assert_eq!(
+        fx.run("xdp_lb", &deep).0,
+        XDP_DROP,
+        "too many extension headers"
+    );
+    assert_eq!(fx.count(Outcome::DropIpv6Ext), before + 1);
+    // Malformed IPv6: wrong version, payload length past the frame, cut
+    // inside the header: dropped and counted as drop_malformed.
+    let good = syn6(CLIENT_V6, 40003, 80);
+    let mut version4 = good.clone();
+    version4[14] = 0x40 | (version4[14] & 0x0f);
+    let mut too_long = good.clone();
+    let len = u16::from_be_bytes([too_long[18], too_long[19]]) + 1;
+    too_long[18..20].copy_from_slice(&len.to_be_bytes());
+    let cut = good[..14 + 30].to_vec();
+    for (what, frame) in [
+        ("version 4", version4),
+        ("payload length past the frame", too_long),
+        ("cut header", cut),
+    ] {
+        let before = fx.count(Outcome::DropMalformed);
+        assert_eq!(fx.run("xdp_lb", &frame).0, XDP_DROP, "{what}");
+        assert_eq!(fx.count(Outcome::DropMalformed), before + 1, "{what}");
+    }
     // From 2001:db8::7: dropped by the IPv6 source filter.
     let before = fx.count(Outcome::DropSourceFilter);
     let (action, _) = fx.run("xdp_lb", &syn6(OUTSIDE_V6, 40000, 80));
