@@ -102,6 +102,21 @@ pub fn take_token(bucket: &mut TokenBucket, now_ns: u64, per_second: u32) -> boo
     }
 }
 
+/// First GUE outer UDP source port; see [`gue_source_port`].
+pub const GUE_SPORT_BASE: u16 = 32768;
+/// Number of GUE outer UDP source ports; see [`gue_source_port`].
+pub const GUE_SPORT_SPAN: u32 = 28232;
+
+/// The outer UDP source port of a GUE packet of the flow with hash
+/// `flow_hash`: `GUE_SPORT_BASE + flow_hash % GUE_SPORT_SPAN`, within the
+/// ephemeral range 32768-60999 (Linux's default `ip_local_port_range`), so
+/// a backend's NIC spreads flows over its queues (RSS over the UDP ports)
+/// while one flow keeps one port, as Katran does.
+#[inline(always)]
+pub const fn gue_source_port(flow_hash: u32) -> u16 {
+    GUE_SPORT_BASE + (flow_hash % GUE_SPORT_SPAN) as u16
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +189,15 @@ mod tests {
         assert!(maglev_member(true, 1));
         assert!(!maglev_member(true, 0));
         assert!(!maglev_member(false, 5));
+    }
+
+    #[test]
+    fn gue_source_ports_stay_in_the_ephemeral_range() {
+        for hash in [0, 1, 28231, 28232, u32::MAX, 0x8000_0000] {
+            let port = gue_source_port(hash);
+            assert!((32768..61000).contains(&port), "{hash:#x}: {port}");
+        }
+        assert_eq!(gue_source_port(28231), 60999);
+        assert_eq!(gue_source_port(28232), 32768);
     }
 }

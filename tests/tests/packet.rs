@@ -1265,6 +1265,14 @@ fn key4(a: [u8; 4]) -> [u8; 16] {
     lb_common::AddrKey::v4(a).addr
 }
 
+/// The IPv6 address of an IPv6 backend.
+fn v6(a: std::net::IpAddr) -> std::net::Ipv6Addr {
+    match a {
+        std::net::IpAddr::V6(a) => a,
+        std::net::IpAddr::V4(_) => panic!("an IPv6 backend"),
+    }
+}
+
 fn v6_frame(
     src: [u8; 16],
     dst: [u8; 16],
@@ -1346,10 +1354,6 @@ fn ipv6_vips_and_ipv4_over_ipv6() {
         return;
     }
     let mut fx = Fixture::with_config("ipv6", CONFIG_V6);
-    let v6 = |a: std::net::IpAddr| match a {
-        std::net::IpAddr::V6(a) => a,
-        std::net::IpAddr::V4(_) => panic!("an IPv6 backend"),
-    };
     // 64 TCP flows to the IPv6 VIP: each 6in6 to the backend userspace
     // computes, both backends used.
     let mut seen = std::collections::HashSet::new();
@@ -1663,30 +1667,66 @@ fn gue_spreads_source_ports_and_decapsulates() {
         let frame = tcp_syn(CLIENT, [10, 20, 0, 101], sport, 80);
         let (action, out) = fx.run("xdp_lb", &frame);
         assert_eq!(action, XDP_TX);
-        // IPv4, UDP to 6080, checksum 0, then the inner packet.
-        let (outer, rest) = Ipv4Header::from_slice(&out[14..]).expect("outer IPv4");
-        assert_eq!(outer.protocol, etherparse::IpNumber::UDP);
-        assert_eq!(usize::from(outer.total_len), 20 + 8 + frame.len() - 14);
-        let (udp, inner) = etherparse::UdpHeader::from_slice(rest).expect("UDP");
-        assert_eq!((udp.destination_port, udp.checksum), (6080, 0));
-        assert!((32768..61000).contains(&udp.source_port));
-        assert_eq!(inner, &frame[14..]);
+        // Exactly: MACs, outer IPv4 (DF, TTL 64, protocol UDP), UDP from the
+        // flow's port to 6080 with checksum 0, then the inner packet.
+        let hash = flow_hash_v4(CLIENT, [10, 20, 0, 101], sport.to_be_bytes(), [0, 80], 6);
+        let backend = fx.expected_backend(3, CLIENT, [10, 20, 0, 101], sport, 80, 6);
+        let port = lb_common::rules::gue_source_port(hash);
+        let mut expected = Vec::new();
+        PacketBuilder::ethernet2(LB_MAC, backend_mac(backend))
+            .ip(etherparse::IpHeaders::Ipv4(
+                {
+                    let mut h = Ipv4Header::new(0, 64, etherparse::IpNumber::UDP, LB_ADDR, backend)
+                        .expect("header");
+                    h.dont_fragment = true;
+                    h
+                },
+                Default::default(),
+            ))
+            .udp(port, 6080)
+            .write(&mut expected, &frame[14..])
+            .expect("build");
+        // The builder computes the UDP checksum; GUE sends 0.
+        expected[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&[0, 0]);
+        assert_eq!(out, expected, "GUE over IPv4, flow {sport}");
         let (again_action, again) = fx.run("xdp_lb", &frame);
         assert_eq!(again_action, XDP_TX);
         assert_eq!(again, out, "one flow, one source port");
-        ports.insert(udp.source_port);
+        ports.insert(port);
     }
     assert!(ports.len() > 8, "flows spread over source ports: {ports:?}");
-    // GUE over IPv6 for the IPv6 VIP.
-    let frame = syn6(CLIENT_V6, 41100, 80);
-    let (action, out) = fx.run("xdp_lb", &frame);
-    assert_eq!(action, XDP_TX);
-    assert_eq!(&out[12..14], &[0x86, 0xdd]);
-    let (outer, rest) = etherparse::Ipv6Header::from_slice(&out[14..]).expect("outer IPv6");
-    assert_eq!(outer.next_header, etherparse::IpNumber::UDP);
-    let (udp, inner) = etherparse::UdpHeader::from_slice(rest).expect("UDP");
-    assert_eq!(udp.destination_port, 6080);
-    assert_eq!(inner, &frame[14..]);
+    // GUE over IPv6 for the IPv6 VIP, exactly: outer IPv6 (next header UDP,
+    // hop limit 64, flow label from the hash), UDP checksum 0.
+    for sport in 41100..41108u16 {
+        let frame = syn6(CLIENT_V6, sport, 80);
+        let (action, out) = fx.run("xdp_lb", &frame);
+        assert_eq!(action, XDP_TX);
+        let f = flow6(CLIENT_V6, sport, 80, 6);
+        let backend = v6(fx.expected_backend_any(0, &f));
+        let hash = hash_of(&f);
+        let inner = &frame[14..];
+        let mut expected = Vec::new();
+        expected.extend_from_slice(&backend_mac_v6(backend));
+        expected.extend_from_slice(&LB_MAC);
+        expected.extend_from_slice(&[0x86, 0xdd]);
+        let outer = etherparse::Ipv6Header {
+            traffic_class: 0,
+            flow_label: etherparse::Ipv6FlowLabel::try_new(hash & 0xfffff).expect("20 bits"),
+            payload_length: (8 + inner.len()) as u16,
+            next_header: etherparse::IpNumber::UDP,
+            hop_limit: 64,
+            source: LB_V6,
+            destination: backend.octets(),
+        };
+        expected.extend_from_slice(&outer.to_bytes());
+        let port = lb_common::rules::gue_source_port(hash);
+        expected.extend_from_slice(&port.to_be_bytes());
+        expected.extend_from_slice(&6080u16.to_be_bytes());
+        expected.extend_from_slice(&((8 + inner.len()) as u16).to_be_bytes());
+        expected.extend_from_slice(&[0, 0]);
+        expected.extend_from_slice(inner);
+        assert_eq!(out, expected, "GUE over IPv6, flow {sport}");
+    }
 
     // Decapsulation of each kind, for a served VIP only.
     use lb_userspace::dataplane::maps::take;

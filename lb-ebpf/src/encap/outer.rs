@@ -25,12 +25,6 @@ const OUTER_TTL: u8 = if cfg!(feature = "test-outer-ttl-63") {
 } else {
     64
 };
-/// GUE source ports: `GUE_SPORT_BASE + hash % GUE_SPORT_SPAN`, within the
-/// ephemeral range 32768-60999, so a backend's NIC spreads flows over its
-/// queues (RSS over the UDP ports) while one flow keeps one port.
-pub const GUE_SPORT_BASE: u16 = 32768;
-/// See [`GUE_SPORT_BASE`].
-pub const GUE_SPORT_SPAN: u32 = 28232;
 
 /// The outer headers to push.
 pub struct Outer {
@@ -156,7 +150,7 @@ pub fn push(ctx: &XdpContext, l3: usize, outer: &Outer) -> Result<(), Outcome> {
         }
     };
     if let Some(port) = outer.gue_port {
-        let sport = GUE_SPORT_BASE + (outer.flow_hash % GUE_SPORT_SPAN) as u16;
+        let sport = lb_common::rules::gue_source_port(outer.flow_hash);
         let udp: *mut UdpHdr = ptr_at(ctx, udp_at).ok_or(Outcome::DropEncap)?;
         // SAFETY: bounds checked by ptr_at. Checksum 0: allowed over IPv4
         // (RFC 768) and, for tunnels, over IPv6 (RFC 6935, RFC 6936); the
