@@ -648,6 +648,22 @@ fn rows() -> Vec<Row> {
             out: Dropped,
             outcome: Outcome::DropMalformed,
         },
+        Row {
+            // The VIP lookup comes before the filter on TCP and UDP; a
+            // packet it cannot read still gets the filter's verdict first.
+            description: "TCP header cut short, to the load balancer itself: passed",
+            frame: tcp_syn(OUTSIDE, LB_ADDR, 40000, 22)[..14 + 20 + 10].to_vec(),
+            action: XDP_PASS,
+            out: Unchanged,
+            outcome: Outcome::Passed,
+        },
+        Row {
+            description: "TCP header cut short, to a VIP from outside: dropped by the filter",
+            frame: tcp_syn(OUTSIDE, VIP, 40000, 80)[..14 + 20 + 10].to_vec(),
+            action: XDP_DROP,
+            out: Dropped,
+            outcome: Outcome::DropSourceFilter,
+        },
     ]
 }
 
