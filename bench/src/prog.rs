@@ -1,6 +1,9 @@
 //! Per-packet cost through `BPF_PROG_TEST_RUN`: each packet class of
-//! `xdp_lb` beside the baselines `bench_drop` and `bench_parse_drop`,
-//! measured in the same run on one pinned CPU.
+//! `xdp_lb` beside the baselines `bench_drop` and `bench_parse_drop` and the
+//! reference `bench_lookup_encap` (parse, one VIP lookup, IPv4-in-IPv4,
+//! XDP_TX: the floor of any encapsulating load balancer), measured in the
+//! same run on one pinned CPU. Forwarding classes are reported as a ratio
+//! to the reference, the others to the parse-then-drop baseline.
 //!
 //! With `repeat > 1` the kernel reruns the program on the same buffer, so
 //! `xdp_lb` would encapsulate its own output from the second repetition on.
@@ -15,13 +18,15 @@ use std::net::Ipv4Addr;
 use anyhow::{Context as _, bail, ensure};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, ProgramArray},
+    maps::{Array, HashMap, MapData, ProgramArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use etherparse::PacketBuilder;
 use lb_common::{
-    BENCH_F_VARY_FLOW, BENCH_FRAME_LEN, BenchTemplate, ConnEvent, MAP_BENCH_PROGS,
-    MAP_BENCH_TEMPLATE, Outcome, PROG_BENCH_DROP, PROG_BENCH_PARSE_DROP, PROG_BENCH_RESTORE,
+    BENCH_F_VARY_FLOW, BENCH_FRAME_LEN, BenchBackend, BenchTemplate, BenchVipKey, ConnEvent,
+    ConnValue, FlowKey, MAP_BENCH_PROGS, MAP_BENCH_TEMPLATE, MAP_BENCH_VIPS, MAP_CONNS, Outcome,
+    PROG_BENCH_DROP, PROG_BENCH_LOOKUP_ENCAP, PROG_BENCH_PARSE_DROP, PROG_BENCH_RESTORE,
+    PROTO_TCP, PROTO_UDP,
 };
 use lb_tests::xdp::{LbNamespace, lb_namespace, xdp_md};
 use lb_userspace::{
@@ -201,6 +206,7 @@ impl Bench {
             "xdp_lb",
             PROG_BENCH_DROP,
             PROG_BENCH_PARSE_DROP,
+            PROG_BENCH_LOOKUP_ENCAP,
             PROG_BENCH_RESTORE,
         ] {
             let object = if name == "xdp_lb" {
@@ -222,6 +228,24 @@ impl Bench {
         )?;
         let progs =
             ProgramArray::try_from(bench.take_map(MAP_BENCH_PROGS).context(MAP_BENCH_PROGS)?)?;
+        // The reference's VIPs: the same two as xdp_lb's, toward backend .21.
+        let mut vips: HashMap<_, BenchVipKey, BenchBackend> =
+            HashMap::try_from(bench.map_mut(MAP_BENCH_VIPS).context(MAP_BENCH_VIPS)?)?;
+        for (port, proto) in [(80u16, PROTO_TCP), (53, PROTO_UDP)] {
+            let key = BenchVipKey {
+                addr: VIP,
+                port: port.to_be_bytes(),
+                proto,
+                _pad: 0,
+            };
+            let backend = BenchBackend {
+                dst: [10, 40, 0, 21],
+                src: LB_ADDR,
+                dmac: [0x02, 0x40, 0, 0, 0, 0x21],
+                smac: LB_MAC,
+            };
+            vips.insert(key, backend, 0)?;
+        }
         Ok(Self {
             ebpf,
             bench,
@@ -245,6 +269,14 @@ impl Bench {
             .program(name)
             .with_context(|| format!("program {name}"))?
             .try_into()?)
+    }
+
+    /// Entries in the connection table (walks its keys: about a second per
+    /// million).
+    fn conntrack_entries(&self) -> anyhow::Result<usize> {
+        let conns: HashMap<_, FlowKey, ConnValue> =
+            HashMap::try_from(self.ebpf.map(MAP_CONNS).context(MAP_CONNS)?)?;
+        Ok(conns.keys().filter(Result::is_ok).count())
     }
 
     /// Points the wrapper at `target` and its template at `frame`.
@@ -364,37 +396,70 @@ pub fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
 pub fn bench(prefix: &str, plan: Plan, report: &mut Report) -> anyhow::Result<()> {
     let prefix = prefix.to_string();
     let cpu = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) - 1;
-    let rows = std::thread::spawn(move || -> anyhow::Result<Vec<(String, f64, String)>> {
+    let rows = std::thread::spawn(move || -> anyhow::Result<Vec<Row>> {
         pin_to_cpu(cpu)?;
         run_cases(&prefix, plan)
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the test-run thread panicked"))??;
-    let baseline = rows
-        .iter()
-        .find(|(case, ..)| case.starts_with("baseline: parse"))
-        .map_or(f64::NAN, |r| r.1);
+    let find = |prefix: &str| {
+        rows.iter()
+            .find(|r| r.case.starts_with(prefix))
+            .map_or(f64::NAN, |r| r.ns)
+    };
+    let (parse, reference) = (find("baseline: parse"), find("reference:"));
     let cpu_note = format!(
         "CPU {cpu}, median of {} runs x {} repetitions",
         plan.runs, plan.repeat
     );
-    for (case, ns, note) in rows {
+    for row in rows {
+        let (base, name) = match row.versus {
+            Versus::Parse => (parse, "parse-drop"),
+            Versus::Reference => (reference, "bench_lookup_encap"),
+        };
         report.row(
             "per-packet",
-            case,
-            format!("{ns:.1} ns"),
-            format!("{:.2}x", ns / baseline),
-            if note.is_empty() {
-                cpu_note.clone()
-            } else {
-                format!("{note}; {cpu_note}")
+            row.case,
+            format!("{:.1} ns", row.ns),
+            format!("{:.2}x", row.ns / base),
+            match row.note.as_str() {
+                "" => format!("ratio to {name}; {cpu_note}"),
+                note => format!("{note}; ratio to {name}; {cpu_note}"),
             },
         );
     }
     Ok(())
 }
 
-fn run_cases(prefix: &str, plan: Plan) -> anyhow::Result<Vec<(String, f64, String)>> {
+/// Which row a case's ratio is taken to.
+#[derive(Clone, Copy)]
+enum Versus {
+    /// `bench_parse_drop`: for what does not forward.
+    Parse,
+    /// `bench_lookup_encap`: for forwarding classes.
+    Reference,
+}
+
+/// One per-packet row.
+struct Row {
+    case: String,
+    ns: f64,
+    note: String,
+    versus: Versus,
+}
+
+impl Row {
+    fn new(case: impl Into<String>, ns: f64, note: impl Into<String>, versus: Versus) -> Self {
+        Self {
+            case: case.into(),
+            ns,
+            note: note.into(),
+            versus,
+        }
+    }
+}
+
+fn run_cases(prefix: &str, plan: Plan) -> anyhow::Result<Vec<Row>> {
     // Every "new flow" repetition inserts one flow: room for all of them
     // (and the warm-up), so none evicts another.
     let new_flows = u64::from(plan.repeat) * plan.runs as u64 + 1024;
@@ -422,11 +487,12 @@ fn run_cases(prefix: &str, plan: Plan) -> anyhow::Result<Vec<(String, f64, Strin
         plan,
         plain(XDP_DROP),
     )?;
-    rows.push(("baseline: bare XDP_DROP".into(), drop, "bench_drop".into()));
-    rows.push((
-        "baseline: parse Eth/IPv4/TCP, drop".into(),
+    rows.push(Row::new("baseline: bare XDP_DROP", drop, "bench_drop", Versus::Parse));
+    rows.push(Row::new(
+        "baseline: parse Eth/IPv4/TCP, drop",
         parse,
-        "bench_parse_drop".into(),
+        "bench_parse_drop",
+        Versus::Parse,
     ));
 
     // The wrapper's own cost, with and without flow numbering.
@@ -440,10 +506,32 @@ fn run_cases(prefix: &str, plan: Plan) -> anyhow::Result<Vec<(String, f64, Strin
         plan,
         plain(XDP_DROP),
     )? - drop;
-    rows.push((
-        "wrapper overhead (restore + tail call)".into(),
+    rows.push(Row::new(
+        "wrapper overhead (restore + tail call)",
         wrap_fixed,
         format!("subtracted below; {wrap_vary:.1} ns with flow numbering"),
+        Versus::Parse,
+    ));
+
+    // The reference: parse, one lookup, IPv4-in-IPv4, XDP_TX.
+    b.wrap(PROG_BENCH_LOOKUP_ENCAP, &ack, 0)?;
+    let reference = b.measure(
+        "bench_lookup_encap",
+        PROG_BENCH_RESTORE,
+        &ack,
+        plan,
+        Expect {
+            action: XDP_TX,
+            outcome: None,
+            conn: None,
+            out_len: encap,
+        },
+    )? - wrap_fixed;
+    rows.push(Row::new(
+        "reference: lookup + IPv4-in-IPv4 + XDP_TX",
+        reference,
+        "bench_lookup_encap: one hash lookup of (VIP, port, protocol), fixed MACs; output length checked",
+        Versus::Reference,
     ));
 
     let ack6 = tcp6(40002);
@@ -532,7 +620,12 @@ fn run_cases(prefix: &str, plan: Plan) -> anyhow::Result<Vec<(String, f64, Strin
         } else {
             wrap_fixed
         };
-        rows.push((case.to_string(), total - overhead, note.to_string()));
+        let versus = if expect.action == XDP_TX {
+            Versus::Reference
+        } else {
+            Versus::Parse
+        };
+        rows.push(Row::new(case, total - overhead, note, versus));
     }
     // The same established flow with GUE (outer IPv4 and UDP), in a data
     // plane of its own.
@@ -552,10 +645,48 @@ fn run_cases(prefix: &str, plan: Plan) -> anyhow::Result<Vec<(String, f64, Strin
             out_len: BENCH_FRAME_LEN + 28,
         },
     )?;
-    rows.push((
-        "xdp_lb: established TCP flow, GUE over IPv4".into(),
+    rows.push(Row::new(
+        "xdp_lb: established TCP flow, GUE over IPv4",
         total - wrap_fixed,
-        "forwarded_tx and conntrack_hit = repetitions; 28 bytes of outer headers".into(),
+        "forwarded_tx and conntrack_hit = repetitions; 28 bytes of outer headers",
+        Versus::Reference,
     ));
+    std::mem::drop(g);
+    rows.push(syn_flood(prefix)?);
     Ok(rows)
+}
+
+/// Distinct SYNs in the flood row.
+const FLOOD_SYNS: u32 = 1_000_000;
+
+/// A flood of [`FLOOD_SYNS`] distinct SYNs (one `BPF_PROG_TEST_RUN`, every
+/// repetition a new flow) into a data plane of its own with a connection
+/// table of 2^20 flows: its cost per SYN and what it does to the table
+/// (entries before and after, in the note).
+fn syn_flood(prefix: &str) -> anyhow::Result<Row> {
+    let mut f = Bench::new(prefix, 1 << 20, false)?;
+    let syn = tcp(CLIENT, VIP, 40000, 80, true);
+    f.wrap("xdp_lb", &syn, BENCH_F_VARY_FLOW)?;
+    let before = f.conntrack_entries()?;
+    let forwarded = f.stats.outcome(Outcome::Forwarded).packets;
+    let (action, _, ns) = f.run(PROG_BENCH_RESTORE, &syn, FLOOD_SYNS)?;
+    ensure!(action == XDP_TX, "SYN flood: return code {action}");
+    let sent = f.stats.outcome(Outcome::Forwarded).packets - forwarded;
+    ensure!(
+        sent == u64::from(FLOOD_SYNS),
+        "SYN flood: forwarded_tx counted {sent} of {FLOOD_SYNS}"
+    );
+    let after = f.conntrack_entries()?;
+    // The wrapper with flow numbering, measured in this data plane.
+    f.wrap(PROG_BENCH_DROP, &syn, BENCH_F_VARY_FLOW)?;
+    let (_, _, wrapper) = f.run(PROG_BENCH_RESTORE, &syn, 200_000)?;
+    let (_, _, drop) = f.run(PROG_BENCH_DROP, &syn, 200_000)?;
+    Ok(Row::new(
+        "xdp_lb: flood of 10^6 distinct SYNs",
+        ns - (wrapper - drop),
+        format!(
+            "one run of {FLOOD_SYNS}; forwarded_tx = {sent}; connection table (2^20 flows) {before} entries before, {after} after"
+        ),
+        Versus::Reference,
+    ))
 }

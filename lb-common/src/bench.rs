@@ -76,3 +76,53 @@ impl BenchTemplate {
 #[cfg(feature = "user")]
 // SAFETY: `#[repr(C)]`, integers only, no implicit padding (size asserted).
 unsafe impl aya::Pod for BenchTemplate {}
+
+/// Program: the floor of any encapsulating load balancer, the reference
+/// every forwarding class of `xdp_lb` is reported against: parses Ethernet,
+/// IPv4 and TCP/UDP, one hash lookup of (VIP address, port, protocol) in
+/// [`MAP_BENCH_VIPS`], IPv4-in-IPv4 encapsulation toward the entry's
+/// backend with its fixed MACs (outer checksum computed), XDP_TX. No
+/// connection table, no Maglev, no FIB lookup, no counters.
+pub const PROG_BENCH_LOOKUP_ENCAP: &str = "bench_lookup_encap";
+/// The VIPs of [`PROG_BENCH_LOOKUP_ENCAP`]: hash map of [`BenchVipKey`] to
+/// [`BenchBackend`], [`BENCH_VIPS_LEN`] entries.
+pub const MAP_BENCH_VIPS: &str = "BENCH_VIPS";
+/// Capacity of [`MAP_BENCH_VIPS`].
+pub const BENCH_VIPS_LEN: u32 = 64;
+
+/// Key of [`MAP_BENCH_VIPS`]: an IPv4 VIP. 8 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchVipKey {
+    /// VIP address, network byte order.
+    pub addr: [u8; 4],
+    /// Port, network byte order.
+    pub port: [u8; 2],
+    /// IANA protocol number.
+    pub proto: u8,
+    /// Zero.
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<BenchVipKey>() == 8);
+
+/// Value of [`MAP_BENCH_VIPS`]: where to send a VIP's packets. 20 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchBackend {
+    /// Outer destination (the backend), network byte order.
+    pub dst: [u8; 4],
+    /// Outer source, network byte order.
+    pub src: [u8; 4],
+    /// Destination MAC (the backend's).
+    pub dmac: [u8; 6],
+    /// Source MAC.
+    pub smac: [u8; 6],
+}
+const _: () = assert!(size_of::<BenchBackend>() == 20);
+
+#[cfg(feature = "user")]
+// SAFETY: `#[repr(C)]`, byte arrays only, no padding (size asserted).
+unsafe impl aya::Pod for BenchVipKey {}
+#[cfg(feature = "user")]
+// SAFETY: `#[repr(C)]`, byte arrays only, no padding (size asserted).
+unsafe impl aya::Pod for BenchBackend {}

@@ -1,5 +1,6 @@
 //! The benchmark's own object (`cargo xtask bench`), apart from the
-//! production one: two baselines and the wrapper that restores the input
+//! production one: two baselines, the lookup-and-encapsulate reference,
+//! and the wrapper that restores the input
 //! frame before each `BPF_PROG_TEST_RUN` repetition and tail-calls the
 //! program under test (`xdp_lb` of the production object, put in
 //! `BENCH_PROGS` by the bench). Never loaded by the agent.
@@ -19,16 +20,25 @@
 )]
 mod parse;
 
+// The production checksum, so the reference encapsulates as xdp_lb does.
+#[path = "../encap/csum.rs"]
+#[allow(dead_code, reason = "the bench uses part of the checksums")]
+mod csum;
+
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS},
+    bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
     helpers::generated::bpf_xdp_adjust_head,
     macros::{map, xdp},
-    maps::{Array, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
 use lb_common::{
     BENCH_F_VARY_FLOW, BENCH_FRAME_LEN, BENCH_PROGS_LEN, BENCH_SPORT_OFFSET, BENCH_SRC_ADDR_OFFSET,
-    BenchTemplate, PROTO_TCP,
+    BENCH_VIPS_LEN, BenchBackend, BenchTemplate, BenchVipKey, PROTO_IPIP, PROTO_TCP,
+};
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::Ipv4Hdr,
 };
 
 use crate::parse::{ipv4_at, l3_offset, ports_at, ptr_at};
@@ -45,6 +55,11 @@ pub static BENCH_PROGS: ProgramArray = ProgramArray::with_max_entries(BENCH_PROG
 #[map]
 pub static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
+/// Reference: the VIPs of `bench_lookup_encap`.
+#[map]
+pub static BENCH_VIPS: HashMap<BenchVipKey, BenchBackend> =
+    HashMap::with_max_entries(BENCH_VIPS_LEN, 0);
+
 /// Baseline: drops every frame, doing nothing else.
 #[xdp]
 pub fn bench_drop(_ctx: XdpContext) -> u32 {
@@ -59,6 +74,16 @@ pub fn bench_drop(_ctx: XdpContext) -> u32 {
 )]
 pub fn bench_parse_drop(ctx: XdpContext) -> u32 {
     parse_drop(&ctx)
+}
+
+/// Reference: parse, one VIP lookup, IPv4-in-IPv4, XDP_TX.
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "#[xdp] entry points take the context by value"
+)]
+pub fn bench_lookup_encap(ctx: XdpContext) -> u32 {
+    lookup_encap(&ctx)
 }
 
 /// The wrapper: restores the frame, then tail-calls the program under test.
@@ -93,6 +118,73 @@ pub fn parse_drop(ctx: &XdpContext) -> u32 {
         Ok(_) => XDP_PASS,
         Err(_) => XDP_ABORTED,
     }
+}
+
+/// The lookup-and-encapsulate reference: Ethernet, IPv4, TCP or UDP through
+/// the balancer's parser; one lookup of (address, port, protocol); 20 bytes
+/// pushed for the outer IPv4 header (DF, TTL 64, checksum) and Ethernet
+/// rewritten with the entry's MACs; XDP_TX. XDP_PASS for what is not a
+/// VIP's, XDP_ABORTED for a malformed frame or a failed head move.
+#[inline(always)]
+pub fn lookup_encap(ctx: &XdpContext) -> u32 {
+    let Ok(Some((l3, parse::L3::V4))) = l3_offset(ctx) else {
+        return XDP_PASS;
+    };
+    let Ok(ip) = ipv4_at(ctx, l3) else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: bounds checked by ipv4_at; fields copied out before the head
+    // moves.
+    let (proto, dst, tos, tot_len) = unsafe {
+        let h = &*ip.hdr;
+        (h.proto, h.dst_addr, h.tos, u16::from_be_bytes(h.tot_len))
+    };
+    let Ok(Some((_, dport))) = ports_at(ctx, l3 + ip.len, proto) else {
+        return XDP_PASS;
+    };
+    let key = BenchVipKey {
+        addr: dst,
+        port: dport,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: the value is read at once, while the program runs.
+    let Some(backend) = (unsafe { BENCH_VIPS.get(&key) }).copied() else {
+        return XDP_PASS;
+    };
+    // SAFETY: plain helper call; packet pointers are taken again below.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(Ipv4Hdr::LEN as i32)) } != 0 {
+        return XDP_ABORTED;
+    }
+    let (Some(eth), Some(outer)) = (
+        ptr_at::<EthHdr>(ctx, 0),
+        ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN),
+    ) else {
+        return XDP_ABORTED;
+    };
+    let mut hdr = Ipv4Hdr {
+        vihl: 0x45,
+        tos,
+        tot_len: (tot_len.wrapping_add(Ipv4Hdr::LEN as u16)).to_be_bytes(),
+        id: [0, 0],
+        frags: [0x40, 0],
+        ttl: 64,
+        proto: PROTO_IPIP,
+        check: [0, 0],
+        src_addr: backend.src,
+        dst_addr: backend.dst,
+    };
+    hdr.check = csum::ipv4_header(&hdr);
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        *eth = EthHdr {
+            dst_addr: backend.dmac,
+            src_addr: backend.smac,
+            ether_type: EtherType::Ipv4.into(),
+        };
+        *outer = hdr;
+    }
+    XDP_TX
 }
 
 /// The wrapper: puts the frame back to the template (undoing a length change
