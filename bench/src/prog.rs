@@ -25,8 +25,8 @@ use etherparse::PacketBuilder;
 use lb_common::{
     BENCH_F_VARY_FLOW, BENCH_FRAME_LEN, BenchBackend, BenchTemplate, BenchVipKey, ConnEvent,
     ConnValue, FlowKey, MAP_BENCH_PROGS, MAP_BENCH_TEMPLATE, MAP_BENCH_VIPS, MAP_CONNS, Outcome,
-    PROG_BENCH_DROP, PROG_BENCH_LOOKUP_ENCAP, PROG_BENCH_PARSE_DROP, PROG_BENCH_RESTORE,
-    PROTO_TCP, PROTO_UDP,
+    PROG_BENCH_DROP, PROG_BENCH_LOOKUP_ENCAP, PROG_BENCH_PARSE_DROP, PROG_BENCH_RESTORE, PROTO_TCP,
+    PROTO_UDP,
 };
 use lb_tests::xdp::{LbNamespace, lb_namespace, xdp_md};
 use lb_userspace::{
@@ -487,7 +487,12 @@ fn run_cases(prefix: &str, plan: Plan) -> anyhow::Result<Vec<Row>> {
         plan,
         plain(XDP_DROP),
     )?;
-    rows.push(Row::new("baseline: bare XDP_DROP", drop, "bench_drop", Versus::Parse));
+    rows.push(Row::new(
+        "baseline: bare XDP_DROP",
+        drop,
+        "bench_drop",
+        Versus::Parse,
+    ));
     rows.push(Row::new(
         "baseline: parse Eth/IPv4/TCP, drop",
         parse,

@@ -10,12 +10,13 @@
 use core::mem::{offset_of, size_of};
 
 use crate::{
-    AddrKey, Backend, ConnEvent, ConnValue, Counter, FlowKey, Globals, MAGLEV_MAP_FLAGS,
-    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONN_STATS, MAP_CONNS, MAP_DECAP_CONFIG, MAP_DECAP_LOCAL,
-    MAP_DECAP_VIPS, MAP_GLOBALS, MAP_ICMP_BUCKET, MAP_MAGLEV, MAP_SRC_ALLOW_V4, MAP_SRC_ALLOW_V6,
-    MAP_SRC_ALLOW_VIP4, MAP_SRC_ALLOW_VIP6, MAP_STATS, MAP_VIP_ADDRS, MAP_VIP_DROPS, MAP_VIP_STATS,
-    MAP_VIPS, MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES, MAX_VIP_SOURCE_PREFIXES,
-    MAX_VIPS, Outcome, TokenBucket, VipKey, VipSourceKey, VipSourceKey6, VipValue,
+    AddrKey, Backend, CachedNextHop, ConnEvent, ConnValue, Counter, FlowKey, Globals,
+    MAGLEV_MAP_FLAGS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONN_STATS, MAP_CONNS, MAP_DECAP_CONFIG,
+    MAP_DECAP_LOCAL, MAP_DECAP_VIPS, MAP_GLOBALS, MAP_ICMP_BUCKET, MAP_MAGLEV, MAP_NEXTHOPS,
+    MAP_SRC_ALLOW_V4, MAP_SRC_ALLOW_V6, MAP_SRC_ALLOW_VIP4, MAP_SRC_ALLOW_VIP6, MAP_STATS,
+    MAP_VIP_ADDRS, MAP_VIP_DROPS, MAP_VIP_STATS, MAP_VIPS, MAX_BACKENDS, MAX_LOCAL_ADDRS,
+    MAX_SOURCE_PREFIXES, MAX_VIP_SOURCE_PREFIXES, MAX_VIPS, Outcome, TokenBucket, VipKey,
+    VipSourceKey, VipSourceKey6, VipValue,
 };
 
 /// Kind of a BPF map: its `bpf_map_type` number (include/uapi/linux/bpf.h).
@@ -75,7 +76,7 @@ pub const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Every map of `xdp_lb` and `xdp_decap` (the benchmark's own maps are not
 /// part of the layout).
-pub const MAPS: [MapSpec; 19] = [
+pub const MAPS: [MapSpec; 20] = [
     spec(
         MAP_VIPS,
         MapKind::Hash,
@@ -98,6 +99,14 @@ pub const MAPS: [MapSpec; 19] = [
         MapKind::Array,
         4,
         size_of::<Backend>(),
+        0,
+        Some(MAX_BACKENDS),
+    ),
+    spec(
+        MAP_NEXTHOPS,
+        MapKind::Array,
+        4,
+        size_of::<CachedNextHop>(),
         0,
         Some(MAX_BACKENDS),
     ),
@@ -237,7 +246,7 @@ const fn fnv_u32s(mut hash: u32, values: &[usize]) -> u32 {
 }
 
 /// Sizes and field offsets of every shared map type, in a fixed order.
-const SHAPES: [usize; 58] = [
+const SHAPES: [usize; 64] = [
     size_of::<VipKey>(),
     offset_of!(VipKey, addr),
     offset_of!(VipKey, port),
@@ -257,6 +266,12 @@ const SHAPES: [usize; 58] = [
     offset_of!(Backend, flags),
     offset_of!(Backend, vip_id),
     offset_of!(Backend, generation),
+    size_of::<CachedNextHop>(),
+    offset_of!(CachedNextHop, generation),
+    offset_of!(CachedNextHop, ifindex),
+    offset_of!(CachedNextHop, mtu),
+    offset_of!(CachedNextHop, smac),
+    offset_of!(CachedNextHop, dmac),
     size_of::<FlowKey>(),
     offset_of!(FlowKey, src),
     offset_of!(FlowKey, dst),

@@ -21,6 +21,11 @@ pub const MAP_MAGLEV: &str = "LB_MAGLEV";
 pub const MAGLEV_MAP_FLAGS: u32 = 1 << 10;
 /// Backends: array of [`Backend`] indexed by backend id, [`MAX_BACKENDS`] entries.
 pub const MAP_BACKENDS: &str = "LB_BACKENDS";
+/// Next hops the agent resolved for the backends: array of [`CachedNextHop`]
+/// indexed by backend id, [`MAX_BACKENDS`] entries. `xdp_lb` uses a valid
+/// entry instead of `bpf_fib_lookup`, and falls back to the lookup when the
+/// entry is empty or stale.
+pub const MAP_NEXTHOPS: &str = "LB_NEXTHOPS";
 /// Allowed IPv4 source prefixes: LPM trie of `[u8; 4]` -> `u32` (unused value
 /// 1), [`MAX_SOURCE_PREFIXES`] entries.
 pub const MAP_SRC_ALLOW_V4: &str = "LB_SRC_ALLOW4";
@@ -284,6 +289,33 @@ pub const BACKEND_F_ACTIVE: u8 = 1;
 /// [`Backend::flags`]: the backend passes its health check.
 pub const BACKEND_F_HEALTHY: u8 = 2;
 
+/// Value of [`MAP_NEXTHOPS`]: where packets to one backend go, as the agent
+/// resolved it from the kernel's routes and neighbours (a "route get" of the
+/// backend's address, then the next hop's neighbour entry). 24 bytes.
+///
+/// Valid when `ifindex` is not 0 and `generation` equals the backend
+/// entry's [`Backend::generation`]: an id given to another backend, or an
+/// entry the agent emptied (no route, no usable neighbour), sends packets
+/// through `bpf_fib_lookup` again, which handles those cases.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedNextHop {
+    /// The [`Backend::generation`] this was resolved for.
+    pub generation: u32,
+    /// Egress interface index; 0: no cached next hop.
+    pub ifindex: u32,
+    /// MTU toward the backend, bytes (the route's, else the interface's):
+    /// a larger outer packet takes the "too big" rule.
+    pub mtu: u16,
+    /// MAC of the egress interface.
+    pub smac: [u8; 6],
+    /// MAC of the next hop (gateway, or the backend on its link).
+    pub dmac: [u8; 6],
+    /// Zero.
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<CachedNextHop>() == 24);
+
 /// Key of [`MAP_CONNS`]: a flow's 5-tuple. 40 bytes; IPv4 addresses in the
 /// first 4 bytes of each address, the rest zero. Zero the key before filling
 /// it, or lookups miss.
@@ -399,6 +431,7 @@ mod pod {
     unsafe impl aya::Pod for super::VipKey {}
     unsafe impl aya::Pod for super::VipValue {}
     unsafe impl aya::Pod for super::AddrKey {}
+    unsafe impl aya::Pod for super::CachedNextHop {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::Globals {}
     unsafe impl aya::Pod for super::FlowKey {}

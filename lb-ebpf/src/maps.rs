@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    AddrKey, Backend, ConnEvent, ConnValue, Counter, FlowKey, Globals, MAX_BACKENDS,
+    AddrKey, Backend, CachedNextHop, ConnEvent, ConnValue, Counter, FlowKey, Globals, MAX_BACKENDS,
     MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES, MAX_VIP_SOURCE_PREFIXES, MAX_VIPS, Outcome, TokenBucket,
     VipKey, VipSourceKey, VipSourceKey6, VipValue,
 };
@@ -27,6 +27,10 @@ pub static LB_MAGLEV: Array<u32> = Array::with_max_entries(1, lb_common::MAGLEV_
 /// Backend id -> backend address and state.
 #[map]
 pub static LB_BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Backend id -> the next hop the agent resolved for it.
+#[map]
+pub static LB_NEXTHOPS: Array<CachedNextHop> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 /// Allowed IPv4 source prefixes.
 #[map]

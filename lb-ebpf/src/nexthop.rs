@@ -1,5 +1,6 @@
-//! Next hop of an encapsulated packet, from the kernel's FIB and neighbour
-//! table (`bpf_fib_lookup`, include/uapi/linux/bpf.h).
+//! Next hop of an encapsulated packet: the one the agent resolved for the
+//! backend ([`cached`], from `LB_NEXTHOPS`), else the kernel's FIB and
+//! neighbour table (`bpf_fib_lookup`, include/uapi/linux/bpf.h).
 
 use core::mem::MaybeUninit;
 
@@ -9,7 +10,7 @@ use aya_ebpf::{
 };
 use lb_common::{PROTO_IPIP, PROTO_IPV6};
 
-use crate::parse::L3;
+use crate::{maps::LB_NEXTHOPS, parse::L3};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -71,6 +72,31 @@ fn zero_params(params: &mut MaybeUninit<bpf_fib_lookup>) -> &mut bpf_fib_lookup 
         words.add(7).write_volatile(0);
         params.assume_init_mut()
     }
+}
+
+/// The next hop the agent resolved for backend `backend_id` of generation
+/// `generation`, for an outer packet of `tot_len` bytes; `None` when there
+/// is no valid entry (empty, or resolved for an earlier user of the id).
+/// A packet larger than the entry's MTU gets [`Route::FragNeeded`], as
+/// from the FIB.
+#[inline(always)]
+pub fn cached(backend_id: u32, generation: u32, tot_len: u16) -> Option<NextHop> {
+    let entry = LB_NEXTHOPS.get(backend_id)?;
+    if entry.ifindex == 0 || entry.generation != generation {
+        return None;
+    }
+    let route = if tot_len > entry.mtu {
+        Route::FragNeeded
+    } else {
+        Route::Resolved
+    };
+    Some(NextHop {
+        route,
+        ifindex: entry.ifindex,
+        smac: entry.smac,
+        dmac: entry.dmac,
+        mtu: entry.mtu,
+    })
 }
 
 /// Looks up the next hop of an outer packet `src` -> `dst` of family

@@ -144,6 +144,8 @@ struct Choice {
     backend_addr: [u32; 4],
     /// The backend's family ([`lb_common::FAMILY_V4`] or [`FAMILY_V6`]).
     backend_family: u8,
+    /// The backend entry's generation, which a cached next hop must match.
+    backend_generation: u32,
     /// With `TOO_BIG`: the bytes the inner packet may have.
     mtu_left: u16,
 }
@@ -206,6 +208,7 @@ fn choose(p: &Packet, c: *mut Choice) -> u32 {
             hash,
             backend_addr: addr_words(&backend.addr),
             backend_family: backend.family,
+            backend_generation: backend.generation,
             mtu_left: 0,
         });
     }
@@ -258,7 +261,10 @@ fn try_forward(
     let total = outer.total_len().ok_or(Outcome::DropEncap)?;
     // Route before touching the frame, so a packet we cannot send is left
     // intact; a packet that would not fit is answered, or dropped.
-    let next_hop = nexthop::lookup(ctx, family, &outer.src, &outer.dst, total);
+    let next_hop = match nexthop::cached(c.backend_id, c.backend_generation, total) {
+        Some(next_hop) => next_hop,
+        None => nexthop::lookup(ctx, family, &outer.src, &outer.dst, total),
+    };
     let mtu = match next_hop.route {
         Route::NoRoute => return Err(Outcome::DropNoRoute),
         Route::FragNeeded => Some(next_hop.mtu),

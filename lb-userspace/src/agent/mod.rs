@@ -23,8 +23,10 @@ use crate::{
     config::{Config, Loaded},
     dataplane::{
         maps::{self, AyaMaps, MapWriteError, MapWriter as _},
+        nexthops::{self, NextHopTarget, NextHopWriter},
         object::{attach, load_object, xdp_mode},
         pins::{ADOPTED_MAPS, BPFFS, InstanceLock, LINK_PIN, pin_dir, pin_maps, unpin},
+        resolve,
         stats::StatsReader,
         upgrade,
     },
@@ -472,6 +474,9 @@ impl Agent {
         let (read_tx, mut read_rx) = mpsc::channel::<ReadConfig>(1);
         let mut debounce = Debounce::default();
         let mut reading = false;
+        let (targets_tx, targets_rx) =
+            tokio::sync::watch::channel(self.plane.balancer.next_hop_targets());
+        let next_hops = self.start_next_hops(targets_rx);
         tokio::pin!(shutdown);
         loop {
             let due = debounce.due();
@@ -491,11 +496,55 @@ impl Agent {
                 Some((why, loaded)) = read_rx.recv() => {
                     reading = false;
                     self.reload(&why, loaded, &mut checkers, &tx);
+                    let now = self.plane.balancer.next_hop_targets();
+                    targets_tx.send_if_modified(|targets| {
+                        let changed = *targets != now;
+                        *targets = now;
+                        changed
+                    });
                 }
             }
         }
         checkers.stop();
+        // Closing the targets ends the next-hop task, which empties the
+        // cache: no stale next hop outlives the agent that kept it.
+        drop(targets_tx);
+        if let Some(task) = next_hops
+            && time::timeout(Duration::from_secs(2), task).await.is_err()
+        {
+            warn!(
+                "the next-hop task did not end in 2 s; cached next hops may stay in the pinned map"
+            );
+        }
         Ok(())
+    }
+
+    /// Starts the task keeping `LB_NEXTHOPS` current from the kernel's
+    /// routes and neighbours; `None` (with a warning) when netlink or the
+    /// pinned map cannot be opened, and xdp_lb then looks next hops up per
+    /// packet.
+    fn start_next_hops(
+        &self,
+        targets: tokio::sync::watch::Receiver<Vec<NextHopTarget>>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let started = NextHopWriter::from_pin(&self.plane.dir).and_then(|writer| {
+            let (handle, notifications) = resolve::connect()?;
+            Ok((handle, notifications, writer))
+        });
+        match started {
+            Ok((handle, notifications, writer)) => Some(tokio::spawn(nexthops::maintain(
+                handle,
+                notifications,
+                writer,
+                targets,
+            ))),
+            Err(e) => {
+                warn!(
+                    "next-hop cache off ({e:#}): xdp_lb looks next hops up per packet (bpf_fib_lookup)"
+                );
+                None
+            }
+        }
     }
 
     /// Applies one health-check result.

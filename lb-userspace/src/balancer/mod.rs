@@ -750,6 +750,20 @@ impl<M: MapWriter> Balancer<M> {
         Ok(())
     }
 
+    /// Every backend entry whose next hop the agent keeps in `LB_NEXTHOPS`:
+    /// its id, the generation of its entry and its address.
+    pub fn next_hop_targets(&self) -> Vec<crate::dataplane::nexthops::NextHopTarget> {
+        self.vips
+            .iter()
+            .flat_map(|v| &v.backends)
+            .map(|b| crate::dataplane::nexthops::NextHopTarget {
+                id: b.id,
+                generation: self.generations[b.id as usize],
+                address: b.address,
+            })
+            .collect()
+    }
+
     /// The VIPs, in configuration order.
     pub fn vips(&self) -> &[VipState] {
         &self.vips

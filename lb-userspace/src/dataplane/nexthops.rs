@@ -1,0 +1,236 @@
+//! The backends' next hops in `LB_NEXTHOPS`: the agent resolves each
+//! backend's route and neighbour ([`super::resolve`]) and writes the answer
+//! where `xdp_lb` reads it instead of calling `bpf_fib_lookup` per packet.
+//! It resolves again on every netlink notification of a neighbour, route or
+//! link change (debounced by [`SETTLE`]), when the backend set changes, and
+//! every [`REFRESH`] in case a notification was lost. An entry that cannot
+//! be resolved is emptied, and `xdp_lb` falls back to the FIB lookup.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    path::Path,
+    time::Duration,
+};
+
+use aya::maps::{Array, Map, MapData};
+use lb_common::{CachedNextHop, MAP_NEXTHOPS};
+use log::{info, warn};
+use tokio::sync::watch;
+
+use super::resolve::{self, Resolved};
+
+/// Time given to a burst of notifications to settle before resolving.
+pub const SETTLE: Duration = Duration::from_millis(20);
+/// Longest time between two resolutions of every backend.
+pub const REFRESH: Duration = Duration::from_secs(10);
+
+/// A backend entry whose next hop is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextHopTarget {
+    /// Backend id (index of `LB_BACKENDS` and `LB_NEXTHOPS`).
+    pub id: u32,
+    /// Generation of the backend entry; the written next hop carries it.
+    pub generation: u32,
+    /// The backend's address.
+    pub address: IpAddr,
+}
+
+/// What one [`NextHopWriter::apply`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Entries written with a next hop.
+    pub written: usize,
+    /// Entries emptied (no longer a backend, or not resolvable).
+    pub emptied: usize,
+    /// Map writes that failed (retried on the next resolution).
+    pub failed: usize,
+}
+
+/// The map entry for `target` resolved as `resolved`.
+fn entry(target: &NextHopTarget, resolved: Option<&Resolved>) -> CachedNextHop {
+    match resolved {
+        Some(r) => CachedNextHop {
+            generation: target.generation,
+            ifindex: r.ifindex,
+            mtu: u16::try_from(r.mtu).unwrap_or(u16::MAX),
+            smac: r.smac,
+            dmac: r.dmac,
+            _pad: [0; 2],
+        },
+        None => CachedNextHop::default(),
+    }
+}
+
+/// Writes `LB_NEXTHOPS`, remembering what it wrote so that only changes
+/// reach the kernel.
+pub struct NextHopWriter {
+    map: Array<MapData, CachedNextHop>,
+    written: HashMap<u32, CachedNextHop>,
+}
+
+impl NextHopWriter {
+    /// The writer of the map pinned in `dir`.
+    ///
+    /// # Errors
+    /// The pin cannot be opened or is not an array of [`CachedNextHop`].
+    pub fn from_pin(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join(MAP_NEXTHOPS);
+        let data = MapData::from_pin(&path)
+            .map_err(|e| anyhow::anyhow!("open {}: {e}", path.display()))?;
+        Self::new(Map::Array(data))
+    }
+
+    /// The writer of `map` (the `LB_NEXTHOPS` of a loaded object).
+    ///
+    /// # Errors
+    /// `map` is not an array of [`CachedNextHop`].
+    pub fn new(map: Map) -> anyhow::Result<Self> {
+        Ok(Self {
+            map: Array::try_from(map)
+                .map_err(|e| anyhow::anyhow!("{MAP_NEXTHOPS} is not the expected array: {e}"))?,
+            written: HashMap::new(),
+        })
+    }
+
+    /// Writes the entry of every target from `resolved` (by address; a
+    /// missing or `None` answer empties it) and empties the entries of ids
+    /// written before that are no longer targets.
+    pub fn apply(
+        &mut self,
+        targets: &[NextHopTarget],
+        resolved: &HashMap<IpAddr, Option<Resolved>>,
+    ) -> Applied {
+        let mut applied = Applied::default();
+        let mut wanted: HashMap<u32, CachedNextHop> = targets
+            .iter()
+            .map(|t| {
+                (
+                    t.id,
+                    entry(t, resolved.get(&t.address).copied().flatten().as_ref()),
+                )
+            })
+            .collect();
+        for id in self.written.keys() {
+            wanted.entry(*id).or_default();
+        }
+        for (id, value) in wanted {
+            if self.written.get(&id) == Some(&value) {
+                continue;
+            }
+            match self.map.set(id, value, 0) {
+                Ok(()) => {
+                    if value.ifindex == 0 {
+                        applied.emptied += 1;
+                        self.written.remove(&id);
+                    } else {
+                        applied.written += 1;
+                        self.written.insert(id, value);
+                    }
+                }
+                Err(e) => {
+                    applied.failed += 1;
+                    warn!(
+                        "writing the next hop of backend id {id}: {e}; retried on the next resolution"
+                    );
+                }
+            }
+        }
+        applied
+    }
+
+    /// Empties every entry written, so `xdp_lb` uses the FIB while no
+    /// agent keeps the next hops current (`lb run --keep-attached` exit).
+    pub fn clear(&mut self) -> Applied {
+        self.apply(&[], &HashMap::new())
+    }
+}
+
+/// Resolves every distinct address of `targets`; a netlink failure counts
+/// as unresolved (the FIB lookup then serves) and is logged.
+pub async fn resolve_all(
+    handle: &rtnetlink::Handle,
+    targets: &[NextHopTarget],
+) -> HashMap<IpAddr, Option<Resolved>> {
+    let addresses: HashSet<IpAddr> = targets.iter().map(|t| t.address).collect();
+    let mut out = HashMap::with_capacity(addresses.len());
+    for address in addresses {
+        let answer = match resolve::resolve(handle, address).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                warn!(
+                    "resolving the next hop of backend {address}: {e:#}; bpf_fib_lookup serves it"
+                );
+                None
+            }
+        };
+        out.insert(address, answer);
+    }
+    out
+}
+
+/// Keeps `LB_NEXTHOPS` current until `targets` is closed: resolves every
+/// target at once, then again on each netlink notification (after
+/// [`SETTLE`]), each change of `targets`, and every [`REFRESH`]. Logs each
+/// backend address whose next hop changes.
+pub async fn maintain(
+    handle: rtnetlink::Handle,
+    mut notifications: resolve::Notifications,
+    mut writer: NextHopWriter,
+    mut targets: watch::Receiver<Vec<NextHopTarget>>,
+) {
+    let mut known: HashMap<IpAddr, Option<Resolved>> = HashMap::new();
+    loop {
+        let current = targets.borrow_and_update().clone();
+        let resolved = resolve_all(&handle, &current).await;
+        for (address, answer) in &resolved {
+            if known.get(address) != Some(answer) {
+                match answer {
+                    Some(r) => info!(
+                        "next hop of backend {address}: interface {} to {}, MTU {} (used by xdp_lb instead of a FIB lookup)",
+                        r.ifindex,
+                        mac(&r.dmac),
+                        r.mtu
+                    ),
+                    None => info!(
+                        "next hop of backend {address}: not resolved (no route or no usable neighbour entry); xdp_lb looks it up per packet"
+                    ),
+                }
+            }
+        }
+        let applied = writer.apply(&current, &resolved);
+        if applied.failed > 0 {
+            warn!("{} next-hop writes failed", applied.failed);
+        }
+        known = resolved;
+        tokio::select! {
+            changed = targets.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            Some(()) = notifications.recv() => {
+                // Let a burst (a link going down touches many routes and
+                // neighbours) settle, and take it as one.
+                tokio::time::sleep(SETTLE).await;
+                while notifications.try_recv().is_ok() {}
+            }
+            () = tokio::time::sleep(REFRESH) => {}
+        }
+    }
+    let cleared = writer.clear();
+    if cleared.emptied > 0 {
+        info!(
+            "emptied {} cached next hops: xdp_lb looks them up per packet until an agent keeps them again",
+            cleared.emptied
+        );
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+fn mac(m: &[u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
