@@ -32,7 +32,12 @@ use lb_tests::xdp::{LbNamespace, lb_namespace, xdp_md};
 use lb_userspace::{
     balancer::Balancer,
     config::Config,
-    dataplane::{maps::AyaMaps, object, stats::StatsReader},
+    dataplane::{
+        maps::AyaMaps,
+        nexthops::{self, NextHopWriter},
+        object, resolve,
+        stats::StatsReader,
+    },
 };
 
 use crate::report::Report;
@@ -162,7 +167,9 @@ struct Bench {
     stats: StatsReader,
     template: Array<MapData, BenchTemplate>,
     progs: ProgramArray<MapData>,
-    _balancer: Balancer<AyaMaps>,
+    balancer: Balancer<AyaMaps>,
+    /// `LB_NEXTHOPS`, filled as the agent fills it.
+    next_hops: NextHopWriter,
     // Declared last: the programs and maps go before the namespace.
     lb: LbNamespace,
 }
@@ -199,6 +206,26 @@ impl Bench {
             },
             regions,
         )?;
+        // The backends' next hops, resolved over netlink in this namespace
+        // and written as the agent does.
+        let mut next_hops = NextHopWriter::new(
+            ebpf.take_map(lb_common::MAP_NEXTHOPS)
+                .context(lb_common::MAP_NEXTHOPS)?,
+        )?;
+        let targets = balancer.next_hop_targets();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let resolved = runtime.block_on(async {
+            let (handle, _notifications) = resolve::connect()?;
+            anyhow::Ok(nexthops::resolve_all(&handle, &targets).await)
+        })?;
+        let applied = next_hops.apply(&targets, &resolved);
+        ensure!(
+            applied.written == targets.len() && applied.failed == 0,
+            "next hops: {applied:?} for {} backends",
+            targets.len()
+        );
         let mut bench = EbpfLoader::new()
             .load(object::bench_object())
             .context("loading the bench object")?;
@@ -252,7 +279,8 @@ impl Bench {
             stats,
             template,
             progs,
-            _balancer: balancer,
+            balancer,
+            next_hops,
             lb,
         })
     }
@@ -632,6 +660,33 @@ fn run_cases(prefix: &str, plan: Plan) -> anyhow::Result<Vec<Row>> {
         };
         rows.push(Row::new(case, total - overhead, note, versus));
     }
+    // The established flow with its next hop looked up per packet (the
+    // cache emptied, as while no agent keeps it).
+    let emptied = b.next_hops.clear();
+    ensure!(
+        emptied.emptied == b.balancer.next_hop_targets().len(),
+        "the next-hop cache emptied: {emptied:?}"
+    );
+    b.wrap("xdp_lb", &ack, 0)?;
+    let total = b.measure(
+        "established, FIB",
+        PROG_BENCH_RESTORE,
+        &ack,
+        plan,
+        Expect {
+            action: XDP_TX,
+            outcome: Some(Outcome::Forwarded),
+            conn: Some(ConnEvent::Hit),
+            out_len: encap,
+        },
+    )?;
+    rows.push(Row::new(
+        "xdp_lb: established TCP flow, next hop by bpf_fib_lookup (no cache)",
+        total - wrap_fixed,
+        "forwarded_tx and conntrack_hit = repetitions; LB_NEXTHOPS emptied",
+        Versus::Reference,
+    ));
+
     // The same established flow with GUE (outer IPv4 and UDP), in a data
     // plane of its own.
     std::mem::drop(b);
