@@ -84,6 +84,7 @@ fn config(conntrack: u32, gue: bool) -> String {
 table_size = 65537
 [conntrack]
 max_entries = {conntrack}
+max_new_per_cpu = 100000000
 [[vip]]
 name = "web"
 address = "10.40.0.100"
@@ -568,10 +569,22 @@ fn run_cases(prefix: &str, plan: Plan) -> anyhow::Result<Vec<Row>> {
     ));
 
     let ack6 = tcp6(40002);
-    let cases: [(&str, &[u8; BENCH_FRAME_LEN], u32, Expect, &str); 6] = [
+    let cases: [(&str, &[u8; BENCH_FRAME_LEN], u32, Expect, &str); 7] = [
         (
-            "xdp_lb: new TCP flow (Maglev + encap)",
+            "xdp_lb: SYN of a new TCP flow (Maglev, not recorded)",
             &syn,
+            BENCH_F_VARY_FLOW,
+            Expect {
+                action: XDP_TX,
+                outcome: Some(Outcome::Forwarded),
+                conn: Some(ConnEvent::Syn),
+                out_len: encap,
+            },
+            "every repetition a new flow: forwarded_tx and conntrack_syn = repetitions",
+        ),
+        (
+            "xdp_lb: new TCP flow recorded (its first ACK: Maglev + insert)",
+            &ack,
             BENCH_F_VARY_FLOW,
             Expect {
                 action: XDP_TX,
@@ -736,6 +749,11 @@ fn syn_flood(prefix: &str) -> anyhow::Result<Row> {
         sent == u64::from(FLOOD_SYNS),
         "SYN flood: forwarded_tx counted {sent} of {FLOOD_SYNS}"
     );
+    let syns = f.stats.conn(ConnEvent::Syn).packets;
+    ensure!(
+        syns == u64::from(FLOOD_SYNS),
+        "SYN flood: conntrack_syn counted {syns} of {FLOOD_SYNS}"
+    );
     let after = f.conntrack_entries()?;
     // The wrapper with flow numbering, measured in this data plane.
     f.wrap(PROG_BENCH_DROP, &syn, BENCH_F_VARY_FLOW)?;
@@ -745,7 +763,7 @@ fn syn_flood(prefix: &str) -> anyhow::Result<Row> {
         "xdp_lb: flood of 10^6 distinct SYNs",
         ns - (wrapper - drop),
         format!(
-            "one run of {FLOOD_SYNS}; forwarded_tx = {sent}; connection table (2^20 flows) {before} entries before, {after} after"
+            "one run of {FLOOD_SYNS}; forwarded_tx = conntrack_syn = {sent}; connection table (2^20 flows) {before} entries before, {after} after"
         ),
         Versus::Reference,
     ))

@@ -11,12 +11,12 @@ use core::mem::{offset_of, size_of};
 
 use crate::{
     AddrKey, Backend, CachedNextHop, ConnEvent, ConnValue, Counter, FlowKey, Globals,
-    MAGLEV_MAP_FLAGS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONN_STATS, MAP_CONNS, MAP_DECAP_CONFIG,
-    MAP_DECAP_LOCAL, MAP_DECAP_VIPS, MAP_GLOBALS, MAP_ICMP_BUCKET, MAP_MAGLEV, MAP_NEXTHOPS,
-    MAP_SRC_ALLOW_V4, MAP_SRC_ALLOW_V6, MAP_SRC_ALLOW_VIP4, MAP_SRC_ALLOW_VIP6, MAP_STATS,
-    MAP_VIP_ADDRS, MAP_VIP_DROPS, MAP_VIP_STATS, MAP_VIPS, MAX_BACKENDS, MAX_LOCAL_ADDRS,
-    MAX_SOURCE_PREFIXES, MAX_VIP_SOURCE_PREFIXES, MAX_VIPS, Outcome, TokenBucket, VipKey,
-    VipSourceKey, VipSourceKey6, VipValue,
+    MAGLEV_MAP_FLAGS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONN_BUCKET, MAP_CONN_STATS, MAP_CONNS,
+    MAP_DECAP_CONFIG, MAP_DECAP_LOCAL, MAP_DECAP_VIPS, MAP_GLOBALS, MAP_ICMP_BUCKET, MAP_MAGLEV,
+    MAP_NEXTHOPS, MAP_SRC_ALLOW_V4, MAP_SRC_ALLOW_V6, MAP_SRC_ALLOW_VIP4, MAP_SRC_ALLOW_VIP6,
+    MAP_STATS, MAP_VIP_ADDRS, MAP_VIP_DROPS, MAP_VIP_STATS, MAP_VIPS, MAX_BACKENDS,
+    MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES, MAX_VIP_SOURCE_PREFIXES, MAX_VIPS, Outcome, TokenBucket,
+    VipKey, VipSourceKey, VipSourceKey6, VipValue,
 };
 
 /// Kind of a BPF map: its `bpf_map_type` number (include/uapi/linux/bpf.h).
@@ -76,7 +76,7 @@ pub const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Every map of `xdp_lb` and `xdp_decap` (the benchmark's own maps are not
 /// part of the layout).
-pub const MAPS: [MapSpec; 20] = [
+pub const MAPS: [MapSpec; 21] = [
     spec(
         MAP_VIPS,
         MapKind::Hash,
@@ -207,6 +207,14 @@ pub const MAPS: [MapSpec; 20] = [
         Some(1),
     ),
     spec(
+        MAP_CONN_BUCKET,
+        MapKind::PerCpuArray,
+        4,
+        size_of::<TokenBucket>(),
+        0,
+        Some(1),
+    ),
+    spec(
         MAP_SRC_ALLOW_V6,
         MapKind::LpmTrie,
         4 + 16,
@@ -246,7 +254,7 @@ const fn fnv_u32s(mut hash: u32, values: &[usize]) -> u32 {
 }
 
 /// Sizes and field offsets of every shared map type, in a fixed order.
-const SHAPES: [usize; 64] = [
+const SHAPES: [usize; 65] = [
     size_of::<VipKey>(),
     offset_of!(VipKey, addr),
     offset_of!(VipKey, port),
@@ -291,6 +299,7 @@ const SHAPES: [usize; 64] = [
     offset_of!(Globals, encap_mtu),
     offset_of!(Globals, too_big_per_cpu),
     offset_of!(Globals, gue_port),
+    offset_of!(Globals, max_new_per_cpu),
     size_of::<VipSourceKey6>(),
     offset_of!(VipSourceKey6, vip_id),
     offset_of!(VipSourceKey6, addr),

@@ -65,6 +65,9 @@ pub const MAP_VIP_DROPS: &str = "LB_VIP_DROPS";
 /// Per-CPU token bucket of ICMP "too big" generation: array of one
 /// [`TokenBucket`].
 pub const MAP_ICMP_BUCKET: &str = "LB_ICMP_BUCKET";
+/// Per-CPU token bucket of connection-table inserts (new flows recorded,
+/// [`Globals::max_new_per_cpu`] per second): array of one [`TokenBucket`].
+pub const MAP_CONN_BUCKET: &str = "LB_CONN_BUCKET";
 /// Allowed IPv6 source prefixes: LPM trie `[u8; 16]` -> `u32` (unused value
 /// 1), [`MAX_SOURCE_PREFIXES`] entries.
 pub const MAP_SRC_ALLOW_V6: &str = "LB_SRC_ALLOW6";
@@ -411,8 +414,12 @@ pub struct Globals {
     /// Destination UDP port of GUE packets (`encap.gue_port`), host order;
     /// used with [`GLOBAL_F_GUE`].
     pub gue_port: u32,
+    /// New flows recorded in the connection table per second per CPU
+    /// (`conntrack.max_new_per_cpu`); above it a new flow keeps its Maglev
+    /// choice unrecorded (`conntrack_limited`).
+    pub max_new_per_cpu: u32,
 }
-const _: () = assert!(size_of::<Globals>() == 44);
+const _: () = assert!(size_of::<Globals>() == 48);
 
 /// [`Globals::flags`]: apply the source filter to every packet on the
 /// interface (`scope = "all"`), not only to packets for VIP addresses.

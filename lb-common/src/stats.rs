@@ -172,13 +172,26 @@ pub enum ConnEvent {
     Miss = 1,
     /// The flow's backend was removed or is unhealthy: chosen again by Maglev.
     Rehash = 2,
+    /// A TCP SYN (without ACK) of a flow without a usable entry: the Maglev
+    /// choice, not recorded. The flow is recorded on its first packet that
+    /// is not a SYN, so spoofed SYNs never fill the connection table.
+    Syn = 3,
+    /// A new flow above `conntrack.max_new_per_cpu` on this CPU: the Maglev
+    /// choice, not recorded (recorded by a later packet once under it).
+    Limited = 4,
 }
 
 impl ConnEvent {
     /// Number of events: the size of [`crate::MAP_CONN_STATS`].
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 5;
     /// Every event, in index order.
-    pub const ALL: [ConnEvent; Self::COUNT as usize] = [Self::Hit, Self::Miss, Self::Rehash];
+    pub const ALL: [ConnEvent; Self::COUNT as usize] = [
+        Self::Hit,
+        Self::Miss,
+        Self::Rehash,
+        Self::Syn,
+        Self::Limited,
+    ];
 
     /// Name used in metrics, status and logs.
     pub const fn name(self) -> &'static str {
@@ -186,6 +199,8 @@ impl ConnEvent {
             Self::Hit => "conntrack_hit",
             Self::Miss => "conntrack_miss",
             Self::Rehash => "conntrack_rehash",
+            Self::Syn => "conntrack_syn",
+            Self::Limited => "conntrack_limited",
         }
     }
 }
@@ -233,7 +248,11 @@ mod tests {
         }
         assert_eq!(Outcome::from_index(Outcome::COUNT), None);
         let event = |e: ConnEvent| match e {
-            ConnEvent::Hit | ConnEvent::Miss | ConnEvent::Rehash => e,
+            ConnEvent::Hit
+            | ConnEvent::Miss
+            | ConnEvent::Rehash
+            | ConnEvent::Syn
+            | ConnEvent::Limited => e,
         };
         for e in ConnEvent::ALL {
             assert!((event(e) as u32) < ConnEvent::COUNT, "{}", e.name());

@@ -96,6 +96,10 @@ pub static LB_VIP_DROPS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MA
 #[map]
 pub static LB_ICMP_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU token bucket of connection-table inserts.
+#[map]
+pub static LB_CONN_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
+
 /// Adds one packet of `bytes` bytes to entry `index` of a per-CPU counter map.
 /// An index past the map's end is ignored (the lookup fails).
 #[inline(always)]

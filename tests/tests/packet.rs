@@ -218,6 +218,19 @@ fn tcp_syn(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
     frame
 }
 
+/// A TCP segment of an established connection (ACK): the first such
+/// packet of a flow records it in the connection table.
+fn tcp_ack(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 65535)
+        .ack(1)
+        .write(&mut frame, &[])
+        .expect("build");
+    frame
+}
+
 fn udp_datagram(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut frame = Vec::new();
     PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
@@ -890,7 +903,7 @@ fn send(fx: &Fixture, ports: &[u16]) -> Vec<[u8; 4]> {
     ports
         .iter()
         .map(|&sport| {
-            let (action, out) = fx.run("xdp_lb", &tcp_syn(CLIENT, VIP, sport, 80));
+            let (action, out) = fx.run("xdp_lb", &tcp_ack(CLIENT, VIP, sport, 80));
             assert_eq!(action, XDP_TX);
             outer_destination(&out)
         })
@@ -994,7 +1007,7 @@ fn many_backends(v6: bool, first: u8, count: u8, skip: Option<u8>) -> String {
         ("10.20.0.100", "10.20.0.")
     };
     let mut text = format!(
-        "[maglev]\ntable_size = 65537\n[conntrack]\nmax_entries = 262144\n[[vip]]\nname = \"many\"\naddress = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\n",
+        "[maglev]\ntable_size = 65537\n[conntrack]\nmax_entries = 262144\nmax_new_per_cpu = 100000000\n[[vip]]\nname = \"many\"\naddress = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\n",
     );
     for b in (first..first + count).filter(|b| Some(*b) != skip) {
         // IPv6 backends end in the same byte as the IPv4 ones (.31 is ::1f).
@@ -1004,7 +1017,7 @@ fn many_backends(v6: bool, first: u8, count: u8, skip: Option<u8>) -> String {
     text
 }
 
-/// Sends one SYN of each of `n` flows (flow `i`: a distinct source address
+/// Sends one ACK (a packet that records the flow) of each of `n` flows (flow `i`: a distinct source address
 /// and port) to the VIP of `many_backends`; returns the backend each went
 /// to.
 fn send_flows(fx: &Fixture, v6: bool, n: u32) -> Vec<std::net::IpAddr> {
@@ -1015,9 +1028,9 @@ fn send_flows(fx: &Fixture, v6: bool, n: u32) -> Vec<std::net::IpAddr> {
                 let mut src = [0u8; 16];
                 src[..4].copy_from_slice(&[0xfd, 0, 0, 0x21]);
                 src[14..].copy_from_slice(&(i as u16).to_be_bytes());
-                syn6(src, sport, 80)
+                ack6(src, sport, 80)
             } else {
-                tcp_syn([10, 21, (i >> 8) as u8, i as u8], VIP, sport, 80)
+                tcp_ack([10, 21, (i >> 8) as u8, i as u8], VIP, sport, 80)
             };
             let (action, out) = fx.run("xdp_lb", &frame);
             assert_eq!(action, XDP_TX, "flow {i}");
@@ -1295,6 +1308,18 @@ fn v6_frame(
     l4: impl FnOnce(etherparse::PacketBuilderStep<etherparse::IpHeaders>) -> Vec<u8>,
 ) -> Vec<u8> {
     l4(PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv6(src, dst, 64))
+}
+
+/// An IPv6 TCP ACK to the IPv6 VIP.
+fn ack6(src: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
+    v6_frame(src, VIP_V6, |b| {
+        let mut f = Vec::new();
+        b.tcp(sport, dport, 1000, 65535)
+            .ack(1)
+            .write(&mut f, &[])
+            .expect("build");
+        f
+    })
 }
 
 fn syn6(src: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
@@ -2000,4 +2025,77 @@ impl Drop for PinDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Entries in the fixture's connection table.
+fn conntrack_entries(fx: &Fixture) -> usize {
+    let conns: aya::maps::HashMap<_, lb_common::FlowKey, lb_common::ConnValue> =
+        aya::maps::HashMap::try_from(fx.ebpf.map(MAP_CONNS).expect("connection table"))
+            .expect("hash map");
+    conns.keys().filter(Result::is_ok).count()
+}
+
+/// A SYN takes the Maglev choice without being recorded; the flow's first
+/// packet that is not a SYN records it; above `conntrack.max_new_per_cpu`
+/// new flows keep their Maglev choice unrecorded and are counted.
+#[test]
+fn syns_are_not_recorded_and_new_flows_are_rate_limited() {
+    if !lb_tests::can_run_as_root("syns_are_not_recorded_and_new_flows_are_rate_limited") {
+        return;
+    }
+    // One CPU, so one bucket.
+    // SAFETY: a zeroed cpu_set_t is valid; CPU 0 exists.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+    // The section goes before the first VIP (TOML tables after arrays of
+    // tables would belong to the last VIP).
+    let at = CONFIG.find("[[vip]]").expect("a VIP");
+    let config = format!(
+        "{}[conntrack]\nmax_new_per_cpu = 5\n\n{}",
+        &CONFIG[..at],
+        &CONFIG[at..]
+    );
+    let fx = Fixture::with_config("synflood", &config);
+
+    // 200 SYNs of distinct flows: each to its Maglev backend, none recorded.
+    for sport in 20000..20200u16 {
+        let (action, out) = fx.run("xdp_lb", &tcp_syn(CLIENT, VIP, sport, 80));
+        assert_eq!(action, XDP_TX);
+        assert_eq!(
+            outer_destination(&out),
+            fx.expected_backend(0, CLIENT, VIP, sport, 80, 6),
+            "a SYN goes to the Maglev choice"
+        );
+    }
+    assert_eq!(fx.stats.conn(ConnEvent::Syn).packets, 200);
+    assert_eq!(
+        conntrack_entries(&fx),
+        0,
+        "SYNs never fill the connection table"
+    );
+
+    // The handshake's ACK records the flow, with the SYN's backend.
+    let (_, syn_out) = fx.run("xdp_lb", &tcp_syn(CLIENT, VIP, 20000, 80));
+    let (_, ack_out) = fx.run("xdp_lb", &tcp_ack(CLIENT, VIP, 20000, 80));
+    assert_eq!(outer_destination(&ack_out), outer_destination(&syn_out));
+    assert_eq!(fx.stats.conn(ConnEvent::Miss).packets, 1);
+    assert_eq!(conntrack_entries(&fx), 1);
+
+    // New UDP flows: 4 more tokens in this second (5 a second, one taken
+    // by the ACK), then counted as limited and not recorded.
+    for sport in 30000..30020u16 {
+        let (action, _) = fx.run("xdp_lb", &udp_datagram(CLIENT, VIP, sport, 53, b"q"));
+        assert_eq!(action, XDP_TX);
+    }
+    let recorded = conntrack_entries(&fx) - 1;
+    let limited = fx.stats.conn(ConnEvent::Limited).packets;
+    println!("20 new UDP flows at max_new_per_cpu = 5: {recorded} recorded, {limited} limited");
+    assert!((4..=5).contains(&recorded), "recorded {recorded}");
+    assert_eq!(limited as usize, 20 - recorded);
 }

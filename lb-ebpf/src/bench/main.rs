@@ -41,7 +41,7 @@ use network_types::{
     ip::Ipv4Hdr,
 };
 
-use crate::parse::{ipv4_at, l3_offset, ports_at, ptr_at};
+use crate::parse::{ipv4_at, l3_offset, l4::ports_at, ptr_at};
 
 /// Benchmark: the frame `bench_restore` puts back before each repetition.
 #[map]

@@ -80,7 +80,7 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Outcome, Outcome> {
     // SAFETY: the parse step wrote the whole packet before CONTINUE.
     let p = unsafe { p.assume_init_ref() };
     let mut c = MaybeUninit::<Choice>::uninit();
-    let step = choose(p, c.as_mut_ptr());
+    let step = choose(globals.max_new_per_cpu, p, c.as_mut_ptr());
     if step != CONTINUE {
         return Ok(outcome(step));
     }
@@ -129,6 +129,8 @@ struct Packet {
     /// follows the flow to its backend without touching the connection
     /// table, and only the global source filter applies to it.
     icmp_error: bool,
+    /// A TCP SYN without ACK: its flow is not recorded yet.
+    syn: bool,
     /// The frame's length, for the counters.
     bytes: u64,
 }
@@ -153,7 +155,7 @@ struct Choice {
 /// The VIP lookup, the VIP's own source list and the backend choice.
 // A subprogram of its own: its stack frame does not add to the others'.
 #[inline(never)]
-fn choose(p: &Packet, c: *mut Choice) -> u32 {
+fn choose(max_new_per_cpu: u32, p: &Packet, c: *mut Choice) -> u32 {
     let f = &p.flow;
     let Some(vip) = find_vip(f.family, &f.vip, f.vip_port, f.proto) else {
         return if p.icmp_error {
@@ -196,7 +198,7 @@ fn choose(p: &Packet, c: *mut Choice) -> u32 {
     let chosen = if p.icmp_error {
         lookup_backend(vip, &key, hash)
     } else {
-        flow_backend(vip, &key, hash, p.bytes)
+        flow_backend(vip, &key, hash, p.bytes, p.syn, max_new_per_cpu)
     };
     let Some((backend_id, backend)) = chosen else {
         return code(no_backend(vip));

@@ -1,12 +1,15 @@
 //! Backend selection: VIP lookup, the connection table, and the Maglev
 //! table read.
 
+use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
 use lb_common::{
     Backend, ConnEvent, ConnValue, FlowKey, VipKey, VipValue, maglev_slot,
-    rules::{backend_usable, match_vip},
+    rules::{backend_usable, match_vip, take_token},
 };
 
-use crate::maps::{LB_BACKENDS, LB_CONN_STATS, LB_CONNS, LB_MAGLEV, LB_VIPS, count};
+use crate::maps::{
+    LB_BACKENDS, LB_CONN_BUCKET, LB_CONN_STATS, LB_CONNS, LB_MAGLEV, LB_VIPS, count,
+};
 
 /// The VIP for (address, port, protocol) of `family` (address as in map
 /// keys), falling back to the port-0 wildcard VIP of that address and
@@ -54,14 +57,19 @@ pub fn maglev_backend(vip: &VipValue, flow_hash: u32) -> Option<(u32, &'static B
 
 /// The backend of a flow: the one in its connection-table entry while that
 /// backend is still in the VIP's set and healthy (whatever else changed: a
-/// drained backend keeps its flows), else the Maglev choice, recorded.
-/// Counts a hit, miss or re-hash in `LB_CONN_STATS`.
+/// drained backend keeps its flows), else the Maglev choice. The choice is
+/// recorded unless the packet is a TCP SYN (`syn`: the flow is recorded by
+/// its first packet that is not a SYN, so spoofed SYNs never fill the
+/// table) or this CPU has recorded `max_new_per_cpu` new flows in the last
+/// second. Counts a hit, miss, re-hash, SYN or limited in `LB_CONN_STATS`.
 #[inline(always)]
 pub fn flow_backend(
     vip: &VipValue,
     flow: &FlowKey,
     flow_hash: u32,
     bytes: u64,
+    syn: bool,
+    max_new_per_cpu: u32,
 ) -> Option<(u32, &'static Backend)> {
     let event = match LB_CONNS.get_ptr(flow) {
         Some(entry) => {
@@ -77,18 +85,42 @@ pub fn flow_backend(
         }
         None => ConnEvent::Miss,
     };
-    count(&LB_CONN_STATS, event as u32, bytes);
     let (id, backend) = maglev_backend(vip, flow_hash)?;
-    // A full LRU evicts its oldest flow; a failed insert only costs a later miss.
-    let _ = LB_CONNS.insert(
-        flow,
-        ConnValue {
-            backend_id: id,
-            generation: backend.generation,
-        },
-        0,
-    );
+    let event = if syn {
+        ConnEvent::Syn
+    } else if !may_record(max_new_per_cpu) {
+        ConnEvent::Limited
+    } else {
+        // A full LRU evicts its oldest flow; a failed insert only costs a
+        // later miss.
+        let _ = LB_CONNS.insert(
+            flow,
+            ConnValue {
+                backend_id: id,
+                generation: backend.generation,
+            },
+            0,
+        );
+        event
+    };
+    count(&LB_CONN_STATS, event as u32, bytes);
     Some((id, backend))
+}
+
+/// Whether this CPU may record one more new flow: a token from its bucket
+/// of `per_second` (`lb_common::rules::take_token`).
+#[inline(always)]
+fn may_record(per_second: u32) -> bool {
+    let Some(bucket) = LB_CONN_BUCKET.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a helper without arguments; the per-CPU value has no other
+    // writer on this CPU while we run.
+    take_token(
+        unsafe { &mut *bucket },
+        unsafe { bpf_ktime_get_ns() },
+        per_second,
+    )
 }
 
 /// The backend of a flow for a packet that must not change the connection

@@ -11,7 +11,7 @@ use network_types::ip::Ipv4Hdr;
 use super::{CONTINUE, Flow, Inner, Packet, filter::source_allowed_v4, icmp, icmp::Icmp};
 use crate::{
     maps::LB_VIP_ADDRS,
-    parse::{L3, ipv4_at, is_fragment, ports_at},
+    parse::{L3, flow_ports_at, ipv4_at, is_fragment},
 };
 
 /// IPv4 "don't fragment" flag, as the frags field reads (RFC 791).
@@ -71,7 +71,7 @@ fn try_parse(
         return Err(Outcome::DropFragment);
     }
     let l4 = l3 + ip.len;
-    let (flow, icmp_error) = if proto == PROTO_ICMP {
+    let (flow, icmp_error, syn) = if proto == PROTO_ICMP {
         match icmp::classify(ctx, l4)? {
             Icmp::EchoRequest => return icmp::echo_reply(ctx, l3, ip.len).map(|o| o as u32),
             Icmp::Other => return Ok(Outcome::Passed as u32),
@@ -85,11 +85,11 @@ fn try_parse(
                     vip_port: q.vip_port,
                     proto: q.proto,
                 };
-                (flow, true)
+                (flow, true, false)
             }
         }
     } else {
-        let Some((sport, dport)) = ports_at(ctx, l4, proto)? else {
+        let Some(((sport, dport), syn)) = flow_ports_at(ctx, l4, proto)? else {
             return Ok(Outcome::Passed as u32);
         };
         let flow = Flow {
@@ -100,7 +100,7 @@ fn try_parse(
             vip_port: dport,
             proto,
         };
-        (flow, false)
+        (flow, false, syn)
     };
     // SAFETY: the caller's packet, written whole.
     unsafe {
@@ -116,6 +116,7 @@ fn try_parse(
             },
             source: key(src),
             icmp_error,
+            syn,
             bytes,
         });
     }

@@ -11,7 +11,7 @@ use network_types::ip::Ipv6Hdr;
 use super::{CONTINUE, Flow, Inner, Packet, filter::source_allowed_v6, icmp::Icmp, icmp6};
 use crate::{
     maps::LB_VIP_ADDRS,
-    parse::{L3, ipv6_at, ports_at},
+    parse::{L3, flow_ports_at, ipv6_at},
 };
 
 /// Processes the IPv6 packet at `l3`.
@@ -64,7 +64,7 @@ fn try_parse(
     if ip.fragment {
         return Err(Outcome::DropFragment);
     }
-    let (flow, icmp_error) = if ip.proto == PROTO_ICMPV6 {
+    let (flow, icmp_error, syn) = if ip.proto == PROTO_ICMPV6 {
         match icmp6::classify(ctx, ip.l4)? {
             Icmp::EchoRequest => return icmp6::echo_reply(ctx, l3, ip.l4).map(|o| o as u32),
             Icmp::Other => return Ok(Outcome::Passed as u32),
@@ -78,11 +78,11 @@ fn try_parse(
                     vip_port: q.vip_port,
                     proto: q.proto,
                 };
-                (flow, true)
+                (flow, true, false)
             }
         }
     } else {
-        let Some((sport, dport)) = ports_at(ctx, ip.l4, ip.proto)? else {
+        let Some(((sport, dport), syn)) = flow_ports_at(ctx, ip.l4, ip.proto)? else {
             return Ok(Outcome::Passed as u32);
         };
         let flow = Flow {
@@ -93,7 +93,7 @@ fn try_parse(
             vip_port: dport,
             proto: ip.proto,
         };
-        (flow, false)
+        (flow, false, syn)
     };
     let len = u16::from_be_bytes(payload_len)
         .checked_add(Ipv6Hdr::LEN as u16)
@@ -112,6 +112,7 @@ fn try_parse(
             },
             source: src,
             icmp_error,
+            syn,
             bytes,
         });
     }

@@ -13,7 +13,7 @@ pub mod l4;
 pub use ipv4::{ipv4_at, is_fragment};
 pub use ipv6::ipv6_at;
 pub use l2::{L3, l3_offset, set_ether_type};
-pub use l4::ports_at;
+pub use l4::flow_ports_at;
 
 /// The one bounds-check helper: a pointer to a `T` at `offset` bytes into the
 /// frame, or `None` when the frame is too short.

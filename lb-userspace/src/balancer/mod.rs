@@ -493,7 +493,7 @@ impl<M: MapWriter> Balancer<M> {
             table_size: self.table_size,
             encap_mtu: config.encap_mtu.map_or(0, u32::from),
             too_big_per_cpu: config.too_big_per_cpu,
-            ..self.globals
+            max_new_per_cpu: config.max_new_per_cpu,
         };
         if globals != self.globals {
             self.maps.set_globals(&globals)?;

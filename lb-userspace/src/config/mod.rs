@@ -43,6 +43,11 @@ pub const MAX_API_CONNECTIONS: u32 = 512;
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// Default `icmp.too_big_per_cpu`: ICMP "too big" messages per second per CPU.
 pub const DEFAULT_TOO_BIG_PER_CPU: u32 = 1000;
+/// Default `conntrack.max_new_per_cpu`: new flows recorded per second per
+/// CPU (Katran's flood threshold, 125k new flows/s/CPU).
+pub const DEFAULT_MAX_NEW_PER_CPU: u32 = 125_000;
+/// Largest `conntrack.max_new_per_cpu`.
+pub const MAX_MAX_NEW_PER_CPU: u32 = 100_000_000;
 /// Largest `icmp.too_big_per_cpu`.
 pub const MAX_TOO_BIG_PER_CPU: u32 = 1_000_000;
 /// Smallest `encap.mtu`: an outer header, a minimal inner header and room
@@ -290,6 +295,10 @@ pub struct Config {
     pub table_size: u32,
     /// Connection-table capacity in flows.
     pub conntrack_entries: u32,
+    /// New flows recorded in the connection table per second per CPU
+    /// (`conntrack.max_new_per_cpu`); above it new flows keep their Maglev
+    /// choice unrecorded.
+    pub max_new_per_cpu: u32,
     /// Map sizes: `maglev.max_vips`, table regions, memory.
     pub sizing: Sizing,
     /// VIPs, in file order.

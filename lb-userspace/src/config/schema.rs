@@ -77,6 +77,7 @@ pub(super) struct RawMaglev {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConntrack {
     pub(super) max_entries: Option<u32>,
+    pub(super) max_new_per_cpu: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

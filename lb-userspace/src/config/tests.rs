@@ -822,3 +822,26 @@ fn encap_mtu_and_the_too_big_rate_are_checked() {
         "icmp.too_big_per_cpu: 2000000 is out of range (0 to 1000000)",
     );
 }
+
+#[test]
+fn new_flow_rate_is_checked() {
+    let c = Config::parse(GOOD, "t").expect("valid").config;
+    assert_eq!(c.max_new_per_cpu, DEFAULT_MAX_NEW_PER_CPU);
+    let c = Config::parse(
+        &GOOD.replace(
+            "max_entries = 1000",
+            "max_entries = 1000\nmax_new_per_cpu = 5",
+        ),
+        "t",
+    )
+    .expect("valid")
+    .config;
+    assert_eq!(c.max_new_per_cpu, 5);
+    rejects(
+        &GOOD.replace(
+            "max_entries = 1000",
+            "max_entries = 1000\nmax_new_per_cpu = 0",
+        ),
+        "conntrack.max_new_per_cpu: 0 is out of range (1 to 100000000)",
+    );
+}

@@ -94,6 +94,16 @@ impl Validator {
             );
         }
         let too_big_per_cpu = self.too_big_per_cpu(&raw.icmp);
+        let max_new_per_cpu = raw
+            .conntrack
+            .max_new_per_cpu
+            .unwrap_or(DEFAULT_MAX_NEW_PER_CPU);
+        if !(1..=MAX_MAX_NEW_PER_CPU).contains(&max_new_per_cpu) {
+            self.error(
+                "conntrack.max_new_per_cpu",
+                format!("{max_new_per_cpu} is out of range (1 to {MAX_MAX_NEW_PER_CPU})"),
+            );
+        }
         let own_prefixes: usize = vips
             .iter()
             .filter_map(|v| v.allow.as_ref())
@@ -124,6 +134,7 @@ impl Validator {
             gue_port,
             table_size,
             conntrack_entries,
+            max_new_per_cpu,
             sizing,
             vips,
         }
