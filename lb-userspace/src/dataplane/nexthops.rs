@@ -47,10 +47,15 @@ pub struct Applied {
     pub failed: usize,
 }
 
+/// Smallest MTU a cached next hop may carry (RFC 791's 68 bytes): an
+/// answer below it is not cached, so a bad answer cannot make `xdp_lb`
+/// answer every packet with "too big".
+const MIN_MTU: u32 = 68;
+
 /// The map entry for `target` resolved as `resolved`.
 fn entry(target: &NextHopTarget, resolved: Option<&Resolved>) -> CachedNextHop {
     match resolved {
-        Some(r) => CachedNextHop {
+        Some(r) if r.ifindex != 0 && r.mtu >= MIN_MTU => CachedNextHop {
             generation: target.generation,
             ifindex: r.ifindex,
             mtu: u16::try_from(r.mtu).unwrap_or(u16::MAX),
@@ -58,7 +63,7 @@ fn entry(target: &NextHopTarget, resolved: Option<&Resolved>) -> CachedNextHop {
             dmac: r.dmac,
             _pad: [0; 2],
         },
-        None => CachedNextHop::default(),
+        _ => CachedNextHop::default(),
     }
 }
 
@@ -233,4 +238,42 @@ fn mac(m: &[u8; 6]) -> String {
         "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
         m[0], m[1], m[2], m[3], m[4], m[5]
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> NextHopTarget {
+        NextHopTarget {
+            id: 7,
+            generation: 3,
+            address: "10.0.0.21".parse().expect("address"),
+        }
+    }
+
+    fn resolved(mtu: u32) -> Resolved {
+        Resolved {
+            ifindex: 2,
+            smac: [2, 0, 0, 0, 0, 2],
+            dmac: [2, 0, 0, 0, 0, 0x21],
+            mtu,
+        }
+    }
+
+    #[test]
+    fn an_entry_carries_the_generation_and_a_usable_mtu() {
+        let e = entry(&target(), Some(&resolved(9000)));
+        assert_eq!((e.generation, e.ifindex, e.mtu), (3, 2, 9000));
+        assert_eq!(e.dmac, [2, 0, 0, 0, 0, 0x21]);
+        // Above 65535 (a loopback-like MTU): capped, still cached.
+        assert_eq!(entry(&target(), Some(&resolved(65536))).mtu, u16::MAX);
+        // Unresolved, or an MTU no link has: empty (the FIB serves it).
+        assert_eq!(entry(&target(), None), CachedNextHop::default());
+        assert_eq!(
+            entry(&target(), Some(&resolved(0))),
+            CachedNextHop::default()
+        );
+        assert_eq!(entry(&target(), Some(&resolved(67))).ifindex, 0);
+    }
 }
