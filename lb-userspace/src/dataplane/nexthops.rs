@@ -16,12 +16,18 @@ use std::{
 use aya::maps::{Array, Map, MapData};
 use lb_common::{CachedNextHop, MAP_NEXTHOPS};
 use log::{info, warn};
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 
 use super::resolve::{self, Resolved};
 
 /// Time given to a burst of notifications to settle before resolving.
 pub const SETTLE: Duration = Duration::from_millis(20);
+/// Least time between the starts of two resolutions caused by
+/// notifications: on a busy host neighbour entries change state (reachable,
+/// stale, probe) all the time, and each resolution asks the kernel three
+/// questions per backend address. A change still reaches the data plane
+/// within this plus [`SETTLE`] plus the resolution itself.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest time between two resolutions of every backend.
 pub const REFRESH: Duration = Duration::from_secs(10);
 
@@ -176,7 +182,8 @@ pub async fn resolve_all(
 
 /// Keeps `LB_NEXTHOPS` current until `targets` is closed: resolves every
 /// target at once, then again on each netlink notification (after
-/// [`SETTLE`]), each change of `targets`, and every [`REFRESH`]. Logs each
+/// [`SETTLE`], and at most every [`MIN_INTERVAL`]), each change of
+/// `targets`, and every [`REFRESH`]. Logs each
 /// backend address whose next hop changes.
 pub async fn maintain(
     handle: rtnetlink::Handle,
@@ -186,6 +193,7 @@ pub async fn maintain(
 ) {
     let mut known: HashMap<IpAddr, Option<Resolved>> = HashMap::new();
     loop {
+        let started = Instant::now();
         let current = targets.borrow_and_update().clone();
         let resolved = resolve_all(&handle, &current).await;
         for (address, answer) in &resolved {
@@ -217,7 +225,7 @@ pub async fn maintain(
             Some(()) = notifications.recv() => {
                 // Let a burst (a link going down touches many routes and
                 // neighbours) settle, and take it as one.
-                tokio::time::sleep(SETTLE).await;
+                tokio::time::sleep_until((started + MIN_INTERVAL).max(Instant::now() + SETTLE)).await;
                 while notifications.try_recv().is_ok() {}
             }
             () = tokio::time::sleep(REFRESH) => {}
