@@ -215,6 +215,15 @@ fn end_to_end(prefix: &str, mode: Mode) {
     assert!(!lab.pin_dir().exists(), "pins removed on SIGTERM");
     let log = lab.agent_log();
     assert!(log.contains("detached from"), "{log}");
+    // The agent kept the backends' next hops (from their neighbour entries,
+    // learnt by the first packets) for xdp_lb all along.
+    for (_, address) in lb_tests::lab::BACKENDS {
+        assert!(
+            log.contains(&format!("next hop of backend {address}: interface")),
+            "next hop of {address} cached:\n{log}"
+        );
+    }
+    assert!(!log.contains("next-hop cache off"), "{log}");
 }
 
 #[test]
