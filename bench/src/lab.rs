@@ -341,7 +341,8 @@ impl Drop for Lab {
         for p in self.procs.iter_mut().rev() {
             p.stop();
         }
-        let _ = fs::remove_dir_all(self.pin_dir());
+        // The pins, and the namespace's directory above them once empty.
+        lb_userspace::dataplane::pins::unpin(&self.pin_dir());
         // The agent's instance lock, left behind if it had to be killed.
         let _ = fs::remove_file(self.ns("lb").lock_path(&self.lb_iface));
         let _ = fs::remove_dir_all(&self.dir);

@@ -815,7 +815,8 @@ impl Lab {
         for proc in self.procs.iter_mut().rev() {
             proc.stop();
         }
-        let _ = fs::remove_dir_all(self.pin_dir());
+        // The pins, and the namespace's directory above them once empty.
+        lb_userspace::dataplane::pins::unpin(&self.pin_dir());
         let _ = fs::remove_file(self.lb().lock_path(&self.lb_iface));
     }
 }

@@ -142,7 +142,7 @@ impl Drop for Rig {
             let _ = child.wait();
         }
         // Removing the pins (the link's among them) detaches the program.
-        let _ = fs::remove_dir_all(self.pins());
+        lb_userspace::dataplane::pins::unpin(&self.pins());
         let _ = fs::remove_file(self.ns.lock_path(IFACE));
         let _ = fs::remove_dir_all(&self.dir);
     }
