@@ -184,9 +184,11 @@ pub async fn resolve_all(
 /// target at once, then again on each netlink notification (after
 /// [`SETTLE`], and at most every [`MIN_INTERVAL`]), each change of
 /// `targets`, and every [`REFRESH`]. Logs each
-/// backend address whose next hop changes.
+/// backend address whose next hop changes. When the notifications end it
+/// connects again; if it cannot, it empties the cache and ends, since a
+/// next hop nobody watches could go stale.
 pub async fn maintain(
-    handle: rtnetlink::Handle,
+    mut handle: rtnetlink::Handle,
     mut notifications: resolve::Notifications,
     mut writer: NextHopWriter,
     mut targets: watch::Receiver<Vec<NextHopTarget>>,
@@ -222,11 +224,24 @@ pub async fn maintain(
                     break;
                 }
             }
-            Some(()) = notifications.recv() => {
-                // Let a burst (a link going down touches many routes and
-                // neighbours) settle, and take it as one.
-                tokio::time::sleep_until((started + MIN_INTERVAL).max(Instant::now() + SETTLE)).await;
-                while notifications.try_recv().is_ok() {}
+            notified = notifications.recv() => {
+                if notified.is_some() {
+                    // Let a burst (a link going down touches many routes and
+                    // neighbours) settle, and take it as one.
+                    tokio::time::sleep_until((started + MIN_INTERVAL).max(Instant::now() + SETTLE)).await;
+                    while notifications.try_recv().is_ok() {}
+                    continue;
+                }
+                // Without notifications a cached next hop could go stale
+                // unnoticed: connect again, or stop caching.
+                warn!("netlink notifications of neighbour and route changes ended; connecting again");
+                match resolve::connect() {
+                    Ok((h, n)) => (handle, notifications) = (h, n),
+                    Err(e) => {
+                        warn!("cannot connect again ({e:#}): next-hop cache emptied, xdp_lb looks next hops up per packet");
+                        break;
+                    }
+                }
             }
             () = tokio::time::sleep(REFRESH) => {}
         }
