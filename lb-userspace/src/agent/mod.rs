@@ -527,9 +527,15 @@ impl Agent {
         &self,
         targets: tokio::sync::watch::Receiver<Vec<NextHopTarget>>,
     ) -> Option<tokio::task::JoinHandle<()>> {
-        let started = NextHopWriter::from_pin(&self.plane.dir).and_then(|writer| {
-            let (handle, notifications) = resolve::connect()?;
-            Ok((handle, notifications, writer))
+        let started = NextHopWriter::from_pin(&self.plane.dir).and_then(|mut writer| {
+            match resolve::connect() {
+                Ok((handle, notifications)) => Ok((handle, notifications, writer)),
+                Err(e) => {
+                    // Entries a killed agent left would be used unwatched.
+                    writer.clear();
+                    Err(e)
+                }
+            }
         });
         match started {
             Ok((handle, notifications, writer)) => Some(tokio::spawn(nexthops::maintain(

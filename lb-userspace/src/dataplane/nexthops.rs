@@ -73,18 +73,21 @@ fn entry(target: &NextHopTarget, resolved: Option<&Resolved>) -> CachedNextHop {
     }
 }
 
-/// Writes `LB_NEXTHOPS`, remembering what it wrote so that only changes
-/// reach the kernel.
+/// Writes `LB_NEXTHOPS`, keeping a copy of its non-empty entries so that
+/// only changes reach the kernel.
 pub struct NextHopWriter {
     map: Array<MapData, CachedNextHop>,
+    /// Every non-empty entry of the map, by backend id.
     written: HashMap<u32, CachedNextHop>,
 }
 
 impl NextHopWriter {
-    /// The writer of the map pinned in `dir`.
+    /// The writer of the map pinned in `dir`, with the entries already in
+    /// it (an agent killed before it could empty them leaves them).
     ///
     /// # Errors
-    /// The pin cannot be opened or is not an array of [`CachedNextHop`].
+    /// The pin cannot be opened or read, or is not an array of
+    /// [`CachedNextHop`].
     pub fn from_pin(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(MAP_NEXTHOPS);
         let data = MapData::from_pin(&path)
@@ -92,21 +95,27 @@ impl NextHopWriter {
         Self::new(Map::Array(data))
     }
 
-    /// The writer of `map` (the `LB_NEXTHOPS` of a loaded object).
+    /// The writer of `map` (the `LB_NEXTHOPS` of a loaded object), with
+    /// the entries already in it.
     ///
     /// # Errors
-    /// `map` is not an array of [`CachedNextHop`].
+    /// `map` is not an array of [`CachedNextHop`], or cannot be read.
     pub fn new(map: Map) -> anyhow::Result<Self> {
-        Ok(Self {
-            map: Array::try_from(map)
-                .map_err(|e| anyhow::anyhow!("{MAP_NEXTHOPS} is not the expected array: {e}"))?,
-            written: HashMap::new(),
-        })
+        let map: Array<MapData, CachedNextHop> = Array::try_from(map)
+            .map_err(|e| anyhow::anyhow!("{MAP_NEXTHOPS} is not the expected array: {e}"))?;
+        let mut written = HashMap::new();
+        for (id, value) in (0u32..).zip(map.iter()) {
+            let value = value.map_err(|e| anyhow::anyhow!("reading {MAP_NEXTHOPS}: {e}"))?;
+            if value.ifindex != 0 {
+                written.insert(id, value);
+            }
+        }
+        Ok(Self { map, written })
     }
 
     /// Writes the entry of every target from `resolved` (by address; a
     /// missing or `None` answer empties it) and empties the entries of ids
-    /// written before that are no longer targets.
+    /// that are no longer targets. Writes only what differs from the map.
     pub fn apply(
         &mut self,
         targets: &[NextHopTarget],
@@ -126,7 +135,7 @@ impl NextHopWriter {
             wanted.entry(*id).or_default();
         }
         for (id, value) in wanted {
-            if self.written.get(&id) == Some(&value) {
+            if self.written.get(&id).copied().unwrap_or_default() == value {
                 continue;
             }
             match self.map.set(id, value, 0) {
@@ -185,8 +194,10 @@ pub async fn resolve_all(
 /// [`SETTLE`], and at most every [`MIN_INTERVAL`]), each change of
 /// `targets`, and every [`REFRESH`]. Logs each
 /// backend address whose next hop changes. When the notifications end it
-/// connects again; if it cannot, it empties the cache and ends, since a
-/// next hop nobody watches could go stale.
+/// connects again; if it cannot, or they end again within [`REFRESH`], it
+/// empties the cache and ends, since a next hop nobody watches could go
+/// stale. Closing `targets` ends it, even in the middle of a pass, and
+/// empties the cache.
 pub async fn maintain(
     mut handle: rtnetlink::Handle,
     mut notifications: resolve::Notifications,
@@ -194,10 +205,21 @@ pub async fn maintain(
     mut targets: watch::Receiver<Vec<NextHopTarget>>,
 ) {
     let mut known: HashMap<IpAddr, Option<Resolved>> = HashMap::new();
+    let mut reconnected: Option<Instant> = None;
     loop {
         let started = Instant::now();
         let current = targets.borrow_and_update().clone();
-        let resolved = resolve_all(&handle, &current).await;
+        // A pass over many backends takes a while: new targets start it
+        // again, and closed targets (the agent stopping) end it at once.
+        let resolved = tokio::select! {
+            resolved = resolve_all(&handle, &current) => resolved,
+            changed = targets.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
         for (address, answer) in &resolved {
             if known.get(address) != Some(answer) {
                 match answer {
@@ -234,9 +256,16 @@ pub async fn maintain(
                 }
                 // Without notifications a cached next hop could go stale
                 // unnoticed: connect again, or stop caching.
+                if reconnected.is_some_and(|at| at.elapsed() < REFRESH) {
+                    warn!("netlink notifications ended again within {}s of connecting: next-hop cache emptied, xdp_lb looks next hops up per packet", REFRESH.as_secs());
+                    break;
+                }
                 warn!("netlink notifications of neighbour and route changes ended; connecting again");
                 match resolve::connect() {
-                    Ok((h, n)) => (handle, notifications) = (h, n),
+                    Ok((h, n)) => {
+                        (handle, notifications) = (h, n);
+                        reconnected = Some(Instant::now());
+                    }
                     Err(e) => {
                         warn!("cannot connect again ({e:#}): next-hop cache emptied, xdp_lb looks next hops up per packet");
                         break;
