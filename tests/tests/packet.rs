@@ -1933,8 +1933,16 @@ fn cached_next_hops_replace_the_fib_lookup_and_follow_a_mac_change() {
     let emptied = NextHopWriter::from_pin(&pins.0)
         .expect("second writer")
         .clear();
-    assert_eq!(emptied.emptied, targets.len(), "every entry left is emptied");
-    assert_eq!(send(&fx), backend_mac(backend), "an emptied entry is not used");
+    assert_eq!(
+        emptied.emptied,
+        targets.len(),
+        "every entry left is emptied"
+    );
+    assert_eq!(
+        send(&fx),
+        backend_mac(backend),
+        "an emptied entry is not used"
+    );
     // Emptied: the FIB again.
     writer.apply(&targets, &resolved(cached, 1500));
     assert_eq!(send(&fx), cached);
