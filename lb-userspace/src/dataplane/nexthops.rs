@@ -166,16 +166,19 @@ impl NextHopWriter {
     }
 }
 
-/// Resolves every distinct address of `targets`; a netlink failure counts
-/// as unresolved (the FIB lookup then serves) and is logged.
+/// Resolves every distinct address of `targets` in one [`resolve::Pass`]
+/// (a route get each; each egress link and its neighbour table read once);
+/// a netlink failure counts as unresolved (the FIB lookup then serves) and
+/// is logged.
 pub async fn resolve_all(
     handle: &rtnetlink::Handle,
     targets: &[NextHopTarget],
 ) -> HashMap<IpAddr, Option<Resolved>> {
     let addresses: HashSet<IpAddr> = targets.iter().map(|t| t.address).collect();
     let mut out = HashMap::with_capacity(addresses.len());
+    let mut pass = resolve::Pass::default();
     for address in addresses {
-        let answer = match resolve::resolve(handle, address).await {
+        let answer = match pass.resolve(handle, address).await {
             Ok(answer) => answer,
             Err(e) => {
                 warn!(

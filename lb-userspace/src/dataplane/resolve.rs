@@ -3,7 +3,10 @@
 //! neighbour entry of the next hop, over rtnetlink; and a notification
 //! stream that says when any of those may have changed.
 
-use std::net::IpAddr;
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    net::IpAddr,
+};
 
 use anyhow::{Context as _, anyhow};
 use futures_util::{StreamExt as _, TryStreamExt as _};
@@ -59,36 +62,80 @@ pub type Notifications = UnboundedReceiver<()>;
 /// Err only for a netlink failure (socket, permission, malformed answer),
 /// with context naming the request and `backend`.
 pub async fn resolve(handle: &Handle, backend: IpAddr) -> anyhow::Result<Option<Resolved>> {
-    let route = route_get(handle, backend)
-        .await
-        .with_context(|| format!("route get {backend}"))?;
-    let Some(Route {
-        ifindex,
-        gateway,
-        mtu,
-    }) = route
-    else {
-        return Ok(None);
-    };
-    let Some(link) = link_get(handle, ifindex)
-        .await
-        .with_context(|| format!("link {ifindex} (egress toward {backend})"))?
-    else {
-        return Ok(None);
-    };
-    let next_hop = gateway.unwrap_or(backend);
-    let Some(dmac) = neighbour_get(handle, ifindex, next_hop)
-        .await
-        .with_context(|| format!("neighbour {next_hop} on link {ifindex} (toward {backend})"))?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(Resolved {
-        ifindex,
-        smac: link.mac,
-        dmac,
-        mtu: mtu.unwrap_or(link.mtu),
-    }))
+    Pass::default().resolve(handle, backend).await
+}
+
+/// One resolution of many backends: each backend gets its own route get,
+/// but a link is read and a link's neighbour table dumped once per pass,
+/// so a pass over N backends behind one interface costs N + 2 requests,
+/// not 3N. Start a new pass to see changes made since.
+#[derive(Default)]
+pub struct Pass {
+    /// Links read in this pass, by index (`None`: not Ethernet, or gone).
+    links: HashMap<u32, Option<Link>>,
+    /// Usable neighbour entries with a 6-byte link-layer address, by
+    /// (IPv6?, link index), dumped in this pass.
+    neighbours: HashMap<(bool, u32), HashMap<IpAddr, [u8; 6]>>,
+}
+
+impl Pass {
+    /// As [`resolve`], reusing the links and neighbour tables this pass
+    /// has read.
+    ///
+    /// # Errors
+    /// As [`resolve`].
+    pub async fn resolve(
+        &mut self,
+        handle: &Handle,
+        backend: IpAddr,
+    ) -> anyhow::Result<Option<Resolved>> {
+        let route = route_get(handle, backend)
+            .await
+            .with_context(|| format!("route get {backend}"))?;
+        let Some(Route {
+            ifindex,
+            gateway,
+            mtu,
+        }) = route
+        else {
+            return Ok(None);
+        };
+        if let Entry::Vacant(slot) = self.links.entry(ifindex) {
+            slot.insert(
+                link_get(handle, ifindex)
+                    .await
+                    .with_context(|| format!("link {ifindex} (egress toward {backend})"))?,
+            );
+        }
+        let Some(link) = self.links.get(&ifindex).copied().flatten() else {
+            return Ok(None);
+        };
+        let next_hop = gateway.unwrap_or(backend);
+        let key = (next_hop.is_ipv6(), ifindex);
+        if let Entry::Vacant(slot) = self.neighbours.entry(key) {
+            slot.insert(
+                neighbour_table(handle, ifindex, next_hop)
+                    .await
+                    .with_context(|| {
+                        format!("neighbours on link {ifindex} (toward {backend} via {next_hop})")
+                    })?,
+            );
+        }
+        let Some(dmac) = self
+            .neighbours
+            .get(&key)
+            .and_then(|table| table.get(&next_hop))
+            .copied()
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Resolved {
+            ifindex,
+            smac: link.mac,
+            dmac,
+            mtu: mtu.unwrap_or(link.mtu),
+        }))
+    }
 }
 
 /// Opens a netlink connection (spawned on the current tokio runtime) and a
@@ -222,6 +269,7 @@ fn is_no_route(raw_code: i32) -> bool {
 }
 
 /// The parts of a link [`resolve`] uses.
+#[derive(Clone, Copy)]
 struct Link {
     /// IFLA_ADDRESS.
     mac: [u8; 6],
@@ -261,51 +309,50 @@ async fn link_get(handle: &Handle, ifindex: u32) -> anyhow::Result<Option<Link>>
     Ok(Some(Link { mac, mtu }))
 }
 
-/// The link-layer address of neighbour `addr` on link `ifindex`, when its
-/// entry exists, has a 6-byte lladdr and is in a usable state.
-async fn neighbour_get(
+/// The usable neighbour entries (see [`usable`]) with a 6-byte link-layer
+/// address on link `ifindex`, of the family of `like`: one dump.
+async fn neighbour_table(
     handle: &Handle,
     ifindex: u32,
-    addr: IpAddr,
-) -> anyhow::Result<Option<[u8; 6]>> {
+    like: IpAddr,
+) -> anyhow::Result<HashMap<IpAddr, [u8; 6]>> {
     let mut request = handle
         .neighbours()
         .get()
-        .set_address_family(family_of(addr));
+        .set_address_family(family_of(like));
     // The kernel filters a dump by NDA_IFINDEX (neigh_valid_dump_req); the
     // loop below checks the index again all the same.
     request
         .message_mut()
         .attributes
         .push(NeighbourAttribute::IfIndex(ifindex));
-    let wanted = match addr {
-        IpAddr::V4(a) => NeighbourAddress::Inet(a),
-        IpAddr::V6(a) => NeighbourAddress::Inet6(a),
-    };
     let mut entries = request.execute();
-    let mut found = None;
-    // Read the dump to its end even after a match: the connection serves
-    // one request at a time.
+    let mut table = HashMap::new();
     while let Some(entry) = entries.try_next().await? {
-        if found.is_some() || entry.header.ifindex != ifindex || !usable(entry.header.state) {
+        if entry.header.ifindex != ifindex || !usable(entry.header.state) {
             continue;
         }
         let mut dst = None;
         let mut lladdr = None;
         for attribute in &entry.attributes {
             match attribute {
-                NeighbourAttribute::Destination(a) => dst = Some(a),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                    dst = Some(IpAddr::V4(*a));
+                }
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                    dst = Some(IpAddr::V6(*a));
+                }
                 NeighbourAttribute::LinkLayerAddress(bytes) => {
                     lladdr = <[u8; 6]>::try_from(bytes.as_slice()).ok();
                 }
                 _ => {}
             }
         }
-        if dst == Some(&wanted) {
-            found = lladdr;
+        if let (Some(dst), Some(lladdr)) = (dst, lladdr) {
+            table.insert(dst, lladdr);
         }
     }
-    Ok(found)
+    Ok(table)
 }
 
 /// Whether a neighbour entry in `state` may be used: REACHABLE, STALE,
@@ -510,6 +557,27 @@ mod tests {
             })
         );
         assert_eq!(resolve_now(&handle, "fd00:50::99").await, None);
+
+        // One pass over all of them (links and neighbour tables read once)
+        // answers as each resolution alone does.
+        let mut pass = Pass::default();
+        for addr in [
+            "10.50.0.21",
+            "198.51.100.7",
+            "10.50.0.99",
+            "203.0.113.1",
+            "fd00:50::21",
+            "fd00:50::99",
+        ] {
+            let parsed: IpAddr = addr.parse().expect("address");
+            let in_pass = tokio::time::timeout(WAIT, pass.resolve(&handle, parsed))
+                .await
+                .expect("in time")
+                .expect("pass");
+            assert_eq!(in_pass, resolve_now(&handle, addr).await, "{addr}");
+        }
+        assert_eq!(pass.links.len(), 1, "one link read");
+        assert_eq!(pass.neighbours.len(), 2, "one table per family");
 
         // Wait for a quiet namespace, so that the notification awaited
         // below can only be the replace's.
