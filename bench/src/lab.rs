@@ -22,7 +22,7 @@ use anyhow::{Context as _, bail};
 pub use lb_tests::proc::Proc;
 use lb_tests::{
     netns::{Netns, disable_tx_checksum},
-    topology::{self, Host},
+    topology,
 };
 
 /// The VIP (TCP port 80 and UDP port 9).
@@ -146,21 +146,7 @@ impl Lab {
             ("be2", "eth0", "b2", BACKENDS[1].1),
             ("be3", "eth0", "b3", BACKENDS[2].1),
         ];
-        let names: Vec<(String, String)> = hosts
-            .iter()
-            .map(|(host, _, _, addr)| (format!("{p}-{host}"), format!("{addr}/24")))
-            .collect();
-        let on_bridge: Vec<Host<'_>> = hosts
-            .iter()
-            .zip(&names)
-            .map(|((_, iface, peer, _), (ns, addr))| Host {
-                ns,
-                iface,
-                peer,
-                addr,
-            })
-            .collect();
-        topology::bridge(self.ns("sw"), &on_bridge)?;
+        topology::lab_bridge(self.ns("sw"), &p, &hosts)?;
         let mac = |m: [u8; 6]| {
             m.iter()
                 .map(|b| format!("{b:02x}"))

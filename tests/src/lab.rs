@@ -23,11 +23,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{
-    netns::Netns,
-    proc::Proc,
-    topology::{self, Host},
-};
+use crate::{netns::Netns, proc::Proc, topology};
 
 /// The VIP of the lab.
 pub const VIP: &str = "10.30.0.100";
@@ -298,21 +294,11 @@ impl Lab {
         for (i, (name, addr)) in backends.iter().enumerate() {
             hosts.push((name, "eth0".to_string(), format!("{p}b{}", i + 1), addr));
         }
-        let names: Vec<(String, String)> = hosts
+        let hosts: Vec<(&str, &str, &str, &str)> = hosts
             .iter()
-            .map(|(host, _, _, addr)| (format!("{p}-{host}"), format!("{addr}/24")))
+            .map(|(host, iface, peer, addr)| (*host, iface.as_str(), peer.as_str(), *addr))
             .collect();
-        let on_bridge: Vec<Host<'_>> = hosts
-            .iter()
-            .zip(&names)
-            .map(|((_, iface, peer, _), (ns, addr))| Host {
-                ns,
-                iface,
-                peer,
-                addr,
-            })
-            .collect();
-        topology::bridge(&self.ns[0], &on_bridge)?;
+        topology::lab_bridge(&self.ns[0], &p, &hosts)?;
         if self.options.router {
             self.build_router()?;
         }

@@ -17,6 +17,34 @@ pub struct Host<'a> {
     pub addr: &'a str,
 }
 
+/// [`bridge`] for the hosts of a lab named `prefix`, each given as (host,
+/// interface, veth peer, address): host `h` lives in namespace
+/// `{prefix}-{h}` and gets `{address}/24`.
+///
+/// # Errors
+/// An `ip` command fails.
+pub fn lab_bridge(
+    sw: &Netns,
+    prefix: &str,
+    hosts: &[(&str, &str, &str, &str)],
+) -> anyhow::Result<()> {
+    let names: Vec<(String, String)> = hosts
+        .iter()
+        .map(|(host, _, _, addr)| (format!("{prefix}-{host}"), format!("{addr}/24")))
+        .collect();
+    let on_bridge: Vec<Host<'_>> = hosts
+        .iter()
+        .zip(&names)
+        .map(|((_, iface, peer, _), (ns, addr))| Host {
+            ns,
+            iface,
+            peer,
+            addr,
+        })
+        .collect();
+    bridge(sw, &on_bridge)
+}
+
 /// Makes bridge `br0` in `sw` and joins every host to it by a veth pair,
 /// with its address, up.
 ///

@@ -3,21 +3,14 @@
 //! from the VIP address, quoting as much of the packet as fits in the
 //! minimum IPv6 MTU, rate-limited per CPU like the IPv4 message.
 
-use aya_ebpf::{
-    helpers::{
-        bpf_ktime_get_ns,
-        generated::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
-    },
-    programs::XdpContext,
-};
-use lb_common::{Outcome, PROTO_ICMPV6, rules::take_token};
-use network_types::{eth::EthHdr, ip::Ipv6Hdr, vlan::VlanHdr};
+use aya_ebpf::{helpers::generated::bpf_csum_diff, programs::XdpContext};
+use lb_common::{Outcome, PROTO_ICMPV6};
+use network_types::ip::Ipv6Hdr;
 
 use super::csum;
 use crate::{
     lb::icmp::{IcmpHdr, TTL},
-    maps::LB_ICMP_BUCKET,
-    parse::{ptr_at, ptr_at_fresh},
+    parse::ptr_at,
 };
 
 /// The minimum IPv6 MTU (RFC 8200 section 5): the smallest MTU announced.
@@ -62,53 +55,11 @@ pub fn reply(ctx: &XdpContext, l3: usize, mtu: u32, per_second: u32) -> Outcome 
 
 #[inline(always)]
 fn try_reply(ctx: &XdpContext, l3: usize, mtu: u32, per_second: u32) -> Result<Outcome, Outcome> {
-    let bucket = LB_ICMP_BUCKET
-        .get_ptr_mut(0)
-        .ok_or(Outcome::TooBigSuppressed)?;
-    // SAFETY: a helper without arguments; the per-CPU value has no other
-    // writer on this CPU while we run.
-    if !take_token(
-        unsafe { &mut *bucket },
-        unsafe { bpf_ktime_get_ns() },
-        per_second,
-    ) {
-        return Err(Outcome::TooBigSuppressed);
-    }
-    let eth: *const EthHdr = ptr_at_fresh(ctx, 0).ok_or(Outcome::DropMalformed)?;
+    super::too_big_token(per_second)?;
     let orig: *const Ipv6Hdr = ptr_at(ctx, l3).ok_or(Outcome::DropMalformed)?;
     // SAFETY: bounds checked; copied before the frame moves.
-    let (eth, src, dst) = unsafe { (*eth, (*orig).src_addr, (*orig).dst_addr) };
-    let vlan = if l3 > EthHdr::LEN {
-        let vlan: *const VlanHdr = ptr_at(ctx, EthHdr::LEN).ok_or(Outcome::DropMalformed)?;
-        // SAFETY: bounds checked by ptr_at.
-        Some(unsafe { *vlan })
-    } else {
-        None
-    };
-    // SAFETY: plain helper calls on our context; every packet pointer is
-    // taken again below.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(PUSHED as i32)) } != 0 {
-        return Err(Outcome::DropEncap);
-    }
-    let len = ctx.data_end() - ctx.data();
-    let want = l3 + PUSHED + QUOTE_LEN;
-    if len < want || unsafe { bpf_xdp_adjust_tail(ctx.ctx, want as i32 - len as i32) } != 0 {
-        return Err(Outcome::DropEncap);
-    }
-    let new_eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Outcome::DropEncap)?;
-    // SAFETY: bounds checked by ptr_at.
-    unsafe {
-        *new_eth = EthHdr {
-            dst_addr: eth.src_addr,
-            src_addr: eth.dst_addr,
-            ether_type: eth.ether_type,
-        };
-    }
-    if let Some(vlan) = vlan {
-        let new_vlan: *mut VlanHdr = ptr_at(ctx, EthHdr::LEN).ok_or(Outcome::DropEncap)?;
-        // SAFETY: bounds checked by ptr_at.
-        unsafe { *new_vlan = vlan };
-    }
+    let (src, dst) = unsafe { ((*orig).src_addr, (*orig).dst_addr) };
+    super::reply_room(ctx, l3, PUSHED, QUOTE_LEN)?;
     let payload_len = (8 + QUOTE_LEN) as u16;
     let ip: *mut Ipv6Hdr = ptr_at(ctx, l3).ok_or(Outcome::DropEncap)?;
     // SAFETY: bounds checked by ptr_at. From the VIP, to the client.

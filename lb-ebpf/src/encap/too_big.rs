@@ -2,21 +2,14 @@
 //! client whose packet, once encapsulated, would not fit toward its
 //! backend: sent from the VIP address, rate-limited per CPU.
 
-use aya_ebpf::{
-    helpers::{
-        bpf_ktime_get_ns,
-        generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
-    },
-    programs::XdpContext,
-};
-use lb_common::{Outcome, PROTO_ICMP, rules::take_token};
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, vlan::VlanHdr};
+use aya_ebpf::programs::XdpContext;
+use lb_common::{Outcome, PROTO_ICMP};
+use network_types::ip::Ipv4Hdr;
 
 use super::csum;
 use crate::{
     lb::icmp::{IcmpHdr, TTL},
-    maps::LB_ICMP_BUCKET,
-    parse::{ptr_at, ptr_at_fresh},
+    parse::ptr_at,
 };
 
 /// Bytes of the offending packet quoted: its IPv4 header (20, without
@@ -46,54 +39,11 @@ fn try_reply(
     next_hop_mtu: u16,
     per_second: u32,
 ) -> Result<Outcome, Outcome> {
-    let bucket = LB_ICMP_BUCKET
-        .get_ptr_mut(0)
-        .ok_or(Outcome::TooBigSuppressed)?;
-    // SAFETY: a helper without arguments; the per-CPU value has no other
-    // writer on this CPU while we run.
-    if !take_token(
-        unsafe { &mut *bucket },
-        unsafe { bpf_ktime_get_ns() },
-        per_second,
-    ) {
-        return Err(Outcome::TooBigSuppressed);
-    }
-    let eth: *const EthHdr = ptr_at_fresh(ctx, 0).ok_or(Outcome::DropMalformed)?;
+    super::too_big_token(per_second)?;
     let orig: *const Ipv4Hdr = ptr_at(ctx, l3).ok_or(Outcome::DropMalformed)?;
     // SAFETY: bounds checked by ptr_at; copied before the frame moves.
-    let (eth, orig) = unsafe { (*eth, *orig) };
-    let vlan = if l3 > EthHdr::LEN {
-        let vlan: *const VlanHdr = ptr_at(ctx, EthHdr::LEN).ok_or(Outcome::DropMalformed)?;
-        // SAFETY: bounds checked by ptr_at.
-        Some(unsafe { *vlan })
-    } else {
-        None
-    };
-    // SAFETY: plain helper calls on our context; every packet pointer is
-    // taken again below.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(PUSHED as i32)) } != 0 {
-        return Err(Outcome::DropEncap);
-    }
-    let len = ctx.data_end() - ctx.data();
-    let want = l3 + PUSHED + QUOTE_LEN;
-    if len < want || unsafe { bpf_xdp_adjust_tail(ctx.ctx, want as i32 - len as i32) } != 0 {
-        return Err(Outcome::DropEncap);
-    }
-
-    let new_eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Outcome::DropEncap)?;
-    // SAFETY: bounds checked by ptr_at.
-    unsafe {
-        *new_eth = EthHdr {
-            dst_addr: eth.src_addr,
-            src_addr: eth.dst_addr,
-            ether_type: eth.ether_type,
-        };
-    }
-    if let Some(vlan) = vlan {
-        let new_vlan: *mut VlanHdr = ptr_at(ctx, EthHdr::LEN).ok_or(Outcome::DropEncap)?;
-        // SAFETY: bounds checked by ptr_at.
-        unsafe { *new_vlan = vlan };
-    }
+    let orig = unsafe { *orig };
+    super::reply_room(ctx, l3, PUSHED, QUOTE_LEN)?;
     let mut ip = Ipv4Hdr {
         vihl: 0x45,
         tos: 0,

@@ -47,6 +47,16 @@ fn code(step: Result<Outcome, Outcome>) -> u32 {
     }
 }
 
+/// A step's result as its return value: `Ok` carries `CONTINUE`,
+/// `TOO_BIG` or an outcome's index, `Err` an outcome (taken by `?`).
+#[inline(always)]
+fn step_code(step: Result<u32, Outcome>) -> u32 {
+    match step {
+        Ok(code) => code,
+        Err(outcome) => outcome as u32,
+    }
+}
+
 /// The outcome of a step's code (`CONTINUE` never reaches here).
 #[inline(always)]
 fn outcome(code: u32) -> Outcome {
@@ -230,10 +240,7 @@ fn addr_words(addr: &[u8; 16]) -> [u32; 4] {
 /// hop; `TOO_BIG` (with `c.mtu_left`) when it would not fit.
 #[inline(never)]
 fn forward(ctx: &XdpContext, globals: &Globals, p: &Packet, c: &mut Choice) -> u32 {
-    match try_forward(ctx, globals, p, c) {
-        Ok(step) => step,
-        Err(outcome) => outcome as u32,
-    }
+    step_code(try_forward(ctx, globals, p, c))
 }
 
 #[inline(always)]

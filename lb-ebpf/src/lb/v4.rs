@@ -33,10 +33,7 @@ pub(super) fn parse(
     bytes: u64,
     p: *mut Packet,
 ) -> u32 {
-    match try_parse(ctx, globals, l3, bytes, p) {
-        Ok(step) => step,
-        Err(outcome) => outcome as u32,
-    }
+    super::step_code(try_parse(ctx, globals, l3, bytes, p))
 }
 
 #[inline(always)]

@@ -147,6 +147,8 @@ pub enum AgentError {
     },
 }
 
+/// Maps an I/O error of operation `op` on `path` (a file, directory or
+/// interface name) to [`AgentError::Io`], for `map_err`.
 pub(crate) fn io_err(
     op: &'static str,
     path: impl Into<String>,

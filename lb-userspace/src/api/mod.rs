@@ -23,6 +23,7 @@ pub use status::{
     BackendStatus, LastCheck, Reloads, Status, Traffic, VipStatus, fetch_status, render_table,
 };
 
+/// What the API's handlers share: the agent's view and the reload record.
 pub(crate) struct Api {
     shared: Arc<Shared>,
     registry: Registry,

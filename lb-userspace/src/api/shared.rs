@@ -50,6 +50,7 @@ struct View {
     reloads: Reloads,
 }
 
+/// Metric labels of one backend: (name, value) pairs, `vip` then `backend`.
 pub(crate) type Labels = Vec<(&'static str, String)>;
 
 /// What the API shows, shared by the agent (writer) and the server.

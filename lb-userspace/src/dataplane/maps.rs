@@ -31,6 +31,8 @@ pub struct MapWriteError {
     pub source: MapError,
 }
 
+/// Maps aya's error of operation `op` on map `map` to a [`MapWriteError`],
+/// for `map_err`.
 pub(crate) fn wrap(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> MapWriteError {
     move |source| MapWriteError { map, op, source }
 }
