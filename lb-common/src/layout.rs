@@ -11,12 +11,12 @@ use core::mem::{offset_of, size_of};
 
 use crate::{
     AddrKey, Backend, CachedNextHop, ConnEvent, ConnValue, Counter, FlowKey, Globals,
-    MAGLEV_MAP_FLAGS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONN_BUCKET, MAP_CONN_STATS, MAP_CONNS,
+    MAGLEV_MAP_FLAGS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONN_BUCKET, MAP_CONNS,
     MAP_DECAP_CONFIG, MAP_DECAP_LOCAL, MAP_DECAP_VIPS, MAP_GLOBALS, MAP_ICMP_BUCKET, MAP_MAGLEV,
     MAP_NEXTHOPS, MAP_SRC_ALLOW_V4, MAP_SRC_ALLOW_V6, MAP_SRC_ALLOW_VIP4, MAP_SRC_ALLOW_VIP6,
-    MAP_STATS, MAP_VIP_ADDRS, MAP_VIP_DROPS, MAP_VIP_STATS, MAP_VIPS, MAX_BACKENDS,
-    MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES, MAX_VIP_SOURCE_PREFIXES, MAX_VIPS, Outcome, TokenBucket,
-    VipKey, VipSourceKey, VipSourceKey6, VipValue,
+    MAP_STATS, MAP_VIP_ADDRS, MAP_VIP_BLOOM, MAP_VIP_DROPS, MAP_VIP_STATS, MAP_VIPS, MAX_BACKENDS,
+    MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES, MAX_VIP_SOURCE_PREFIXES, MAX_VIPS, Outcome, STAT_ENTRIES,
+    TokenBucket, VIP_BLOOM_WORDS, VipKey, VipSourceKey, VipSourceKey6, VipValue,
 };
 
 /// Kind of a BPF map: its `bpf_map_type` number (include/uapi/linux/bpf.h).
@@ -132,7 +132,7 @@ pub const MAPS: [MapSpec; 21] = [
         4,
         size_of::<Counter>(),
         0,
-        Some(Outcome::COUNT),
+        Some(STAT_ENTRIES),
     ),
     spec(
         MAP_VIP_STATS,
@@ -159,12 +159,12 @@ pub const MAPS: [MapSpec; 21] = [
         None,
     ),
     spec(
-        MAP_CONN_STATS,
-        MapKind::PerCpuArray,
+        MAP_VIP_BLOOM,
+        MapKind::Array,
         4,
-        size_of::<Counter>(),
+        8,
         0,
-        Some(ConnEvent::COUNT),
+        Some(VIP_BLOOM_WORDS),
     ),
     spec(
         MAP_DECAP_VIPS,

@@ -31,8 +31,9 @@ pub const MAP_NEXTHOPS: &str = "LB_NEXTHOPS";
 pub const MAP_SRC_ALLOW_V4: &str = "LB_SRC_ALLOW4";
 /// Data-plane settings: array of one [`Globals`].
 pub const MAP_GLOBALS: &str = "LB_GLOBALS";
-/// Per-outcome counters: per-CPU array of [`crate::Counter`] indexed by
-/// [`crate::Outcome`], [`crate::Outcome::COUNT`] entries.
+/// Per-outcome and per-connection-table-event counters: per-CPU array of
+/// [`crate::Counter`], [`crate::STAT_ENTRIES`] entries indexed by
+/// [`crate::stat_index`] (outcome, event): one update per packet for both.
 pub const MAP_STATS: &str = "LB_STATS";
 /// Per-VIP counters: per-CPU array of [`crate::Counter`] indexed by VIP id,
 /// [`MAX_VIPS`] entries.
@@ -43,9 +44,19 @@ pub const MAP_BACKEND_STATS: &str = "LB_BE_STATS";
 /// Connection table: LRU hash of [`FlowKey`] -> [`ConnValue`], capacity
 /// `conntrack.max_entries` (set at load).
 pub const MAP_CONNS: &str = "LB_CONNS";
-/// Connection-table counters: per-CPU array of [`crate::Counter`] indexed by
-/// [`crate::ConnEvent`], [`crate::ConnEvent::COUNT`] entries.
-pub const MAP_CONN_STATS: &str = "LB_CONN_STATS";
+/// Which addresses may carry a VIP: array of [`VIP_BLOOM_WORDS`] `u64`, a
+/// bit per [`crate::rules::vip_bloom_bit`] of each VIP address (a Bloom
+/// filter with one hash). A clear bit means "no VIP on this address", so
+/// most traffic that is not for a VIP costs `xdp_lb` no hash lookup, and
+/// VIP traffic only the VIP lookup; a set bit is confirmed in
+/// [`MAP_VIP_ADDRS`] wherever the answer drops or answers the packet.
+pub const MAP_VIP_BLOOM: &str = "LB_VIP_BLOOM";
+/// Words of [`MAP_VIP_BLOOM`]: 4096 x 64 = 2^18 bits (32 KiB); with the
+/// most VIP addresses [`MAX_VIPS`] allows, under 1 % of other addresses
+/// find their bit set.
+pub const VIP_BLOOM_WORDS: u32 = 1 << (VIP_BLOOM_BITS_LOG2 - 6);
+/// Bits of [`MAP_VIP_BLOOM`], as a power of two.
+pub const VIP_BLOOM_BITS_LOG2: u32 = 18;
 /// Backend side: VIPs this host serves, [`AddrKey`] -> `u32` (unused value 1),
 /// hash map of [`MAX_VIPS`] entries.
 pub const MAP_DECAP_VIPS: &str = "DECAP_VIPS";

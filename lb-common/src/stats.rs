@@ -11,8 +11,8 @@ pub struct Counter {
 }
 const _: () = assert!(size_of::<Counter>() == 16);
 
-/// What a program did with a packet: the index of its counter in
-/// [`crate::MAP_STATS`]. Drop reasons double as metrics, as Cilium's codes do.
+/// What a program did with a packet: the row of its counters in
+/// [`crate::MAP_STATS`] (see [`stat_index`]). Drop reasons double as metrics, as Cilium's codes do.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -161,8 +161,8 @@ impl Outcome {
     }
 }
 
-/// What the connection table did for a packet of a VIP flow: the index of its
-/// counter in [`crate::MAP_CONN_STATS`].
+/// What the connection table did for a packet of a VIP flow: its slot in
+/// the packet's outcome row of [`crate::MAP_STATS`] (see [`stat_index`]).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnEvent {
@@ -182,7 +182,7 @@ pub enum ConnEvent {
 }
 
 impl ConnEvent {
-    /// Number of events: the size of [`crate::MAP_CONN_STATS`].
+    /// Number of events ([`NO_CONN_EVENT`] is the slot after them).
     pub const COUNT: u32 = 5;
     /// Every event, in index order.
     pub const ALL: [ConnEvent; Self::COUNT as usize] = [
@@ -203,6 +203,25 @@ impl ConnEvent {
             Self::Limited => "conntrack_limited",
         }
     }
+}
+
+/// Entries of [`crate::MAP_STATS`] per outcome: one per [`ConnEvent`], then
+/// [`NO_CONN_EVENT`]. A packet's outcome and its connection-table event are
+/// one counter, so `xdp_lb` updates one per-CPU entry for both.
+pub const STAT_SLOTS: u32 = ConnEvent::COUNT + 1;
+/// The slot of a packet that caused no connection-table event (not VIP
+/// traffic, dropped before the backend choice, an ICMP error, decapsulation).
+pub const NO_CONN_EVENT: u32 = ConnEvent::COUNT;
+/// Entries of [`crate::MAP_STATS`]: [`Outcome::COUNT`] rows of [`STAT_SLOTS`].
+pub const STAT_ENTRIES: u32 = Outcome::COUNT * STAT_SLOTS;
+
+/// The entry of [`crate::MAP_STATS`] counting packets with `outcome` (an
+/// [`Outcome`]'s index) and connection-table `event_slot` (a [`ConnEvent`]'s
+/// index, or [`NO_CONN_EVENT`]). The counter of an outcome is the sum of its
+/// row; that of an event the sum of its column.
+#[inline(always)]
+pub const fn stat_index(outcome: u32, event_slot: u32) -> u32 {
+    outcome * STAT_SLOTS + event_slot
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
-use lb_common::Outcome;
+use lb_common::{NO_CONN_EVENT, Outcome, stat_index};
 
 use crate::maps::{LB_STATS, count};
 
@@ -31,10 +31,8 @@ use crate::maps::{LB_STATS, count};
 )]
 pub fn xdp_lb(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let outcome = match lb::try_lb(&ctx, bytes) {
-        Ok(outcome) | Err(outcome) => outcome,
-    };
-    count(&LB_STATS, outcome as u32, bytes);
+    let (outcome, counter) = lb::run(&ctx, bytes);
+    count(&LB_STATS, counter, bytes);
     action(outcome)
 }
 
@@ -47,7 +45,7 @@ pub fn xdp_lb(ctx: XdpContext) -> u32 {
 pub fn xdp_decap(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let outcome = decap::try_decap(&ctx);
-    count(&LB_STATS, outcome as u32, bytes);
+    count(&LB_STATS, stat_index(outcome as u32, NO_CONN_EVENT), bytes);
     action(outcome)
 }
 

@@ -6,9 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    AddrKey, Backend, CachedNextHop, ConnEvent, ConnValue, Counter, FlowKey, Globals, MAX_BACKENDS,
-    MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES, MAX_VIP_SOURCE_PREFIXES, MAX_VIPS, Outcome, TokenBucket,
-    VipKey, VipSourceKey, VipSourceKey6, VipValue,
+    AddrKey, Backend, CachedNextHop, ConnValue, Counter, FlowKey, Globals, MAX_BACKENDS,
+    MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES, MAX_VIP_SOURCE_PREFIXES, MAX_VIPS, STAT_ENTRIES,
+    TokenBucket, VIP_BLOOM_WORDS, VipKey, VipSourceKey, VipSourceKey6, VipValue,
+    rules::vip_bloom_bit,
 };
 
 /// VIP (address, port, protocol) -> its id, Maglev table and flags.
@@ -40,9 +41,10 @@ pub static LB_SRC_ALLOW4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_
 #[map]
 pub static LB_GLOBALS: Array<Globals> = Array::with_max_entries(1, 0);
 
-/// Per-outcome counters, indexed by `Outcome`.
+/// Per-outcome and per-connection-table-event counters, indexed by
+/// `lb_common::stat_index`.
 #[map]
-pub static LB_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Outcome::COUNT, 0);
+pub static LB_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STAT_ENTRIES, 0);
 
 /// Per-VIP counters, indexed by VIP id.
 #[map]
@@ -56,9 +58,9 @@ pub static LB_BE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX
 #[map]
 pub static LB_CONNS: LruHashMap<FlowKey, ConnValue> = LruHashMap::with_max_entries(1, 0);
 
-/// Connection-table counters, indexed by `ConnEvent`.
+/// A bit per VIP address (`lb_common::rules::vip_bloom_bit`).
 #[map]
-pub static LB_CONN_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(ConnEvent::COUNT, 0);
+pub static LB_VIP_BLOOM: Array<u64> = Array::with_max_entries(VIP_BLOOM_WORDS, 0);
 
 /// Backend side: VIPs served by this host.
 #[map]
@@ -99,6 +101,21 @@ pub static LB_ICMP_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entr
 /// Per-CPU token bucket of connection-table inserts.
 #[map]
 pub static LB_CONN_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether `key` may carry a VIP: its bit in `LB_VIP_BLOOM` is set. One
+/// array read (inlined by the verifier), no hash lookup; `false` is exact,
+/// `true` is confirmed by [`is_vip_address`] where it matters.
+#[inline(always)]
+pub fn may_be_vip_address(key: &AddrKey) -> bool {
+    let (word, mask) = vip_bloom_bit(key);
+    LB_VIP_BLOOM.get(word).is_some_and(|w| *w & mask != 0)
+}
+
+/// Whether `key` carries a VIP (`LB_VIP_ADDRS`, a hash lookup).
+#[inline(always)]
+pub fn is_vip_address(key: &AddrKey) -> bool {
+    LB_VIP_ADDRS.get_ptr(key).is_some()
+}
 
 /// Adds one packet of `bytes` bytes to entry `index` of a per-CPU counter map.
 /// An index past the map's end is ignored (the lookup fails).

@@ -821,6 +821,62 @@ fn a_vip_list_narrows_the_sources_of_that_vip() {
     assert_eq!(action, XDP_TX);
 }
 
+/// An address that is not a VIP address but shares the VIP's bit in the
+/// VIP-address filter (`LB_VIP_BLOOM`, the lookup `xdp_lb` makes before
+/// any hash lookup) is treated exactly like any other non-VIP address:
+/// what would drop or answer a packet because it is for a VIP address is
+/// confirmed in `LB_VIP_ADDRS` first.
+#[test]
+fn an_address_sharing_the_vip_filter_bit_is_not_vip_traffic() {
+    if !lb_tests::can_run_as_root("an_address_sharing_the_vip_filter_bit_is_not_vip_traffic") {
+        return;
+    }
+    use lb_common::{AddrKey, rules::vip_bloom_bit};
+    let bit = vip_bloom_bit(&AddrKey::v4(VIP));
+    // About one address in 2^18 shares it: search 10.0.0.0/8, bounded.
+    let twin = (0x0a00_0000u32..0x0b00_0000)
+        .map(u32::to_be_bytes)
+        .find(|&a| a != VIP && a != VIP_NO_NEIGH && vip_bloom_bit(&AddrKey::v4(a)) == bit)
+        .expect("an address of 10.0.0.0/8 shares the VIP's bit");
+    let fx = Fixture::new("bloomtwin");
+
+    // An outside source: dropped toward the VIP, passed toward the twin
+    // (scope "vip": the filter applies to VIP addresses only).
+    let (action, _) = fx.run("xdp_lb", &tcp_syn(OUTSIDE, VIP, 40000, 80));
+    assert_eq!(action, XDP_DROP);
+    let (action, out) = fx.run("xdp_lb", &tcp_syn(OUTSIDE, twin, 40000, 80));
+    assert_eq!(action, XDP_PASS, "twin {twin:?}");
+    assert_eq!(out, tcp_syn(OUTSIDE, twin, 40000, 80), "untouched");
+    assert_eq!(fx.count(Outcome::DropSourceFilter), 1);
+
+    // ICMP echo: answered for the VIP, passed to the kernel for the twin.
+    let (action, _) = fx.run("xdp_lb", &echo(CLIENT, VIP, (CLIENT_MAC, LB_MAC), true));
+    assert_eq!(action, XDP_TX);
+    let request = echo(CLIENT, twin, (CLIENT_MAC, LB_MAC), true);
+    let (action, out) = fx.run("xdp_lb", &request);
+    assert_eq!((action, out), (XDP_PASS, request));
+    assert_eq!(fx.count(Outcome::EchoReplied), 1);
+
+    // A fragment: dropped for the VIP (no ports to hash), passed for the twin.
+    let mut header =
+        Ipv4Header::new(8, 64, etherparse::IpNumber::UDP, CLIENT, twin).expect("header");
+    header.more_fragments = true;
+    let mut frag = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ip(IpHeaders::Ipv4(header, Default::default()))
+        .udp(5353, 53)
+        .write(&mut frag, b"")
+        .expect("build");
+    assert_eq!(fx.run("xdp_lb", &fragment(true, 0)).0, XDP_DROP);
+    assert_eq!(fx.run("xdp_lb", &frag).0, XDP_PASS);
+    assert_eq!(fx.count(Outcome::DropFragment), 1);
+
+    // An allowed source's TCP to the twin: passed, as to any address.
+    let (action, _) = fx.run("xdp_lb", &tcp_ack(CLIENT, twin, 40001, 80));
+    assert_eq!(action, XDP_PASS);
+    assert_eq!(fx.count(Outcome::Passed), 4);
+}
+
 #[test]
 fn unhealthy_backends_are_skipped_and_no_backend_drops() {
     if !lb_tests::can_run_as_root("unhealthy_backends_are_skipped_and_no_backend_drops") {

@@ -11,8 +11,9 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{helpers::generated::bpf_redirect, programs::XdpContext};
 use lb_common::{
-    AddrKey, FAMILY_V6, FlowKey, GLOBAL_F_GUE, GLOBAL_F_READY, Globals, Outcome, VIP_F_OWN_ALLOW,
-    VIP_F_PASS_ON_NO_BACKEND, VipValue, flow_hash, rules::vip_source_allowed,
+    AddrKey, FAMILY_V6, FlowKey, GLOBAL_F_GUE, GLOBAL_F_READY, Globals, NO_CONN_EVENT, Outcome,
+    VIP_F_OWN_ALLOW, VIP_F_PASS_ON_NO_BACKEND, VipValue, flow_hash, rules::vip_source_allowed,
+    stat_index,
 };
 
 pub mod filter;
@@ -63,10 +64,22 @@ fn outcome(code: u32) -> Outcome {
     Outcome::from_index(code).unwrap_or(Outcome::DropMalformed)
 }
 
-/// Processes one frame of `bytes` bytes. `Ok` and `Err` both carry the
-/// outcome; `Err` is taken by `?` on a parse or lookup failure.
+/// Processes one frame of `bytes` bytes: its outcome, and the entry of
+/// `LB_STATS` that counts it (`lb_common::stat_index` of the outcome and
+/// the connection-table event, if the packet reached one).
 #[inline(always)]
-pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Outcome, Outcome> {
+pub fn run(ctx: &XdpContext, bytes: u64) -> (Outcome, u32) {
+    let mut conn_event = NO_CONN_EVENT;
+    let outcome = match try_lb(ctx, bytes, &mut conn_event) {
+        Ok(outcome) | Err(outcome) => outcome,
+    };
+    (outcome, stat_index(outcome as u32, conn_event))
+}
+
+/// [`run`]: `Ok` and `Err` both carry the outcome; `Err` is taken by `?` on
+/// a parse or lookup failure. `conn_event` is set once a backend is chosen.
+#[inline(always)]
+fn try_lb(ctx: &XdpContext, bytes: u64, conn_event: &mut u32) -> Result<Outcome, Outcome> {
     let Some(globals) = LB_GLOBALS.get(0) else {
         return Ok(Outcome::Passed);
     };
@@ -96,6 +109,7 @@ pub fn try_lb(ctx: &XdpContext, bytes: u64) -> Result<Outcome, Outcome> {
     }
     // SAFETY: choose wrote the whole choice before CONTINUE.
     let c = unsafe { c.assume_init_mut() };
+    *conn_event = c.conn_event;
     match forward(ctx, globals, p, c) {
         TOO_BIG => Ok(too_big(ctx, &p.inner, c.mtu_left, globals.too_big_per_cpu)),
         step => Ok(outcome(step)),
@@ -158,6 +172,9 @@ struct Choice {
     backend_family: u8,
     /// The backend entry's generation, which a cached next hop must match.
     backend_generation: u32,
+    /// What the connection table did (a [`lb_common::ConnEvent`]'s index, or
+    /// [`NO_CONN_EVENT`]), counted with the packet's outcome.
+    conn_event: u32,
     /// With `TOO_BIG`: the bytes the inner packet may have.
     mtu_left: u16,
 }
@@ -206,11 +223,12 @@ fn choose(max_new_per_cpu: u32, p: &Packet, c: *mut Choice) -> u32 {
         f.proto,
     );
     let chosen = if p.icmp_error {
-        lookup_backend(vip, &key, hash)
+        lookup_backend(vip, &key, hash).map(|(id, backend)| (id, backend, NO_CONN_EVENT))
     } else {
-        flow_backend(vip, &key, hash, p.bytes, p.syn, max_new_per_cpu)
+        flow_backend(vip, &key, hash, p.syn, max_new_per_cpu)
+            .map(|(id, backend, event)| (id, backend, event as u32))
     };
-    let Some((backend_id, backend)) = chosen else {
+    let Some((backend_id, backend, conn_event)) = chosen else {
         return code(no_backend(vip));
     };
     // SAFETY: the caller's choice, written whole.
@@ -221,6 +239,7 @@ fn choose(max_new_per_cpu: u32, p: &Packet, c: *mut Choice) -> u32 {
             backend_addr: addr_words(&backend.addr),
             backend_family: backend.family,
             backend_generation: backend.generation,
+            conn_event,
             mtu_left: 0,
         });
     }

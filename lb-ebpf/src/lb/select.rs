@@ -7,9 +7,7 @@ use lb_common::{
     rules::{backend_usable, match_vip, take_token},
 };
 
-use crate::maps::{
-    LB_BACKENDS, LB_CONN_BUCKET, LB_CONN_STATS, LB_CONNS, LB_MAGLEV, LB_VIPS, count,
-};
+use crate::maps::{LB_BACKENDS, LB_CONN_BUCKET, LB_CONNS, LB_MAGLEV, LB_VIPS};
 
 /// The VIP for (address, port, protocol) of `family` (address as in map
 /// keys), falling back to the port-0 wildcard VIP of that address and
@@ -61,16 +59,16 @@ pub fn maglev_backend(vip: &VipValue, flow_hash: u32) -> Option<(u32, &'static B
 /// recorded unless the packet is a TCP SYN (`syn`: the flow is recorded by
 /// its first packet that is not a SYN, so spoofed SYNs never fill the
 /// table) or this CPU has recorded `max_new_per_cpu` new flows in the last
-/// second. Counts a hit, miss, re-hash, SYN or limited in `LB_CONN_STATS`.
+/// second. Returns the backend with what the connection table did (a hit,
+/// miss, re-hash, SYN or limited), which the packet's counter records.
 #[inline(always)]
 pub fn flow_backend(
     vip: &VipValue,
     flow: &FlowKey,
     flow_hash: u32,
-    bytes: u64,
     syn: bool,
     max_new_per_cpu: u32,
-) -> Option<(u32, &'static Backend)> {
+) -> Option<(u32, &'static Backend, ConnEvent)> {
     let event = match LB_CONNS.get_ptr(flow) {
         Some(entry) => {
             // SAFETY: a map value pointer, valid during this program run.
@@ -78,8 +76,7 @@ pub fn flow_backend(
             if let Some(backend) = usable_backend(entry.backend_id)
                 && backend.generation == entry.generation
             {
-                count(&LB_CONN_STATS, ConnEvent::Hit as u32, bytes);
-                return Some((entry.backend_id, backend));
+                return Some((entry.backend_id, backend, ConnEvent::Hit));
             }
             ConnEvent::Rehash
         }
@@ -103,8 +100,7 @@ pub fn flow_backend(
         );
         event
     };
-    count(&LB_CONN_STATS, event as u32, bytes);
-    Some((id, backend))
+    Some((id, backend, event))
 }
 
 /// Whether this CPU may record one more new flow: a token from its bucket

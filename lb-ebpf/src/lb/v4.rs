@@ -10,7 +10,7 @@ use network_types::ip::Ipv4Hdr;
 
 use super::{CONTINUE, Flow, Inner, Packet, filter::source_allowed_v4, icmp, icmp::Icmp};
 use crate::{
-    maps::LB_VIP_ADDRS,
+    maps::{is_vip_address, may_be_vip_address},
     parse::{L3, flow_ports_at, ipv4_at, is_fragment},
 };
 
@@ -48,29 +48,55 @@ fn try_parse(
     // SAFETY: bounds checked by ipv4_at; fields are copied out before the
     // frame is changed.
     let hdr: &Ipv4Hdr = unsafe { &*ip.hdr };
+    let (src, dst, proto) = (hdr.src_addr, hdr.dst_addr, hdr.proto);
+
+    // Source filter first, so unwanted sources cost the least (SPEC 4). The
+    // VIP-address filter answers "maybe" for a few other addresses: what
+    // drops or answers a packet because it is for a VIP address confirms
+    // it (`vip_address` below, and ICMP), the rest needs no confirmation
+    // (a packet that matches no VIP passes).
+    let dst_key = AddrKey::v4(dst);
+    let scope_all = globals.flags & GLOBAL_F_SCOPE_ALL != 0;
+    match filter_verdict(scope_all, may_be_vip_address(&dst_key), || {
+        source_allowed_v4(src)
+    }) {
+        FilterVerdict::Drop if scope_all || is_vip_address(&dst_key) => {
+            return Err(Outcome::DropSourceFilter);
+        }
+        FilterVerdict::Drop | FilterVerdict::Pass => return Ok(Outcome::Passed as u32),
+        FilterVerdict::ToVipAddress if proto == PROTO_ICMP && !is_vip_address(&dst_key) => {
+            return Ok(Outcome::Passed as u32);
+        }
+        FilterVerdict::ToVipAddress => {}
+    }
+    match vip_address(ctx, l3, bytes, p, ip.len, hdr) {
+        Err(_) if !is_vip_address(&dst_key) => Ok(Outcome::Passed as u32),
+        done => done,
+    }
+}
+
+/// A packet to a VIP address (or to an address that shares its filter
+/// bit): fragments, ICMP, the flow.
+#[inline(always)]
+fn vip_address(
+    ctx: &XdpContext,
+    l3: usize,
+    bytes: u64,
+    p: *mut Packet,
+    ip_len: usize,
+    hdr: &Ipv4Hdr,
+) -> Result<u32, Outcome> {
     let (src, dst, proto, tos) = (hdr.src_addr, hdr.dst_addr, hdr.proto, hdr.tos);
     let df = u16::from_be_bytes(hdr.frags) & IP_DF != 0;
     let len = u16::from_be_bytes(hdr.tot_len);
-
-    // Source filter first, so unwanted sources cost the least (SPEC 4).
-    let for_vip_addr = LB_VIP_ADDRS.get_ptr(AddrKey::v4(dst)).is_some();
-    match filter_verdict(
-        globals.flags & GLOBAL_F_SCOPE_ALL != 0,
-        for_vip_addr,
-        || source_allowed_v4(src),
-    ) {
-        FilterVerdict::Drop => return Err(Outcome::DropSourceFilter),
-        FilterVerdict::Pass => return Ok(Outcome::Passed as u32),
-        FilterVerdict::ToVipAddress => {}
-    }
     // A fragment has no ports to hash on (later fragments carry no L4 header).
     if is_fragment(hdr) {
         return Err(Outcome::DropFragment);
     }
-    let l4 = l3 + ip.len;
+    let l4 = l3 + ip_len;
     let (flow, icmp_error, syn) = if proto == PROTO_ICMP {
         match icmp::classify(ctx, l4)? {
-            Icmp::EchoRequest => return icmp::echo_reply(ctx, l3, ip.len).map(|o| o as u32),
+            Icmp::EchoRequest => return icmp::echo_reply(ctx, l3, ip_len).map(|o| o as u32),
             Icmp::Other => return Ok(Outcome::Passed as u32),
             Icmp::Error => {
                 let q = icmp::quoted_flow(ctx, l4, dst)?;
@@ -109,7 +135,7 @@ fn try_parse(
                 len,
                 tos,
                 df,
-                options: ip.len != Ipv4Hdr::LEN,
+                options: ip_len != Ipv4Hdr::LEN,
             },
             source: key(src),
             icmp_error,

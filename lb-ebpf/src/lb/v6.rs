@@ -10,7 +10,7 @@ use network_types::ip::Ipv6Hdr;
 
 use super::{CONTINUE, Flow, Inner, Packet, filter::source_allowed_v6, icmp::Icmp, icmp6};
 use crate::{
-    maps::LB_VIP_ADDRS,
+    maps::{is_vip_address, may_be_vip_address},
     parse::{L3, flow_ports_at, ipv6_at},
 };
 
@@ -46,31 +46,74 @@ fn try_parse(
         )
     };
 
-    // Source filter first; NDP and other traffic for this host pass.
-    let for_vip_addr = LB_VIP_ADDRS.get_ptr(AddrKey::v6(dst)).is_some();
-    match filter_verdict(
-        globals.flags & GLOBAL_F_SCOPE_ALL != 0,
-        for_vip_addr,
-        || source_allowed_v6(src),
-    ) {
-        FilterVerdict::Drop => return Err(Outcome::DropSourceFilter),
-        FilterVerdict::Pass => return Ok(Outcome::Passed as u32),
+    // Source filter first; NDP and other traffic for this host pass. A set
+    // VIP-address bit is confirmed wherever it drops or answers the packet
+    // (as in the IPv4 path).
+    let dst_key = AddrKey::v6(dst);
+    let scope_all = globals.flags & GLOBAL_F_SCOPE_ALL != 0;
+    match filter_verdict(scope_all, may_be_vip_address(&dst_key), || {
+        source_allowed_v6(src)
+    }) {
+        FilterVerdict::Drop if scope_all || is_vip_address(&dst_key) => {
+            return Err(Outcome::DropSourceFilter);
+        }
+        FilterVerdict::Drop | FilterVerdict::Pass => return Ok(Outcome::Passed as u32),
         FilterVerdict::ToVipAddress => {}
     }
+    let fields = Fields {
+        vcf,
+        payload_len,
+        src,
+        dst,
+    };
+    match vip_address(ctx, l3, bytes, p, &fields, &dst_key) {
+        Err(_) if !is_vip_address(&dst_key) => Ok(Outcome::Passed as u32),
+        done => done,
+    }
+}
+
+/// The IPv6 header's fields [`vip_address`] needs, copied out.
+struct Fields {
+    vcf: [u8; 4],
+    payload_len: [u8; 2],
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
+/// A packet to a VIP address (or to an address that shares its filter
+/// bit): extension headers, fragments, ICMPv6, the flow.
+#[inline(always)]
+fn vip_address(
+    ctx: &XdpContext,
+    l3: usize,
+    bytes: u64,
+    p: *mut Packet,
+    fields: &Fields,
+    dst_key: &AddrKey,
+) -> Result<u32, Outcome> {
+    let Fields {
+        vcf,
+        payload_len,
+        src,
+        dst,
+    } = fields;
     let ip = ipv6_at(ctx, l3)?;
     if ip.fragment {
         return Err(Outcome::DropFragment);
     }
     let (flow, icmp_error, syn) = if ip.proto == PROTO_ICMPV6 {
+        if !is_vip_address(dst_key) {
+            return Ok(Outcome::Passed as u32);
+        }
         match icmp6::classify(ctx, ip.l4)? {
             Icmp::EchoRequest => return icmp6::echo_reply(ctx, l3, ip.l4).map(|o| o as u32),
             Icmp::Other => return Ok(Outcome::Passed as u32),
             Icmp::Error => {
-                let q = icmp6::quoted_flow(ctx, ip.l4, &dst)?;
+                let q = icmp6::quoted_flow(ctx, ip.l4, dst)?;
                 let flow = Flow {
                     family: FAMILY_V6,
                     client: q.client,
-                    vip: dst,
+                    vip: *dst,
                     client_port: q.client_port,
                     vip_port: q.vip_port,
                     proto: q.proto,
@@ -84,15 +127,15 @@ fn try_parse(
         };
         let flow = Flow {
             family: FAMILY_V6,
-            client: src,
-            vip: dst,
+            client: *src,
+            vip: *dst,
             client_port: sport,
             vip_port: dport,
             proto: ip.proto,
         };
         (flow, false, syn)
     };
-    let len = u16::from_be_bytes(payload_len)
+    let len = u16::from_be_bytes(*payload_len)
         .checked_add(Ipv6Hdr::LEN as u16)
         .ok_or(Outcome::DropMalformed)?;
     // SAFETY: the caller's packet, written whole.
@@ -103,11 +146,11 @@ fn try_parse(
                 l3,
                 family: L3::V6,
                 len,
-                tos: (u32::from_be_bytes(vcf) >> 20) as u8,
+                tos: (u32::from_be_bytes(*vcf) >> 20) as u8,
                 df: true,
                 options: false,
             },
-            source: src,
+            source: *src,
             icmp_error,
             syn,
             bytes,

@@ -20,8 +20,9 @@ use std::{
 
 use lb_common::{
     AddrKey, BACKEND_F_ACTIVE, BACKEND_F_HEALTHY, Backend, GLOBAL_F_GUE, GLOBAL_F_READY,
-    GLOBAL_F_SCOPE_ALL, Globals, LAYOUT_FINGERPRINT, MAX_BACKENDS, MAX_VIPS, VIP_F_OWN_ALLOW,
-    VIP_F_PASS_ON_NO_BACKEND, VipKey, VipValue, rules::maglev_member,
+    GLOBAL_F_SCOPE_ALL, Globals, LAYOUT_FINGERPRINT, MAX_BACKENDS, MAX_VIPS, VIP_BLOOM_WORDS,
+    VIP_F_OWN_ALLOW, VIP_F_PASS_ON_NO_BACKEND, VipKey, VipValue,
+    rules::{maglev_member, vip_bloom_bit},
 };
 
 mod ids;
@@ -161,6 +162,8 @@ pub struct Balancer<M: MapWriter> {
     generations: Vec<u32>,
     /// VIP counts per VIP address, as in the map.
     addr_counts: HashMap<AddrKey, u32>,
+    /// The VIP-address filter's words, as in the map.
+    vip_bloom: Vec<u64>,
     /// Allowed source prefixes of both families, as in the maps.
     allow: HashSet<IpNet>,
     /// Every VIP's own prefixes with the VIP id, as in the maps.
@@ -268,6 +271,7 @@ impl<M: MapWriter> Balancer<M> {
             regions: IdPool::fifo(regions, &none),
             generations: vec![0; MAX_BACKENDS as usize],
             addr_counts: HashMap::new(),
+            vip_bloom: vec![0; VIP_BLOOM_WORDS as usize],
             allow: HashSet::new(),
             vip_allow: HashSet::new(),
             globals: Globals::default(),
@@ -326,6 +330,7 @@ impl<M: MapWriter> Balancer<M> {
         b.allow = b.maps.allowed()?.into_iter().collect();
         b.vip_allow = b.maps.allowed_vip()?.into_iter().collect();
         b.addr_counts = b.maps.vip_addrs()?.into_iter().collect();
+        b.vip_bloom = b.maps.vip_bloom()?;
         for (id, backend) in &backends {
             b.generations[*id as usize] = backend.generation;
         }
@@ -469,6 +474,7 @@ impl<M: MapWriter> Balancer<M> {
             }
         }
         self.addr_counts = counts;
+        changes.other_writes += self.write_vip_bloom()?;
 
         let stale: Vec<IpNet> = self.allow.difference(&allow).copied().collect();
         for net in stale {
@@ -504,6 +510,28 @@ impl<M: MapWriter> Balancer<M> {
     }
 
     /// Refuses, before any write, a configuration the maps cannot take.
+    /// Makes the VIP-address filter hold the bit of every VIP address and
+    /// no other (`lb_common::rules::vip_bloom_bit`), writing the words that
+    /// change; how many. Run after the VIP addresses are written: a bit set
+    /// late or cleared early only passes a packet to the kernel for the
+    /// moment between the two writes, as a missing VIP-address entry would.
+    fn write_vip_bloom(&mut self) -> Result<usize, BalancerError> {
+        let mut words = vec![0u64; VIP_BLOOM_WORDS as usize];
+        for key in self.addr_counts.keys() {
+            let (word, mask) = vip_bloom_bit(key);
+            words[word as usize] |= mask;
+        }
+        let mut written = 0;
+        for (index, (&new, old)) in words.iter().zip(self.vip_bloom.iter_mut()).enumerate() {
+            if new != *old {
+                self.maps.set_vip_bloom(index as u32, new)?;
+                *old = new;
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
     fn check_fits(&self, config: &Config) -> Result<(), BalancerError> {
         if config.table_size != self.table_size {
             return Err(BalancerError::Immutable {

@@ -291,6 +291,35 @@ fn reload_touches_only_what_changed() {
     assert_eq!(table_in_maps(&b, &web), b.table(0));
 }
 
+/// The VIP-address filter holds exactly the bits of the VIP addresses,
+/// through additions and removals.
+#[test]
+fn the_vip_address_filter_follows_the_vip_addresses() {
+    let bits = |b: &Balancer<FakeMaps>| {
+        let mut bits: Vec<(u32, u64)> = b.maps().vip_bloom.iter().map(|(&w, &m)| (w, m)).collect();
+        bits.sort_unstable();
+        bits
+    };
+    let expect = |addrs: &[[u8; 4]]| {
+        let mut words = std::collections::BTreeMap::<u32, u64>::new();
+        for &a in addrs {
+            let (word, mask) = lb_common::rules::vip_bloom_bit(&AddrKey::v4(a));
+            *words.entry(word).or_default() |= mask;
+        }
+        words.into_iter().collect::<Vec<_>>()
+    };
+    let mut b = balancer();
+    assert_eq!(bits(&b), expect(&[[10, 0, 0, 100]]));
+    let extra = CONFIG.to_string()
+        + "[[vip]]\nname = \"extra\"\naddress = \"10.0.0.101\"\nport = 80\nprotocol = \"tcp\"\n  [[vip.backend]]\n  address = \"10.0.0.41\"\n";
+    b.apply(&config(&extra), Ipv4Addr::new(10, 0, 0, 2))
+        .unwrap();
+    assert_eq!(bits(&b), expect(&[[10, 0, 0, 100], [10, 0, 0, 101]]));
+    b.apply(&config(CONFIG), Ipv4Addr::new(10, 0, 0, 2))
+        .unwrap();
+    assert_eq!(bits(&b), expect(&[[10, 0, 0, 100]]));
+}
+
 #[test]
 fn a_refused_config_writes_nothing() {
     let mut b = balancer();

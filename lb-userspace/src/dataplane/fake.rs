@@ -22,6 +22,8 @@ pub struct FakeMaps {
     pub vips: StdHashMap<VipKey, VipValue>,
     /// VIP addresses.
     pub vip_addrs: StdHashMap<AddrKey, u32>,
+    /// Non-zero words of the VIP-address filter by index.
+    pub vip_bloom: StdHashMap<u32, u64>,
     /// Backends by id.
     pub backends: StdHashMap<u32, Backend>,
     /// Maglev map entries by index.
@@ -86,6 +88,20 @@ impl MapWriter for FakeMaps {
             self.vip_addrs.insert(*key, count);
         }
         Ok(())
+    }
+    fn set_vip_bloom(&mut self, index: u32, bits: u64) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        if bits == 0 {
+            self.vip_bloom.remove(&index);
+        } else {
+            self.vip_bloom.insert(index, bits);
+        }
+        Ok(())
+    }
+    fn vip_bloom(&self) -> Result<Vec<u64>, MapWriteError> {
+        Ok((0..lb_common::VIP_BLOOM_WORDS)
+            .map(|i| self.vip_bloom.get(&i).copied().unwrap_or(0))
+            .collect())
     }
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapWriteError> {
         self.writes += 1;

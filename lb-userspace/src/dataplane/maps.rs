@@ -12,8 +12,8 @@ use aya::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use lb_common::{
     AddrKey, Backend, Globals, MAP_BACKENDS, MAP_GLOBALS, MAP_MAGLEV, MAP_SRC_ALLOW_V4,
-    MAP_SRC_ALLOW_V6, MAP_SRC_ALLOW_VIP4, MAP_SRC_ALLOW_VIP6, MAP_VIP_ADDRS, MAP_VIPS, VipKey,
-    VipSourceKey, VipSourceKey6, VipValue,
+    MAP_SRC_ALLOW_V6, MAP_SRC_ALLOW_VIP4, MAP_SRC_ALLOW_VIP6, MAP_VIP_ADDRS, MAP_VIP_BLOOM,
+    MAP_VIPS, VipKey, VipSourceKey, VipSourceKey6, VipValue,
 };
 
 use super::maglev_map::MaglevMap;
@@ -56,6 +56,10 @@ pub trait MapWriter {
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapWriteError>;
     /// Marks an address as carrying `count` VIPs; 0 removes the entry.
     fn set_vip_addr(&mut self, key: &AddrKey, count: u32) -> Result<(), MapWriteError>;
+    /// Writes word `index` of the VIP-address filter ([`lb_common::MAP_VIP_BLOOM`]).
+    fn set_vip_bloom(&mut self, index: u32, bits: u64) -> Result<(), MapWriteError>;
+    /// Every word of the VIP-address filter, [`lb_common::VIP_BLOOM_WORDS`] of them.
+    fn vip_bloom(&self) -> Result<Vec<u64>, MapWriteError>;
     /// Writes backend `id`.
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapWriteError>;
     /// Writes `entries` into the Maglev map starting at index `offset`.
@@ -81,6 +85,7 @@ pub trait MapWriter {
 pub struct AyaMaps {
     vips: HashMap<MapData, VipKey, VipValue>,
     vip_addrs: HashMap<MapData, AddrKey, u32>,
+    vip_bloom: Array<MapData, u64>,
     maglev: MaglevMap,
     backends: Array<MapData, Backend>,
     allow_v4: LpmTrie<MapData, [u8; 4], u32>,
@@ -166,6 +171,7 @@ impl AyaMaps {
         Ok(Self {
             vips: take(ebpf, MAP_VIPS)?,
             vip_addrs: take(ebpf, MAP_VIP_ADDRS)?,
+            vip_bloom: take(ebpf, MAP_VIP_BLOOM)?,
             maglev: MaglevMap::new(maglev)?,
             backends: take(ebpf, MAP_BACKENDS)?,
             allow_v4: take(ebpf, MAP_SRC_ALLOW_V4)?,
@@ -187,6 +193,7 @@ impl AyaMaps {
         Ok(Self {
             vips: open_pin(dir, MAP_VIPS)?,
             vip_addrs: open_pin(dir, MAP_VIP_ADDRS)?,
+            vip_bloom: open_pin(dir, MAP_VIP_BLOOM)?,
             maglev: MaglevMap::new(maglev)?,
             backends: open_pin(dir, MAP_BACKENDS)?,
             allow_v4: open_pin(dir, MAP_SRC_ALLOW_V4)?,
@@ -344,6 +351,19 @@ impl MapWriter for AyaMaps {
         self.vip_addrs
             .insert(key, count, 0)
             .map_err(wrap(MAP_VIP_ADDRS, "insert"))
+    }
+
+    fn set_vip_bloom(&mut self, index: u32, bits: u64) -> Result<(), MapWriteError> {
+        self.vip_bloom
+            .set(index, bits, 0)
+            .map_err(wrap(MAP_VIP_BLOOM, "set"))
+    }
+
+    fn vip_bloom(&self) -> Result<Vec<u64>, MapWriteError> {
+        self.vip_bloom
+            .iter()
+            .map(|r| r.map_err(wrap(MAP_VIP_BLOOM, "read")))
+            .collect()
     }
 
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapWriteError> {

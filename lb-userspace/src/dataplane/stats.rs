@@ -7,19 +7,19 @@ use aya::{
     maps::{MapData, PerCpuArray},
 };
 use lb_common::{
-    ConnEvent, Counter, MAP_BACKEND_STATS, MAP_CONN_STATS, MAP_STATS, MAP_VIP_DROPS, MAP_VIP_STATS,
-    Outcome,
+    ConnEvent, Counter, MAP_BACKEND_STATS, MAP_STATS, MAP_VIP_DROPS, MAP_VIP_STATS, NO_CONN_EVENT,
+    Outcome, stat_index,
 };
 
 use super::maps::{MapWriteError, open_pin, take};
 
 /// Reads the per-CPU counters of a loaded (or pinned) data plane, summed over CPUs.
 pub struct StatsReader {
+    /// Outcome x connection-table event ([`stat_index`]).
     outcomes: PerCpuArray<MapData, Counter>,
     vips: PerCpuArray<MapData, Counter>,
     vip_drops: PerCpuArray<MapData, Counter>,
     backends: PerCpuArray<MapData, Counter>,
-    conns: PerCpuArray<MapData, Counter>,
 }
 
 fn sum(map: &PerCpuArray<MapData, Counter>, index: u32) -> Counter {
@@ -33,6 +33,17 @@ fn sum(map: &PerCpuArray<MapData, Counter>, index: u32) -> Counter {
     total
 }
 
+/// The sum of `map`'s entries at `indices`, over CPUs.
+fn sum_of(map: &PerCpuArray<MapData, Counter>, indices: impl Iterator<Item = u32>) -> Counter {
+    indices.fold(Counter::default(), |total, index| {
+        let c = sum(map, index);
+        Counter {
+            packets: total.packets + c.packets,
+            bytes: total.bytes + c.bytes,
+        }
+    })
+}
+
 impl StatsReader {
     /// Takes the counter maps out of a loaded object.
     ///
@@ -44,7 +55,6 @@ impl StatsReader {
             vips: take(ebpf, MAP_VIP_STATS)?,
             vip_drops: take(ebpf, MAP_VIP_DROPS)?,
             backends: take(ebpf, MAP_BACKEND_STATS)?,
-            conns: take(ebpf, MAP_CONN_STATS)?,
         })
     }
 
@@ -58,18 +68,26 @@ impl StatsReader {
             vips: open_pin(dir, MAP_VIP_STATS)?,
             vip_drops: open_pin(dir, MAP_VIP_DROPS)?,
             backends: open_pin(dir, MAP_BACKEND_STATS)?,
-            conns: open_pin(dir, MAP_CONN_STATS)?,
         })
     }
 
-    /// Counter of one outcome.
+    /// Counter of one outcome: its row of `LB_STATS`, every event.
     pub fn outcome(&self, outcome: Outcome) -> Counter {
-        sum(&self.outcomes, outcome as u32)
+        sum_of(
+            &self.outcomes,
+            (0..=NO_CONN_EVENT).map(|event| stat_index(outcome as u32, event)),
+        )
     }
 
-    /// Counter of one connection-table event.
+    /// Counter of one connection-table event: its column of `LB_STATS`,
+    /// every outcome.
     pub fn conn(&self, event: ConnEvent) -> Counter {
-        sum(&self.conns, event as u32)
+        sum_of(
+            &self.outcomes,
+            Outcome::ALL
+                .iter()
+                .map(|&outcome| stat_index(outcome as u32, event as u32)),
+        )
     }
 
     /// Counter of VIP id `id`.
