@@ -29,6 +29,21 @@ pub const MAP_NEXTHOPS: &str = "LB_NEXTHOPS";
 /// Allowed IPv4 source prefixes: LPM trie of `[u8; 4]` -> `u32` (unused value
 /// 1), [`MAX_SOURCE_PREFIXES`] entries.
 pub const MAP_SRC_ALLOW_V4: &str = "LB_SRC_ALLOW4";
+/// The IPv4 source filter by /16, in front of [`MAP_SRC_ALLOW_V4`]: array
+/// of [`ALLOW16_WORDS`] `u64`, two bits per /16 of the IPv4 space
+/// ([`crate::rules::allow16_slot`]): [`ALLOW16_WHOLE`] when an allowed
+/// prefix of length 16 or less covers it, else [`ALLOW16_PART`] when an
+/// allowed prefix lies inside it (the trie decides), else neither (denied).
+/// With the default private ranges (/8, /10, /12, /16) every source is
+/// decided by one array read, which the verifier inlines, instead of a trie
+/// walk.
+pub const MAP_SRC_ALLOW4_16: &str = "LB_SRC_ALLOW4_16";
+/// Words of [`MAP_SRC_ALLOW4_16`]: 2^16 slots of 2 bits (16 KiB).
+pub const ALLOW16_WORDS: u32 = (1 << 16) * 2 / 64;
+/// A /16 covered by an allowed prefix (see [`MAP_SRC_ALLOW4_16`]).
+pub const ALLOW16_WHOLE: u64 = 1;
+/// A /16 holding a longer allowed prefix: the trie decides.
+pub const ALLOW16_PART: u64 = 2;
 /// Data-plane settings: array of one [`Globals`].
 pub const MAP_GLOBALS: &str = "LB_GLOBALS";
 /// Per-outcome and per-connection-table-event counters: per-CPU array of

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    AddrKey, Backend, CachedNextHop, ConnValue, Counter, FlowKey, Globals, MAX_BACKENDS,
-    MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES, MAX_VIP_SOURCE_PREFIXES, MAX_VIPS, STAT_ENTRIES,
-    TokenBucket, VIP_BLOOM_WORDS, VipKey, VipSourceKey, VipSourceKey6, VipValue,
+    ALLOW16_WORDS, AddrKey, Backend, CachedNextHop, ConnValue, Counter, FlowKey, Globals,
+    MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES, MAX_VIP_SOURCE_PREFIXES, MAX_VIPS,
+    STAT_ENTRIES, TokenBucket, VIP_BLOOM_WORDS, VipKey, VipSourceKey, VipSourceKey6, VipValue,
     rules::vip_bloom_bit,
 };
 
@@ -36,6 +36,10 @@ pub static LB_NEXTHOPS: Array<CachedNextHop> = Array::with_max_entries(MAX_BACKE
 /// Allowed IPv4 source prefixes.
 #[map]
 pub static LB_SRC_ALLOW4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_SOURCE_PREFIXES, 0);
+
+/// The IPv4 source filter by /16 (two bits each), before `LB_SRC_ALLOW4`.
+#[map]
+pub static LB_SRC_ALLOW4_16: Array<u64> = Array::with_max_entries(ALLOW16_WORDS, 0);
 
 /// Data-plane settings (one entry).
 #[map]

@@ -877,6 +877,57 @@ fn an_address_sharing_the_vip_filter_bit_is_not_vip_traffic() {
     assert_eq!(fx.count(Outcome::Passed), 4);
 }
 
+/// The IPv4 source filter decides by /16 in one array read where an allowed
+/// prefix covers the /16, and asks the trie where the /16 only holds longer
+/// prefixes: both answers match the configured list.
+#[test]
+fn the_source_filter_by_slash16_falls_back_to_the_trie() {
+    if !lb_tests::can_run_as_root("the_source_filter_by_slash16_falls_back_to_the_trie") {
+        return;
+    }
+    let config = format!(
+        "[source_filter]\nallow = [\"10.20.0.0/24\", \"192.168.0.0/16\", \"198.51.100.7/32\"]\n{CONFIG}"
+    );
+    let mut fx = Fixture::with_config("allow16", &config);
+    let cases: [([u8; 4], u32); 6] = [
+        (CLIENT, XDP_TX),              // in the /24: the trie says yes
+        ([10, 20, 1, 10], XDP_DROP),   // same /16, outside the /24
+        ([192, 168, 5, 5], XDP_TX),    // a whole /16
+        ([198, 51, 100, 7], XDP_TX),   // a /32
+        ([198, 51, 100, 8], XDP_DROP), // its neighbour
+        ([172, 16, 0, 1], XDP_DROP),   // a private range not listed
+    ];
+    for (i, (src, want)) in cases.into_iter().enumerate() {
+        let port = 41000 + i as u16;
+        assert_eq!(
+            fx.run("xdp_lb", &tcp_ack(src, VIP, port, 80)).0,
+            want,
+            "{src:?}"
+        );
+    }
+    assert_eq!(fx.count(Outcome::DropSourceFilter), 3);
+    // A reload that narrows the list: the /16 goes, the /24 stays.
+    let narrower = config.replace("\"192.168.0.0/16\", ", "");
+    let narrower = Config::parse(&narrower, "packet-test")
+        .expect("valid")
+        .config;
+    fx.balancer
+        .apply(
+            &narrower,
+            lb_userspace::balancer::Sources {
+                v4: Ipv4Addr::from(LB_ADDR),
+                v6: std::net::Ipv6Addr::from(LB_V6),
+            },
+        )
+        .expect("reload");
+    assert_eq!(
+        fx.run("xdp_lb", &tcp_ack([192, 168, 5, 5], VIP, 42000, 80))
+            .0,
+        XDP_DROP
+    );
+    assert_eq!(fx.run("xdp_lb", &tcp_ack(CLIENT, VIP, 42001, 80)).0, XDP_TX);
+}
+
 #[test]
 fn unhealthy_backends_are_skipped_and_no_backend_drops() {
     if !lb_tests::can_run_as_root("unhealthy_backends_are_skipped_and_no_backend_drops") {

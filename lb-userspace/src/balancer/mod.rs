@@ -19,10 +19,10 @@ use std::{
 };
 
 use lb_common::{
-    AddrKey, BACKEND_F_ACTIVE, BACKEND_F_HEALTHY, Backend, GLOBAL_F_GUE, GLOBAL_F_READY,
-    GLOBAL_F_SCOPE_ALL, Globals, LAYOUT_FINGERPRINT, MAX_BACKENDS, MAX_VIPS, VIP_BLOOM_WORDS,
-    VIP_F_OWN_ALLOW, VIP_F_PASS_ON_NO_BACKEND, VipKey, VipValue,
-    rules::{maglev_member, vip_bloom_bit},
+    ALLOW16_WORDS, AddrKey, BACKEND_F_ACTIVE, BACKEND_F_HEALTHY, Backend, GLOBAL_F_GUE,
+    GLOBAL_F_READY, GLOBAL_F_SCOPE_ALL, Globals, LAYOUT_FINGERPRINT, MAX_BACKENDS, MAX_VIPS,
+    VIP_BLOOM_WORDS, VIP_F_OWN_ALLOW, VIP_F_PASS_ON_NO_BACKEND, VipKey, VipValue,
+    rules::{allow16_mark, maglev_member, vip_bloom_bit},
 };
 
 mod ids;
@@ -164,11 +164,31 @@ pub struct Balancer<M: MapWriter> {
     addr_counts: HashMap<AddrKey, u32>,
     /// The VIP-address filter's words, as in the map.
     vip_bloom: Vec<u64>,
+    /// The IPv4 source filter by /16's words, as in the map.
+    allow16: Vec<u64>,
     /// Allowed source prefixes of both families, as in the maps.
     allow: HashSet<IpNet>,
     /// Every VIP's own prefixes with the VIP id, as in the maps.
     vip_allow: HashSet<(u32, IpNet)>,
     globals: Globals,
+}
+
+/// Writes (with `set(index, word)`) the words of `new` that differ from
+/// `current`, updating `current` as each write succeeds; how many.
+fn write_words(
+    current: &mut [u64],
+    new: &[u64],
+    mut set: impl FnMut(u32, u64) -> Result<(), MapWriteError>,
+) -> Result<usize, MapWriteError> {
+    let mut written = 0;
+    for (index, (&word, old)) in new.iter().zip(current.iter_mut()).enumerate() {
+        if word != *old {
+            set(index as u32, word)?;
+            *old = word;
+            written += 1;
+        }
+    }
+    Ok(written)
 }
 
 /// The map key of a VIP.
@@ -272,6 +292,7 @@ impl<M: MapWriter> Balancer<M> {
             generations: vec![0; MAX_BACKENDS as usize],
             addr_counts: HashMap::new(),
             vip_bloom: vec![0; VIP_BLOOM_WORDS as usize],
+            allow16: vec![0; ALLOW16_WORDS as usize],
             allow: HashSet::new(),
             vip_allow: HashSet::new(),
             globals: Globals::default(),
@@ -331,6 +352,7 @@ impl<M: MapWriter> Balancer<M> {
         b.vip_allow = b.maps.allowed_vip()?.into_iter().collect();
         b.addr_counts = b.maps.vip_addrs()?.into_iter().collect();
         b.vip_bloom = b.maps.vip_bloom()?;
+        b.allow16 = b.maps.allow16()?;
         for (id, backend) in &backends {
             b.generations[*id as usize] = backend.generation;
         }
@@ -424,6 +446,10 @@ impl<M: MapWriter> Balancer<M> {
             self.maps.allow(net)?;
             changes.other_writes += 1;
         }
+        // The /16 filter widens now (old and new prefixes) and narrows with
+        // the trie at the end, so no source is refused by either on the way.
+        let both: Vec<IpNet> = allow.union(&self.allow).copied().collect();
+        changes.other_writes += self.write_allow16(both.iter())?;
 
         // VIPs gone, then VIPs kept (updated) or new, in configuration order.
         let wanted: HashSet<VipKey> = config.vips.iter().map(vip_key).collect();
@@ -476,6 +502,8 @@ impl<M: MapWriter> Balancer<M> {
         self.addr_counts = counts;
         changes.other_writes += self.write_vip_bloom()?;
 
+        let wanted: Vec<IpNet> = allow.iter().copied().collect();
+        changes.other_writes += self.write_allow16(wanted.iter())?;
         let stale: Vec<IpNet> = self.allow.difference(&allow).copied().collect();
         for net in stale {
             self.maps.disallow(net)?;
@@ -510,6 +538,25 @@ impl<M: MapWriter> Balancer<M> {
     }
 
     /// Refuses, before any write, a configuration the maps cannot take.
+    /// Makes the IPv4 source filter by /16 say what prefixes `allow` (both
+    /// families; IPv6 ones are skipped) say (`lb_common::rules::allow16_mark`),
+    /// writing the words that change; how many.
+    fn write_allow16<'a>(
+        &mut self,
+        allow: impl Iterator<Item = &'a IpNet>,
+    ) -> Result<usize, BalancerError> {
+        let mut words = vec![0u64; ALLOW16_WORDS as usize];
+        for net in allow {
+            if let IpNet::V4(n) = net {
+                allow16_mark(&mut words, n.network().octets(), n.prefix_len());
+            }
+        }
+        let maps = &mut self.maps;
+        Ok(write_words(&mut self.allow16, &words, |i, w| {
+            maps.set_allow16(i, w)
+        })?)
+    }
+
     /// Makes the VIP-address filter hold the bit of every VIP address and
     /// no other (`lb_common::rules::vip_bloom_bit`), writing the words that
     /// change; how many. Run after the VIP addresses are written: a bit set
@@ -521,15 +568,10 @@ impl<M: MapWriter> Balancer<M> {
             let (word, mask) = vip_bloom_bit(key);
             words[word as usize] |= mask;
         }
-        let mut written = 0;
-        for (index, (&new, old)) in words.iter().zip(self.vip_bloom.iter_mut()).enumerate() {
-            if new != *old {
-                self.maps.set_vip_bloom(index as u32, new)?;
-                *old = new;
-                written += 1;
-            }
-        }
-        Ok(written)
+        let maps = &mut self.maps;
+        Ok(write_words(&mut self.vip_bloom, &words, |i, w| {
+            maps.set_vip_bloom(i, w)
+        })?)
     }
 
     fn check_fits(&self, config: &Config) -> Result<(), BalancerError> {

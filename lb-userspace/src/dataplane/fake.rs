@@ -24,6 +24,8 @@ pub struct FakeMaps {
     pub vip_addrs: StdHashMap<AddrKey, u32>,
     /// Non-zero words of the VIP-address filter by index.
     pub vip_bloom: StdHashMap<u32, u64>,
+    /// Non-zero words of the IPv4 source filter by /16, by index.
+    pub allow16: StdHashMap<u32, u64>,
     /// Backends by id.
     pub backends: StdHashMap<u32, Backend>,
     /// Maglev map entries by index.
@@ -101,6 +103,20 @@ impl MapWriter for FakeMaps {
     fn vip_bloom(&self) -> Result<Vec<u64>, MapWriteError> {
         Ok((0..lb_common::VIP_BLOOM_WORDS)
             .map(|i| self.vip_bloom.get(&i).copied().unwrap_or(0))
+            .collect())
+    }
+    fn set_allow16(&mut self, index: u32, bits: u64) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        if bits == 0 {
+            self.allow16.remove(&index);
+        } else {
+            self.allow16.insert(index, bits);
+        }
+        Ok(())
+    }
+    fn allow16(&self) -> Result<Vec<u64>, MapWriteError> {
+        Ok((0..lb_common::ALLOW16_WORDS)
+            .map(|i| self.allow16.get(&i).copied().unwrap_or(0))
             .collect())
     }
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapWriteError> {

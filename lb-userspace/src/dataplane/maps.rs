@@ -12,8 +12,8 @@ use aya::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use lb_common::{
     AddrKey, Backend, Globals, MAP_BACKENDS, MAP_GLOBALS, MAP_MAGLEV, MAP_SRC_ALLOW_V4,
-    MAP_SRC_ALLOW_V6, MAP_SRC_ALLOW_VIP4, MAP_SRC_ALLOW_VIP6, MAP_VIP_ADDRS, MAP_VIP_BLOOM,
-    MAP_VIPS, VipKey, VipSourceKey, VipSourceKey6, VipValue,
+    MAP_SRC_ALLOW_V6, MAP_SRC_ALLOW_VIP4, MAP_SRC_ALLOW_VIP6, MAP_SRC_ALLOW4_16, MAP_VIP_ADDRS,
+    MAP_VIP_BLOOM, MAP_VIPS, VipKey, VipSourceKey, VipSourceKey6, VipValue,
 };
 
 use super::maglev_map::MaglevMap;
@@ -60,6 +60,11 @@ pub trait MapWriter {
     fn set_vip_bloom(&mut self, index: u32, bits: u64) -> Result<(), MapWriteError>;
     /// Every word of the VIP-address filter, [`lb_common::VIP_BLOOM_WORDS`] of them.
     fn vip_bloom(&self) -> Result<Vec<u64>, MapWriteError>;
+    /// Writes word `index` of the IPv4 source filter by /16
+    /// ([`lb_common::MAP_SRC_ALLOW4_16`]).
+    fn set_allow16(&mut self, index: u32, bits: u64) -> Result<(), MapWriteError>;
+    /// Every word of the IPv4 source filter by /16, [`lb_common::ALLOW16_WORDS`] of them.
+    fn allow16(&self) -> Result<Vec<u64>, MapWriteError>;
     /// Writes backend `id`.
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapWriteError>;
     /// Writes `entries` into the Maglev map starting at index `offset`.
@@ -86,6 +91,7 @@ pub struct AyaMaps {
     vips: HashMap<MapData, VipKey, VipValue>,
     vip_addrs: HashMap<MapData, AddrKey, u32>,
     vip_bloom: Array<MapData, u64>,
+    allow16: Array<MapData, u64>,
     maglev: MaglevMap,
     backends: Array<MapData, Backend>,
     allow_v4: LpmTrie<MapData, [u8; 4], u32>,
@@ -172,6 +178,7 @@ impl AyaMaps {
             vips: take(ebpf, MAP_VIPS)?,
             vip_addrs: take(ebpf, MAP_VIP_ADDRS)?,
             vip_bloom: take(ebpf, MAP_VIP_BLOOM)?,
+            allow16: take(ebpf, MAP_SRC_ALLOW4_16)?,
             maglev: MaglevMap::new(maglev)?,
             backends: take(ebpf, MAP_BACKENDS)?,
             allow_v4: take(ebpf, MAP_SRC_ALLOW_V4)?,
@@ -194,6 +201,7 @@ impl AyaMaps {
             vips: open_pin(dir, MAP_VIPS)?,
             vip_addrs: open_pin(dir, MAP_VIP_ADDRS)?,
             vip_bloom: open_pin(dir, MAP_VIP_BLOOM)?,
+            allow16: open_pin(dir, MAP_SRC_ALLOW4_16)?,
             maglev: MaglevMap::new(maglev)?,
             backends: open_pin(dir, MAP_BACKENDS)?,
             allow_v4: open_pin(dir, MAP_SRC_ALLOW_V4)?,
@@ -363,6 +371,19 @@ impl MapWriter for AyaMaps {
         self.vip_bloom
             .iter()
             .map(|r| r.map_err(wrap(MAP_VIP_BLOOM, "read")))
+            .collect()
+    }
+
+    fn set_allow16(&mut self, index: u32, bits: u64) -> Result<(), MapWriteError> {
+        self.allow16
+            .set(index, bits, 0)
+            .map_err(wrap(MAP_SRC_ALLOW4_16, "set"))
+    }
+
+    fn allow16(&self) -> Result<Vec<u64>, MapWriteError> {
+        self.allow16
+            .iter()
+            .map(|r| r.map_err(wrap(MAP_SRC_ALLOW4_16, "read")))
             .collect()
     }
 
