@@ -246,7 +246,7 @@ impl Bench {
                 .program_mut(name)
                 .with_context(|| format!("program {name}"))?
                 .try_into()?;
-            prog.load()
+            lb_userspace::dataplane::object::load_program(prog)
                 .with_context(|| format!("the verifier refuses {name}"))?;
         }
         let template = Array::try_from(

@@ -122,7 +122,7 @@ impl Fixture {
                 .expect("program")
                 .try_into()
                 .expect("xdp");
-            prog.load().expect("verifier accepts the program");
+            object::load_program(prog).expect("verifier accepts the program");
         }
         Self {
             ebpf,

@@ -36,7 +36,7 @@ fn programs_pass_the_verifier_and_report_its_instruction_count() {
             .try_into()
             .expect("xdp");
         // The error's text carries the verifier's log.
-        if let Err(e) = prog.load() {
+        if let Err(e) = object::load_program(prog) {
             panic!("the verifier refuses {name}: {e}");
         }
         let processed = prog

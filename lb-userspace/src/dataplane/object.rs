@@ -3,7 +3,7 @@
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{Xdp, XdpMode, xdp::XdpLink},
+    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLink},
 };
 use lb_common::{MAP_CONNS, MAP_MAGLEV};
 
@@ -35,6 +35,32 @@ pub fn load_object(config: &Config) -> Result<Ebpf, aya::EbpfError> {
         .map_max_entries(MAP_MAGLEV, config.sizing.maglev_entries)
         .map_max_entries(MAP_CONNS, config.sizing.conntrack_entries)
         .load(object())
+}
+
+/// Times a program load is tried when the verifier gives up with `EAGAIN`,
+/// as libbpf does (`PROG_LOAD_ATTEMPTS`).
+const LOAD_ATTEMPTS: usize = 5;
+
+/// Loads `program` into the kernel (the verifier runs), trying again up to
+/// [`LOAD_ATTEMPTS`] times in all when the kernel answers `EAGAIN`: the
+/// verifier stops when a signal arrives for the loading thread
+/// (`signal_pending` in `do_check`, kernel/bpf/verifier.c), and `xdp_lb`
+/// takes it long enough that a SIGCHLD or SIGHUP can land meanwhile.
+///
+/// # Errors
+/// aya's error of the last attempt (the verifier's log in it).
+pub fn load_program(program: &mut Xdp) -> Result<(), ProgramError> {
+    let mut attempt = 1;
+    loop {
+        match program.load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < LOAD_ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
 }
 
 /// aya's attach mode for a configured mode.
@@ -69,7 +95,7 @@ pub fn attach(
             program: name,
             source,
         })?;
-    program.load().map_err(|source| AgentError::Program {
+    load_program(program).map_err(|source| AgentError::Program {
         op: "load",
         program: name,
         source,

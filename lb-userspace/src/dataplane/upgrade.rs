@@ -170,7 +170,7 @@ pub fn upgrade(dir: &Path) -> Result<Upgrade, AgentError> {
         })?
         .try_into()
         .map_err(program_err("find"))?;
-    program.load().map_err(program_err("load"))?;
+    super::object::load_program(program).map_err(program_err("load"))?;
     let new = program_id(program)?;
     if new.tag == old.tag {
         // The same program: keep the running one (this load is freed).
