@@ -159,6 +159,15 @@ impl VipKey {
     }
 }
 
+/// Flags of every VIP by id: array of `u32`, [`MAX_VIPS`] entries: the
+/// VIP's [`VipValue::flags`] with [`VIP_LIVE`] while the id is in use, 0
+/// when it is free. An established flow reaches its VIP through its
+/// backend's [`Backend::vip_id`] and this array (an inlined array read)
+/// instead of the [`MAP_VIPS`] hash lookup.
+pub const MAP_VIP_FLAGS: &str = "LB_VIP_FLAGS";
+/// In [`MAP_VIP_FLAGS`] only: the VIP id is in use.
+pub const VIP_LIVE: u32 = 1 << 31;
+
 /// Value of [`MAP_VIPS`]. 16 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -304,8 +313,9 @@ pub struct Backend {
     pub family: u8,
     /// `BACKEND_F_*` bits.
     pub flags: u8,
-    /// Id of the VIP this entry belongs to (ids are per (VIP, backend)).
-    /// Only the agent reads it: to adopt pinned maps after a restart.
+    /// Id of the VIP this entry belongs to (ids are per (VIP, backend)):
+    /// `xdp_lb` finds an established flow's VIP by it ([`MAP_VIP_FLAGS`]),
+    /// the agent adopts pinned maps by it after a restart.
     pub vip_id: u16,
     /// Bumped each time the id is given to another backend, so a stale
     /// reference (a connection-table entry) can tell.

@@ -819,6 +819,33 @@ fn a_vip_list_narrows_the_sources_of_that_vip() {
     // The UDP VIP on the same address has no list of its own.
     let (action, _) = fx.run("xdp_lb", &udp_datagram(other, VIP, 5353, 53, b"q"));
     assert_eq!(action, XDP_TX);
+
+    // An established flow (it reaches its VIP through its backend, without
+    // the VIP lookup) is still held to the VIP's list, as a reload changes
+    // it, and still counted for its VIP.
+    let mut fx = fx;
+    let ack = tcp_ack(CLIENT, VIP, 40010, 80);
+    assert_eq!(fx.run("xdp_lb", &ack).0, XDP_TX, "recorded");
+    let before = fx.stats.vip(web).packets;
+    assert_eq!(fx.run("xdp_lb", &ack).0, XDP_TX, "established");
+    assert_eq!(fx.stats.conn(ConnEvent::Hit).packets, 1);
+    assert_eq!(fx.stats.vip(web).packets, before + 1);
+    let narrower = config.replace("10.20.0.10/32", "10.20.0.11/32");
+    let narrower = Config::parse(&narrower, "packet-test")
+        .expect("valid")
+        .config;
+    fx.balancer
+        .apply(
+            &narrower,
+            lb_userspace::balancer::Sources {
+                v4: Ipv4Addr::from(LB_ADDR),
+                v6: std::net::Ipv6Addr::from(LB_V6),
+            },
+        )
+        .expect("reload");
+    assert_eq!(fx.run("xdp_lb", &ack).0, XDP_DROP, "no longer listed");
+    assert_eq!(fx.count(Outcome::DropVipSourceFilter), 2);
+    assert_eq!(fx.run("xdp_lb", &tcp_ack(other, VIP, 40011, 80)).0, XDP_TX);
 }
 
 /// An address that is not a VIP address but shares the VIP's bit in the

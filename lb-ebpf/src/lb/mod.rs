@@ -11,9 +11,9 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{helpers::generated::bpf_redirect, programs::XdpContext};
 use lb_common::{
-    AddrKey, FAMILY_V6, FlowKey, GLOBAL_F_GUE, GLOBAL_F_READY, Globals, NO_CONN_EVENT, Outcome,
-    VIP_F_OWN_ALLOW, VIP_F_PASS_ON_NO_BACKEND, VipValue, flow_hash, rules::vip_source_allowed,
-    stat_index,
+    AddrKey, Backend, ConnEvent, FAMILY_V6, FlowKey, GLOBAL_F_GUE, GLOBAL_F_READY, Globals,
+    NO_CONN_EVENT, Outcome, VIP_F_OWN_ALLOW, VIP_F_PASS_ON_NO_BACKEND, VIP_LIVE, VipValue,
+    flow_hash, rules::vip_source_allowed, stat_index,
 };
 
 pub mod filter;
@@ -23,11 +23,11 @@ pub mod select;
 mod v4;
 mod v6;
 
-use select::{find_vip, flow_backend, lookup_backend};
+use select::{connection, established, find_vip, flow_backend, lookup_backend};
 
 use crate::{
     encap::{self, Outer},
-    maps::{LB_BE_STATS, LB_GLOBALS, LB_VIP_DROPS, LB_VIP_STATS, count},
+    maps::{LB_BE_STATS, LB_GLOBALS, LB_VIP_DROPS, LB_VIP_FLAGS, LB_VIP_STATS, count},
     nexthop::{self, Route},
     parse::{L3, l3_offset},
 };
@@ -179,33 +179,16 @@ struct Choice {
     mtu_left: u16,
 }
 
-/// The VIP lookup, the VIP's own source list and the backend choice.
+/// The backend choice. An established flow (a usable connection-table
+/// entry) reaches its VIP through its backend's VIP id: one array read, no
+/// VIP hash lookup. Any other packet looks its VIP up by address, port and
+/// protocol, and takes the Maglev choice (recorded or not, see
+/// [`flow_backend`]). Either way the VIP's own source list applies (not to
+/// ICMP errors) and the VIP's counter counts the packet.
 // A subprogram of its own: its stack frame does not add to the others'.
 #[inline(never)]
 fn choose(max_new_per_cpu: u32, p: &Packet, c: *mut Choice) -> u32 {
     let f = &p.flow;
-    let Some(vip) = find_vip(f.family, &f.vip, f.vip_port, f.proto) else {
-        return if p.icmp_error {
-            Outcome::DropIcmpNotFromVip as u32
-        } else {
-            Outcome::Passed as u32
-        };
-    };
-    if !p.icmp_error
-        && !vip_source_allowed(vip.flags & VIP_F_OWN_ALLOW != 0, || {
-            if f.family == FAMILY_V6 {
-                filter::source_allowed_vip_v6(vip.vip_id, p.source)
-            } else {
-                let s = p.source;
-                filter::source_allowed_vip_v4(vip.vip_id, [s[0], s[1], s[2], s[3]])
-            }
-        })
-    {
-        count(&LB_VIP_DROPS, vip.vip_id, p.bytes);
-        return Outcome::DropVipSourceFilter as u32;
-    }
-    count(&LB_VIP_STATS, vip.vip_id, p.bytes);
-
     let hash = flow_hash(
         f.family,
         &f.client,
@@ -222,19 +205,71 @@ fn choose(max_new_per_cpu: u32, p: &Packet, c: *mut Choice) -> u32 {
         f.vip_port,
         f.proto,
     );
+    let entry = if p.icmp_error { None } else { connection(&key) };
+    if let Some((backend_id, backend)) = entry.and_then(established) {
+        let vip_id = u32::from(backend.vip_id);
+        let flags = LB_VIP_FLAGS.get(vip_id).map_or(0, |flags| *flags);
+        if flags & VIP_LIVE != 0 {
+            if !vip_allows(p, vip_id, flags) {
+                return refused(vip_id, p.bytes);
+            }
+            count(&LB_VIP_STATS, vip_id, p.bytes);
+            write_choice(c, backend_id, backend, hash, ConnEvent::Hit as u32);
+            return CONTINUE;
+        }
+    }
+    let Some(vip) = find_vip(f.family, &f.vip, f.vip_port, f.proto) else {
+        return if p.icmp_error {
+            Outcome::DropIcmpNotFromVip as u32
+        } else {
+            Outcome::Passed as u32
+        };
+    };
+    if !p.icmp_error && !vip_allows(p, vip.vip_id, vip.flags) {
+        return refused(vip.vip_id, p.bytes);
+    }
+    count(&LB_VIP_STATS, vip.vip_id, p.bytes);
     let chosen = if p.icmp_error {
         lookup_backend(vip, &key, hash).map(|(id, backend)| (id, backend, NO_CONN_EVENT))
     } else {
-        flow_backend(vip, &key, hash, p.syn, max_new_per_cpu)
+        flow_backend(vip, &key, entry, hash, p.syn, max_new_per_cpu)
             .map(|(id, backend, event)| (id, backend, event as u32))
     };
     let Some((backend_id, backend, conn_event)) = chosen else {
         return code(no_backend(vip));
     };
+    write_choice(c, backend_id, backend, hash, conn_event);
+    CONTINUE
+}
+
+/// Whether VIP `vip_id` (with `VIP_F_*` `flags`) takes the packet's source:
+/// its own `allow` list, when it has one (`lb_common::rules::vip_source_allowed`).
+#[inline(always)]
+fn vip_allows(p: &Packet, vip_id: u32, flags: u32) -> bool {
+    vip_source_allowed(flags & VIP_F_OWN_ALLOW != 0, || {
+        if p.flow.family == FAMILY_V6 {
+            filter::source_allowed_vip_v6(vip_id, p.source)
+        } else {
+            let s = p.source;
+            filter::source_allowed_vip_v4(vip_id, [s[0], s[1], s[2], s[3]])
+        }
+    })
+}
+
+/// A packet VIP `vip_id`'s own list refuses: counted for the VIP.
+#[inline(always)]
+fn refused(vip_id: u32, bytes: u64) -> u32 {
+    count(&LB_VIP_DROPS, vip_id, bytes);
+    Outcome::DropVipSourceFilter as u32
+}
+
+/// Writes the whole choice of backend `id` for [`forward`].
+#[inline(always)]
+fn write_choice(c: *mut Choice, id: u32, backend: &Backend, hash: u32, conn_event: u32) {
     // SAFETY: the caller's choice, written whole.
     unsafe {
         c.write(Choice {
-            backend_id,
+            backend_id: id,
             hash,
             backend_addr: addr_words(&backend.addr),
             backend_family: backend.family,
@@ -243,7 +278,6 @@ fn choose(max_new_per_cpu: u32, p: &Packet, c: *mut Choice) -> u32 {
             mtu_left: 0,
         });
     }
-    CONTINUE
 }
 
 /// An address of a map entry as four words (four 4-byte loads).

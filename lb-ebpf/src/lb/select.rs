@@ -53,30 +53,44 @@ pub fn maglev_backend(vip: &VipValue, flow_hash: u32) -> Option<(u32, &'static B
     Some((id, usable_backend(id)?))
 }
 
-/// The backend of a flow: the one in its connection-table entry while that
-/// backend is still in the VIP's set and healthy (whatever else changed: a
-/// drained backend keeps its flows), else the Maglev choice. The choice is
-/// recorded unless the packet is a TCP SYN (`syn`: the flow is recorded by
-/// its first packet that is not a SYN, so spoofed SYNs never fill the
-/// table) or this CPU has recorded `max_new_per_cpu` new flows in the last
-/// second. Returns the backend with what the connection table did (a hit,
+/// The connection-table entry of `flow`, copied out.
+#[inline(always)]
+pub fn connection(flow: &FlowKey) -> Option<ConnValue> {
+    // SAFETY: a map value pointer, valid during this program run; copied.
+    LB_CONNS.get_ptr(flow).map(|entry| unsafe { *entry })
+}
+
+/// The backend of a connection-table entry while it is still in its VIP's
+/// set and healthy, and still the backend the entry was recorded for
+/// (same generation): the flow keeps it, whatever else changed (a drained
+/// backend keeps its flows).
+#[inline(always)]
+pub fn established(entry: ConnValue) -> Option<(u32, &'static Backend)> {
+    let backend = usable_backend(entry.backend_id)?;
+    (backend.generation == entry.generation).then_some((entry.backend_id, backend))
+}
+
+/// The backend of a flow of VIP `vip` whose connection-table entry
+/// (`entry`, looked up by the caller) is missing or no longer usable: the
+/// Maglev choice. The choice is recorded unless the packet is a TCP SYN
+/// (`syn`: the flow is recorded by its first packet that is not a SYN, so
+/// spoofed SYNs never fill the table) or this CPU has recorded
+/// `max_new_per_cpu` new flows in the last second. Returns the backend with
+/// what the connection table did (a hit when `entry` turned out usable,
 /// miss, re-hash, SYN or limited), which the packet's counter records.
 #[inline(always)]
 pub fn flow_backend(
     vip: &VipValue,
     flow: &FlowKey,
+    entry: Option<ConnValue>,
     flow_hash: u32,
     syn: bool,
     max_new_per_cpu: u32,
 ) -> Option<(u32, &'static Backend, ConnEvent)> {
-    let event = match LB_CONNS.get_ptr(flow) {
+    let event = match entry {
         Some(entry) => {
-            // SAFETY: a map value pointer, valid during this program run.
-            let entry = unsafe { *entry };
-            if let Some(backend) = usable_backend(entry.backend_id)
-                && backend.generation == entry.generation
-            {
-                return Some((entry.backend_id, backend, ConnEvent::Hit));
+            if let Some((id, backend)) = established(entry) {
+                return Some((id, backend, ConnEvent::Hit));
             }
             ConnEvent::Rehash
         }
@@ -129,14 +143,7 @@ pub fn lookup_backend(
     flow: &FlowKey,
     flow_hash: u32,
 ) -> Option<(u32, &'static Backend)> {
-    if let Some(entry) = LB_CONNS.get_ptr(flow) {
-        // SAFETY: a map value pointer, valid during this program run.
-        let entry = unsafe { *entry };
-        if let Some(backend) = usable_backend(entry.backend_id)
-            && backend.generation == entry.generation
-        {
-            return Some((entry.backend_id, backend));
-        }
-    }
-    maglev_backend(vip, flow_hash)
+    connection(flow)
+        .and_then(established)
+        .or_else(|| maglev_backend(vip, flow_hash))
 }

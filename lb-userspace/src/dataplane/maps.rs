@@ -13,7 +13,8 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use lb_common::{
     AddrKey, Backend, Globals, MAP_BACKENDS, MAP_GLOBALS, MAP_MAGLEV, MAP_SRC_ALLOW_V4,
     MAP_SRC_ALLOW_V6, MAP_SRC_ALLOW_VIP4, MAP_SRC_ALLOW_VIP6, MAP_SRC_ALLOW4_16, MAP_VIP_ADDRS,
-    MAP_VIP_BLOOM, MAP_VIPS, VipKey, VipSourceKey, VipSourceKey6, VipValue,
+    MAP_VIP_BLOOM, MAP_VIP_FLAGS, MAP_VIPS, VIP_LIVE, VipKey, VipSourceKey, VipSourceKey6,
+    VipValue,
 };
 
 use super::maglev_map::MaglevMap;
@@ -51,8 +52,12 @@ pub trait MapWriter {
     /// Removes source prefix `net` from VIP `vip_id`'s own list.
     fn disallow_vip(&mut self, vip_id: u32, net: IpNet) -> Result<(), MapWriteError>;
     /// Inserts or replaces a VIP.
+    /// Inserts or replaces a VIP, and its id's entry in
+    /// [`lb_common::MAP_VIP_FLAGS`] (its flags with [`lb_common::VIP_LIVE`]).
     fn set_vip(&mut self, key: &VipKey, value: &VipValue) -> Result<(), MapWriteError>;
-    /// Removes a VIP.
+    /// Removes a VIP, and clears its id's entry in
+    /// [`lb_common::MAP_VIP_FLAGS`] first (an established flow of a removed
+    /// VIP is then looked up like a new one, and passed).
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapWriteError>;
     /// Marks an address as carrying `count` VIPs; 0 removes the entry.
     fn set_vip_addr(&mut self, key: &AddrKey, count: u32) -> Result<(), MapWriteError>;
@@ -91,6 +96,7 @@ pub struct AyaMaps {
     vips: HashMap<MapData, VipKey, VipValue>,
     vip_addrs: HashMap<MapData, AddrKey, u32>,
     vip_bloom: Array<MapData, u64>,
+    vip_flags: Array<MapData, u32>,
     allow16: Array<MapData, u64>,
     maglev: MaglevMap,
     backends: Array<MapData, Backend>,
@@ -178,6 +184,7 @@ impl AyaMaps {
             vips: take(ebpf, MAP_VIPS)?,
             vip_addrs: take(ebpf, MAP_VIP_ADDRS)?,
             vip_bloom: take(ebpf, MAP_VIP_BLOOM)?,
+            vip_flags: take(ebpf, MAP_VIP_FLAGS)?,
             allow16: take(ebpf, MAP_SRC_ALLOW4_16)?,
             maglev: MaglevMap::new(maglev)?,
             backends: take(ebpf, MAP_BACKENDS)?,
@@ -201,6 +208,7 @@ impl AyaMaps {
             vips: open_pin(dir, MAP_VIPS)?,
             vip_addrs: open_pin(dir, MAP_VIP_ADDRS)?,
             vip_bloom: open_pin(dir, MAP_VIP_BLOOM)?,
+            vip_flags: open_pin(dir, MAP_VIP_FLAGS)?,
             allow16: open_pin(dir, MAP_SRC_ALLOW4_16)?,
             maglev: MaglevMap::new(maglev)?,
             backends: open_pin(dir, MAP_BACKENDS)?,
@@ -342,10 +350,18 @@ impl MapWriter for AyaMaps {
     fn set_vip(&mut self, key: &VipKey, value: &VipValue) -> Result<(), MapWriteError> {
         self.vips
             .insert(key, value, 0)
-            .map_err(wrap(MAP_VIPS, "insert"))
+            .map_err(wrap(MAP_VIPS, "insert"))?;
+        self.vip_flags
+            .set(value.vip_id, value.flags | VIP_LIVE, 0)
+            .map_err(wrap(MAP_VIP_FLAGS, "set"))
     }
 
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapWriteError> {
+        if let Ok(value) = self.vips.get(key, 0) {
+            self.vip_flags
+                .set(value.vip_id, 0, 0)
+                .map_err(wrap(MAP_VIP_FLAGS, "set"))?;
+        }
         self.vips.remove(key).map_err(wrap(MAP_VIPS, "remove"))
     }
 
