@@ -571,7 +571,7 @@ impl BgpLab {
         for i in 0..NODES.len() {
             self.stop_node(i);
         }
-        for i in 0..NODES.len() {
+        for (i, (node, _)) in NODES.iter().enumerate() {
             if let Some(pid) = self.node_bird_pid(i) {
                 // SAFETY: the BIRD this lab's agent started, by its pid.
                 unsafe { libc::kill(pid as i32, libc::SIGTERM) };
@@ -581,7 +581,7 @@ impl BgpLab {
                 }
             }
             let _ = fs::remove_dir_all(self.bird_paths(i).dir());
-            let ns = self.ns(NODES[i].0);
+            let ns = self.ns(node);
             pins::unpin(&ns.pin_dir(NODE_IFACE));
             let _ = fs::remove_file(ns.lock_path(NODE_IFACE));
             if let Some(parent) = ns.lock_path(NODE_IFACE).parent()
