@@ -90,7 +90,7 @@ impl Bird {
         let log = std::fs::File::create(paths.log())
             .map_err(|e| format!("create {}: {e}", paths.log().display()))?;
         let stdout = log.try_clone().map_err(|e| e.to_string())?;
-        let mut cmd = Command::new("bird");
+        let mut cmd = Command::new(super::birdc::program("bird"));
         cmd.arg("-f")
             .arg("-c")
             .arg(paths.config())

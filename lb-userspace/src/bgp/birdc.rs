@@ -1,7 +1,11 @@
 //! Commands to a running BIRD through `birdc -s SOCKET`, each bounded in
 //! time, with BIRD's answer as text.
 
-use std::{path::Path, process::Stdio, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
 
 use tokio::process::Command;
 
@@ -28,6 +32,16 @@ pub enum BirdcError {
     },
 }
 
+/// Where BIRD's program `name` (`bird`, `birdc`) is: found in `PATH`, else
+/// `/usr/sbin/NAME` (where Debian puts it; a user's `PATH` may lack it).
+pub fn program(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| Path::new("/usr/sbin").join(name))
+}
+
 /// Runs `birdc -s socket ARGS` and returns its output.
 ///
 /// # Errors
@@ -35,7 +49,7 @@ pub enum BirdcError {
 /// or an unreachable socket).
 pub async fn birdc(socket: &Path, args: &[&str]) -> Result<String, BirdcError> {
     let command = args.join(" ");
-    let child = Command::new("birdc")
+    let child = Command::new(program("birdc"))
         .arg("-s")
         .arg(socket)
         .args(args)
