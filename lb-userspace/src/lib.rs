@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod api;
 pub mod balancer;
+pub mod bgp;
 pub mod cli;
 pub mod config;
 pub mod dataplane;

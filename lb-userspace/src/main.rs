@@ -26,6 +26,9 @@ enum Command {
     /// Load and attach the balancer (or adopt the one pinned for the
     /// interface), fill its maps, health-check backends; reload on SIGHUP and
     /// when the configuration file changes; detach on SIGINT or SIGTERM.
+    /// With `[bgp]`, announce the VIP addresses through BIRD 2 (started and
+    /// supervised by the agent); on SIGINT or SIGTERM withdraw them first and
+    /// keep forwarding for `bgp.withdraw_delay`.
     Run {
         /// Configuration file (TOML).
         #[arg(long, short)]
@@ -36,6 +39,8 @@ enum Command {
         /// On exit, leave the data plane attached and its maps and link
         /// pinned under /sys/fs/bpf/lb/IFACE: it goes on forwarding with the
         /// last state, and the next `lb run` adopts it without dropping a flow.
+        /// With `[bgp]`, BIRD keeps running with its sessions and
+        /// announcements, and the next `lb run` adopts it too.
         #[arg(long)]
         keep_attached: bool,
     },

@@ -87,9 +87,10 @@ class Server(socketserver.ThreadingTCPServer):
 Server(("0.0.0.0", int(sys.argv[1])), Sink).serve_forever()
 "#;
 
-/// The echo server: greets each connection with the backend's name and a
-/// newline, then sends back every line it receives.
-const ECHO_SERVER: &str = r#"
+/// The echo server (Python, run as `python3 FILE NAME PORT`): greets each
+/// connection with the backend's name and a newline, then sends back every
+/// line it receives.
+pub const ECHO_SERVER: &str = r#"
 import socketserver, sys
 NAME = sys.argv[1].encode()
 class Echo(socketserver.StreamRequestHandler):
@@ -814,7 +815,11 @@ impl Drop for Lab {
     }
 }
 
-fn which(program: &str) -> anyhow::Result<PathBuf> {
+/// The path of `program` in `PATH`.
+///
+/// # Errors
+/// It is in no directory of `PATH`.
+pub fn which(program: &str) -> anyhow::Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     for dir in std::env::split_paths(&path) {
         let candidate = dir.join(program);

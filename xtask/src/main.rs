@@ -3,6 +3,7 @@
 //! pinned nightly with rust-src, bpf-linker 0.10.4, and the lab's programs)
 //! before building, saying what it does.
 
+mod demo_ha;
 mod vm;
 
 use std::{
@@ -49,7 +50,12 @@ enum Task {
         timeout_minutes: u64,
     },
     /// Set up, build, then run the namespace demo; needs root.
-    Demo,
+    Demo {
+        /// Scale-out instead: a router with ECMP over two nodes announcing
+        /// the VIP over BGP; one node stops in the middle.
+        #[arg(long)]
+        ha: bool,
+    },
     /// Set up, build in release mode, then run the benchmark as root; prints
     /// one table and writes it to target/bench/report.md.
     Bench {
@@ -94,7 +100,12 @@ fn main() -> anyhow::Result<()> {
         Task::TestKernel { timeout_minutes } => {
             vm::test_kernel(&root, Duration::from_secs(timeout_minutes * 60))
         }
-        Task::Demo => {
+        Task::Demo { ha: true } => {
+            setup()?;
+            build(&root)?;
+            demo_ha::run(&root)
+        }
+        Task::Demo { ha: false } => {
             setup()?;
             build(&root)?;
             status(as_root(&root.join("target/debug/lb-demo"))?.env("LB_BIN", lb_binary(&root)))
@@ -254,8 +265,8 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     ]))
 }
 
-/// The lab (tests and demo) runs `ip`, `nsenter`, `prlimit`, `curl`, `ping`
-/// and `python3`; the tests parse `/metrics` with Python's `prometheus_client`.
+/// The lab (tests and demo) runs `ip`, `nsenter`, `prlimit`, `curl`, `ping`,
+/// `python3` and BIRD 2 (`bird`, `birdc`: also what `lb run` drives for `[bgp]`); the tests parse `/metrics` with Python's `prometheus_client`.
 fn ensure_lab_programs() -> anyhow::Result<()> {
     // (shell check, Debian package)
     let needed = [
@@ -264,6 +275,11 @@ fn ensure_lab_programs() -> anyhow::Result<()> {
         ("command -v curl", "curl"),
         ("command -v ping", "iputils-ping"),
         ("command -v python3", "python3"),
+        // BGP: `lb run` with [bgp] drives BIRD 2; the tests' router runs it too.
+        (
+            "command -v birdc && (command -v bird || test -x /usr/sbin/bird)",
+            "bird2",
+        ),
         (
             "/usr/bin/python3 -c 'import prometheus_client'",
             "python3-prometheus-client",

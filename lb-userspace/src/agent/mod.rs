@@ -135,6 +135,9 @@ pub enum AgentError {
     /// `lb decap` was given an address that cannot be a VIP, or one twice.
     #[error("--vip {0}")]
     BadVip(String),
+    /// `[bgp]` cannot be announced (no router id).
+    #[error("{0}")]
+    Bgp(String),
     /// The pinned maps were made by an agent with another map layout.
     #[error(
         "the data plane pinned in {dir} has map layout {found}, this agent's is {LAYOUT_FINGERPRINT:#010x}: refusing to adopt maps it would misread. Run the agent that made them, or remove {dir} (this detaches the data plane and drops its connection table) and start again"
@@ -347,6 +350,7 @@ pub async fn run(
     }
     let _lock = InstanceLock::take(&iface)?;
     let source = encap_source(&config, &iface)?;
+    crate::bgp::wanted(&config, source.v4, &[]).map_err(AgentError::Bgp)?;
     if netif::enable_ipv4_forwarding(&iface)
         .map_err(io_err("enable forwarding on", iface.clone()))?
     {
@@ -384,6 +388,9 @@ pub async fn run(
     let shared = Shared::new(&iface, StatsReader::from_pins(&plane.dir)?);
     shared.set_vips(plane.balancer.vips());
     shared.set_program(plane.program);
+    let wanted =
+        crate::bgp::wanted(&config, source.v4, plane.balancer.vips()).map_err(AgentError::Bgp)?;
+    let bgp = crate::bgp::Speaker::start(&iface, wanted, shared.clone());
     let mut agent = Agent {
         shared,
         plane,
@@ -392,10 +399,19 @@ pub async fn run(
         options,
         source,
         last_local_error: None,
+        bgp,
     };
     let result = agent.serve(shutdown).await;
     agent.log_counters();
-    let Agent { plane, options, .. } = agent;
+    let Agent {
+        plane,
+        options,
+        bgp,
+        ..
+    } = agent;
+    // Announcements go first (withdraw, then forward for withdraw_delay),
+    // the data plane after.
+    bgp.shutdown(options.keep_attached).await;
     let DataPlane {
         balancer,
         stats,
@@ -435,6 +451,9 @@ struct Agent {
     source: Sources,
     /// When a local health-check failure was last logged.
     last_local_error: Option<time::Instant>,
+    /// The BGP speaker: told the announcement rule's input after every
+    /// health change and reload.
+    bgp: crate::bgp::Speaker,
 }
 
 /// Aborts a task when dropped.
@@ -609,6 +628,15 @@ impl Agent {
             ),
         }
         self.shared.set_vips(self.plane.balancer.vips());
+        self.announce();
+    }
+
+    /// Tells the BGP speaker what to announce now.
+    fn announce(&self) {
+        match crate::bgp::wanted(&self.config, self.source.v4, self.plane.balancer.vips()) {
+            Ok(wanted) => self.bgp.set(wanted),
+            Err(e) => warn!("BGP: {e}"),
+        }
     }
 
     /// Applies a configuration read for a reload, as a difference; a
@@ -641,6 +669,7 @@ impl Agent {
             Ok(Some(changes)) => {
                 self.shared.record_reload(Ok(()));
                 self.shared.set_vips(self.plane.balancer.vips());
+                self.announce();
                 let (started, stopped) = checkers.sync(self.health_targets(), events);
                 info!(
                     "configuration reloaded ({why}) from {}: {changes}; health checkers +{started} -{stopped}",
@@ -683,6 +712,7 @@ impl Agent {
             return Err(change);
         }
         let source = encap_source(&new, &self.iface).map_err(|e| e.to_string())?;
+        crate::bgp::wanted(&new, source.v4, &[])?;
         let changes = self
             .plane
             .balancer

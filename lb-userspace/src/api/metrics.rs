@@ -25,7 +25,7 @@ use super::{
 #[derive(Debug)]
 pub(crate) struct LbCollector(pub(crate) Arc<Shared>);
 
-fn counters(
+pub(super) fn counters(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -38,7 +38,7 @@ fn counters(
     Ok(())
 }
 
-fn gauges(
+pub(super) fn gauges(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -177,6 +177,9 @@ impl Collector for LbCollector {
             "The agent's version.",
             &[(vec![("version", s.version.clone())], 1)],
         )?;
+        if let Some(bgp) = &s.bgp {
+            super::bgp::metrics(e, bgp)?;
+        }
         Ok(())
     }
 }

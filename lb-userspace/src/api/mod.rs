@@ -14,6 +14,7 @@ use std::{
 use axum::{Json, Router, extract::State, routing::get};
 use prometheus_client::registry::Registry;
 
+pub mod bgp;
 pub mod metrics;
 pub mod shared;
 pub mod status;

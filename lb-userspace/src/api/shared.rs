@@ -60,6 +60,7 @@ pub struct Shared {
     view: Mutex<View>,
     stats: Mutex<StatsReader>,
     program: Mutex<Option<ProgramId>>,
+    bgp: Mutex<Option<crate::bgp::status::BgpStatus>>,
     pub(crate) check_latency: Family<Labels, Histogram, fn() -> Histogram>,
     pub(crate) check_errors: Family<Labels, PromCounter>,
 }
@@ -90,6 +91,7 @@ impl Shared {
             view: Mutex::new(View::default()),
             stats: Mutex::new(stats),
             program: Mutex::new(None),
+            bgp: Mutex::new(None),
             check_latency: Family::new_with_constructor(latency_histogram),
             check_errors: Family::default(),
         })
@@ -142,6 +144,12 @@ impl Shared {
     /// Sets the program the data plane runs (after a start or an upgrade).
     pub fn set_program(&self, program: ProgramId) {
         *lock(&self.program) = Some(program);
+    }
+
+    /// Sets the BGP announcement's state (the speaker task, after each
+    /// look at BIRD); `None`: no `[bgp]`.
+    pub fn set_bgp(&self, bgp: Option<crate::bgp::status::BgpStatus>) {
+        *lock(&self.bgp) = bgp;
     }
 
     /// Records a health-check result of backend `backend_id`; a local
@@ -243,6 +251,7 @@ impl Shared {
             .map(|(name, e)| (name.to_string(), stats.conn(e).into()))
             .collect(),
             reloads: view.reloads.clone(),
+            bgp: lock(&self.bgp).clone(),
         }
     }
 }

@@ -107,6 +107,10 @@ pub struct Status {
     pub conntrack: BTreeMap<String, Traffic>,
     /// Reloads.
     pub reloads: Reloads,
+    /// BGP announcement (`[bgp]`): speaker, peers, addresses; absent
+    /// without `[bgp]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<crate::bgp::status::BgpStatus>,
 }
 
 /// Fetches `/status` from an agent's API at `api` (for `lb status`).
@@ -206,5 +210,8 @@ pub fn render_table(s: &Status) -> String {
         c("miss"),
         c("rehash")
     );
+    if let Some(bgp) = &s.bgp {
+        out.push_str(&super::bgp::table(bgp));
+    }
     out
 }

@@ -21,6 +21,13 @@ pub fn command(path: &Path) -> ExitCode {
                 c.table_size
             );
             println!("data plane memory: {}", c.sizing);
+            if let Some(bgp) = &c.bgp {
+                println!(
+                    "BGP: AS {} announcing the VIP addresses to {} peers (BIRD 2, started by lb run)",
+                    bgp.local_as,
+                    bgp.peers.len()
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -17,10 +17,12 @@ use serde::Deserialize;
 
 use crate::dataplane::sizing::Sizing;
 
+mod bgp;
 mod read;
 mod schema;
 mod validate;
 
+pub use bgp::{BgpConfig, BgpPeer, DEFAULT_BGP_PORT, DEFAULT_HOLD_TIME, DEFAULT_WITHDRAW_DELAY};
 pub use read::read_file;
 use schema::RawConfig;
 use validate::Validator;
@@ -303,6 +305,9 @@ pub struct Config {
     pub sizing: Sizing,
     /// VIPs, in file order.
     pub vips: Vec<Vip>,
+    /// BGP announcement of the VIP addresses (`[bgp]`, SPEC 9); `None`:
+    /// nothing is announced.
+    pub bgp: Option<BgpConfig>,
 }
 
 /// A validated VIP.

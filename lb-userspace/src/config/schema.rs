@@ -30,6 +30,7 @@ pub(super) struct RawConfig {
     pub(super) icmp: RawIcmp,
     #[serde(default, rename = "vip")]
     pub(super) vips: Vec<RawVip>,
+    pub(super) bgp: Option<super::bgp::RawBgp>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -20,14 +20,14 @@ pub(super) struct Validator {
 }
 
 impl Validator {
-    fn error(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+    pub(super) fn error(&mut self, key: impl Into<String>, reason: impl Into<String>) {
         self.errors.push(Problem {
             key: key.into(),
             reason: reason.into(),
         });
     }
 
-    fn warn(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+    pub(super) fn warn(&mut self, key: impl Into<String>, reason: impl Into<String>) {
         self.warnings.push(Problem {
             key: key.into(),
             reason: reason.into(),
@@ -118,6 +118,7 @@ impl Validator {
                 ),
             );
         }
+        let bgp = raw.bgp.as_ref().map(|b| self.bgp(b, encap_source_v4));
         Config {
             interface: raw.interface,
             xdp_mode: raw.xdp_mode,
@@ -137,6 +138,7 @@ impl Validator {
             max_new_per_cpu,
             sizing,
             vips,
+            bgp,
         }
     }
 

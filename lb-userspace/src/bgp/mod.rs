@@ -1,0 +1,52 @@
+//! BGP announcement of the VIP addresses (SPEC 9), health-aware, through
+//! BIRD 2, which `lb run` starts, configures and supervises itself:
+//!
+//! - [`rule`]: which addresses are announced (a pure function of the
+//!   balancer's health and weights);
+//! - [`conf`]: BIRD's configuration for them;
+//! - [`paths`]: BIRD's files, per network namespace and interface;
+//! - [`bird`]: the BIRD process (start in its own session, adopt, stop);
+//! - [`birdc`], [`parse`]: commands to BIRD and reading its answers;
+//! - [`speaker`]: the task tying them together;
+//! - [`status`]: what `/status`, `lb status` and `/metrics` show.
+
+use std::net::Ipv4Addr;
+
+pub mod bird;
+pub mod birdc;
+pub mod conf;
+pub mod parse;
+pub mod paths;
+pub mod rule;
+pub mod speaker;
+pub mod status;
+
+pub use speaker::{Speaker, Wanted};
+
+use crate::{balancer::VipState, config::Config};
+
+/// What the agent wants announced for `config`, whose encapsulation source
+/// is `source_v4` (the router id's default), with the balancer's `vips`.
+///
+/// # Errors
+/// `[bgp]` has no router id and `source_v4` is unspecified (the interface
+/// has no IPv4 address).
+pub fn wanted(config: &Config, source_v4: Ipv4Addr, vips: &[VipState]) -> Result<Wanted, String> {
+    let Some(bgp) = &config.bgp else {
+        return Ok(Wanted::default());
+    };
+    let router_id = bgp.router_id.unwrap_or(source_v4);
+    if router_id.is_unspecified() {
+        return Err(
+            "bgp.router_id is not set and the interface has no IPv4 address to take it from: set bgp.router_id"
+                .into(),
+        );
+    }
+    Ok(Wanted {
+        settings: Some(conf::Settings {
+            bgp: bgp.clone(),
+            router_id,
+        }),
+        decisions: rule::decide(&rule::VipHealth::of(vips)),
+    })
+}

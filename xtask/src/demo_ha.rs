@@ -1,0 +1,13 @@
+//! `cargo xtask demo --ha`: the scale-out demo (`lb-demo-ha` in the tests
+//! crate): a router with ECMP over two nodes that announce the VIP over
+//! BGP, one stopped with SIGTERM in the middle of the traffic.
+
+use std::path::Path;
+
+use crate::{as_root, lb_binary, status};
+
+/// Runs `target/debug/lb-demo-ha` as root with `LB_BIN` set; the caller
+/// has set up and built.
+pub fn run(root: &Path) -> anyhow::Result<()> {
+    status(as_root(&root.join("target/debug/lb-demo-ha"))?.env("LB_BIN", lb_binary(root)))
+}
