@@ -14,8 +14,8 @@ use crate::{
     Globals, MAGLEV_MAP_FLAGS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONN_BUCKET, MAP_CONNS,
     MAP_DECAP_CONFIG, MAP_DECAP_LOCAL, MAP_DECAP_VIPS, MAP_GLOBALS, MAP_ICMP_BUCKET, MAP_MAGLEV,
     MAP_NEXTHOPS, MAP_SRC_ALLOW_V4, MAP_SRC_ALLOW_V6, MAP_SRC_ALLOW_VIP4, MAP_SRC_ALLOW_VIP6,
-    MAP_SRC_ALLOW4_16, MAP_STATS, MAP_VIP_ADDRS, MAP_VIP_BLOOM, MAP_VIP_DROPS, MAP_VIP_FLAGS,
-    MAP_VIP_STATS, MAP_VIPS, MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES,
+    MAP_SRC_ALLOW4_16, MAP_SRC_ALLOW6_16, MAP_STATS, MAP_VIP_ADDRS, MAP_VIP_BLOOM, MAP_VIP_DROPS,
+    MAP_VIP_FLAGS, MAP_VIP_STATS, MAP_VIPS, MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES,
     MAX_VIP_SOURCE_PREFIXES, MAX_VIPS, Outcome, STAT_ENTRIES, TokenBucket, VIP_BLOOM_WORDS, VipKey,
     VipSourceKey, VipSourceKey6, VipValue,
 };
@@ -77,7 +77,7 @@ pub const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Every map of `xdp_lb` and `xdp_decap` (the benchmark's own maps are not
 /// part of the layout).
-pub const MAPS: [MapSpec; 23] = [
+pub const MAPS: [MapSpec; 24] = [
     spec(
         MAP_VIPS,
         MapKind::Hash,
@@ -161,6 +161,14 @@ pub const MAPS: [MapSpec; 23] = [
     ),
     spec(
         MAP_SRC_ALLOW4_16,
+        MapKind::Array,
+        4,
+        8,
+        0,
+        Some(ALLOW16_WORDS),
+    ),
+    spec(
+        MAP_SRC_ALLOW6_16,
         MapKind::Array,
         4,
         8,

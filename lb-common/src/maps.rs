@@ -38,7 +38,12 @@ pub const MAP_SRC_ALLOW_V4: &str = "LB_SRC_ALLOW4";
 /// decided by one array read, which the verifier inlines, instead of a trie
 /// walk.
 pub const MAP_SRC_ALLOW4_16: &str = "LB_SRC_ALLOW4_16";
-/// Words of [`MAP_SRC_ALLOW4_16`]: 2^16 slots of 2 bits (16 KiB).
+/// The IPv6 source filter by its first 16 bits, in front of
+/// [`MAP_SRC_ALLOW_V6`]: as [`MAP_SRC_ALLOW4_16`] (the default fc00::/7
+/// covers 512 whole slots).
+pub const MAP_SRC_ALLOW6_16: &str = "LB_SRC_ALLOW6_16";
+/// Words of [`MAP_SRC_ALLOW4_16`] and [`MAP_SRC_ALLOW6_16`]: 2^16 slots of
+/// 2 bits (16 KiB).
 pub const ALLOW16_WORDS: u32 = (1 << 16) * 2 / 64;
 /// A /16 covered by an allowed prefix (see [`MAP_SRC_ALLOW4_16`]).
 pub const ALLOW16_WHOLE: u64 = 1;

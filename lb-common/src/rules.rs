@@ -66,15 +66,16 @@ pub const fn vip_bloom_bit(key: &AddrKey) -> (u32, u64) {
     (bit >> 6, 1 << (bit & 63))
 }
 
-/// Where IPv4 source `src`'s /16 sits in [`crate::MAP_SRC_ALLOW4_16`]:
-/// (word index, bit shift of its two bits).
+/// Where a source whose first two bytes are `first` sits in
+/// [`crate::MAP_SRC_ALLOW4_16`] (IPv4) or [`crate::MAP_SRC_ALLOW6_16`]
+/// (IPv6): (word index, bit shift of its two bits).
 #[inline(always)]
-pub const fn allow16_slot(src: [u8; 4]) -> (u32, u32) {
-    let n = ((src[0] as u32) << 8) | src[1] as u32;
+pub const fn allow16_slot(first: [u8; 2]) -> (u32, u32) {
+    let n = ((first[0] as u32) << 8) | first[1] as u32;
     (n >> 5, (n & 31) * 2)
 }
 
-/// Whether an IPv4 source is allowed, from its /16's two bits (`bits`,
+/// Whether a source is allowed, from its /16's two bits (`bits`,
 /// already shifted down) and, for a /16 that holds only longer prefixes,
 /// the trie (`in_trie`, called only then).
 #[inline(always)]
@@ -88,11 +89,12 @@ pub fn allow16_verdict(bits: u64, in_trie: impl FnOnce() -> bool) -> bool {
     }
 }
 
-/// Marks allowed IPv4 prefix `addr`/`len` in the words of
-/// [`crate::MAP_SRC_ALLOW4_16`] (`words`: [`crate::ALLOW16_WORDS`] long):
+/// Marks an allowed prefix of either family, whose first two bytes are
+/// `addr` and length `len`, in the words of [`crate::MAP_SRC_ALLOW4_16`] or
+/// [`crate::MAP_SRC_ALLOW6_16`] (`words`: [`crate::ALLOW16_WORDS`] long):
 /// every /16 it covers as [`ALLOW16_WHOLE`] when `len` is 16 or less, else
-/// its /16 as [`ALLOW16_PART`]. `addr` has its host bits clear.
-pub fn allow16_mark(words: &mut [u64], addr: [u8; 4], len: u8) {
+/// its /16 as [`ALLOW16_PART`]. The prefix has its host bits clear.
+pub fn allow16_mark(words: &mut [u64], addr: [u8; 2], len: u8) {
     let first = (u32::from(addr[0]) << 8) | u32::from(addr[1]);
     let (count, bits) = if len <= 16 {
         (1u32 << (16 - len), ALLOW16_WHOLE)
@@ -101,7 +103,7 @@ pub fn allow16_mark(words: &mut [u64], addr: [u8; 4], len: u8) {
     };
     let mut n = first;
     while n < first + count {
-        let (word, shift) = allow16_slot([(n >> 8) as u8, n as u8, 0, 0]);
+        let (word, shift) = allow16_slot([(n >> 8) as u8, n as u8]);
         if let Some(w) = words.get_mut(word as usize) {
             *w |= bits << shift;
         }
@@ -334,7 +336,7 @@ mod tests {
         };
         let mut words = [0u64; WORDS];
         for (p, len) in prefixes {
-            allow16_mark(&mut words, p, len);
+            allow16_mark(&mut words, [p[0], p[1]], len);
         }
         let mut x: u32 = 0x1234_5678;
         for i in 0..200_000u32 {
@@ -347,7 +349,7 @@ mod tests {
             } else {
                 x.to_be_bytes()
             };
-            let (word, shift) = allow16_slot(a);
+            let (word, shift) = allow16_slot([a[0], a[1]]);
             let bits = (words[word as usize] >> shift) & 3;
             let expected = prefixes.iter().any(|&p| covers(p, a));
             let in_trie = || prefixes.iter().any(|&p| covers(p, a));

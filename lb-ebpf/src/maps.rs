@@ -45,6 +45,11 @@ pub static LB_SRC_ALLOW4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_
 #[map]
 pub static LB_SRC_ALLOW4_16: Array<u64> = Array::with_max_entries(ALLOW16_WORDS, 0);
 
+/// The IPv6 source filter by first 16 bits (two bits each), before
+/// `LB_SRC_ALLOW6`.
+#[map]
+pub static LB_SRC_ALLOW6_16: Array<u64> = Array::with_max_entries(ALLOW16_WORDS, 0);
+
 /// Data-plane settings (one entry).
 #[map]
 pub static LB_GLOBALS: Array<Globals> = Array::with_max_entries(1, 0);

@@ -9,6 +9,7 @@ use lb_common::{
 
 use crate::maps::{
     LB_SRC_ALLOW_VIP4, LB_SRC_ALLOW_VIP6, LB_SRC_ALLOW4, LB_SRC_ALLOW4_16, LB_SRC_ALLOW6,
+    LB_SRC_ALLOW6_16,
 };
 
 /// Whether an IPv4 source address is inside an allowed prefix: its /16's
@@ -16,7 +17,7 @@ use crate::maps::{
 /// only for a /16 that holds longer prefixes.
 #[inline(always)]
 pub fn source_allowed_v4(src: [u8; 4]) -> bool {
-    let (word, shift) = allow16_slot(src);
+    let (word, shift) = allow16_slot([src[0], src[1]]);
     let bits = LB_SRC_ALLOW4_16.get(word).map_or(0, |w| (*w >> shift) & 3);
     allow16_verdict(bits, || LB_SRC_ALLOW4.get(Key::new(32, src)).is_some())
 }
@@ -33,7 +34,9 @@ pub fn source_allowed_vip_v4(vip_id: u32, src: [u8; 4]) -> bool {
 /// Whether an IPv6 source address is inside an allowed prefix.
 #[inline(always)]
 pub fn source_allowed_v6(src: [u8; 16]) -> bool {
-    LB_SRC_ALLOW6.get(Key::new(128, src)).is_some()
+    let (word, shift) = allow16_slot([src[0], src[1]]);
+    let bits = LB_SRC_ALLOW6_16.get(word).map_or(0, |w| (*w >> shift) & 3);
+    allow16_verdict(bits, || LB_SRC_ALLOW6.get(Key::new(128, src)).is_some())
 }
 
 /// Whether an IPv6 source address is inside one of VIP `vip_id`'s own

@@ -164,8 +164,8 @@ pub struct Balancer<M: MapWriter> {
     addr_counts: HashMap<AddrKey, u32>,
     /// The VIP-address filter's words, as in the map.
     vip_bloom: Vec<u64>,
-    /// The IPv4 source filter by /16's words, as in the map.
-    allow16: Vec<u64>,
+    /// The source filters by /16's words, IPv4 then IPv6, as in the maps.
+    allow16: [Vec<u64>; 2],
     /// Allowed source prefixes of both families, as in the maps.
     allow: HashSet<IpNet>,
     /// Every VIP's own prefixes with the VIP id, as in the maps.
@@ -292,7 +292,10 @@ impl<M: MapWriter> Balancer<M> {
             generations: vec![0; MAX_BACKENDS as usize],
             addr_counts: HashMap::new(),
             vip_bloom: vec![0; VIP_BLOOM_WORDS as usize],
-            allow16: vec![0; ALLOW16_WORDS as usize],
+            allow16: [
+                vec![0; ALLOW16_WORDS as usize],
+                vec![0; ALLOW16_WORDS as usize],
+            ],
             allow: HashSet::new(),
             vip_allow: HashSet::new(),
             globals: Globals::default(),
@@ -352,7 +355,7 @@ impl<M: MapWriter> Balancer<M> {
         b.vip_allow = b.maps.allowed_vip()?.into_iter().collect();
         b.addr_counts = b.maps.vip_addrs()?.into_iter().collect();
         b.vip_bloom = b.maps.vip_bloom()?;
-        b.allow16 = b.maps.allow16()?;
+        b.allow16 = [b.maps.allow16(false)?, b.maps.allow16(true)?];
         for (id, backend) in &backends {
             b.generations[*id as usize] = backend.generation;
         }
@@ -538,23 +541,38 @@ impl<M: MapWriter> Balancer<M> {
     }
 
     /// Refuses, before any write, a configuration the maps cannot take.
-    /// Makes the IPv4 source filter by /16 say what prefixes `allow` (both
-    /// families; IPv6 ones are skipped) say (`lb_common::rules::allow16_mark`),
-    /// writing the words that change; how many.
+    /// Makes the source filters by /16 of both families say what prefixes
+    /// `allow` say (`lb_common::rules::allow16_mark`), writing the words
+    /// that change; how many.
     fn write_allow16<'a>(
         &mut self,
         allow: impl Iterator<Item = &'a IpNet>,
     ) -> Result<usize, BalancerError> {
-        let mut words = vec![0u64; ALLOW16_WORDS as usize];
+        let mut words = [
+            vec![0u64; ALLOW16_WORDS as usize],
+            vec![0u64; ALLOW16_WORDS as usize],
+        ];
         for net in allow {
-            if let IpNet::V4(n) = net {
-                allow16_mark(&mut words, n.network().octets(), n.prefix_len());
-            }
+            let (family, first, len) = match net {
+                IpNet::V4(n) => {
+                    let o = n.network().octets();
+                    (0, [o[0], o[1]], n.prefix_len())
+                }
+                IpNet::V6(n) => {
+                    let o = n.network().octets();
+                    (1, [o[0], o[1]], n.prefix_len())
+                }
+            };
+            allow16_mark(&mut words[family], first, len);
         }
-        let maps = &mut self.maps;
-        Ok(write_words(&mut self.allow16, &words, |i, w| {
-            maps.set_allow16(i, w)
-        })?)
+        let mut written = 0;
+        for (family, new) in words.iter().enumerate() {
+            let maps = &mut self.maps;
+            written += write_words(&mut self.allow16[family], new, |i, w| {
+                maps.set_allow16(family == 1, i, w)
+            })?;
+        }
+        Ok(written)
     }
 
     /// Makes the VIP-address filter hold the bit of every VIP address and

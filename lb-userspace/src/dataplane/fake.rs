@@ -24,8 +24,8 @@ pub struct FakeMaps {
     pub vip_addrs: StdHashMap<AddrKey, u32>,
     /// Non-zero words of the VIP-address filter by index.
     pub vip_bloom: StdHashMap<u32, u64>,
-    /// Non-zero words of the IPv4 source filter by /16, by index.
-    pub allow16: StdHashMap<u32, u64>,
+    /// Non-zero words of the source filters by /16, by (IPv6, index).
+    pub allow16: StdHashMap<(bool, u32), u64>,
     /// Backends by id.
     pub backends: StdHashMap<u32, Backend>,
     /// Maglev map entries by index.
@@ -105,18 +105,18 @@ impl MapWriter for FakeMaps {
             .map(|i| self.vip_bloom.get(&i).copied().unwrap_or(0))
             .collect())
     }
-    fn set_allow16(&mut self, index: u32, bits: u64) -> Result<(), MapWriteError> {
+    fn set_allow16(&mut self, v6: bool, index: u32, bits: u64) -> Result<(), MapWriteError> {
         self.writes += 1;
         if bits == 0 {
-            self.allow16.remove(&index);
+            self.allow16.remove(&(v6, index));
         } else {
-            self.allow16.insert(index, bits);
+            self.allow16.insert((v6, index), bits);
         }
         Ok(())
     }
-    fn allow16(&self) -> Result<Vec<u64>, MapWriteError> {
+    fn allow16(&self, v6: bool) -> Result<Vec<u64>, MapWriteError> {
         Ok((0..lb_common::ALLOW16_WORDS)
-            .map(|i| self.allow16.get(&i).copied().unwrap_or(0))
+            .map(|i| self.allow16.get(&(v6, i)).copied().unwrap_or(0))
             .collect())
     }
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapWriteError> {

@@ -12,9 +12,9 @@ use aya::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use lb_common::{
     AddrKey, Backend, Globals, MAP_BACKENDS, MAP_GLOBALS, MAP_MAGLEV, MAP_SRC_ALLOW_V4,
-    MAP_SRC_ALLOW_V6, MAP_SRC_ALLOW_VIP4, MAP_SRC_ALLOW_VIP6, MAP_SRC_ALLOW4_16, MAP_VIP_ADDRS,
-    MAP_VIP_BLOOM, MAP_VIP_FLAGS, MAP_VIPS, VIP_LIVE, VipKey, VipSourceKey, VipSourceKey6,
-    VipValue,
+    MAP_SRC_ALLOW_V6, MAP_SRC_ALLOW_VIP4, MAP_SRC_ALLOW_VIP6, MAP_SRC_ALLOW4_16, MAP_SRC_ALLOW6_16,
+    MAP_VIP_ADDRS, MAP_VIP_BLOOM, MAP_VIP_FLAGS, MAP_VIPS, VIP_LIVE, VipKey, VipSourceKey,
+    VipSourceKey6, VipValue,
 };
 
 use super::maglev_map::MaglevMap;
@@ -65,11 +65,12 @@ pub trait MapWriter {
     fn set_vip_bloom(&mut self, index: u32, bits: u64) -> Result<(), MapWriteError>;
     /// Every word of the VIP-address filter, [`lb_common::VIP_BLOOM_WORDS`] of them.
     fn vip_bloom(&self) -> Result<Vec<u64>, MapWriteError>;
-    /// Writes word `index` of the IPv4 source filter by /16
-    /// ([`lb_common::MAP_SRC_ALLOW4_16`]).
-    fn set_allow16(&mut self, index: u32, bits: u64) -> Result<(), MapWriteError>;
-    /// Every word of the IPv4 source filter by /16, [`lb_common::ALLOW16_WORDS`] of them.
-    fn allow16(&self) -> Result<Vec<u64>, MapWriteError>;
+    /// Writes word `index` of the source filter by /16 of IPv6 (`v6`) or
+    /// IPv4 ([`lb_common::MAP_SRC_ALLOW6_16`], [`lb_common::MAP_SRC_ALLOW4_16`]).
+    fn set_allow16(&mut self, v6: bool, index: u32, bits: u64) -> Result<(), MapWriteError>;
+    /// Every word of the source filter by /16 of IPv6 (`v6`) or IPv4,
+    /// [`lb_common::ALLOW16_WORDS`] of them.
+    fn allow16(&self, v6: bool) -> Result<Vec<u64>, MapWriteError>;
     /// Writes backend `id`.
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapWriteError>;
     /// Writes `entries` into the Maglev map starting at index `offset`.
@@ -98,6 +99,7 @@ pub struct AyaMaps {
     vip_bloom: Array<MapData, u64>,
     vip_flags: Array<MapData, u32>,
     allow16: Array<MapData, u64>,
+    allow16_v6: Array<MapData, u64>,
     maglev: MaglevMap,
     backends: Array<MapData, Backend>,
     allow_v4: LpmTrie<MapData, [u8; 4], u32>,
@@ -186,6 +188,7 @@ impl AyaMaps {
             vip_bloom: take(ebpf, MAP_VIP_BLOOM)?,
             vip_flags: take(ebpf, MAP_VIP_FLAGS)?,
             allow16: take(ebpf, MAP_SRC_ALLOW4_16)?,
+            allow16_v6: take(ebpf, MAP_SRC_ALLOW6_16)?,
             maglev: MaglevMap::new(maglev)?,
             backends: take(ebpf, MAP_BACKENDS)?,
             allow_v4: take(ebpf, MAP_SRC_ALLOW_V4)?,
@@ -210,6 +213,7 @@ impl AyaMaps {
             vip_bloom: open_pin(dir, MAP_VIP_BLOOM)?,
             vip_flags: open_pin(dir, MAP_VIP_FLAGS)?,
             allow16: open_pin(dir, MAP_SRC_ALLOW4_16)?,
+            allow16_v6: open_pin(dir, MAP_SRC_ALLOW6_16)?,
             maglev: MaglevMap::new(maglev)?,
             backends: open_pin(dir, MAP_BACKENDS)?,
             allow_v4: open_pin(dir, MAP_SRC_ALLOW_V4)?,
@@ -390,17 +394,22 @@ impl MapWriter for AyaMaps {
             .collect()
     }
 
-    fn set_allow16(&mut self, index: u32, bits: u64) -> Result<(), MapWriteError> {
-        self.allow16
-            .set(index, bits, 0)
-            .map_err(wrap(MAP_SRC_ALLOW4_16, "set"))
+    fn set_allow16(&mut self, v6: bool, index: u32, bits: u64) -> Result<(), MapWriteError> {
+        let (map, name) = if v6 {
+            (&mut self.allow16_v6, MAP_SRC_ALLOW6_16)
+        } else {
+            (&mut self.allow16, MAP_SRC_ALLOW4_16)
+        };
+        map.set(index, bits, 0).map_err(wrap(name, "set"))
     }
 
-    fn allow16(&self) -> Result<Vec<u64>, MapWriteError> {
-        self.allow16
-            .iter()
-            .map(|r| r.map_err(wrap(MAP_SRC_ALLOW4_16, "read")))
-            .collect()
+    fn allow16(&self, v6: bool) -> Result<Vec<u64>, MapWriteError> {
+        let (map, name) = if v6 {
+            (&self.allow16_v6, MAP_SRC_ALLOW6_16)
+        } else {
+            (&self.allow16, MAP_SRC_ALLOW4_16)
+        };
+        map.iter().map(|r| r.map_err(wrap(name, "read"))).collect()
     }
 
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapWriteError> {
