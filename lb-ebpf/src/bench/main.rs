@@ -3,7 +3,8 @@
 //! and the wrapper that restores the input
 //! frame before each `BPF_PROG_TEST_RUN` repetition and tail-calls the
 //! program under test (`xdp_lb` of the production object, put in
-//! `BENCH_PROGS` by the bench). Never loaded by the agent.
+//! `BENCH_PROGS` by the bench), and the live-frames traffic generator of
+//! the veth rows (`bench_tx`). Never loaded by the agent.
 #![no_std]
 #![no_main]
 #![expect(
@@ -34,7 +35,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     BENCH_F_VARY_FLOW, BENCH_FRAME_LEN, BENCH_PROGS_LEN, BENCH_SPORT_OFFSET, BENCH_SRC_ADDR_OFFSET,
-    BENCH_VIPS_LEN, BenchBackend, BenchTemplate, BenchVipKey, PROTO_IPIP, PROTO_TCP,
+    BENCH_TX_FLOWS, BENCH_VIPS_LEN, BenchBackend, BenchTemplate, BenchVipKey, PROTO_IPIP,
+    PROTO_TCP,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -64,6 +66,17 @@ pub static BENCH_VIPS: HashMap<BenchVipKey, BenchBackend> =
 #[xdp]
 pub fn bench_drop(_ctx: XdpContext) -> u32 {
     XDP_DROP
+}
+
+/// Generator: restores the template frame, varies its source port, XDP_TX
+/// (a redirect out of the ingress interface in live-frames mode).
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "#[xdp] entry points take the context by value"
+)]
+pub fn bench_tx(ctx: XdpContext) -> u32 {
+    tx(&ctx)
 }
 
 /// Baseline: parses Ethernet, IPv4 and TCP, then drops.
@@ -238,6 +251,45 @@ pub fn restore(ctx: &XdpContext) -> u32 {
     // SAFETY: tail call to slot 0; returns only when the slot is empty.
     unsafe { BENCH_PROGS.tail_call(ctx, 0) };
     XDP_ABORTED
+}
+
+/// The live-frames generator (`lb_common::PROG_BENCH_TX`): copies the
+/// template (the receiver of the previous round may have rewritten the
+/// bytes in place), writes source port template + (repetition number mod
+/// `BENCH_TX_FLOWS`), and returns XDP_TX. XDP_ABORTED when the frame is not
+/// `BENCH_FRAME_LEN` bytes or a map is missing, so the caller sees it.
+#[inline(always)]
+pub fn tx(ctx: &XdpContext) -> u32 {
+    let Some(template) = BENCH_TEMPLATE.get(0) else {
+        return XDP_ABORTED;
+    };
+    if ctx.data_end() - ctx.data() != BENCH_FRAME_LEN {
+        return XDP_ABORTED;
+    }
+    let (Some(frame), Some(seq)) = (
+        ptr_at::<[u64; BENCH_FRAME_LEN / 8]>(ctx, 0),
+        BENCH_SEQ.get_ptr_mut(0),
+    ) else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: bounds checked by ptr_at (see `restore` on alignment); the
+    // per-CPU value has no other writer on this CPU while we run.
+    let n = unsafe {
+        *frame = template.frame;
+        *seq = (*seq).wrapping_add(1);
+        *seq
+    };
+    let Some(port) = ptr_at::<[u8; 2]>(ctx, BENCH_SPORT_OFFSET) else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        let base = u16::from_be_bytes(*port);
+        *port = base
+            .wrapping_add((n & (BENCH_TX_FLOWS - 1)) as u16)
+            .to_be_bytes();
+    }
+    XDP_TX
 }
 
 /// Tail calls into a GPL program need a GPL-compatible licence.
