@@ -258,6 +258,22 @@ pub fn pin_napi(ns: &Netns, iface: &str, cpu: usize) -> anyhow::Result<Vec<i32>>
     Ok(pids)
 }
 
+/// Time thread `pid` has run on a CPU (`/proc/PID/schedstat`, first field,
+/// ns).
+///
+/// # Errors
+/// The file cannot be read or parsed.
+pub fn thread_cpu(pid: i32) -> anyhow::Result<Duration> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))?;
+    let ns: u64 = text
+        .split_whitespace()
+        .next()
+        .context("empty schedstat")?
+        .parse()
+        .context("schedstat")?;
+    Ok(Duration::from_nanos(ns))
+}
+
 /// `ethtool -S iface` in `ns`: veth's per-queue XDP counters by name.
 ///
 /// # Errors
@@ -350,6 +366,9 @@ struct Measured {
     eth_p: HashMap<String, u64>,
     eth_lb: HashMap<String, u64>,
     napi: Vec<i32>,
+    /// CPU time of the NAPI kthreads over that span, and the span.
+    napi_cpu: Duration,
+    span: Duration,
 }
 
 fn diff(a: &HashMap<String, u64>, b: &HashMap<String, u64>) -> HashMap<String, u64> {
@@ -372,11 +391,14 @@ fn measure(
         ethtool_stats(sw, GEN_IFACE)?,
         ethtool_stats(lb, &lab.lb_iface)?,
     );
+    let napi_cpu = || -> anyhow::Result<Duration> { napi.iter().map(|&pid| thread_cpu(pid)).sum() };
+    let (cpu0, t0) = (napi_cpu()?, Instant::now());
     let before = read()?;
     let points = generator.run(sw, GEN_IFACE, plan, read)?;
     // Let the ring drain before the closing reading.
     std::thread::sleep(Duration::from_millis(200));
     let after = read()?;
+    let (cpu1, span) = (napi_cpu()?, t0.elapsed());
     let (eth_p1, eth_lb1) = (
         ethtool_stats(sw, GEN_IFACE)?,
         ethtool_stats(lb, &lab.lb_iface)?,
@@ -396,6 +418,8 @@ fn measure(
         eth_p: diff(&eth_p0, &eth_p1),
         eth_lb: diff(&eth_lb0, &eth_lb1),
         napi,
+        napi_cpu: cpu1.saturating_sub(cpu0),
+        span,
     })
 }
 
@@ -483,6 +507,9 @@ pub fn bench(
         drop.total.runs
     );
 
+    // CPU time of the receive thread per packet: what the rows cost on
+    // CPU RX_CPU, whatever share of it other work on the machine took.
+    let cpu_ns = |m: &Measured| m.napi_cpu.as_nanos() as f64 / m.total.runs as f64;
     let common = |m: &Measured| {
         let ns = m.total.run_time.as_nanos() as f64 / m.total.runs as f64;
         let overflow = m
@@ -491,7 +518,7 @@ pub fn bench(
             .copied()
             .unwrap_or(0);
         format!(
-            "median of {} x {:.0} s windows (range {:.3}-{:.3} Mpps) after {:.1} s warm-up; generator offered {:.2} Mpps (BPF_PROG_TEST_RUN live frames, bench_tx XDP_TX out of p, {BENCH_TX_FLOWS} UDP flows to the VIP, {BENCH_FRAME_LEN}-byte frames, pinned to CPU {GEN_CPU}); LB veth's threaded NAPI (pids {:?}) pinned to CPU {RX_CPU}; BPF run time {ns:.0} ns/packet; pushed {} frames, {} ran the program, ring full: {overflow} dropped by veth (ethtool -S p: tx_queue_0_xdp_xmit_errors)",
+            "median of {} x {:.0} s windows (range {:.3}-{:.3} Mpps) after {:.1} s warm-up; generator offered {:.2} Mpps (BPF_PROG_TEST_RUN live frames, bench_tx XDP_TX out of p, {BENCH_TX_FLOWS} UDP flows to the VIP, {BENCH_FRAME_LEN}-byte frames, pinned to CPU {GEN_CPU}); receive: the LB veth's threaded NAPI (pids {:?}) pinned to CPU {RX_CPU}, busy {:.0}% of it, {:.0} ns of its CPU per packet; BPF run time {ns:.0} ns/packet; pushed {} frames, {} ran the program, ring full: {overflow} dropped by veth (ethtool -S p: tx_queue_0_xdp_xmit_errors)",
             plan.windows,
             plan.window.as_secs_f64(),
             m.rates.received_range.0,
@@ -499,6 +526,8 @@ pub fn bench(
             plan.warmup.as_secs_f64(),
             m.rates.offered,
             m.napi,
+            m.napi_cpu.as_secs_f64() * 100.0 / m.span.as_secs_f64(),
+            cpu_ns(m),
             m.pushed,
             m.total.runs,
         )
@@ -529,6 +558,12 @@ pub fn bench(
             tx("rx_queue_0_xdp_tx_errors"),
         ),
     );
+    report.notes.push(format!(
+        "veth: receive CPU per packet (NAPI kthread time / packets, less sensitive to other load than Mpps): bench_drop {:.0} ns, xdp_lb {:.0} ns, ratio of rates at full CPU {:.2}x.",
+        cpu_ns(&drop),
+        cpu_ns(&lb),
+        cpu_ns(&drop) / cpu_ns(&lb)
+    ));
     if drop.rates.offered < 1.1 * drop.rates.received {
         report.notes.push(format!(
             "veth: the generator offered {:.2} Mpps and bench_drop took {:.2}: the drop row may be bounded by the generator, so the forwarding ratio may overstate xdp_lb.",
