@@ -23,8 +23,7 @@ use crate::{
 /// How long each lab measurement runs.
 #[derive(Clone, Copy, Debug)]
 pub struct Durations {
-    /// Measured time of one veth packet-rate row (whole seconds: 1-s
-    /// windows, after a warm-up).
+    /// Measured time of one veth packet-rate row (after a warm-up).
     pub flood: Duration,
     /// One wrk run.
     pub wrk: Duration,
@@ -194,8 +193,7 @@ pub fn bench(prefix: &str, lb_bin: &Path, d: Durations, report: &mut Report) -> 
     // as the agent attached it, then bench_drop with the agent stopped.
     let plan = livegen::Plan {
         warmup: Duration::from_millis(500),
-        window: Duration::from_secs(1),
-        windows: d.flood.as_secs().max(1) as usize,
+        measure: d.flood,
     };
     livegen::bench(&mut lab, lb_prog, &pins, plan, report).context("veth rows")?;
     http_row(

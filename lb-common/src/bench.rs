@@ -129,14 +129,13 @@ unsafe impl aya::Pod for BenchBackend {}
 
 /// Program: the live-frames traffic generator of the veth rows. Run by
 /// `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` on a veth, it puts
-/// the frame back to [`MAP_BENCH_TEMPLATE`] (the receiver may have rewritten
-/// the bytes in place: the kernel resets a live frame's pointers, not its
-/// contents), writes one of [`BENCH_TX_FLOWS`] source ports (template port +
-/// repetition number modulo [`BENCH_TX_FLOWS`]) and returns XDP_TX, which
-/// live-frames mode turns into a redirect out of the run's ingress interface.
+/// back the words of the frame that differ from [`MAP_BENCH_TEMPLATE`] (the
+/// receiver may have rewritten the bytes in place: the kernel resets a live
+/// frame's pointers, not its contents) and returns XDP_TX, which live-frames
+/// mode turns into a redirect out of the run's ingress interface. The caller
+/// writes the template of each run (the same frame as the run's input).
 pub const PROG_BENCH_TX: &str = "bench_tx";
-/// Flows [`PROG_BENCH_TX`] cycles through (a power of two): consecutive
-/// source ports from the template's. The template's UDP checksum must be 0
-/// (none, RFC 768), since the generator does not update it.
-pub const BENCH_TX_FLOWS: u32 = 64;
-const _: () = assert!(BENCH_TX_FLOWS.is_power_of_two());
+/// Flows the veth rows' generator cycles through, one per test run:
+/// consecutive source ports. Its templates' UDP checksum is 0 (none, RFC
+/// 768).
+pub const BENCH_TX_FLOWS: u16 = 64;

@@ -35,8 +35,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     BENCH_F_VARY_FLOW, BENCH_FRAME_LEN, BENCH_PROGS_LEN, BENCH_SPORT_OFFSET, BENCH_SRC_ADDR_OFFSET,
-    BENCH_TX_FLOWS, BENCH_VIPS_LEN, BenchBackend, BenchTemplate, BenchVipKey, PROTO_IPIP,
-    PROTO_TCP,
+    BENCH_VIPS_LEN, BenchBackend, BenchTemplate, BenchVipKey, PROTO_IPIP, PROTO_TCP,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -68,8 +67,8 @@ pub fn bench_drop(_ctx: XdpContext) -> u32 {
     XDP_DROP
 }
 
-/// Generator: restores the template frame, varies its source port, XDP_TX
-/// (a redirect out of the ingress interface in live-frames mode).
+/// Generator: restores the template frame where it was changed, XDP_TX (a
+/// redirect out of the ingress interface in live-frames mode).
 #[xdp]
 #[expect(
     clippy::needless_pass_by_value,
@@ -253,45 +252,32 @@ pub fn restore(ctx: &XdpContext) -> u32 {
     XDP_ABORTED
 }
 
-/// The live-frames generator (`lb_common::PROG_BENCH_TX`): copies the
-/// template (the receiver of the previous round may have rewritten the
-/// bytes in place), writes source port template + (repetition number mod
-/// `BENCH_TX_FLOWS`), and returns XDP_TX. XDP_ABORTED when the frame is
-/// shorter than `BENCH_FRAME_LEN` bytes or a map is missing, so the caller
-/// sees it. (No exact-length test: the compiler then drops the bounds check
-/// the verifier needs, which cannot follow `data_end - data`.)
+/// The live-frames generator (`lb_common::PROG_BENCH_TX`): puts back the
+/// words of the frame that differ from the template (the receiver of the
+/// previous round may have rewritten them in place: an encapsulating program
+/// overwrites the Ethernet header) and returns XDP_TX. Words that match are
+/// only read, so a frame nobody changed is not written (no cache line taken
+/// from the receiver's CPU). XDP_ABORTED when the frame is shorter than
+/// `BENCH_FRAME_LEN` bytes or the map is missing, so the caller sees it.
 #[inline(always)]
 pub fn tx(ctx: &XdpContext) -> u32 {
-    let Some(template) = BENCH_TEMPLATE.get(0) else {
-        return XDP_ABORTED;
-    };
-    let (Some(frame), Some(seq)) = (
+    let (Some(template), Some(frame)) = (
+        BENCH_TEMPLATE.get(0),
         ptr_at::<[u64; BENCH_FRAME_LEN / 8]>(ctx, 0),
-        BENCH_SEQ.get_ptr_mut(0),
     ) else {
         return XDP_ABORTED;
     };
-    // SAFETY: bounds checked by ptr_at (see `restore` on alignment); the
-    // per-CPU value has no other writer on this CPU while we run. Volatile
-    // word stores: a plain array assignment compiles to a byte-loop
-    // `memmove` here, which the verifier refuses on packet memory.
-    let n = unsafe {
+    // SAFETY: bounds checked by ptr_at (see `restore` on alignment).
+    // Volatile word accesses: a plain array assignment compiles to a
+    // byte-loop `memmove` here, which the verifier refuses on packet memory.
+    unsafe {
         let words = frame.cast::<u64>();
         for (i, w) in template.frame.iter().enumerate() {
-            core::ptr::write_volatile(words.add(i), *w);
+            let word = words.add(i);
+            if core::ptr::read_volatile(word) != *w {
+                core::ptr::write_volatile(word, *w);
+            }
         }
-        *seq = (*seq).wrapping_add(1);
-        *seq
-    };
-    let Some(port) = ptr_at::<[u8; 2]>(ctx, BENCH_SPORT_OFFSET) else {
-        return XDP_ABORTED;
-    };
-    // SAFETY: bounds checked by ptr_at.
-    unsafe {
-        let base = u16::from_be_bytes(*port);
-        *port = base
-            .wrapping_add((n & (BENCH_TX_FLOWS - 1)) as u16)
-            .to_be_bytes();
     }
     XDP_TX
 }
