@@ -638,7 +638,7 @@ pub fn bench(
         ),
     );
     report.notes.push(format!(
-        "veth: receive CPU per packet (NAPI kthread time / packets, less sensitive to other load than Mpps): bench_drop {:.0} ns, xdp_lb {:.0} ns, ratio of rates at full CPU {:.2}x.",
+        "veth: receive CPU per packet (NAPI kthread time / packets, less sensitive to other load than Mpps): bench_drop {:.0} ns, xdp_lb {:.0} ns, ratio of rates at full CPU {:.2}x. Both rows run with BPF run-time statistics on (two clock reads per packet, for run_cnt and the ns/packet figures), and xdp_lb's XDP_TX frames end at veth's refusal on p (no XDP program there), the cheapest end a transmitted frame can have on veth.",
         cpu_ns(&drop),
         cpu_ns(&lb),
         cpu_ns(&drop) / cpu_ns(&lb)
