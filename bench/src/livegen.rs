@@ -433,11 +433,14 @@ fn diff(a: &HashMap<String, u64>, b: &HashMap<String, u64>) -> HashMap<String, u
 const GEN_NS: &str = "sw";
 const GEN_IFACE: &str = "p";
 
+/// Runs the generator into the LB's veth (`read`: the receiver's counters;
+/// `count`: the counter a rate is taken from).
 fn measure(
     lab: &Lab,
     generator: &mut Generator,
     plan: Plan,
     read: &(dyn Fn() -> anyhow::Result<Seen> + Sync),
+    count: fn(&Seen) -> u64,
 ) -> anyhow::Result<Measured> {
     let (sw, lb) = (lab.ns(GEN_NS), lab.ns("lb"));
     let napi = pin_napi(lb, &lab.lb_iface, RX_CPU)?;
@@ -477,7 +480,7 @@ fn measure(
     let pushed = points.iter().map(|p| p.pushed).sum();
     let active = points.iter().map(|p| p.active).sum();
     Ok(Measured {
-        rates: rates(&first, &points, |s| s.runs),
+        rates: rates(&first, &points, count),
         busy: median(
             std::iter::once(&first)
                 .chain(points.iter().map(|p| &p.seen))
@@ -529,7 +532,8 @@ pub fn bench(
     let mut generator = Generator::load()?;
 
     // 1. xdp_lb, attached by the agent; UDP to the VIP, XDP_TX back to p.
-    let lb = measure(lab, &mut generator, plan, &|| {
+    // Its rate: the forwarded (XDP_TX) counter of its pinned stats.
+    let read_lb = || {
         let (runs, run_time) = crate::net::prog_stats(lb_prog)?;
         Ok(Seen {
             runs,
@@ -538,7 +542,8 @@ pub fn bench(
             outcomes: Outcome::ALL.iter().map(|&o| pins.outcome(o).packets).sum(),
             ..Seen::default()
         })
-    })?;
+    };
+    let lb = measure(lab, &mut generator, plan, &read_lb, |s| s.forwarded)?;
     // The lab's own traffic (health checks, ARP) also runs xdp_lb; allow
     // for it, nothing else.
     let background = 200 + lb.total.runs / 1000;
@@ -563,14 +568,16 @@ pub fn bench(
         prog.attach(&lab.lb_iface, XdpMode::Driver)
             .context("attaching bench_drop")?;
         let id = prog.info()?.id();
-        let m = measure(lab, &mut generator, plan, &|| {
+        // Its rate: BPF stats' run count.
+        let read_drop = || {
             let (runs, run_time) = crate::net::prog_stats(id)?;
             Ok(Seen {
                 runs,
                 run_time,
                 ..Seen::default()
             })
-        });
+        };
+        let m = measure(lab, &mut generator, plan, &read_drop, |s| s.runs);
         drop(ebpf); // detaches, inside the LB's namespace
         m?
     };
@@ -617,7 +624,7 @@ pub fn bench(
         format!("{:.3} Mpps", drop.rates.received),
         "1.00x",
         format!(
-            "{}; path: veth counted {xdp_drops} XDP drops",
+            "rate: BPF stats run_cnt; {}; path: veth counted {xdp_drops} XDP drops",
             common(&drop)
         ),
     );
@@ -628,7 +635,7 @@ pub fn bench(
         format!("{:.3} Mpps", lb.rates.received),
         format!("{:.2}x", lb.rates.received / drop.rates.received),
         format!(
-            "{}; path: forwarded_tx counted {} of {} runs ({} other outcomes: the lab's own packets); XDP_TX toward p: {} taken, {} refused by veth (p has no XDP program: dropped there, as intended)",
+            "rate: forwarded_tx (pinned stats); {}; path: forwarded_tx counted {} of {} runs ({} other outcomes: the lab's own packets); XDP_TX toward p: {} taken, {} refused by veth (p has no XDP program: dropped there, as intended)",
             common(&lb),
             lb.total.forwarded,
             lb.total.runs,
