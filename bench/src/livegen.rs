@@ -13,10 +13,20 @@
 //!
 //! Each repetition of a test run turns the run's frame (UDP from the
 //! client's address to the VIP; one of [`BENCH_TX_FLOWS`] source ports per
-//! run, round robin) into a redirect out of `p`, the bridge-side peer of the LB's interface; veth
-//! puts it in the LB interface's ring, whose NAPI runs the program under test
-//! on the other CPU. What the ring cannot take is dropped there and counted
-//! by veth (`ethtool -S p`: `tx_queue_0_xdp_xmit_errors`).
+//! run, round robin) into a redirect out of `p`, the bridge-side peer of the
+//! LB's interface; veth puts it in the LB interface's ring, whose NAPI runs
+//! the program under test on the other CPU. What the ring cannot take is
+//! dropped there and counted by veth (`ethtool -S p`:
+//! `tx_queue_0_xdp_xmit_errors`).
+//!
+//! What it takes to measure this on a shared 2-vCPU VM:
+//! - each test run is one window, rated over the kernel's own generating
+//!   time: between runs the kernel tears the page pool down and waits for an
+//!   RCU grace period (milliseconds), which halved wall-clock rates;
+//! - the generator thread and the NAPI kthread run SCHED_FIFO, or other work
+//!   on the machine takes half of each CPU;
+//! - `bench_tx` puts back what the receiver rewrote: live frames are
+//!   recycled with their bytes as the receiver left them.
 
 use std::{
     collections::HashMap,
