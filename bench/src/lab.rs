@@ -57,6 +57,8 @@ pub struct Lab {
     lb_bin: PathBuf,
     /// The agent (`lb run`), while it runs.
     agent: Option<Proc>,
+    /// The pass-through XDP program on the LB's peer `p`, while it runs.
+    peer_pass: Option<Proc>,
     procs: Vec<Proc>,
     /// sw, client, lb, be1, be2, be3.
     ns: Vec<Netns>,
@@ -78,6 +80,7 @@ impl Lab {
             dir,
             lb_bin: lb_bin.to_path_buf(),
             agent: None,
+            peer_pass: None,
             procs: Vec::new(),
             ns: Vec::new(),
         };
@@ -116,7 +119,7 @@ impl Lab {
             &["decap", "--iface", "p", "--xdp-mode", "native"],
             "peer-pass",
         )?;
-        lab.procs.push(p);
+        lab.peer_pass = Some(p);
         lab.wait_http(
             &format!("http://{}/", BACKENDS[2].1),
             Duration::from_secs(10),
@@ -270,6 +273,16 @@ protocol = "udp"
         }
     }
 
+    /// Stops the pass-through program on the LB's peer `p`: from then on
+    /// the LB's native XDP_TX frames are dropped by veth instead of reaching
+    /// the bridge (what the packet-rate rows want; HTTP through the VIP stops
+    /// working).
+    pub fn stop_peer_pass(&mut self) {
+        if let Some(mut p) = self.peer_pass.take() {
+            p.stop();
+        }
+    }
+
     /// Where the agent pins its maps.
     pub fn pin_dir(&self) -> PathBuf {
         self.ns("lb").pin_dir(&self.lb_iface)
@@ -324,6 +337,7 @@ protocol = "udp"
 impl Drop for Lab {
     fn drop(&mut self) {
         self.stop_agent();
+        self.stop_peer_pass();
         for p in self.procs.iter_mut().rev() {
             p.stop();
         }

@@ -4,12 +4,14 @@
 //! 1. Per-packet cost of each packet class through `BPF_PROG_TEST_RUN`,
 //!    beside two baseline programs, on one pinned CPU ([`prog`]).
 //! 2. Maglev build time and the time to apply a large configuration ([`apply`]).
-//! 3. In a namespace lab ([`lab`]): UDP packet rate through `xdp_lb` against
-//!    `bench_drop` on the same veth, and HTTP with wrk through the balancer
-//!    and through HAProxy on the same backends ([`net`]).
+//! 3. In a namespace lab ([`lab`]): HTTP with wrk through the balancer and
+//!    through HAProxy on the same backends ([`net`]), and the UDP packet rate
+//!    through `xdp_lb` against `bench_drop` on the same veth, from a
+//!    live-frames generator ([`livegen`]).
 
 mod apply;
 mod lab;
+mod livegen;
 mod net;
 mod prog;
 mod report;

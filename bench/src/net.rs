@@ -1,24 +1,21 @@
-//! The lab measurements: UDP packet rate through `xdp_lb` against
-//! `bench_drop` on the same interface, and HTTP through the balancer (DSR)
-//! against HAProxy in TCP mode on the same backends.
+//! The lab measurements: HTTP through the balancer (DSR) against HAProxy in
+//! TCP mode on the same backends, then the packet rate through `xdp_lb`
+//! against `bench_drop` on the same interface from a live-frames generator
+//! ([`crate::livegen`]).
 
 use std::{
-    net::Ipv4Addr,
     path::Path,
     process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail, ensure};
-use aya::{
-    EbpfLoader,
-    programs::{Xdp, XdpMode, loaded_programs},
-};
-use lb_common::{Outcome, PROG_BENCH_DROP};
-use lb_userspace::dataplane::{object, stats::StatsReader};
+use anyhow::{Context as _, bail};
+use aya::programs::loaded_programs;
+use lb_userspace::dataplane::stats::StatsReader;
 
 use crate::{
-    lab::{BACKENDS, CLIENT_ADDR, HAPROXY_PORT, LB_ADDR, Lab, VIP},
+    lab::{BACKENDS, HAPROXY_PORT, LB_ADDR, Lab, VIP},
+    livegen,
     report::Report,
     traffic::{self, WrkResult},
 };
@@ -26,7 +23,7 @@ use crate::{
 /// How long each lab measurement runs.
 #[derive(Clone, Copy, Debug)]
 pub struct Durations {
-    /// One packet-rate run.
+    /// Measured time of one veth packet-rate row (after a warm-up).
     pub flood: Duration,
     /// One wrk run.
     pub wrk: Duration,
@@ -35,7 +32,10 @@ pub struct Durations {
 }
 
 /// (run count, run time) of program `id`; needs BPF stats enabled.
-fn prog_stats(id: u32) -> anyhow::Result<(u64, Duration)> {
+///
+/// # Errors
+/// No loaded program has that id.
+pub fn prog_stats(id: u32) -> anyhow::Result<(u64, Duration)> {
     for info in loaded_programs() {
         let info = info?;
         if info.id() == id {
@@ -43,10 +43,6 @@ fn prog_stats(id: u32) -> anyhow::Result<(u64, Duration)> {
         }
     }
     bail!("no program with id {id}")
-}
-
-fn v4(addr: &str) -> [u8; 4] {
-    addr.parse::<Ipv4Addr>().expect("lab address").octets()
 }
 
 /// Installs the Debian packages of `programs` that are missing.
@@ -76,28 +72,6 @@ pub fn ensure_programs(programs: &[(&str, &str)]) -> anyhow::Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
     Ok(())
-}
-
-/// A flood of `d.flood`; (packets/s the LB program ran, packets/s sent, ns
-/// of BPF run time per packet).
-fn rate(lab: &Lab, prog_id: u32, d: Durations) -> anyhow::Result<(f64, f64, f64)> {
-    let (count0, time0) = prog_stats(prog_id)?;
-    let start = Instant::now();
-    let sent = traffic::udp_flood(
-        lab.ns("client"),
-        v4(VIP),
-        v4(CLIENT_ADDR),
-        d.flood,
-        200_000_000,
-    )?;
-    let elapsed = start.elapsed().as_secs_f64();
-    // Let the last frames through before reading the counters.
-    std::thread::sleep(Duration::from_millis(200));
-    let (count1, time1) = prog_stats(prog_id)?;
-    let runs = count1 - count0;
-    ensure!(runs > 0, "the LB program did not run during the flood");
-    let ns = (time1 - time0).as_nanos() as f64 / runs as f64;
-    Ok((runs as f64 / elapsed, sent as f64 / elapsed, ns))
 }
 
 /// What a wrk run cost on the LB side.
@@ -185,13 +159,7 @@ pub fn bench(prefix: &str, lb_bin: &Path, d: Durations, report: &mut Report) -> 
     let lb_prog = lab.lb_prog_id()?;
     let pins = StatsReader::from_pins(&lab.pin_dir())?;
 
-    // 1. Packet rate through xdp_lb (UDP VIP, XDP_TX back out).
-    let fwd0 = pins.outcome(Outcome::Forwarded).packets;
-    let (fwd_pps, fwd_sent, fwd_ns) = rate(&lab, lb_prog, d)?;
-    let forwarded = pins.outcome(Outcome::Forwarded).packets - fwd0;
-    ensure!(forwarded > 0, "no packet forwarded during the flood");
-
-    // 2. HTTP through the balancer (DSR) and through HAProxy. HAProxy runs
+    // 1. HTTP through the balancer (DSR) and through HAProxy. HAProxy runs
     // while xdp_lb stays attached (it passes non-VIP traffic), so the LB's
     // interface has the same settings (XDP on, TSO off) for both.
     let lb_cpu = || -> anyhow::Result<Duration> { Ok(prog_stats(lb_prog)?.1) };
@@ -221,54 +189,13 @@ pub fn bench(prefix: &str, lb_bin: &Path, d: Durations, report: &mut Report) -> 
     let hp_ka = wrk(&lab, &hurl, false, d, &hp_cpu)?;
     let hp_close = wrk(&lab, &hurl, true, d, &hp_cpu)?;
 
-    // 3. The same flood against bare XDP_DROP on the same interface.
-    lab.stop_agent();
-    let (drop_pps, drop_sent, drop_ns) = {
-        let _in_lb = lab.ns("lb").enter()?;
-        let mut ebpf = EbpfLoader::new().load(object::bench_object())?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(PROG_BENCH_DROP)
-            .context(PROG_BENCH_DROP)?
-            .try_into()?;
-        prog.load()?;
-        prog.attach(&lab.lb_iface, XdpMode::Driver)
-            .context("attaching bench_drop")?;
-        let id = prog.info()?.id();
-        let r = rate(&lab, id, d);
-        drop(ebpf); // detaches, inside the LB's namespace
-        r?
+    // 2. Packet rate on the LB's veth from a live-frames generator: xdp_lb
+    // as the agent attached it, then bench_drop with the agent stopped.
+    let plan = livegen::Plan {
+        warmup: Duration::from_millis(500),
+        measure: d.flood,
     };
-
-    let flood_note = |sent: f64, ns: f64| {
-        format!(
-            "LB program runs/s (BPF stats) over {:.0} s of 60-byte frames, 64 flows, AF_PACKET sender offering {:.2} Mpps; BPF run time {ns:.0} ns/packet; sender, bridge, LB and backends share the CPUs: noisy",
-            d.flood.as_secs_f64(),
-            sent / 1e6
-        )
-    };
-    if drop_pps >= 0.9 * drop_sent {
-        report.notes.push(format!(
-            "veth: the XDP_DROP rate ({:.3} Mpps) is the sender's whole offered rate: it is bounded by the sender on this machine, not by the drop program, so the forwarding ratio understates the drop path's headroom.",
-            drop_pps / 1e6
-        ));
-    }
-    report.row(
-        "veth",
-        "XDP_DROP (bench_drop on the LB's veth)",
-        format!("{:.3} Mpps", drop_pps / 1e6),
-        "1.00x",
-        flood_note(drop_sent, drop_ns),
-    );
-    report.row(
-        "veth",
-        "UDP to a VIP through xdp_lb (encap + XDP_TX)",
-        format!("{:.3} Mpps", fwd_pps / 1e6),
-        format!("{:.2}x", fwd_pps / drop_pps),
-        format!(
-            "{}; forwarded_tx counted {forwarded}",
-            flood_note(fwd_sent, fwd_ns)
-        ),
-    );
+    livegen::bench(&mut lab, lb_prog, &pins, plan, report).context("veth rows")?;
     http_row(
         report,
         "keep-alive, through xdp_lb (DSR)",

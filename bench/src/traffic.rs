@@ -1,17 +1,13 @@
-//! Traffic for the lab: a UDP packet sender (AF_PACKET, `sendmmsg`), the
-//! backends' HTTP server, wrk runs, and CPU-time readings.
+//! Traffic for the lab: the backends' HTTP server, wrk runs, and CPU-time
+//! readings (the packet-rate generator is [`crate::livegen`]).
 
 use std::{
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
-use etherparse::PacketBuilder;
-use lb_tests::netns::Netns;
-
-use crate::lab::{CLIENT_MAC, LB_MAC, UDP_PORT};
 
 /// Body size of the HTTP server's answer.
 pub const BODY_LEN: usize = 1024;
@@ -60,115 +56,6 @@ fn serve_conn(mut stream: TcpStream) {
         buf.copy_within(end + 4..have, 0);
         have -= end + 4;
     }
-}
-
-/// Sends 60-byte UDP frames to `vip:UDP_PORT` from the client's eth0 for
-/// `duration` (at most `max_packets`), 64 flows round robin, through an
-/// AF_PACKET socket that bypasses the qdisc. Returns the frames the kernel
-/// accepted.
-///
-/// # Errors
-/// Entering the namespace or the socket fails.
-pub fn udp_flood(
-    client: &Netns,
-    vip: [u8; 4],
-    src: [u8; 4],
-    duration: Duration,
-    max_packets: u64,
-) -> anyhow::Result<u64> {
-    let name = client.name.clone();
-    std::thread::spawn(move || -> anyhow::Result<u64> {
-        let ns = Netns { name };
-        let entered = ns.enter();
-        std::mem::forget(ns); // the lab owns it
-        let _entered = entered?;
-        flood(vip, src, duration, max_packets)
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("sender thread panicked"))?
-}
-
-fn flood(vip: [u8; 4], src: [u8; 4], duration: Duration, max_packets: u64) -> anyhow::Result<u64> {
-    const BATCH: usize = 64;
-    let ifindex = lb_userspace::netif::ifindex("eth0").context("client eth0")?;
-    let mut frames: Vec<Vec<u8>> = (0..BATCH as u16)
-        .map(|i| {
-            let mut f = Vec::new();
-            PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
-                .ipv4(src, vip, 64)
-                .udp(20000 + i, UDP_PORT)
-                .write(&mut f, &[0u8; 18])
-                .expect("build");
-            f
-        })
-        .collect();
-    // SAFETY: plain socket call; the fd is closed below.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-    if fd < 0 {
-        bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
-    }
-    let result = (|| {
-        // SAFETY: zeroed sockaddr_ll is valid; fields set below.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
-        addr.sll_ifindex = ifindex as i32;
-        // SAFETY: valid fd and address of the right length.
-        let rc = unsafe {
-            libc::bind(
-                fd,
-                (&raw const addr).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if rc != 0 {
-            bail!("bind AF_PACKET: {}", std::io::Error::last_os_error());
-        }
-        let one: libc::c_int = 1;
-        // SAFETY: valid fd and option value.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_PACKET,
-                libc::PACKET_QDISC_BYPASS,
-                (&raw const one).cast(),
-                size_of::<libc::c_int>() as u32,
-            )
-        };
-        let mut iov: Vec<libc::iovec> = frames
-            .iter_mut()
-            .map(|f| libc::iovec {
-                iov_base: f.as_mut_ptr().cast(),
-                iov_len: f.len(),
-            })
-            .collect();
-        let mut msgs: Vec<libc::mmsghdr> = iov
-            .iter_mut()
-            .map(|v| {
-                // SAFETY: zeroed mmsghdr is valid; one iovec each.
-                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                m.msg_hdr.msg_iov = v;
-                m.msg_hdr.msg_iovlen = 1;
-                m
-            })
-            .collect();
-        let start = Instant::now();
-        let mut sent = 0u64;
-        while start.elapsed() < duration && sent < max_packets {
-            // SAFETY: valid fd and BATCH initialised messages.
-            let n = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), BATCH as u32, 0) };
-            if n > 0 {
-                sent += n as u64;
-            } else {
-                // ENOBUFS and the like: the path is full; yield and retry.
-                std::thread::yield_now();
-            }
-        }
-        Ok(sent)
-    })();
-    // SAFETY: our fd.
-    unsafe { libc::close(fd) };
-    result
 }
 
 /// One wrk run's results.

@@ -126,3 +126,16 @@ unsafe impl aya::Pod for BenchVipKey {}
 #[cfg(feature = "user")]
 // SAFETY: `#[repr(C)]`, byte arrays only, no padding (size asserted).
 unsafe impl aya::Pod for BenchBackend {}
+
+/// Program: the live-frames traffic generator of the veth rows. Run by
+/// `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` on a veth, it puts
+/// back the words of the frame that differ from [`MAP_BENCH_TEMPLATE`] (the
+/// receiver may have rewritten the bytes in place: the kernel resets a live
+/// frame's pointers, not its contents) and returns XDP_TX, which live-frames
+/// mode turns into a redirect out of the run's ingress interface. The caller
+/// writes the template of each run (the same frame as the run's input).
+pub const PROG_BENCH_TX: &str = "bench_tx";
+/// Flows the veth rows' generator cycles through, one per test run:
+/// consecutive source ports. Its templates' UDP checksum is 0 (none, RFC
+/// 768).
+pub const BENCH_TX_FLOWS: u16 = 64;

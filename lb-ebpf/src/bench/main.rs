@@ -3,7 +3,8 @@
 //! and the wrapper that restores the input
 //! frame before each `BPF_PROG_TEST_RUN` repetition and tail-calls the
 //! program under test (`xdp_lb` of the production object, put in
-//! `BENCH_PROGS` by the bench). Never loaded by the agent.
+//! `BENCH_PROGS` by the bench), and the live-frames traffic generator of
+//! the veth rows (`bench_tx`). Never loaded by the agent.
 #![no_std]
 #![no_main]
 #![expect(
@@ -64,6 +65,17 @@ pub static BENCH_VIPS: HashMap<BenchVipKey, BenchBackend> =
 #[xdp]
 pub fn bench_drop(_ctx: XdpContext) -> u32 {
     XDP_DROP
+}
+
+/// Generator: restores the template frame where it was changed, XDP_TX (a
+/// redirect out of the ingress interface in live-frames mode).
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "#[xdp] entry points take the context by value"
+)]
+pub fn bench_tx(ctx: XdpContext) -> u32 {
+    tx(&ctx)
 }
 
 /// Baseline: parses Ethernet, IPv4 and TCP, then drops.
@@ -244,6 +256,36 @@ pub fn restore(ctx: &XdpContext) -> u32 {
     // SAFETY: tail call to slot 0; returns only when the slot is empty.
     unsafe { BENCH_PROGS.tail_call(ctx, 0) };
     XDP_ABORTED
+}
+
+/// The live-frames generator (`lb_common::PROG_BENCH_TX`): puts back the
+/// words of the frame that differ from the template (the receiver of the
+/// previous round may have rewritten them in place: an encapsulating program
+/// overwrites the Ethernet header) and returns XDP_TX. Words that match are
+/// only read, so a frame nobody changed is not written (no cache line taken
+/// from the receiver's CPU). XDP_ABORTED when the frame is shorter than
+/// `BENCH_FRAME_LEN` bytes or the map is missing, so the caller sees it.
+#[inline(always)]
+pub fn tx(ctx: &XdpContext) -> u32 {
+    let (Some(template), Some(frame)) = (
+        BENCH_TEMPLATE.get(0),
+        ptr_at::<[u64; BENCH_FRAME_LEN / 8]>(ctx, 0),
+    ) else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: bounds checked by ptr_at (see `restore` on alignment).
+    // Volatile word accesses: a plain array assignment compiles to a
+    // byte-loop `memmove` here, which the verifier refuses on packet memory.
+    unsafe {
+        let words = frame.cast::<u64>();
+        for (i, w) in template.frame.iter().enumerate() {
+            let word = words.add(i);
+            if core::ptr::read_volatile(word) != *w {
+                core::ptr::write_volatile(word, *w);
+            }
+        }
+    }
+    XDP_TX
 }
 
 /// Tail calls into a GPL program need a GPL-compatible licence.
