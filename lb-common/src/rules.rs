@@ -158,7 +158,7 @@ pub fn take_token(bucket: &mut TokenBucket, now_ns: u64, per_second: u32) -> boo
     if per_second == 0 {
         return false;
     }
-    let cost = BUCKET_CAPACITY_NS / per_second as u64;
+    let cost = BUCKET_CAPACITY_NS / u64::from(per_second);
     let elapsed = now_ns.saturating_sub(bucket.last_ns);
     let credit = bucket.credit_ns.saturating_add(elapsed);
     let credit = if credit > BUCKET_CAPACITY_NS {

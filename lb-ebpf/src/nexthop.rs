@@ -21,6 +21,10 @@ const BPF_FIB_LKUP_RET_FRAG_NEEDED: i64 = 8;
 
 /// What the FIB says of a packet.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[expect(
+    clippy::enum_variant_names,
+    reason = "NoRoute is the kernel's own name (BPF_FIB_LKUP_RET_NO_ROUTE)"
+)]
 pub enum Route {
     /// Out of [`NextHop::ifindex`] to [`NextHop::dmac`].
     Resolved,

@@ -1949,7 +1949,7 @@ fn gue_spreads_source_ports_and_decapsulates() {
             &frame[inner_start..],
             "{what}: the inner packet"
         );
-        assert_eq!(fx.count(Outcome::Decapsulated) > 0, true);
+        assert!(fx.count(Outcome::Decapsulated) > 0);
     }
     // Not a served VIP: untouched.
     vips.remove(&lb_common::AddrKey::v6(VIP_V6))

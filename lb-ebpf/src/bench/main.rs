@@ -161,7 +161,7 @@ pub fn lookup_encap(ctx: &XdpContext) -> u32 {
         _pad: 0,
     };
     // SAFETY: the value is read at once, while the program runs.
-    let Some(backend) = (unsafe { BENCH_VIPS.get(&key) }).copied() else {
+    let Some(backend) = (unsafe { BENCH_VIPS.get(key) }).copied() else {
         return XDP_PASS;
     };
     // SAFETY: plain helper call; packet pointers are taken again below.

@@ -204,7 +204,7 @@ mod tests {
         for m in [3, 251, 4093, 65537, 1_048_573, MAX_TABLE_SIZE] {
             let v = default_max_vips(m);
             let s = Sizing::new(m, v, 1).expect("the default always fits");
-            assert!(v >= 1 && v <= MAX_VIPS, "{m}: {v}");
+            assert!((1..=MAX_VIPS).contains(&v), "{m}: {v}");
             if v > 1 && v < MAX_VIPS {
                 assert!(s.maglev_bytes <= DEFAULT_MAGLEV_BUDGET, "{m}: {s}");
             }
