@@ -28,9 +28,11 @@ struct Cli {
     /// Fewer repetitions and shorter runs: a smoke test of the bench itself.
     #[arg(long)]
     quick: bool,
-    /// Where to write the markdown report.
-    #[arg(long, default_value = "target/bench/report.md")]
-    out: PathBuf,
+    /// Where to write the markdown report (default: `bench/report.md` in the
+    /// cargo target directory this binary was built in, i.e. beside its
+    /// `release/` or `debug/` directory).
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Skip the namespace lab (packet rate and HTTP).
     #[arg(long)]
     no_lab: bool,
@@ -126,10 +128,26 @@ fn main() -> anyhow::Result<()> {
     report.notes.push(
         "Per-packet figures are kernel-timed averages over the repetitions of one BPF_PROG_TEST_RUN, on one pinned CPU; between runs of the bench they move by about ±10-15 ns on a 2-vCPU VM, so compare each row with the baselines of the same run (the ratio column), not with another run.".into(),
     );
+    let out = match cli.out {
+        Some(out) => out,
+        None => default_out()?,
+    };
     report
-        .write(&cli.out)
-        .with_context(|| format!("writing {}", cli.out.display()))?;
+        .write(&out)
+        .with_context(|| format!("writing {}", out.display()))?;
     println!("\n{}", report.markdown());
-    println!("written to {}", cli.out.display());
+    println!("written to {}", out.display());
     Ok(())
+}
+
+/// `bench/report.md` in the target directory this binary was built in
+/// (`<target>/release/lb-bench` -> `<target>/bench/report.md`), so that
+/// `CARGO_TARGET_DIR` is respected.
+fn default_out() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let target = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .context("the bench binary is not in a cargo target directory")?;
+    Ok(target.join("bench/report.md"))
 }

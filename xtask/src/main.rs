@@ -3,6 +3,7 @@
 //! pinned nightly with rust-src, bpf-linker 0.10.4, and the lab's programs)
 //! before building, saying what it does.
 
+mod target;
 mod vm;
 
 use std::{
@@ -70,6 +71,9 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let root = workspace_root();
+    let mut metadata = cargo();
+    metadata.current_dir(&root);
+    let target = target::dir(metadata)?;
     match cli.command {
         Task::Setup => setup(),
         Task::Build => {
@@ -80,24 +84,24 @@ fn main() -> anyhow::Result<()> {
             setup()?;
             build(&root)?;
             require_root("the tests create network namespaces and load XDP programs")?;
-            let promtool = ensure_promtool(&root)?;
-            let variant = build_variant(&root)?;
+            let promtool = ensure_promtool(&target)?;
+            let variant = build_variant(&root, &target)?;
             let mut cmd = cargo();
             cmd.current_dir(&root)
                 .args(["test", "--all-targets"])
                 .args(&args)
-                .env("LB_BIN", lb_binary(&root))
+                .env("LB_BIN", lb_binary(&target))
                 .env("LB_PROMTOOL", promtool)
                 .env("LB_BIN_VARIANT", variant);
             status(&mut cmd)
         }
         Task::TestKernel { timeout_minutes } => {
-            vm::test_kernel(&root, Duration::from_secs(timeout_minutes * 60))
+            vm::test_kernel(&root, &target, Duration::from_secs(timeout_minutes * 60))
         }
         Task::Demo => {
             setup()?;
             build(&root)?;
-            status(as_root(&root.join("target/debug/lb-demo"))?.env("LB_BIN", lb_binary(&root)))
+            status(as_root(&target.join("debug/lb-demo"))?.env("LB_BIN", lb_binary(&target)))
         }
         Task::Bench { args } => {
             setup()?;
@@ -112,7 +116,7 @@ fn main() -> anyhow::Result<()> {
                 "lb-bench",
                 "--bins",
             ]))?;
-            let release = root.join("target/release");
+            let release = target.join("release");
             status(
                 as_root(&release.join("lb-bench"))?
                     .current_dir(&root)
@@ -123,7 +127,7 @@ fn main() -> anyhow::Result<()> {
         Task::Run { args } => {
             setup()?;
             build(&root)?;
-            status(as_root(&lb_binary(&root))?.args(args))
+            status(as_root(&lb_binary(&target))?.args(args))
         }
         Task::Clippy => {
             setup()?;
@@ -164,8 +168,9 @@ fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
-fn lb_binary(root: &Path) -> PathBuf {
-    root.join("target/debug/lb")
+/// The debug `lb` in cargo's target directory `target` ([`target::dir`]).
+fn lb_binary(target: &Path) -> PathBuf {
+    target.join("debug/lb")
 }
 
 fn status(cmd: &mut Command) -> anyhow::Result<()> {
@@ -292,13 +297,14 @@ fn ensure_lab_programs() -> anyhow::Result<()> {
 }
 
 /// `promtool` (checks `/metrics` in the tests): on PATH, else taken out of
-/// Debian's `prometheus` package into `target/tools` without installing the
-/// package (which would start a Prometheus server).
-fn ensure_promtool(root: &Path) -> anyhow::Result<PathBuf> {
+/// Debian's `prometheus` package into `tools` under cargo's target directory
+/// `target` without installing the package (which would start a Prometheus
+/// server).
+fn ensure_promtool(target: &Path) -> anyhow::Result<PathBuf> {
     if let Some(path) = output(Command::new("sh").args(["-c", "command -v promtool"])) {
         return Ok(PathBuf::from(path.trim()));
     }
-    let tools = root.join("target/tools");
+    let tools = target.join("tools");
     let promtool = tools.join("usr/bin/promtool");
     if promtool.is_file() {
         return Ok(promtool);
@@ -307,7 +313,7 @@ fn ensure_promtool(root: &Path) -> anyhow::Result<PathBuf> {
         "xtask: extracting promtool from Debian's prometheus package into {} (the tests check /metrics with it)",
         tools.display()
     );
-    let download = root.join("target/tools-download");
+    let download = target.join("tools-download");
     let _ = std::fs::remove_dir_all(&download);
     std::fs::create_dir_all(&download)?;
     if status(
@@ -341,9 +347,10 @@ fn ensure_promtool(root: &Path) -> anyhow::Result<PathBuf> {
 
 /// Builds the upgrade test's second `lb`: the same agent whose `xdp_lb`
 /// puts TTL 63 on outer headers (lb-ebpf feature `test-outer-ttl-63`), in
-/// its own target directory so the main build is not rebuilt back and forth.
-fn build_variant(root: &Path) -> anyhow::Result<PathBuf> {
-    let dir = root.join("target/variant");
+/// its own target directory (`variant` under `target`) so the main build is
+/// not rebuilt back and forth.
+fn build_variant(root: &Path, target: &Path) -> anyhow::Result<PathBuf> {
+    let dir = target.join("variant");
     status(
         cargo()
             .current_dir(root)
