@@ -11,3 +11,4 @@ pub mod explain;
 pub mod health;
 pub mod maglev;
 pub mod netif;
+pub mod systemd;
