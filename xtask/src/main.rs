@@ -260,7 +260,9 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
 }
 
 /// The lab (tests and demo) runs `ip`, `nsenter`, `prlimit`, `curl`, `ping`
-/// and `python3`; the tests parse `/metrics` with Python's `prometheus_client`.
+/// and `python3`; the tests parse `/metrics` with Python's `prometheus_client`,
+/// run `lb` with a unit's capabilities (`setpriv`) and check the systemd units
+/// (`systemd-analyze`).
 fn ensure_lab_programs() -> anyhow::Result<()> {
     // (shell check, Debian package)
     let needed = [
@@ -268,6 +270,8 @@ fn ensure_lab_programs() -> anyhow::Result<()> {
         ("command -v nsenter && command -v prlimit", "util-linux"),
         ("command -v curl", "curl"),
         ("command -v ping", "iputils-ping"),
+        ("command -v setpriv", "util-linux"),
+        ("command -v systemd-analyze", "systemd"),
         ("command -v python3", "python3"),
         (
             "/usr/bin/python3 -c 'import prometheus_client'",
