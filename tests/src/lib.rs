@@ -2,6 +2,7 @@
 //! after themselves, shared by the packet tests, the integration tests and
 //! `cargo xtask demo`.
 
+pub mod dashboard;
 pub mod flows;
 pub mod lab;
 pub mod netns;
