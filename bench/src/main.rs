@@ -13,6 +13,7 @@ mod lab;
 mod net;
 mod prog;
 mod report;
+mod svg;
 mod traffic;
 
 use std::{path::PathBuf, time::Duration};
@@ -53,12 +54,28 @@ enum Helper {
         #[arg(long)]
         port: u16,
     },
+    /// Draw the SVG of a kept report.md (no bench run, no root).
+    #[command(hide = true)]
+    Svg {
+        /// The markdown report.
+        #[arg(long)]
+        report: PathBuf,
+        /// The SVG to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Helper::ServeHttp { port }) = cli.helper {
-        return traffic::serve_http(port);
+    match cli.helper {
+        Some(Helper::ServeHttp { port }) => return traffic::serve_http(port),
+        Some(Helper::Svg { report, out }) => {
+            let markdown = std::fs::read_to_string(&report)
+                .with_context(|| format!("reading {}", report.display()))?;
+            return svg::write(&svg::bars_from_markdown(&markdown), &out);
+        }
+        None => {}
     }
     // SAFETY: plain getter.
     if unsafe { libc::geteuid() } != 0 {
@@ -135,8 +152,10 @@ fn main() -> anyhow::Result<()> {
     report
         .write(&out)
         .with_context(|| format!("writing {}", out.display()))?;
+    let picture = out.with_extension("svg");
+    svg::write(&svg::bars_from_rows(&report.rows), &picture)?;
     println!("\n{}", report.markdown());
-    println!("written to {}", out.display());
+    println!("written to {} and {}", out.display(), picture.display());
     Ok(())
 }
 
