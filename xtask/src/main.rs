@@ -3,6 +3,8 @@
 //! pinned nightly with rust-src, bpf-linker 0.10.4, and the lab's programs)
 //! before building, saying what it does.
 
+mod package;
+mod progress;
 mod target;
 mod vm;
 
@@ -36,7 +38,8 @@ enum Task {
     Setup,
     /// Set up, then build the agent (with the XDP programs embedded).
     Build,
-    /// Set up, build, then run every test (unit, packet, integration); needs root.
+    /// Set up, build (the Debian package too), then run every test (unit,
+    /// packet, integration, package); needs root.
     Test {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
@@ -52,12 +55,17 @@ enum Task {
     /// Set up, build, then run the namespace demo; needs root.
     Demo,
     /// Set up, build in release mode, then run the benchmark as root; prints
-    /// one table and writes it to target/bench/report.md.
+    /// one table and writes it to target/bench/report.md, its chart to
+    /// target/bench/report.svg and (unless --quick) docs/bench.svg.
     Bench {
         /// Extra arguments for `lb-bench` (for example `--quick`).
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Set up, then build the Debian package `lb` (cargo-deb) into
+    /// target/debian/: lb, its systemd units, an example /etc/lb/lb.toml,
+    /// man pages and completions.
+    Package,
     /// Set up, build, then run `lb ARGS` as root (via sudo when not root).
     Run {
         /// Arguments for `lb`.
@@ -86,13 +94,15 @@ fn main() -> anyhow::Result<()> {
             require_root("the tests create network namespaces and load XDP programs")?;
             let promtool = ensure_promtool(&target)?;
             let variant = build_variant(&root, &target)?;
+            let deb = package::package(&root, &target)?;
             let mut cmd = cargo();
             cmd.current_dir(&root)
                 .args(["test", "--all-targets"])
                 .args(&args)
                 .env("LB_BIN", lb_binary(&target))
                 .env("LB_PROMTOOL", promtool)
-                .env("LB_BIN_VARIANT", variant);
+                .env("LB_BIN_VARIANT", variant)
+                .env("LB_DEB", deb);
             status(&mut cmd)
         }
         Task::TestKernel { timeout_minutes } => {
@@ -104,9 +114,12 @@ fn main() -> anyhow::Result<()> {
             status(as_root(&target.join("debug/lb-demo"))?.env("LB_BIN", lb_binary(&target)))
         }
         Task::Bench { args } => {
+            let mut steps = progress::Steps::new(3);
+            steps.next("set-up (eBPF toolchain, bpf-linker, lab programs)");
             setup()?;
             // Release: the bench times userspace code (Maglev builds, config
             // apply) and runs the agent under load.
+            steps.next("building lb and lb-bench (release)");
             status(cargo().current_dir(&root).args([
                 "build",
                 "--release",
@@ -117,12 +130,27 @@ fn main() -> anyhow::Result<()> {
                 "--bins",
             ]))?;
             let release = target.join("release");
+            steps.next("running the bench (a few minutes; it prints each section)");
+            let quick = args.iter().any(|a| a == "--quick");
             status(
                 as_root(&release.join("lb-bench"))?
                     .current_dir(&root)
-                    .args(args)
+                    .args(&args)
                     .env("LB_BIN", release.join("lb")),
-            )
+            )?;
+            // The README shows the latest full run's picture.
+            let picture = target.join("bench/report.svg");
+            if !quick && picture.is_file() && !args.iter().any(|a| a == "--out") {
+                std::fs::copy(&picture, root.join("docs/bench.svg"))
+                    .context("copying the bench's SVG to docs/bench.svg")?;
+                eprintln!("xtask: {} copied to docs/bench.svg", picture.display());
+            }
+            steps.finish("bench");
+            Ok(())
+        }
+        Task::Package => {
+            setup()?;
+            package::package(&root, &target).map(|_| ())
         }
         Task::Run { args } => {
             setup()?;
