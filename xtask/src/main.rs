@@ -120,11 +120,12 @@ fn main() -> anyhow::Result<()> {
             // Release: the bench times userspace code (Maglev builds, config
             // apply) and runs the agent under load.
             steps.next("building lb and lb-bench (release)");
+            // lb alone first, as `cargo xtask package` builds it: one release
+            // build of lb serves both.
+            package::build_release_lb(&root)?;
             status(cargo().current_dir(&root).args([
                 "build",
                 "--release",
-                "-p",
-                "lb-userspace",
                 "-p",
                 "lb-bench",
                 "--bins",

@@ -31,14 +31,7 @@ pub fn package(root: &Path, target: &Path) -> anyhow::Result<PathBuf> {
     steps.next(&format!("cargo-deb {CARGO_DEB_VERSION}"));
     ensure_cargo_deb()?;
     steps.next("building lb (release, the XDP programs embedded)");
-    status(cargo().current_dir(root).args([
-        "build",
-        "--release",
-        "-p",
-        "lb-userspace",
-        "--bin",
-        "lb",
-    ]))?;
+    build_release_lb(root)?;
     steps.next("generating man pages and completions (lb __generate)");
     let generated = target.join(GENERATED);
     let _ = std::fs::remove_dir_all(&generated);
@@ -71,6 +64,23 @@ pub fn package(root: &Path, target: &Path) -> anyhow::Result<PathBuf> {
     );
     steps.finish(&format!("built {}", deb.display()));
     Ok(deb)
+}
+
+/// `cargo build --release -p lb-userspace --bin lb`: the `lb` of the
+/// package and of `cargo xtask bench` (built alone, so that the features of
+/// its dependencies, and so the binary, are the same for both).
+///
+/// # Errors
+/// The build fails.
+pub fn build_release_lb(root: &Path) -> anyhow::Result<()> {
+    status(cargo().current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "lb-userspace",
+        "--bin",
+        "lb",
+    ]))
 }
 
 fn ensure_cargo_deb() -> anyhow::Result<()> {
