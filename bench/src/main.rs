@@ -15,6 +15,7 @@ mod livegen;
 mod net;
 mod prog;
 mod report;
+mod svg;
 mod traffic;
 
 use std::{path::PathBuf, time::Duration};
@@ -30,9 +31,11 @@ struct Cli {
     /// Fewer repetitions and shorter runs: a smoke test of the bench itself.
     #[arg(long)]
     quick: bool,
-    /// Where to write the markdown report.
-    #[arg(long, default_value = "target/bench/report.md")]
-    out: PathBuf,
+    /// Where to write the markdown report (default: `bench/report.md` in the
+    /// cargo target directory this binary was built in, i.e. beside its
+    /// `release/` or `debug/` directory).
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Skip the namespace lab (packet rate and HTTP).
     #[arg(long)]
     no_lab: bool,
@@ -53,12 +56,28 @@ enum Helper {
         #[arg(long)]
         port: u16,
     },
+    /// Draw the SVG of a kept report.md (no bench run, no root).
+    #[command(hide = true)]
+    Svg {
+        /// The markdown report.
+        #[arg(long)]
+        report: PathBuf,
+        /// The SVG to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Helper::ServeHttp { port }) = cli.helper {
-        return traffic::serve_http(port);
+    match cli.helper {
+        Some(Helper::ServeHttp { port }) => return traffic::serve_http(port),
+        Some(Helper::Svg { report, out }) => {
+            let markdown = std::fs::read_to_string(&report)
+                .with_context(|| format!("reading {}", report.display()))?;
+            return svg::write(&svg::bars_from_markdown(&markdown), &out);
+        }
+        None => {}
     }
     // SAFETY: plain getter.
     if unsafe { libc::geteuid() } != 0 {
@@ -128,10 +147,28 @@ fn main() -> anyhow::Result<()> {
     report.notes.push(
         "Per-packet figures are kernel-timed averages over the repetitions of one BPF_PROG_TEST_RUN, on one pinned CPU; between runs of the bench they move by about ±10-15 ns on a 2-vCPU VM, so compare each row with the baselines of the same run (the ratio column), not with another run.".into(),
     );
+    let out = match cli.out {
+        Some(out) => out,
+        None => default_out()?,
+    };
     report
-        .write(&cli.out)
-        .with_context(|| format!("writing {}", cli.out.display()))?;
+        .write(&out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    let picture = out.with_extension("svg");
+    svg::write(&svg::bars_from_rows(&report.rows), &picture)?;
     println!("\n{}", report.markdown());
-    println!("written to {}", cli.out.display());
+    println!("written to {} and {}", out.display(), picture.display());
     Ok(())
+}
+
+/// `bench/report.md` in the target directory this binary was built in
+/// (`<target>/release/lb-bench` -> `<target>/bench/report.md`), so that
+/// `CARGO_TARGET_DIR` is respected.
+fn default_out() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let target = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .context("the bench binary is not in a cargo target directory")?;
+    Ok(target.join("bench/report.md"))
 }

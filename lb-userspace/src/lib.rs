@@ -12,3 +12,4 @@ pub mod explain;
 pub mod health;
 pub mod maglev;
 pub mod netif;
+pub mod systemd;

@@ -6,7 +6,7 @@ use std::{
     process::ExitCode,
 };
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use lb_userspace::{
     cli,
     config::{Protocol, XdpModeConfig},
@@ -15,7 +15,7 @@ use lb_userspace::{
 /// An internal layer-4 load balancer on XDP: Maglev hashing, IP-in-IP
 /// encapsulation, direct server return.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "lb", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -99,6 +99,18 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto")]
         xdp_mode: Mode,
     },
+    /// Stop a data plane left running by `lb run --keep-attached` (as the
+    /// systemd unit runs it): remove its pins, so the kernel detaches
+    /// xdp_lb and drops its connection table. Refused while an agent runs
+    /// on the interface.
+    Detach {
+        /// Configuration file (TOML) naming the interface.
+        #[arg(long, short, required_unless_present = "iface")]
+        config: Option<PathBuf>,
+        /// Interface to detach from; overrides `interface` in the configuration.
+        #[arg(long)]
+        iface: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -126,6 +138,9 @@ impl From<Mode> for XdpModeConfig {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Some(code) = cli::generate::intercept(std::env::args_os(), Cli::command) {
+        return code;
+    }
     match Cli::parse().command {
         Command::Check { config } => cli::check::command(&config),
         Command::Run {
@@ -153,5 +168,85 @@ fn main() -> ExitCode {
             gue_port,
             xdp_mode,
         } => cli::decap::command(&iface, &vips, gue_port, xdp_mode.into()),
+        Command::Detach { config, iface } => cli::detach::command(config.as_deref(), iface),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+    use lb_userspace::cli::generate;
+
+    use super::Cli;
+
+    /// The commands of SPEC 5 and `detach`.
+    const COMMANDS: [&str; 6] = ["run", "check", "status", "explain", "decap", "detach"];
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+        let cmd = Cli::command();
+        let mut visible: Vec<&str> = cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set())
+            .map(|s| s.get_name())
+            .collect();
+        visible.sort_unstable();
+        let mut expected = COMMANDS;
+        expected.sort_unstable();
+        assert_eq!(visible, expected);
+    }
+
+    #[test]
+    fn completions_offer_every_command_and_its_flags() {
+        let cmd = Cli::command();
+        for (shell, _) in generate::SHELLS {
+            let script = String::from_utf8(generate::completion(&cmd, shell)).expect("UTF-8");
+            for command in COMMANDS {
+                assert!(script.contains(command), "{shell}: no {command}");
+            }
+            for flag in [
+                "keep-attached",
+                "config",
+                "iface",
+                "vip",
+                "gue-port",
+                "json",
+            ] {
+                assert!(script.contains(flag), "{shell}: no --{flag}");
+            }
+            assert!(
+                !script.contains("generate"),
+                "{shell}: hidden command offered"
+            );
+        }
+    }
+
+    #[test]
+    fn every_command_has_a_man_page_with_its_flags() {
+        let pages = generate::man_pages(&Cli::command()).expect("man pages");
+        let page = |name: &str| -> String {
+            let (_, page) = pages
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("no page {name}"));
+            String::from_utf8(page.clone()).expect("UTF-8")
+        };
+        let top = page("lb.1");
+        assert!(top.starts_with(".ie") || top.contains(".TH lb 1"), "{top}");
+        for command in COMMANDS {
+            assert!(top.contains(command), "lb.1 lists no {command}");
+            let sub = page(&format!("lb-{command}.1"));
+            assert!(sub.contains(&format!(".TH lb-{command} 1")), "{sub}");
+        }
+        // Roff escapes dashes: --keep-attached reads \-\-keep\-attached.
+        assert!(page("lb-run.1").contains("keep\\-attached"));
+        assert!(page("lb-decap.1").contains("gue\\-port"));
+        assert_eq!(
+            pages.len(),
+            COMMANDS.len() + 1,
+            "{:?}",
+            pages.iter().map(|p| &p.0).collect::<Vec<_>>()
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! `cargo xtask demo`.
 
 pub mod bgp_lab;
+pub mod dashboard;
 pub mod flows;
 pub mod lab;
 pub mod netns;

@@ -145,6 +145,12 @@ fn end_to_end(prefix: &str, mode: Mode) {
         .is_some_and(|n| n >= 1.0),
         "check latency histogram: {m}"
     );
+    // Every metric the Grafana dashboard queries is served.
+    let unserved = lb_tests::dashboard::unserved(lb_tests::dashboard::DASHBOARD, &m);
+    assert!(
+        unserved.is_empty(),
+        "packaging/grafana/lb-dashboard.json queries {unserved:?}, not in /metrics:\n{m}"
+    );
     let rows = status_rows(&lb_status(&lab, false));
     println!("[{mode:?}] lb status rows: {rows:?}");
     assert_eq!(rows.len(), 3, "{rows:?}");

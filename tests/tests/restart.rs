@@ -4,6 +4,7 @@
 
 use std::{
     fs,
+    os::unix::net::UnixDatagram,
     path::PathBuf,
     process::{Child, Stdio},
     thread,
@@ -22,6 +23,8 @@ struct Rig {
     dir: PathBuf,
     agent: Option<Child>,
     ns: Netns,
+    /// Stands in for systemd's notification socket (`NOTIFY_SOCKET`).
+    notify: UnixDatagram,
 }
 
 impl Rig {
@@ -46,10 +49,15 @@ impl Rig {
             ),
         )
         .expect("config");
+        let notify = UnixDatagram::bind(dir.join("notify.sock")).expect("notify socket");
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
         Self {
             dir,
             agent: None,
             ns,
+            notify,
         }
     }
 
@@ -73,6 +81,7 @@ impl Rig {
             .command(&lb_binary().expect("lb binary").display().to_string())
             .args(["run", "--config", &config])
             .args(args)
+            .env("NOTIFY_SOCKET", self.dir.join("notify.sock"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -103,6 +112,18 @@ impl Rig {
         }
     }
 
+    /// The next notification the agent sent systemd's socket (within 15 s).
+    fn notified(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut buf = [0u8; 512];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                return String::from_utf8_lossy(&buf[..n]).into_owned();
+            }
+        }
+        panic!("no notification in 15 s:\n{}", self.log());
+    }
+
     /// SIGTERM, then waits (at most 10 s) for the agent's exit status.
     fn stop(&mut self) -> Option<i32> {
         let mut child = self.agent.take()?;
@@ -122,6 +143,17 @@ impl Rig {
         let _ = child.kill();
         let _ = child.wait();
         None
+    }
+
+    /// Runs `lb detach ARGS` in the namespace.
+    fn detach(&self, args: &[&str]) -> std::process::Output {
+        self.ns
+            .command(&lb_binary().expect("lb binary").display().to_string())
+            .arg("detach")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("lb detach")
     }
 
     fn xdp_attached(&self) -> bool {
@@ -155,10 +187,29 @@ fn keep_attached_adopt_detach_and_refuse_another_layout() {
     }
     let mut rig = Rig::new();
 
-    // --keep-attached: the data plane outlives the agent.
+    // --keep-attached: the data plane outlives the agent. systemd hears
+    // READY=1 once it is attached, RELOADING=1 then READY=1 around a
+    // reload on SIGHUP, and STOPPING=1.
     rig.start(&["--keep-attached"]);
-    rig.wait_for("xdp_lb attached", 1);
+    let ready = rig.notified();
+    assert!(ready.contains("READY=1\n"), "{ready}");
+    assert!(
+        ready.contains("STATUS=forwarding for 1 VIPs on lbrst0"),
+        "{ready}"
+    );
+    assert!(rig.log().contains("xdp_lb attached"), "{}", rig.log());
+    let pid = rig.agent.as_ref().expect("agent").id();
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    let reloading = rig.notified();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert!(rig.notified().contains("READY=1\n"));
+    rig.wait_for("configuration reloaded (SIGHUP)", 1);
     assert_eq!(rig.stop(), Some(0), "{}", rig.log());
+    assert!(rig.notified().contains("STOPPING=1\n"));
     assert!(rig.pins().join("link").exists(), "link pinned after exit");
     assert!(rig.xdp_attached(), "still attached after exit");
 
@@ -187,6 +238,16 @@ fn keep_attached_adopt_detach_and_refuse_another_layout() {
         String::from_utf8_lossy(&second.stderr)
     );
 
+    // `lb detach` is refused while an agent runs, and changes nothing.
+    let detach = rig.detach(&["--iface", IFACE]);
+    assert!(!detach.status.success());
+    assert!(
+        String::from_utf8_lossy(&detach.stderr).contains("stop the agent on lbrst0 first"),
+        "{}",
+        String::from_utf8_lossy(&detach.stderr)
+    );
+    assert!(rig.pins().join("link").exists() && rig.xdp_attached());
+
     // A plain stop detaches and removes the pins.
     assert_eq!(rig.stop(), Some(0), "{}", rig.log());
     assert!(!rig.pins().exists(), "pins removed");
@@ -214,4 +275,18 @@ fn keep_attached_adopt_detach_and_refuse_another_layout() {
         "refused maps left in place"
     );
     assert!(rig.xdp_attached());
+
+    // `lb detach` stops what --keep-attached left (here maps no agent would
+    // adopt): the operator's full stop under systemd.
+    let config = rig.dir.join("lb.toml").display().to_string();
+    let detach = rig.detach(&["--config", &config]);
+    assert!(
+        detach.status.success(),
+        "{}",
+        String::from_utf8_lossy(&detach.stderr)
+    );
+    assert!(!rig.pins().exists(), "pins removed");
+    assert!(!rig.xdp_attached(), "detached");
+    // Nothing left to detach is not an error.
+    assert!(rig.detach(&["--iface", IFACE]).status.success());
 }

@@ -4,6 +4,9 @@
 //! before building, saying what it does.
 
 mod demo_ha;
+mod package;
+mod progress;
+mod target;
 mod vm;
 
 use std::{
@@ -36,7 +39,8 @@ enum Task {
     Setup,
     /// Set up, then build the agent (with the XDP programs embedded).
     Build,
-    /// Set up, build, then run every test (unit, packet, integration); needs root.
+    /// Set up, build (the Debian package too), then run every test (unit,
+    /// packet, integration, package); needs root.
     Test {
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
@@ -57,12 +61,17 @@ enum Task {
         ha: bool,
     },
     /// Set up, build in release mode, then run the benchmark as root; prints
-    /// one table and writes it to target/bench/report.md.
+    /// one table and writes it to target/bench/report.md, its chart to
+    /// target/bench/report.svg and (unless --quick) docs/bench.svg.
     Bench {
         /// Extra arguments for `lb-bench` (for example `--quick`).
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Set up, then build the Debian package `lb` (cargo-deb) into
+    /// target/debian/: lb, its systemd units, an example /etc/lb/lb.toml,
+    /// man pages and completions.
+    Package,
     /// Set up, build, then run `lb ARGS` as root (via sudo when not root).
     Run {
         /// Arguments for `lb`.
@@ -76,6 +85,9 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let root = workspace_root();
+    let mut metadata = cargo();
+    metadata.current_dir(&root);
+    let target = target::dir(metadata)?;
     match cli.command {
         Task::Setup => setup(),
         Task::Build => {
@@ -86,19 +98,21 @@ fn main() -> anyhow::Result<()> {
             setup()?;
             build(&root)?;
             require_root("the tests create network namespaces and load XDP programs")?;
-            let promtool = ensure_promtool(&root)?;
-            let variant = build_variant(&root)?;
+            let promtool = ensure_promtool(&target)?;
+            let variant = build_variant(&root, &target)?;
+            let deb = package::package(&root, &target)?;
             let mut cmd = cargo();
             cmd.current_dir(&root)
                 .args(["test", "--all-targets"])
                 .args(&args)
-                .env("LB_BIN", lb_binary(&root))
+                .env("LB_BIN", lb_binary(&target))
                 .env("LB_PROMTOOL", promtool)
-                .env("LB_BIN_VARIANT", variant);
+                .env("LB_BIN_VARIANT", variant)
+                .env("LB_DEB", deb);
             status(&mut cmd)
         }
         Task::TestKernel { timeout_minutes } => {
-            vm::test_kernel(&root, Duration::from_secs(timeout_minutes * 60))
+            vm::test_kernel(&root, &target, Duration::from_secs(timeout_minutes * 60))
         }
         Task::Demo { ha: true } => {
             setup()?;
@@ -108,33 +122,52 @@ fn main() -> anyhow::Result<()> {
         Task::Demo { ha: false } => {
             setup()?;
             build(&root)?;
-            status(as_root(&root.join("target/debug/lb-demo"))?.env("LB_BIN", lb_binary(&root)))
+            status(as_root(&target.join("debug/lb-demo"))?.env("LB_BIN", lb_binary(&target)))
         }
         Task::Bench { args } => {
+            let mut steps = progress::Steps::new(3);
+            steps.next("set-up (eBPF toolchain, bpf-linker, lab programs)");
             setup()?;
             // Release: the bench times userspace code (Maglev builds, config
             // apply) and runs the agent under load.
+            steps.next("building lb and lb-bench (release)");
+            // lb alone first, as `cargo xtask package` builds it: one release
+            // build of lb serves both.
+            package::build_release_lb(&root)?;
             status(cargo().current_dir(&root).args([
                 "build",
                 "--release",
                 "-p",
-                "lb-userspace",
-                "-p",
                 "lb-bench",
                 "--bins",
             ]))?;
-            let release = root.join("target/release");
+            let release = target.join("release");
+            steps.next("running the bench (a few minutes; it prints each section)");
+            let quick = args.iter().any(|a| a == "--quick");
             status(
                 as_root(&release.join("lb-bench"))?
                     .current_dir(&root)
-                    .args(args)
+                    .args(&args)
                     .env("LB_BIN", release.join("lb")),
-            )
+            )?;
+            // The README shows the latest full run's picture.
+            let picture = target.join("bench/report.svg");
+            if !quick && picture.is_file() && !args.iter().any(|a| a == "--out") {
+                std::fs::copy(&picture, root.join("docs/bench.svg"))
+                    .context("copying the bench's SVG to docs/bench.svg")?;
+                eprintln!("xtask: {} copied to docs/bench.svg", picture.display());
+            }
+            steps.finish("bench");
+            Ok(())
+        }
+        Task::Package => {
+            setup()?;
+            package::package(&root, &target).map(|_| ())
         }
         Task::Run { args } => {
             setup()?;
             build(&root)?;
-            status(as_root(&lb_binary(&root))?.args(args))
+            status(as_root(&lb_binary(&target))?.args(args))
         }
         Task::Clippy => {
             setup()?;
@@ -175,8 +208,9 @@ fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
-fn lb_binary(root: &Path) -> PathBuf {
-    root.join("target/debug/lb")
+/// The debug `lb` in cargo's target directory `target` ([`target::dir`]).
+fn lb_binary(target: &Path) -> PathBuf {
+    target.join("debug/lb")
 }
 
 fn status(cmd: &mut Command) -> anyhow::Result<()> {
@@ -266,7 +300,10 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
 }
 
 /// The lab (tests and demo) runs `ip`, `nsenter`, `prlimit`, `curl`, `ping`,
-/// `python3` and BIRD 2 (`bird`, `birdc`: also what `lb run` drives for `[bgp]`); the tests parse `/metrics` with Python's `prometheus_client`.
+/// `python3` and BIRD 2 (`bird`, `birdc`: also what `lb run` drives for
+/// `[bgp]`); the tests parse `/metrics` with Python's `prometheus_client`,
+/// run `lb` with a unit's capabilities (`setpriv`) and check the systemd units
+/// (`systemd-analyze`).
 fn ensure_lab_programs() -> anyhow::Result<()> {
     // (shell check, Debian package)
     let needed = [
@@ -274,6 +311,8 @@ fn ensure_lab_programs() -> anyhow::Result<()> {
         ("command -v nsenter && command -v prlimit", "util-linux"),
         ("command -v curl", "curl"),
         ("command -v ping", "iputils-ping"),
+        ("command -v setpriv", "util-linux"),
+        ("command -v systemd-analyze", "systemd"),
         ("command -v python3", "python3"),
         // BGP: `lb run` with [bgp] drives BIRD 2; the tests' router runs it too.
         (
@@ -308,13 +347,14 @@ fn ensure_lab_programs() -> anyhow::Result<()> {
 }
 
 /// `promtool` (checks `/metrics` in the tests): on PATH, else taken out of
-/// Debian's `prometheus` package into `target/tools` without installing the
-/// package (which would start a Prometheus server).
-fn ensure_promtool(root: &Path) -> anyhow::Result<PathBuf> {
+/// Debian's `prometheus` package into `tools` under cargo's target directory
+/// `target` without installing the package (which would start a Prometheus
+/// server).
+fn ensure_promtool(target: &Path) -> anyhow::Result<PathBuf> {
     if let Some(path) = output(Command::new("sh").args(["-c", "command -v promtool"])) {
         return Ok(PathBuf::from(path.trim()));
     }
-    let tools = root.join("target/tools");
+    let tools = target.join("tools");
     let promtool = tools.join("usr/bin/promtool");
     if promtool.is_file() {
         return Ok(promtool);
@@ -323,7 +363,7 @@ fn ensure_promtool(root: &Path) -> anyhow::Result<PathBuf> {
         "xtask: extracting promtool from Debian's prometheus package into {} (the tests check /metrics with it)",
         tools.display()
     );
-    let download = root.join("target/tools-download");
+    let download = target.join("tools-download");
     let _ = std::fs::remove_dir_all(&download);
     std::fs::create_dir_all(&download)?;
     if status(
@@ -357,9 +397,10 @@ fn ensure_promtool(root: &Path) -> anyhow::Result<PathBuf> {
 
 /// Builds the upgrade test's second `lb`: the same agent whose `xdp_lb`
 /// puts TTL 63 on outer headers (lb-ebpf feature `test-outer-ttl-63`), in
-/// its own target directory so the main build is not rebuilt back and forth.
-fn build_variant(root: &Path) -> anyhow::Result<PathBuf> {
-    let dir = root.join("target/variant");
+/// its own target directory (`variant` under `target`) so the main build is
+/// not rebuilt back and forth.
+fn build_variant(root: &Path, target: &Path) -> anyhow::Result<PathBuf> {
+    let dir = target.join("variant");
     status(
         cargo()
             .current_dir(root)

@@ -53,16 +53,16 @@ const STEPS: &[(&str, &str, &[&str])] = &[
 /// # Errors
 /// Set-up, download, build or boot fails, a step fails in the guest, or the
 /// guest does not finish in time.
-pub fn test_kernel(root: &Path, timeout: Duration) -> anyhow::Result<()> {
+pub fn test_kernel(root: &Path, target: &Path, timeout: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     require_root("installing QEMU, and the guest's tests load XDP programs")?;
     setup()?;
     ensure_vm_packages()?;
-    let dir = root.join("target/kernel");
+    let dir = target.join("kernel");
     let kernel = debian_kernel(&dir)?;
     build(root)?;
     let tests = test_binaries(root)?;
-    let script = guest_script(root, &tests);
+    let script = guest_script(root, target, &tests);
     let initrd = initramfs(&dir, &kernel, &script)?;
     eprintln!(
         "xtask: booting {} in QEMU (TCG emulation, no KVM; a few minutes, at most {} s)",
@@ -325,11 +325,11 @@ fn json_str<'a>(json: &'a str, key: &str) -> Option<&'a str> {
 /// The shell script the guest runs in the host's file system: each step
 /// between `LB-VM: begin` and `LB-VM: end NAME exit=N` markers, then a
 /// result marker.
-fn guest_script(root: &Path, tests: &HashMap<String, PathBuf>) -> String {
+fn guest_script(root: &Path, target: &Path, tests: &HashMap<String, PathBuf>) -> String {
     let mut script = format!(
         "cd '{}'\nexport PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LB_BIN='{}'\n",
         root.display(),
-        lb_binary(root).display()
+        lb_binary(target).display()
     );
     script.push_str("echo \"LB-VM: kernel $(uname -r)\"\nfailed=0\n");
     for (name, target, args) in STEPS {

@@ -498,6 +498,8 @@ impl Agent {
         let (targets_tx, targets_rx) =
             tokio::sync::watch::channel(self.plane.balancer.next_hop_targets());
         let next_hops = self.start_next_hops(targets_rx);
+        // Attached (or adopted), maps filled, API serving: ready.
+        crate::systemd::ready(&self.status_line());
         tokio::pin!(shutdown);
         loop {
             let due = debounce.due();
@@ -512,11 +514,13 @@ impl Agent {
                 Some(()) = file_rx.recv() => debounce.trigger("file changed"),
                 () = time::sleep_until(due.unwrap_or_else(time::Instant::now)), if due.is_some() && !reading => {
                     reading = true;
+                    crate::systemd::reloading();
                     read_config(self.options.config_path.clone(), debounce.take(), read_tx.clone());
                 }
                 Some((why, loaded)) = read_rx.recv() => {
                     reading = false;
                     self.reload(&why, loaded, &mut checkers, &tx);
+                    crate::systemd::ready(&self.status_line());
                     let now = self.plane.balancer.next_hop_targets();
                     targets_tx.send_if_modified(|targets| {
                         let changed = *targets != now;
@@ -526,6 +530,7 @@ impl Agent {
                 }
             }
         }
+        crate::systemd::stopping();
         checkers.stop();
         // Closing the targets ends the next-hop task, which empties the
         // cache: no stale next hop outlives the agent that kept it.
@@ -637,6 +642,15 @@ impl Agent {
             Ok(wanted) => self.bgp.set(wanted),
             Err(e) => warn!("BGP: {e}"),
         }
+    }
+
+    /// The unit's status line for systemd: VIPs and interface.
+    fn status_line(&self) -> String {
+        format!(
+            "forwarding for {} VIPs on {}",
+            self.plane.balancer.vips().len(),
+            self.iface
+        )
     }
 
     /// Applies a configuration read for a reload, as a difference; a

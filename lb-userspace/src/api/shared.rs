@@ -85,6 +85,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Shared {
     /// State for the data plane on `interface`, whose counters `stats` reads.
     pub fn new(interface: &str, stats: StatsReader) -> Arc<Self> {
+        // Every reason of lb_health_check_errors_total starts at 0, so the
+        // series exist (for dashboards and alerts) before the first error.
+        let check_errors: Family<Labels, PromCounter> = Family::default();
+        for reason in ProbeFailure::LOCAL_ERRNOS
+            .into_iter()
+            .filter_map(ProbeFailure::local_reason)
+        {
+            let _created = check_errors.get_or_create(&vec![("reason", reason.to_string())]);
+        }
         Arc::new(Self {
             started: Instant::now(),
             interface: interface.to_string(),
@@ -93,7 +102,7 @@ impl Shared {
             program: Mutex::new(None),
             bgp: Mutex::new(None),
             check_latency: Family::new_with_constructor(latency_histogram),
-            check_errors: Family::default(),
+            check_errors,
         })
     }
 

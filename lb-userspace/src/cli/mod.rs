@@ -11,7 +11,9 @@ use crate::config::{Config, ConfigError};
 
 pub mod check;
 pub mod decap;
+pub mod detach;
 pub mod explain;
+pub mod generate;
 pub mod run;
 pub mod status;
 

@@ -101,6 +101,15 @@ impl ProbeFailure {
         matches!(self, Self::Local { .. })
     }
 
+    /// The errnos that are local failures ([`ProbeFailure::local_reason`]).
+    pub const LOCAL_ERRNOS: [i32; 5] = [
+        libc::EMFILE,
+        libc::ENFILE,
+        libc::ENOBUFS,
+        libc::ENOMEM,
+        libc::EADDRNOTAVAIL,
+    ];
+
     /// The errno word (`emfile`, `enfile`, `enobufs`, `enomem`,
     /// `eaddrnotavail`) of a local failure (for the `reason` label of
     /// `lb_health_check_errors_total`), `None` for any other.
