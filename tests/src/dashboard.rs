@@ -137,6 +137,8 @@ mod tests {
             "lb_backend_weight",
             "lb_health_check_duration_seconds_bucket",
             "lb_reloads_total",
+            "lb_bgp_session_up",
+            "lb_bgp_announced",
         ] {
             assert!(used.contains(name), "no panel queries {name}: {used:?}");
         }

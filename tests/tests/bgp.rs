@@ -90,6 +90,16 @@ fn nodes_announce_vips_health_aware_and_leave_without_breaking_connections() {
     ] {
         assert!(metrics.contains(&line), "{line} missing in:\n{metrics}");
     }
+    // The Grafana dashboard's BGP panels query only metrics a node serves.
+    let unserved: Vec<String> =
+        lb_tests::dashboard::unserved(lb_tests::dashboard::DASHBOARD, &metrics)
+            .into_iter()
+            .filter(|name| name.starts_with("lb_bgp_"))
+            .collect();
+    assert!(
+        unserved.is_empty(),
+        "packaging/grafana/lb-dashboard.json queries {unserved:?}, not in /metrics:\n{metrics}"
+    );
     let status = lab.status(1).expect("/status");
     assert_eq!(
         status["bgp"]["peers"][0]["state"], "Established",
