@@ -565,21 +565,23 @@ pub fn bench(
         lb.total.outcomes
     );
 
-    // 2. bench_drop on the same veth, the agent stopped.
+    // 2. bench_drop, then bench_tx (XDP_TX of the frame as it came: the
+    // veth's own transmit path, the floor of any forwarder here), on the
+    // same veth, the agent stopped.
     lab.stop_agent();
-    let drop = {
+    let mut native = |name: &str| -> anyhow::Result<Measured> {
         let _in_lb = lab.ns("lb").enter()?;
         let mut ebpf = EbpfLoader::new().load(object::bench_object())?;
         let prog: &mut Xdp = ebpf
-            .program_mut(PROG_BENCH_DROP)
-            .context(PROG_BENCH_DROP)?
+            .program_mut(name)
+            .context(name.to_string())?
             .try_into()?;
         prog.load()?;
         prog.attach(&lab.lb_iface, XdpMode::Driver)
-            .context("attaching bench_drop")?;
+            .with_context(|| format!("attaching {name}"))?;
         let id = prog.info()?.id();
         // Its rate: BPF stats' run count.
-        let read_drop = || {
+        let read = || {
             let (runs, run_time) = crate::net::prog_stats(id)?;
             Ok(Seen {
                 runs,
@@ -587,10 +589,13 @@ pub fn bench(
                 ..Seen::default()
             })
         };
-        let m = measure(lab, &mut generator, plan, &read_drop, |s| s.runs);
-        drop(ebpf); // detaches, inside the LB's namespace
-        m?
+        drop(_in_lb);
+        let m = measure(lab, &mut generator, plan, &read, |s| s.runs);
+        drop(ebpf); // detaches
+        m
     };
+    let drop = native(PROG_BENCH_DROP)?;
+    let tx_floor = native(PROG_BENCH_TX)?;
     let xdp_drops = drop
         .eth_lb
         .get("rx_queue_0_xdp_drops")
@@ -638,6 +643,21 @@ pub fn bench(
             common(&drop)
         ),
     );
+    let floor_tx = tx_floor
+        .eth_lb
+        .get("rx_queue_0_xdp_tx_errors")
+        .copied()
+        .unwrap_or(0);
+    report.row(
+        "veth",
+        "XDP_TX floor (bench_tx on the LB's veth: no parsing, no lookup)",
+        format!("{:.3} Mpps", tx_floor.rates.received),
+        format!("{:.2}x", tx_floor.rates.received / drop.rates.received),
+        format!(
+            "rate: BPF stats run_cnt; {}; path: {floor_tx} XDP_TX frames refused by veth toward p, as for xdp_lb; the most any program that transmits can reach on this veth",
+            common(&tx_floor)
+        ),
+    );
     let tx = |k: &str| lb.eth_lb.get(k).copied().unwrap_or(0);
     report.row(
         "veth",
@@ -655,13 +675,22 @@ pub fn bench(
         ),
     );
     report.notes.push(format!(
+        "veth: xdp_lb reaches {:.2}x the XDP_TX floor's rate (bench_tx, the veth's transmit path alone, {:.0} ns of receive CPU per packet): the rest of the gap to XDP_DROP is the veth's own transmit work, which any forwarder pays here.",
+        lb.rates.received / tx_floor.rates.received,
+        cpu_ns(&tx_floor)
+    ));
+    report.notes.push(format!(
         "veth: receive CPU per packet (NAPI kthread time / packets, less sensitive to other load than Mpps): bench_drop {:.0} ns, xdp_lb {:.0} ns, ratio of rates at full CPU {:.2}x. Both rows run with BPF run-time statistics on (two clock reads per packet, for run_cnt and the ns/packet figures), and xdp_lb's XDP_TX frames end at veth's refusal on p (no XDP program there), the cheapest end a transmitted frame can have on veth.",
         cpu_ns(&drop),
         cpu_ns(&lb),
         cpu_ns(&drop) / cpu_ns(&lb)
     ));
     // A row is bounded by the generator when its receiver had CPU to spare.
-    for (name, m) in [("bench_drop", &drop), ("xdp_lb", &lb)] {
+    for (name, m) in [
+        ("bench_drop", &drop),
+        ("bench_tx", &tx_floor),
+        ("xdp_lb", &lb),
+    ] {
         if m.busy < 0.9 {
             report.notes.push(format!(
                 "veth: {name}'s receiving kthread was busy only {:.0}% of the generating time: that row is bounded by the generator ({:.2} Mpps offered), not by the receiver.",
