@@ -22,7 +22,7 @@ use log::{error, info, warn};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    bird::{Bird, write_config},
+    bird::{Bird, Found, write_config},
     birdc::birdc,
     conf::{self, Settings, protocol_name},
     parse,
@@ -177,21 +177,37 @@ impl Task {
         mut commands: mpsc::Receiver<Command>,
     ) {
         let current = wanted.borrow_and_update().clone();
-        if current.settings.is_some() {
-            self.bird = Bird::find(&self.paths).await;
-            if let Some(bird) = &self.bird {
+        match (Bird::find(&self.paths).await, current.settings.is_some()) {
+            (Some(Found::Answering(bird)), true) => {
                 info!(
                     "adopted BIRD (pid {}) running for {}: its sessions and announcements are kept, its configuration brought up to date",
                     bird.pid, self.iface
                 );
+                self.bird = Some(bird);
             }
-        } else if let Some(bird) = Bird::find(&self.paths).await {
-            info!(
-                "no [bgp] in the configuration: stopping the BIRD (pid {}) an earlier agent left running (its sessions close)",
-                bird.pid
-            );
-            bird.stop().await;
-            let _ = std::fs::remove_dir_all(self.paths.dir());
+            (Some(Found::Silent(bird)), _) => {
+                let pid = bird.pid;
+                warn!(
+                    "the BIRD (pid {pid}) an earlier agent left for {} runs but did not answer on {} within {:?}: stopping it before starting another (two would both announce)",
+                    self.iface,
+                    self.paths.socket().display(),
+                    super::bird::START_TIMEOUT
+                );
+                let how = bird.stop().await;
+                info!("BIRD (pid {pid}) {how}");
+                if current.settings.is_none() {
+                    let _ = std::fs::remove_dir_all(self.paths.dir());
+                }
+            }
+            (Some(Found::Answering(bird)), false) => {
+                info!(
+                    "no [bgp] in the configuration: stopping the BIRD (pid {}) an earlier agent left running (its sessions close)",
+                    bird.pid
+                );
+                bird.stop().await;
+                let _ = std::fs::remove_dir_all(self.paths.dir());
+            }
+            (None, _) => {}
         }
         self.reconcile(&current).await;
         let mut tick = tokio::time::interval(POLL_INTERVAL);
