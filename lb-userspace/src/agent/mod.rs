@@ -409,8 +409,8 @@ pub async fn run(
         bgp,
         ..
     } = agent;
-    // Announcements go first (withdraw, then forward for withdraw_delay),
-    // the data plane after.
+    // The announcements were withdrawn when the shutdown came (in serve);
+    // forward until withdraw_delay has passed, stop BIRD, then detach.
     bgp.shutdown(options.keep_attached).await;
     let DataPlane {
         balancer,
@@ -525,6 +525,11 @@ impl Agent {
                     });
                 }
             }
+        }
+        // SPEC 9: the withdraw goes first, while the health checks and the
+        // next-hop cache still run; withdraw_delay counts from here.
+        if !self.options.keep_attached {
+            self.bgp.withdraw().await;
         }
         checkers.stop();
         // Closing the targets ends the next-hop task, which empties the

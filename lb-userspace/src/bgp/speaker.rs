@@ -62,6 +62,8 @@ pub struct Speaker {
     wanted: watch::Sender<Wanted>,
     commands: mpsc::Sender<Command>,
     task: tokio::task::JoinHandle<()>,
+    /// Set by [`Speaker::withdraw`]: the end of `bgp.withdraw_delay`.
+    forward_until: Option<tokio::time::Instant>,
 }
 
 impl Speaker {
@@ -88,6 +90,7 @@ impl Speaker {
             wanted: wanted_tx,
             commands,
             task: tokio::spawn(task.run(wanted_rx, commands_rx)),
+            forward_until: None,
         }
     }
 
@@ -100,49 +103,65 @@ impl Speaker {
         });
     }
 
-    /// The agent's stop. With `keep_attached`, BIRD and its announcements
-    /// stay as they are (the next agent adopts them). Otherwise every
-    /// announcement is withdrawn, the data plane keeps forwarding for
-    /// `bgp.withdraw_delay` while the routers move flows away, then BIRD
-    /// is stopped (its sessions close).
-    pub async fn shutdown(self, keep_attached: bool) {
-        let delay = self
+    /// The first step of the agent's stop without `--keep-attached`
+    /// (SPEC 9), taken as soon as the signal arrives: withdraws every
+    /// announcement (sessions stay up) and starts the `bgp.withdraw_delay`
+    /// during which the data plane keeps forwarding while the routers move
+    /// flows away. Does nothing without `[bgp]` or when done already.
+    pub async fn withdraw(&mut self) {
+        if self.forward_until.is_some() {
+            return;
+        }
+        let Some(delay) = self
             .wanted
             .borrow()
             .settings
             .as_ref()
-            .map(|s| s.bgp.withdraw_delay);
+            .map(|s| s.bgp.withdraw_delay)
+        else {
+            return;
+        };
+        let (tx, rx) = oneshot::channel();
+        let withdrawn = match self.commands.send(Command::Withdraw(tx)).await {
+            Ok(()) => rx
+                .await
+                .unwrap_or_else(|_| Err("speaker task ended".into())),
+            Err(_) => Err("speaker task ended".into()),
+        };
+        self.forward_until = Some(tokio::time::Instant::now() + delay);
+        match withdrawn {
+            Ok(n) => info!(
+                "withdrew every VIP address ({n} were announced); forwarding for {} (bgp.withdraw_delay) before detaching",
+                humantime::format_duration(delay)
+            ),
+            Err(e) => warn!(
+                "withdrawing the VIP addresses failed ({e}); stopping BIRD after {} closes the sessions instead",
+                humantime::format_duration(delay)
+            ),
+        }
+    }
+
+    /// The agent's stop. With `keep_attached`, BIRD and its announcements
+    /// stay as they are (the next agent adopts them). Otherwise every
+    /// announcement is withdrawn ([`Speaker::withdraw`], if not done
+    /// already), the data plane keeps forwarding until `bgp.withdraw_delay`
+    /// after the withdraw, then BIRD is stopped (its sessions close).
+    pub async fn shutdown(mut self, keep_attached: bool) {
         if keep_attached {
             let (tx, rx) = oneshot::channel();
             if self.commands.send(Command::Leave(tx)).await.is_ok() {
                 let _ = rx.await;
             }
-            if delay.is_some() {
+            if self.wanted.borrow().settings.is_some() {
                 info!(
                     "--keep-attached: BIRD keeps running with its announcements; the next `lb run` adopts it"
                 );
             }
             return;
         }
-        if let Some(delay) = delay {
-            let (tx, rx) = oneshot::channel();
-            let withdrawn = match self.commands.send(Command::Withdraw(tx)).await {
-                Ok(()) => rx
-                    .await
-                    .unwrap_or_else(|_| Err("speaker task ended".into())),
-                Err(_) => Err("speaker task ended".into()),
-            };
-            match withdrawn {
-                Ok(n) => info!(
-                    "withdrew every VIP address ({n} were announced); forwarding for {} (bgp.withdraw_delay) before detaching",
-                    humantime::format_duration(delay)
-                ),
-                Err(e) => warn!(
-                    "withdrawing the VIP addresses failed ({e}); stopping BIRD after {} closes the sessions instead",
-                    humantime::format_duration(delay)
-                ),
-            }
-            tokio::time::sleep(delay).await;
+        self.withdraw().await;
+        if let Some(until) = self.forward_until {
+            tokio::time::sleep_until(until).await;
         }
         let (tx, rx) = oneshot::channel();
         if self.commands.send(Command::Stop(tx)).await.is_ok()
