@@ -374,9 +374,13 @@ pub fn log_tail(path: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use std::{net::IpAddr, path::PathBuf};
 
     use super::*;
+    use crate::{
+        bgp::conf::{Settings, render},
+        config::{BgpConfig, BgpPeer},
+    };
 
     const CONFIG: &str = "router id 192.0.2.1;\nprotocol device lb_device { }\n";
 
@@ -485,5 +489,48 @@ mod tests {
         ));
         assert_eq!(second.stop().await, "stopped");
         drop(first);
+    }
+
+    #[tokio::test]
+    async fn bird_checks_a_configuration_before_the_agent_takes_it() {
+        let s = Scratch::new("check");
+        let peer = |address: &str, remote_as| BgpPeer {
+            address: address.parse().expect("address"),
+            remote_as,
+            port: 179,
+        };
+        let mut settings = Settings {
+            bgp: BgpConfig {
+                local_as: 65001,
+                router_id: None,
+                hold_time: Duration::from_secs(9),
+                withdraw_delay: Duration::from_secs(2),
+                peers: vec![peer("10.77.0.1", 65000), peer("fd00::1", 65002)],
+            },
+            router_id: "10.77.0.2".parse().expect("id"),
+        };
+        let addresses: Vec<IpAddr> = ["10.1.0.1", "fd00:1::1"]
+            .iter()
+            .map(|a| a.parse().expect("address"))
+            .collect();
+        check_config(&s.paths, &render(&settings, &addresses, "eth0"))
+            .await
+            .expect("BIRD takes a mixed-family configuration");
+        // Not a configuration validation lets through (it refuses
+        // link-local peers too): BIRD's own refusal, with its message.
+        settings.bgp.peers.push(peer("fe80::1", 65003));
+        let refused = check_config(&s.paths, &render(&settings, &addresses, "eth0"))
+            .await
+            .expect_err("BIRD refuses a link-local peer without an interface");
+        assert!(
+            refused.contains("Link-local addresses require defined interface"),
+            "{refused}"
+        );
+        assert!(!s.paths.dir().join("bird.conf.check").exists());
+        assert_eq!(
+            std::fs::read_to_string(s.paths.config()).expect("config"),
+            CONFIG,
+            "the running configuration is untouched"
+        );
     }
 }
