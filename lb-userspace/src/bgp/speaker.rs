@@ -173,6 +173,42 @@ impl Speaker {
     }
 }
 
+/// What `/status` shows of each address of `decisions`, given the
+/// addresses BIRD holds (`None`: not all could be read), whether a session
+/// with an IPv4 and with an IPv6 peer is established (`[v4, v6]`), and
+/// whether the agent withdrew everything for its stop. An address is
+/// announced when BIRD holds it and a session of its family is up.
+fn address_status(
+    decisions: &[Decision],
+    held: Option<&BTreeSet<IpAddr>>,
+    [up_v4, up_v6]: [bool; 2],
+    withdrawn: bool,
+) -> Vec<AddressStatus> {
+    decisions
+        .iter()
+        .map(|d| {
+            let held = held.is_some_and(|h| h.contains(&d.address));
+            let session = if d.address.is_ipv4() { up_v4 } else { up_v6 };
+            AddressStatus {
+                address: d.address.to_string(),
+                wanted: d.announce && !withdrawn,
+                announced: held && session,
+                reason: if withdrawn {
+                    "withdrawn: the agent is stopping".into()
+                } else if held && !session {
+                    format!(
+                        "{}; no session with an {} peer is established",
+                        d.reason,
+                        if d.address.is_ipv4() { "IPv4" } else { "IPv6" }
+                    )
+                } else {
+                    d.reason.clone()
+                },
+            }
+        })
+        .collect()
+}
+
 struct Task {
     paths: BirdPaths,
     iface: String,
@@ -438,11 +474,12 @@ impl Task {
             self.publish(wanted);
             return;
         };
-        self.status.speaker = "running".into();
         self.status.pid = Some(bird.pid);
         let socket = self.paths.socket();
         let sessions = match birdc(&socket, &["show", "protocols", "all"]).await {
             Ok(text) => {
+                // Running: it answered.
+                self.status.speaker = "running".into();
                 let p = parse::protocols(&text);
                 if p.unreadable > 0 {
                     self.record_error(format!(
@@ -453,6 +490,7 @@ impl Task {
                 Some(p.items)
             }
             Err(e) => {
+                self.status.speaker = "not answering".into();
                 self.record_error(e.to_string());
                 None
             }
@@ -500,6 +538,15 @@ impl Task {
                 state,
             });
         }
+        let up = |v4: bool| {
+            settings
+                .bgp
+                .peers
+                .iter()
+                .zip(&peers)
+                .any(|(peer, status)| peer.address.is_ipv4() == v4 && status.established())
+        };
+        let (up_v4, up_v6) = (up(true), up(false));
         self.status.peers = peers;
         let mut held = BTreeSet::new();
         let mut read_all = true;
@@ -521,20 +568,9 @@ impl Task {
                 }
             }
         }
-        self.status.addresses = wanted
-            .decisions
-            .iter()
-            .map(|d| AddressStatus {
-                address: d.address.to_string(),
-                wanted: d.announce && !self.withdrawn,
-                announced: read_all && held.contains(&d.address),
-                reason: if self.withdrawn {
-                    "withdrawn: the agent is stopping".into()
-                } else {
-                    d.reason.clone()
-                },
-            })
-            .collect();
+        let held = read_all.then_some(&held);
+        self.status.addresses =
+            address_status(&wanted.decisions, held, [up_v4, up_v6], self.withdrawn);
         self.shared.set_bgp(Some(self.status.clone()));
     }
 
@@ -556,5 +592,56 @@ impl Task {
             })
             .collect();
         self.shared.set_bgp(Some(self.status.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_is_announced_only_while_bird_holds_it_and_a_session_of_its_family_is_up() {
+        let decision = |address: &str, announce| Decision {
+            address: address.parse().expect("address"),
+            announce,
+            reason: "web: 1 of 1 backends usable".into(),
+        };
+        let decisions = [
+            decision("10.1.0.1", true),
+            decision("fd00:1::1", true),
+            decision("10.1.0.2", false),
+        ];
+        let held: BTreeSet<IpAddr> = ["10.1.0.1", "fd00:1::1"]
+            .iter()
+            .map(|a| a.parse().expect("address"))
+            .collect();
+        let announced = |held, up, withdrawn| -> Vec<bool> {
+            address_status(&decisions, held, up, withdrawn)
+                .iter()
+                .map(|a| a.announced)
+                .collect()
+        };
+        assert_eq!(
+            announced(Some(&held), [true, true], false),
+            [true, true, false]
+        );
+        // Only an IPv4 session: the IPv6 address reaches no one.
+        assert_eq!(
+            announced(Some(&held), [true, false], false),
+            [true, false, false]
+        );
+        let s = address_status(&decisions, Some(&held), [true, false], false);
+        assert!(
+            s[1].wanted
+                && s[1]
+                    .reason
+                    .ends_with("no session with an IPv6 peer is established")
+        );
+        // No session up, or BIRD's routes unread: nothing is announced.
+        assert_eq!(announced(Some(&held), [false, false], false), [false; 3]);
+        assert_eq!(announced(None, [true, true], false), [false; 3]);
+        let stopping = address_status(&decisions, Some(&held), [true, true], true);
+        assert!(stopping.iter().all(|a| !a.wanted));
+        assert_eq!(stopping[0].reason, "withdrawn: the agent is stopping");
     }
 }
