@@ -21,7 +21,10 @@ use std::{
 };
 
 use lb_tests::{
-    bgp_lab::{BgpLab, CHECK_INTERVAL, FALL, NODES, RISE, ROUTER_AS, SOLO_VIP},
+    bgp_lab::{
+        AGENT_STOP_LIMIT, BgpLab, CHECK_INTERVAL, FALL, NODES, RISE, ROUTER_AS, SOLO_VIP,
+        WITHDRAW_DELAY,
+    },
     flows::LongLived,
     lab::{ROUTER_ADDR, VIP},
 };
@@ -309,6 +312,7 @@ fn nodes_announce_vips_health_aware_and_leave_without_breaking_connections() {
         carried.iter().all(|&p| p > 0),
         "the connections are spread over both nodes (ECMP): echo packets per node {carried:?}"
     );
+    let bird_lb1 = lab.node_bird_pid(0).expect("lb1's BIRD");
     let stop = Instant::now();
     lab.signal_node(0);
     let gone = lab
@@ -319,11 +323,21 @@ fn nodes_announce_vips_health_aware_and_leave_without_breaking_connections() {
                 lab.next_hops(VIP)
             )
         });
-    assert!(lab.wait_node_exit(0, Duration::from_secs(10)), "lb1 exits");
+    assert!(lab.wait_node_exit(0, AGENT_STOP_LIMIT), "lb1 exits");
     let exited = stop.elapsed();
     assert!(
-        exited >= Duration::from_secs(2),
-        "lb1 kept forwarding for withdraw_delay (2 s) before detaching: exited after {exited:?}"
+        exited >= WITHDRAW_DELAY,
+        "lb1 kept forwarding for withdraw_delay ({WITHDRAW_DELAY:?}) before detaching: exited after {exited:?}"
+    );
+    // Its BIRD went with it (a stop without --keep-attached), files too.
+    assert!(
+        !lab.node_bird_alive(0, bird_lb1),
+        "lb1's BIRD (pid {bird_lb1}) still runs after the agent's stop"
+    );
+    assert!(
+        !lab.bird_paths(0).dir().exists(),
+        "{} left behind",
+        lab.bird_paths(0).dir().display()
     );
     assert_eq!(lab.next_hops(SOLO_VIP), [NODES[1].1.to_string()].into());
     let exchanged = flows.exchanges();
@@ -336,9 +350,10 @@ fn nodes_announce_vips_health_aware_and_leave_without_breaking_connections() {
     let survivors = flows.survivors();
     let failures = flows.failures();
     figures.push(format!(
-        "withdraw on stop: lb1's next hop gone {:.2} s after SIGTERM; lb1 exited after {:.2} s (withdraw_delay 2 s)",
+        "withdraw on stop: lb1's next hop gone {:.2} s after SIGTERM; lb1 exited after {:.2} s (withdraw_delay {:?}), its BIRD (pid {bird_lb1}) gone",
         gone.as_secs_f64(),
-        exited.as_secs_f64()
+        exited.as_secs_f64(),
+        WITHDRAW_DELAY
     ));
     figures.push(format!(
         "survivors: {survivors}/{CONNECTIONS} long-lived connections (echo packets per node before the stop: lb1 {}, lb2 {}); failures {failures:?}",
