@@ -329,6 +329,15 @@ fn nodes_announce_vips_health_aware_and_leave_without_breaking_connections() {
         exited >= WITHDRAW_DELAY,
         "lb1 kept forwarding for withdraw_delay ({WITHDRAW_DELAY:?}) before detaching: exited after {exited:?}"
     );
+    // The withdraw came first, before the agent stopped serving (its
+    // counters are logged once the health checks and next-hop cache end).
+    let log = lab.node_log(0);
+    let withdrew = log.find("withdrew every VIP address");
+    let served = log.find("counters (packets)");
+    assert!(
+        withdrew.is_some() && served.is_some() && withdrew < served,
+        "lb1 withdrew before it stopped serving; log:\n{log}"
+    );
     // Its BIRD went with it (a stop without --keep-attached), files too.
     assert!(
         !lab.node_bird_alive(0, bird_lb1),
