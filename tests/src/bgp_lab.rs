@@ -25,7 +25,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use lb_userspace::{bgp::paths::BirdPaths, dataplane::pins};
+use lb_userspace::{
+    bgp::{bird, birdc::BIRDC_TIMEOUT, paths::BirdPaths},
+    dataplane::pins,
+};
 
 use crate::{
     lab::{
@@ -54,6 +57,14 @@ pub const FALL: u32 = 2;
 pub const RISE: u32 = 2;
 /// Interface of each node (each in its own namespace).
 pub const NODE_IFACE: &str = "eth0";
+/// The nodes' `bgp.withdraw_delay`.
+pub const WITHDRAW_DELAY: Duration = Duration::from_secs(2);
+/// Longest a node's agent may take to stop after SIGTERM before it is
+/// killed: the withdraw (one `birdc configure`), `withdraw_delay`, then
+/// BIRD's stop (SIGKILL after [`bird::STOP_TIMEOUT`]), with room to spare.
+pub const AGENT_STOP_LIMIT: Duration = Duration::from_secs(
+    BIRDC_TIMEOUT.as_secs() + WITHDRAW_DELAY.as_secs() + bird::STOP_TIMEOUT.as_secs() + 5,
+);
 
 /// The lab; dropping it ends its processes and removes its namespaces.
 pub struct BgpLab {
@@ -418,7 +429,8 @@ impl BgpLab {
             }
         }
         text.push_str(&format!(
-            "\n[bgp]\nlocal_as = {NODE_AS}\nhold_time = \"9s\"\nwithdraw_delay = \"2s\"\n\n  [[bgp.peer]]\n  address = \"{ROUTER_ADDR}\"\n  remote_as = {ROUTER_AS}\n"
+            "\n[bgp]\nlocal_as = {NODE_AS}\nhold_time = \"9s\"\nwithdraw_delay = \"{}ms\"\n\n  [[bgp.peer]]\n  address = \"{ROUTER_ADDR}\"\n  remote_as = {ROUTER_AS}\n",
+            WITHDRAW_DELAY.as_millis()
         ));
         text
     }
@@ -459,10 +471,11 @@ impl BgpLab {
         false
     }
 
-    /// Stops node `i`'s agent (SIGTERM, then waits; SIGKILL after 5 s).
+    /// Stops node `i`'s agent (SIGTERM, then waits; SIGKILL after
+    /// [`AGENT_STOP_LIMIT`]).
     pub fn stop_node(&mut self, i: usize) {
         if let Some(mut agent) = self.agents[i].take() {
-            agent.stop();
+            agent.stop_within(AGENT_STOP_LIMIT);
         }
     }
 
@@ -554,15 +567,19 @@ impl BgpLab {
     }
 
     /// The pid of the BIRD node `i`'s agent runs, from its pid file, if
-    /// that process is a `bird`.
+    /// that process is alive and is that BIRD ([`bird::is_ours`]).
     pub fn node_bird_pid(&self, i: usize) -> Option<u32> {
         let pid: u32 = fs::read_to_string(self.bird_paths(i).pid_file())
             .ok()?
             .trim()
             .parse()
             .ok()?;
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        (comm.trim() == "bird").then_some(pid)
+        self.node_bird_alive(i, pid).then_some(pid)
+    }
+
+    /// Whether `pid` is alive and is the BIRD of node `i`'s agent.
+    pub fn node_bird_alive(&self, i: usize, pid: u32) -> bool {
+        bird::is_ours(pid, &self.bird_paths(i))
     }
 
     /// Stops every process (agents first), the BIRDs the agents left, and
@@ -573,11 +590,19 @@ impl BgpLab {
         }
         for (i, (node, _)) in NODES.iter().enumerate() {
             if let Some(pid) = self.node_bird_pid(i) {
-                // SAFETY: the BIRD this lab's agent started, by its pid.
-                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while Instant::now() < deadline && self.node_bird_pid(i).is_some() {
-                    thread::sleep(Duration::from_millis(20));
+                // SIGTERM, up to 5 s, then SIGKILL (and up to 2 s more),
+                // each only while the pid is still that BIRD.
+                for (signal, limit) in [(libc::SIGTERM, 5), (libc::SIGKILL, 2)] {
+                    if !self.node_bird_alive(i, pid) {
+                        break;
+                    }
+                    // SAFETY: the BIRD this lab's agent started, checked
+                    // just before to be it.
+                    unsafe { libc::kill(pid as i32, signal) };
+                    let deadline = Instant::now() + Duration::from_secs(limit);
+                    while Instant::now() < deadline && self.node_bird_alive(i, pid) {
+                        thread::sleep(Duration::from_millis(20));
+                    }
                 }
             }
             let _ = fs::remove_dir_all(self.bird_paths(i).dir());

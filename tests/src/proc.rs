@@ -60,12 +60,18 @@ impl Proc {
 
     /// SIGTERM, up to 5 s to exit, then SIGKILL.
     pub fn stop(&mut self) {
+        self.stop_within(Duration::from_secs(5));
+    }
+
+    /// SIGTERM, up to `limit` to exit (a program whose normal stop takes
+    /// longer than 5 s), then SIGKILL.
+    pub fn stop_within(&mut self, limit: Duration) {
         if self.exited() {
             return;
         }
         // SAFETY: signalling our own child by its pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if self.exited() {
                 return;

@@ -2,7 +2,8 @@
 //! with ECMP peers with two nodes running `lb run`. In one lab, in order:
 //!
 //! 1. the router learns each VIP address from both nodes (two next hops in
-//!    its kernel table) within 30 s;
+//!    its kernel table) within 30 s; a reload with a `[bgp]` that cannot
+//!    work is refused whole, BIRD and the announcements kept;
 //! 2. when the only backend of the only VIP on an address fails, both
 //!    nodes withdraw that address within fall x interval + 3 s while the
 //!    other address stays; it is announced again within rise x interval +
@@ -15,12 +16,15 @@
 //! The times are printed (run with --nocapture to see them).
 
 use std::{
-    thread,
+    fs, thread,
     time::{Duration, Instant},
 };
 
 use lb_tests::{
-    bgp_lab::{BgpLab, CHECK_INTERVAL, FALL, NODES, RISE, SOLO_VIP},
+    bgp_lab::{
+        AGENT_STOP_LIMIT, BgpLab, CHECK_INTERVAL, FALL, NODES, RISE, ROUTER_AS, SOLO_VIP,
+        WITHDRAW_DELAY,
+    },
     flows::LongLived,
     lab::{ROUTER_ADDR, VIP},
 };
@@ -121,6 +125,69 @@ fn nodes_announce_vips_health_aware_and_leave_without_breaking_connections() {
         table.contains("BGP: BIRD running") && table.contains("Established"),
         "{table}"
     );
+
+    // 1b. A reload with a [bgp] that cannot work (a link-local peer: no
+    // interface to reach it) is refused whole; BIRD, its session and the
+    // announcements stay.
+    let session_before = lab
+        .router_session_since(NODES[0].0)
+        .expect("router session");
+    let bird_before = lab.node_bird_pid(0).expect("lb1's BIRD");
+    let good = lab.config_text();
+    fs::write(
+        lab.config_path(0),
+        format!("{good}\n  [[bgp.peer]]\n  address = \"fe80::1\"\n  remote_as = {ROUTER_AS}\n"),
+    )
+    .expect("config written");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut reloads = serde_json::Value::Null;
+    let mut kept = true;
+    while Instant::now() < deadline {
+        for vip in [VIP, SOLO_VIP] {
+            kept &= lab.next_hops(vip).len() == 2;
+        }
+        reloads = lab.status(0).unwrap_or_default()["reloads"].clone();
+        if reloads["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("fe80::1"))
+        {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(reloads["rejected"].as_u64() >= Some(1), "{reloads}");
+    assert!(
+        reloads["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("fe80::1 is an IPv6 link-local address")),
+        "{reloads}"
+    );
+    // The announcements and the session stay (BIRD reads every second).
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        for vip in [VIP, SOLO_VIP] {
+            kept &= lab.next_hops(vip).len() == 2;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(kept, "both VIP addresses kept both next hops");
+    assert_eq!(
+        lab.node_bird_pid(0),
+        Some(bird_before),
+        "the same BIRD runs"
+    );
+    assert_eq!(
+        lab.router_session_since(NODES[0].0),
+        Some(session_before),
+        "the router's session with lb1 never went down"
+    );
+    let peers = lab.status(0).unwrap_or_default()["bgp"]["peers"].clone();
+    assert_eq!(peers.as_array().map(Vec::len), Some(1), "{peers}");
+    fs::write(lab.config_path(0), &good).expect("config restored");
+    figures.push(format!(
+        "bad [bgp] reload: refused ({}); BIRD pid {bird_before}, the session and both next hops kept",
+        reloads["last_error"].as_str().unwrap_or_default()
+    ));
 
     // 2. Withdraw on health, announce on recovery.
     let fall_limit = CHECK_INTERVAL * FALL + Duration::from_secs(3);
@@ -255,6 +322,7 @@ fn nodes_announce_vips_health_aware_and_leave_without_breaking_connections() {
         carried.iter().all(|&p| p > 0),
         "the connections are spread over both nodes (ECMP): echo packets per node {carried:?}"
     );
+    let bird_lb1 = lab.node_bird_pid(0).expect("lb1's BIRD");
     let stop = Instant::now();
     lab.signal_node(0);
     let gone = lab
@@ -265,11 +333,30 @@ fn nodes_announce_vips_health_aware_and_leave_without_breaking_connections() {
                 lab.next_hops(VIP)
             )
         });
-    assert!(lab.wait_node_exit(0, Duration::from_secs(10)), "lb1 exits");
+    assert!(lab.wait_node_exit(0, AGENT_STOP_LIMIT), "lb1 exits");
     let exited = stop.elapsed();
     assert!(
-        exited >= Duration::from_secs(2),
-        "lb1 kept forwarding for withdraw_delay (2 s) before detaching: exited after {exited:?}"
+        exited >= WITHDRAW_DELAY,
+        "lb1 kept forwarding for withdraw_delay ({WITHDRAW_DELAY:?}) before detaching: exited after {exited:?}"
+    );
+    // The withdraw came first, before the agent stopped serving (its
+    // counters are logged once the health checks and next-hop cache end).
+    let log = lab.node_log(0);
+    let withdrew = log.find("withdrew every VIP address");
+    let served = log.find("counters (packets)");
+    assert!(
+        withdrew.is_some() && served.is_some() && withdrew < served,
+        "lb1 withdrew before it stopped serving; log:\n{log}"
+    );
+    // Its BIRD went with it (a stop without --keep-attached), files too.
+    assert!(
+        !lab.node_bird_alive(0, bird_lb1),
+        "lb1's BIRD (pid {bird_lb1}) still runs after the agent's stop"
+    );
+    assert!(
+        !lab.bird_paths(0).dir().exists(),
+        "{} left behind",
+        lab.bird_paths(0).dir().display()
     );
     assert_eq!(lab.next_hops(SOLO_VIP), [NODES[1].1.to_string()].into());
     let exchanged = flows.exchanges();
@@ -282,9 +369,10 @@ fn nodes_announce_vips_health_aware_and_leave_without_breaking_connections() {
     let survivors = flows.survivors();
     let failures = flows.failures();
     figures.push(format!(
-        "withdraw on stop: lb1's next hop gone {:.2} s after SIGTERM; lb1 exited after {:.2} s (withdraw_delay 2 s)",
+        "withdraw on stop: lb1's next hop gone {:.2} s after SIGTERM; lb1 exited after {:.2} s (withdraw_delay {:?}), its BIRD (pid {bird_lb1}) gone",
         gone.as_secs_f64(),
-        exited.as_secs_f64()
+        exited.as_secs_f64(),
+        WITHDRAW_DELAY
     ));
     figures.push(format!(
         "survivors: {survivors}/{CONNECTIONS} long-lived connections (echo packets per node before the stop: lb1 {}, lb2 {}); failures {failures:?}",

@@ -350,7 +350,9 @@ pub async fn run(
     }
     let _lock = InstanceLock::take(&iface)?;
     let source = encap_source(&config, &iface)?;
-    crate::bgp::wanted(&config, source.v4, &[]).map_err(AgentError::Bgp)?;
+    crate::bgp::check(&config, source.v4, &iface)
+        .await
+        .map_err(AgentError::Bgp)?;
     if netif::enable_ipv4_forwarding(&iface)
         .map_err(io_err("enable forwarding on", iface.clone()))?
     {
@@ -409,8 +411,8 @@ pub async fn run(
         bgp,
         ..
     } = agent;
-    // Announcements go first (withdraw, then forward for withdraw_delay),
-    // the data plane after.
+    // The announcements were withdrawn when the shutdown came (in serve);
+    // forward until withdraw_delay has passed, stop BIRD, then detach.
     bgp.shutdown(options.keep_attached).await;
     let DataPlane {
         balancer,
@@ -519,7 +521,7 @@ impl Agent {
                 }
                 Some((why, loaded)) = read_rx.recv() => {
                     reading = false;
-                    self.reload(&why, loaded, &mut checkers, &tx);
+                    self.reload(&why, loaded, &mut checkers, &tx).await;
                     crate::systemd::ready(&self.status_line());
                     let now = self.plane.balancer.next_hop_targets();
                     targets_tx.send_if_modified(|targets| {
@@ -531,6 +533,11 @@ impl Agent {
             }
         }
         crate::systemd::stopping();
+        // SPEC 9: the withdraw goes first, while the health checks and the
+        // next-hop cache still run; withdraw_delay counts from here.
+        if !self.options.keep_attached {
+            self.bgp.withdraw().await;
+        }
         checkers.stop();
         // Closing the targets ends the next-hop task, which empties the
         // cache: no stale next hop outlives the agent that kept it.
@@ -655,7 +662,7 @@ impl Agent {
 
     /// Applies a configuration read for a reload, as a difference; a
     /// configuration with any error is rejected whole and nothing changes.
-    fn reload(
+    async fn reload(
         &mut self,
         why: &str,
         loaded: Result<Loaded, String>,
@@ -672,7 +679,11 @@ impl Agent {
                 .map(|v| v.backends.len())
                 .sum::<usize>(),
         );
-        match loaded.and_then(|loaded| self.try_reload(&path, loaded)) {
+        let result = match loaded {
+            Ok(loaded) => self.try_reload(&path, loaded).await,
+            Err(e) => Err(e),
+        };
+        match result {
             Ok(None) => {
                 self.shared.record_reload(Ok(()));
                 info!(
@@ -705,7 +716,7 @@ impl Agent {
         }
     }
 
-    fn try_reload(&mut self, path: &Path, loaded: Loaded) -> Result<Option<Changes>, String> {
+    async fn try_reload(&mut self, path: &Path, loaded: Loaded) -> Result<Option<Changes>, String> {
         for warning in &loaded.warnings {
             warn!("{}: warning: {warning}", path.display());
         }
@@ -726,7 +737,9 @@ impl Agent {
             return Err(change);
         }
         let source = encap_source(&new, &self.iface).map_err(|e| e.to_string())?;
-        crate::bgp::wanted(&new, source.v4, &[])?;
+        // Checked before anything changes: BIRD refusing it rejects the
+        // whole configuration.
+        crate::bgp::check(&new, source.v4, &self.iface).await?;
         let changes = self
             .plane
             .balancer

@@ -75,7 +75,7 @@ pub(super) fn metrics(e: &mut DescriptorEncoder, s: &BgpStatus) -> Result<(), st
     gauges(
         e,
         "lb_bgp_announced",
-        "1 while the VIP address is announced (held by BIRD for its peers).",
+        "1 while the VIP address is announced: held by BIRD, and a session with a peer of its family established.",
         &s.addresses
             .iter()
             .map(|a| (vec![("address", a.address.clone())], i64::from(a.announced)))

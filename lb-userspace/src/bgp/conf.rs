@@ -1,12 +1,14 @@
 //! BIRD 2's configuration for one node, as text: the announced VIP
 //! addresses as `protocol static` blackhole routes (never exported to the
-//! node's kernel: there is no `protocol kernel`), exported to every peer
-//! with `next hop self`, nothing imported.
+//! node's kernel: there is no `protocol kernel`), each family exported only
+//! to the peers of that family (an IPv4 peer gets the /32s, an IPv6 peer
+//! the /128s) with `next hop self`, nothing imported.
 //!
 //! Only the static routes change with health, so `birdc configure` keeps
 //! every session up (BIRD restarts a protocol only when its own options
-//! change). Both channels (IPv4 and IPv6) are always present for the same
-//! reason: adding one later would restart the session.
+//! change). Both static protocols are always present, and a peer's one
+//! channel depends only on its address (which names its protocol), for the
+//! same reason.
 
 use std::{
     fmt::Write as _,
@@ -48,7 +50,8 @@ pub fn protocol_name(peer: &BgpPeer) -> String {
 }
 
 /// The configuration announcing `addresses` (each as /32 or /128) with
-/// `settings`; `interface` names the agent in a comment.
+/// `settings`, each address to the peers of its family; `interface` names
+/// the agent in a comment.
 pub fn render(settings: &Settings, addresses: &[IpAddr], interface: &str) -> String {
     let bgp = &settings.bgp;
     let mut out = String::new();
@@ -77,9 +80,14 @@ pub fn render(settings: &Settings, addresses: &[IpAddr], interface: &str) -> Str
         let _ = writeln!(out, "}}");
     }
     for peer in &bgp.peers {
+        let (family, vips) = if peer.address.is_ipv4() {
+            ("ipv4", STATIC_V4)
+        } else {
+            ("ipv6", STATIC_V6)
+        };
         let _ = writeln!(
             out,
-            "protocol bgp {} {{\n  local as {};\n  neighbor {} port {} as {};\n  hold time {};\n  keepalive time {};\n  connect delay time 1;\n  connect retry time {CONNECT_RETRY_SECONDS};\n  error wait time 1, 30;\n  ipv4 {{ import none; export where proto = \"{STATIC_V4}\"; next hop self; }};\n  ipv6 {{ import none; export where proto = \"{STATIC_V6}\"; next hop self; }};\n}}",
+            "protocol bgp {} {{\n  local as {};\n  neighbor {} port {} as {};\n  hold time {};\n  keepalive time {};\n  connect delay time 1;\n  connect retry time {CONNECT_RETRY_SECONDS};\n  error wait time 1, 30;\n  {family} {{ import none; export where proto = \"{vips}\"; next hop self; }};\n}}",
             protocol_name(peer),
             bgp.local_as,
             peer.address,
@@ -123,7 +131,7 @@ mod tests {
     }
 
     #[test]
-    fn announced_addresses_are_static_routes_exported_to_every_peer() {
+    fn announced_addresses_are_static_routes_exported_to_the_peers_of_their_family() {
         let addrs: Vec<IpAddr> = vec!["10.1.0.1".parse().unwrap(), "fd00:1::1".parse().unwrap()];
         let text = render(&settings(), &addrs, "eth0");
         for line in [
@@ -132,10 +140,32 @@ mod tests {
             "protocol static lb_vips6 {\n  ipv6;\n  route fd00:1::1/128 blackhole;\n}",
             "protocol bgp lb_peer_10_77_0_1 {\n  local as 65001;\n  neighbor 10.77.0.1 port 179 as 65000;\n  hold time 9;\n  keepalive time 3;",
             "neighbor fd00::1 port 1179 as 65002;",
-            "ipv4 { import none; export where proto = \"lb_vips4\"; next hop self; };",
         ] {
             assert!(text.contains(line), "{line:?} missing in:\n{text}");
         }
+        // Each peer has the channel of its own family only: an IPv6 route
+        // sent to an IPv4 peer would carry a next hop it cannot use.
+        let peer = |name: &str| {
+            let start = text.find(&format!("protocol bgp {name} {{")).expect(name);
+            let end = start + text[start..].find("\n}").expect("end");
+            text[start..end].to_string()
+        };
+        let v4 = peer("lb_peer_10_77_0_1");
+        assert!(
+            v4.contains(
+                "  ipv4 { import none; export where proto = \"lb_vips4\"; next hop self; };"
+            ),
+            "{v4}"
+        );
+        assert!(!v4.contains("ipv6") && !v4.contains("lb_vips6"), "{v4}");
+        let v6 = peer("lb_peer_fd00__1");
+        assert!(
+            v6.contains(
+                "  ipv6 { import none; export where proto = \"lb_vips6\"; next hop self; };"
+            ),
+            "{v6}"
+        );
+        assert!(!v6.contains("ipv4") && !v6.contains("lb_vips4"), "{v6}");
         assert!(
             !text.contains("protocol kernel"),
             "nothing in the node's kernel"

@@ -5,12 +5,16 @@
 //!   balancer's health and weights);
 //! - [`conf`]: BIRD's configuration for them;
 //! - [`paths`]: BIRD's files, per network namespace and interface;
-//! - [`bird`]: the BIRD process (start in its own session, adopt, stop);
+//! - [`bird`]: the BIRD process (start in its own session, adopt, stop)
+//!   and `bird -p` (a configuration checked before it is taken);
 //! - [`birdc`], [`parse`]: commands to BIRD and reading its answers;
 //! - [`speaker`]: the task tying them together;
 //! - [`status`]: what `/status`, `lb status` and `/metrics` show.
 
-use std::net::Ipv4Addr;
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+};
 
 pub mod bird;
 pub mod birdc;
@@ -49,4 +53,29 @@ pub fn wanted(config: &Config, source_v4: Ipv4Addr, vips: &[VipState]) -> Result
         }),
         decisions: rule::decide(&rule::VipHealth::of(vips)),
     })
+}
+
+/// Checks that BIRD accepts the configuration `config` gives it on `iface`
+/// (every VIP address announced), with `bird -p` on a file beside the
+/// running one ([`bird::check_config`]); nothing when `config` has no
+/// `[bgp]`. The agent runs it at start and before it accepts a reload.
+///
+/// # Errors
+/// As [`wanted`]; BIRD's message when it refuses the configuration, or
+/// why `bird -p` could not run.
+pub async fn check(config: &Config, source_v4: Ipv4Addr, iface: &str) -> Result<(), String> {
+    let Some(settings) = wanted(config, source_v4, &[])?.settings else {
+        return Ok(());
+    };
+    let addresses: Vec<IpAddr> = config
+        .vips
+        .iter()
+        .map(|v| v.address)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let text = conf::render(&settings, &addresses, iface);
+    bird::check_config(&paths::BirdPaths::of(iface), &text)
+        .await
+        .map_err(|e| format!("[bgp]: BIRD refuses the configuration made from it: {e}"))
 }

@@ -22,7 +22,7 @@ use log::{error, info, warn};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
-    bird::{Bird, write_config},
+    bird::{Bird, Found, write_config},
     birdc::birdc,
     conf::{self, Settings, protocol_name},
     parse,
@@ -62,6 +62,8 @@ pub struct Speaker {
     wanted: watch::Sender<Wanted>,
     commands: mpsc::Sender<Command>,
     task: tokio::task::JoinHandle<()>,
+    /// Set by [`Speaker::withdraw`]: the end of `bgp.withdraw_delay`.
+    forward_until: Option<tokio::time::Instant>,
 }
 
 impl Speaker {
@@ -88,6 +90,7 @@ impl Speaker {
             wanted: wanted_tx,
             commands,
             task: tokio::spawn(task.run(wanted_rx, commands_rx)),
+            forward_until: None,
         }
     }
 
@@ -100,49 +103,65 @@ impl Speaker {
         });
     }
 
-    /// The agent's stop. With `keep_attached`, BIRD and its announcements
-    /// stay as they are (the next agent adopts them). Otherwise every
-    /// announcement is withdrawn, the data plane keeps forwarding for
-    /// `bgp.withdraw_delay` while the routers move flows away, then BIRD
-    /// is stopped (its sessions close).
-    pub async fn shutdown(self, keep_attached: bool) {
-        let delay = self
+    /// The first step of the agent's stop without `--keep-attached`
+    /// (SPEC 9), taken as soon as the signal arrives: withdraws every
+    /// announcement (sessions stay up) and starts the `bgp.withdraw_delay`
+    /// during which the data plane keeps forwarding while the routers move
+    /// flows away. Does nothing without `[bgp]` or when done already.
+    pub async fn withdraw(&mut self) {
+        if self.forward_until.is_some() {
+            return;
+        }
+        let Some(delay) = self
             .wanted
             .borrow()
             .settings
             .as_ref()
-            .map(|s| s.bgp.withdraw_delay);
+            .map(|s| s.bgp.withdraw_delay)
+        else {
+            return;
+        };
+        let (tx, rx) = oneshot::channel();
+        let withdrawn = match self.commands.send(Command::Withdraw(tx)).await {
+            Ok(()) => rx
+                .await
+                .unwrap_or_else(|_| Err("speaker task ended".into())),
+            Err(_) => Err("speaker task ended".into()),
+        };
+        self.forward_until = Some(tokio::time::Instant::now() + delay);
+        match withdrawn {
+            Ok(n) => info!(
+                "withdrew every VIP address ({n} were announced); forwarding for {} (bgp.withdraw_delay) before detaching",
+                humantime::format_duration(delay)
+            ),
+            Err(e) => warn!(
+                "withdrawing the VIP addresses failed ({e}); stopping BIRD after {} closes the sessions instead",
+                humantime::format_duration(delay)
+            ),
+        }
+    }
+
+    /// The agent's stop. With `keep_attached`, BIRD and its announcements
+    /// stay as they are (the next agent adopts them). Otherwise every
+    /// announcement is withdrawn ([`Speaker::withdraw`], if not done
+    /// already), the data plane keeps forwarding until `bgp.withdraw_delay`
+    /// after the withdraw, then BIRD is stopped (its sessions close).
+    pub async fn shutdown(mut self, keep_attached: bool) {
         if keep_attached {
             let (tx, rx) = oneshot::channel();
             if self.commands.send(Command::Leave(tx)).await.is_ok() {
                 let _ = rx.await;
             }
-            if delay.is_some() {
+            if self.wanted.borrow().settings.is_some() {
                 info!(
                     "--keep-attached: BIRD keeps running with its announcements; the next `lb run` adopts it"
                 );
             }
             return;
         }
-        if let Some(delay) = delay {
-            let (tx, rx) = oneshot::channel();
-            let withdrawn = match self.commands.send(Command::Withdraw(tx)).await {
-                Ok(()) => rx
-                    .await
-                    .unwrap_or_else(|_| Err("speaker task ended".into())),
-                Err(_) => Err("speaker task ended".into()),
-            };
-            match withdrawn {
-                Ok(n) => info!(
-                    "withdrew every VIP address ({n} were announced); forwarding for {} (bgp.withdraw_delay) before detaching",
-                    humantime::format_duration(delay)
-                ),
-                Err(e) => warn!(
-                    "withdrawing the VIP addresses failed ({e}); stopping BIRD after {} closes the sessions instead",
-                    humantime::format_duration(delay)
-                ),
-            }
-            tokio::time::sleep(delay).await;
+        self.withdraw().await;
+        if let Some(until) = self.forward_until {
+            tokio::time::sleep_until(until).await;
         }
         let (tx, rx) = oneshot::channel();
         if self.commands.send(Command::Stop(tx)).await.is_ok()
@@ -152,6 +171,42 @@ impl Speaker {
         }
         let _ = self.task.await;
     }
+}
+
+/// What `/status` shows of each address of `decisions`, given the
+/// addresses BIRD holds (`None`: not all could be read), whether a session
+/// with an IPv4 and with an IPv6 peer is established (`[v4, v6]`), and
+/// whether the agent withdrew everything for its stop. An address is
+/// announced when BIRD holds it and a session of its family is up.
+fn address_status(
+    decisions: &[Decision],
+    held: Option<&BTreeSet<IpAddr>>,
+    [up_v4, up_v6]: [bool; 2],
+    withdrawn: bool,
+) -> Vec<AddressStatus> {
+    decisions
+        .iter()
+        .map(|d| {
+            let held = held.is_some_and(|h| h.contains(&d.address));
+            let session = if d.address.is_ipv4() { up_v4 } else { up_v6 };
+            AddressStatus {
+                address: d.address.to_string(),
+                wanted: d.announce && !withdrawn,
+                announced: held && session,
+                reason: if withdrawn {
+                    "withdrawn: the agent is stopping".into()
+                } else if held && !session {
+                    format!(
+                        "{}; no session with an {} peer is established",
+                        d.reason,
+                        if d.address.is_ipv4() { "IPv4" } else { "IPv6" }
+                    )
+                } else {
+                    d.reason.clone()
+                },
+            }
+        })
+        .collect()
 }
 
 struct Task {
@@ -177,21 +232,37 @@ impl Task {
         mut commands: mpsc::Receiver<Command>,
     ) {
         let current = wanted.borrow_and_update().clone();
-        if current.settings.is_some() {
-            self.bird = Bird::find(&self.paths).await;
-            if let Some(bird) = &self.bird {
+        match (Bird::find(&self.paths).await, current.settings.is_some()) {
+            (Some(Found::Answering(bird)), true) => {
                 info!(
                     "adopted BIRD (pid {}) running for {}: its sessions and announcements are kept, its configuration brought up to date",
                     bird.pid, self.iface
                 );
+                self.bird = Some(bird);
             }
-        } else if let Some(bird) = Bird::find(&self.paths).await {
-            info!(
-                "no [bgp] in the configuration: stopping the BIRD (pid {}) an earlier agent left running (its sessions close)",
-                bird.pid
-            );
-            bird.stop().await;
-            let _ = std::fs::remove_dir_all(self.paths.dir());
+            (Some(Found::Silent(bird)), _) => {
+                let pid = bird.pid;
+                warn!(
+                    "the BIRD (pid {pid}) an earlier agent left for {} runs but did not answer on {} within {:?}: stopping it before starting another (two would both announce)",
+                    self.iface,
+                    self.paths.socket().display(),
+                    super::bird::START_TIMEOUT
+                );
+                let how = bird.stop().await;
+                info!("BIRD (pid {pid}) {how}");
+                if current.settings.is_none() {
+                    let _ = std::fs::remove_dir_all(self.paths.dir());
+                }
+            }
+            (Some(Found::Answering(bird)), false) => {
+                info!(
+                    "no [bgp] in the configuration: stopping the BIRD (pid {}) an earlier agent left running (its sessions close)",
+                    bird.pid
+                );
+                bird.stop().await;
+                let _ = std::fs::remove_dir_all(self.paths.dir());
+            }
+            (None, _) => {}
         }
         self.reconcile(&current).await;
         let mut tick = tokio::time::interval(POLL_INTERVAL);
@@ -403,11 +474,12 @@ impl Task {
             self.publish(wanted);
             return;
         };
-        self.status.speaker = "running".into();
         self.status.pid = Some(bird.pid);
         let socket = self.paths.socket();
         let sessions = match birdc(&socket, &["show", "protocols", "all"]).await {
             Ok(text) => {
+                // Running: it answered.
+                self.status.speaker = "running".into();
                 let p = parse::protocols(&text);
                 if p.unreadable > 0 {
                     self.record_error(format!(
@@ -418,6 +490,7 @@ impl Task {
                 Some(p.items)
             }
             Err(e) => {
+                self.status.speaker = "not answering".into();
                 self.record_error(e.to_string());
                 None
             }
@@ -465,6 +538,15 @@ impl Task {
                 state,
             });
         }
+        let up = |v4: bool| {
+            settings
+                .bgp
+                .peers
+                .iter()
+                .zip(&peers)
+                .any(|(peer, status)| peer.address.is_ipv4() == v4 && status.established())
+        };
+        let (up_v4, up_v6) = (up(true), up(false));
         self.status.peers = peers;
         let mut held = BTreeSet::new();
         let mut read_all = true;
@@ -486,20 +568,9 @@ impl Task {
                 }
             }
         }
-        self.status.addresses = wanted
-            .decisions
-            .iter()
-            .map(|d| AddressStatus {
-                address: d.address.to_string(),
-                wanted: d.announce && !self.withdrawn,
-                announced: read_all && held.contains(&d.address),
-                reason: if self.withdrawn {
-                    "withdrawn: the agent is stopping".into()
-                } else {
-                    d.reason.clone()
-                },
-            })
-            .collect();
+        let held = read_all.then_some(&held);
+        self.status.addresses =
+            address_status(&wanted.decisions, held, [up_v4, up_v6], self.withdrawn);
         self.shared.set_bgp(Some(self.status.clone()));
     }
 
@@ -521,5 +592,56 @@ impl Task {
             })
             .collect();
         self.shared.set_bgp(Some(self.status.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_is_announced_only_while_bird_holds_it_and_a_session_of_its_family_is_up() {
+        let decision = |address: &str, announce| Decision {
+            address: address.parse().expect("address"),
+            announce,
+            reason: "web: 1 of 1 backends usable".into(),
+        };
+        let decisions = [
+            decision("10.1.0.1", true),
+            decision("fd00:1::1", true),
+            decision("10.1.0.2", false),
+        ];
+        let held: BTreeSet<IpAddr> = ["10.1.0.1", "fd00:1::1"]
+            .iter()
+            .map(|a| a.parse().expect("address"))
+            .collect();
+        let announced = |held, up, withdrawn| -> Vec<bool> {
+            address_status(&decisions, held, up, withdrawn)
+                .iter()
+                .map(|a| a.announced)
+                .collect()
+        };
+        assert_eq!(
+            announced(Some(&held), [true, true], false),
+            [true, true, false]
+        );
+        // Only an IPv4 session: the IPv6 address reaches no one.
+        assert_eq!(
+            announced(Some(&held), [true, false], false),
+            [true, false, false]
+        );
+        let s = address_status(&decisions, Some(&held), [true, false], false);
+        assert!(
+            s[1].wanted
+                && s[1]
+                    .reason
+                    .ends_with("no session with an IPv6 peer is established")
+        );
+        // No session up, or BIRD's routes unread: nothing is announced.
+        assert_eq!(announced(Some(&held), [false, false], false), [false; 3]);
+        assert_eq!(announced(None, [true, true], false), [false; 3]);
+        let stopping = address_status(&decisions, Some(&held), [true, true], true);
+        assert!(stopping.iter().all(|a| !a.wanted));
+        assert_eq!(stopping[0].reason, "withdrawn: the agent is stopping");
     }
 }

@@ -7,8 +7,10 @@ use serde::{Deserialize, Serialize};
 /// The BGP part of `/status`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct BgpStatus {
-    /// `running`, `starting`, `stopped` or `down` (not running; see
-    /// `last_error`).
+    /// `starting` (no answer from BIRD yet), `running` (its last `show
+    /// protocols` answered), `not answering` (BIRD runs but its last
+    /// command failed), `down` (not running; see `last_error`) or
+    /// `stopped`.
     pub speaker: String,
     /// BIRD's pid while it runs.
     pub pid: Option<u32>,
@@ -57,7 +59,8 @@ pub struct AddressStatus {
     pub address: String,
     /// Whether the announcement rule wants it announced.
     pub wanted: bool,
-    /// Whether BIRD holds it to announce (read back from BIRD).
+    /// Whether it is announced: BIRD holds it (read back from BIRD) and a
+    /// session with a peer of its family is established.
     pub announced: bool,
     /// The rule's reason, per VIP on the address.
     pub reason: String,

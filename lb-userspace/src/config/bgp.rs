@@ -158,6 +158,13 @@ impl Validator {
                 || matches!(a, IpAddr::V4(v4) if v4.is_broadcast());
             if unusable {
                 self.error(format!("{key}.address"), format!("{a} cannot be a peer"));
+            } else if matches!(a, IpAddr::V6(v6) if v6.is_unicast_link_local()) {
+                self.error(
+                    format!("{key}.address"),
+                    format!(
+                        "{a} is an IPv6 link-local address, which needs an interface to reach: give the router's global or unique local address"
+                    ),
+                );
             } else if !seen.insert(a) {
                 self.error(format!("{key}.address"), format!("{a} is listed twice"));
             }

@@ -232,6 +232,13 @@ fn peers_are_checked() {
         "bgp.peer[0].address: 127.0.0.1 cannot be a peer",
     );
     rejects(
+        &with_bgp(&format!(
+            "local_as = 65001\n{}",
+            PEER.replace("10.10.0.1", "fe80::1")
+        )),
+        "bgp.peer[0].address: fe80::1 is an IPv6 link-local address, which needs an interface to reach: give the router's global or unique local address",
+    );
+    rejects(
         &with_bgp(&format!("local_as = 65001\n{PEER}port = 0\n")),
         "bgp.peer[0].port: 0 is out of range (1 to 65535)",
     );

@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use lb_common::ConnEvent;
 use lb_tests::{
-    bgp_lab::{BgpLab, NODES},
+    bgp_lab::{AGENT_STOP_LIMIT, BgpLab, NODES},
     lab::{BACKENDS, VIP},
 };
 use lb_userspace::dataplane::stats::StatsReader;
@@ -104,7 +104,7 @@ fn main() -> anyhow::Result<()> {
             None => println!("lb1 got SIGTERM: its route was NOT withdrawn within 5 s"),
         }
     });
-    let exited = lab.wait_node_exit(0, Duration::from_secs(10));
+    let exited = lab.wait_node_exit(0, AGENT_STOP_LIMIT);
     let lb2 = new_flows(&lab, 1).unwrap_or(0).saturating_sub(base[1]);
     let lb1 = last_lb1
         .into_inner()
