@@ -479,6 +479,41 @@ impl BgpLab {
         }
     }
 
+    /// Runs `lb ARGS` in node `i`'s namespace to its end (bounded by
+    /// `limit`): its exit status and output (stdout then stderr).
+    ///
+    /// # Errors
+    /// It cannot be started, or does not end within `limit` (then killed).
+    pub fn run_lb(
+        &self,
+        i: usize,
+        args: &[&str],
+        limit: Duration,
+    ) -> anyhow::Result<(bool, String)> {
+        let mut child = self
+            .ns(NODES[i].0)
+            .command(&self.lb_bin.display().to_string())
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let deadline = Instant::now() + limit;
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!("lb {args:?} did not end within {limit:?}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        ))
+    }
+
     /// Node `i`'s agent log.
     pub fn node_log(&self, i: usize) -> String {
         fs::read_to_string(self.dir.join(format!("agent-{}.log", NODES[i].0))).unwrap_or_default()

@@ -378,6 +378,41 @@ fn nodes_announce_vips_health_aware_and_leave_without_breaking_connections() {
         "survivors: {survivors}/{CONNECTIONS} long-lived connections (echo packets per node before the stop: lb1 {}, lb2 {}); failures {failures:?}",
         carried[0], carried[1]
     ));
+
+    // 5. Stopping for good under systemd (`lb run --keep-attached`, then
+    // `lb detach`): the agent's SIGTERM leaves BIRD and the route; detach
+    // stops BIRD (the router withdraws at once), forwards for
+    // withdraw_delay, then removes the pins.
+    let bird_lb2 = lab.node_bird_pid(1).expect("lb2's BIRD");
+    lab.stop_node(1);
+    assert!(
+        lab.node_bird_alive(1, bird_lb2),
+        "an agent run with --keep-attached leaves its BIRD"
+    );
+    assert_eq!(lab.next_hops(VIP), [NODES[1].1.to_string()].into());
+    let config = lab.config_path(1).display().to_string();
+    let detach = Instant::now();
+    let (ok, out) = lab
+        .run_lb(1, &["detach", "--config", &config], AGENT_STOP_LIMIT)
+        .expect("lb detach runs");
+    let detached = detach.elapsed();
+    assert!(ok, "lb detach: {out}");
+    assert!(
+        lab.next_hops(VIP).is_empty(),
+        "lb2's route withdrawn by lb detach: {:?}",
+        lab.next_hops(VIP)
+    );
+    assert!(!lab.node_bird_alive(1, bird_lb2), "lb detach stopped BIRD");
+    assert!(!lab.bird_paths(1).dir().exists(), "BIRD's files removed");
+    assert!(!lab.pin_dir(1).exists(), "the data plane detached");
+    assert!(
+        detached >= WITHDRAW_DELAY,
+        "lb detach forwarded for withdraw_delay before detaching: {detached:?}"
+    );
+    figures.push(format!(
+        "lb detach after a --keep-attached stop: BIRD (pid {bird_lb2}) stopped, lb2's route gone, pins removed, in {:.2} s (withdraw_delay {WITHDRAW_DELAY:?})",
+        detached.as_secs_f64()
+    ));
     println!("\nBGP figures:");
     for f in &figures {
         println!("  {f}");
