@@ -6,8 +6,9 @@ use std::path::Path;
 
 use crate::{as_root, lb_binary, status};
 
-/// Runs `target/debug/lb-demo-ha` as root with `LB_BIN` set; the caller
-/// has set up and built.
-pub fn run(root: &Path) -> anyhow::Result<()> {
-    status(as_root(&root.join("target/debug/lb-demo-ha"))?.env("LB_BIN", lb_binary(root)))
+/// Runs `lb-demo-ha` from cargo's target directory `target` (see
+/// [`crate::target`]) as root with `LB_BIN` set; the caller has set up and
+/// built.
+pub fn run(target: &Path) -> anyhow::Result<()> {
+    status(as_root(&target.join("debug/lb-demo-ha"))?.env("LB_BIN", lb_binary(target)))
 }

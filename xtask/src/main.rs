@@ -117,7 +117,7 @@ fn main() -> anyhow::Result<()> {
         Task::Demo { ha: true } => {
             setup()?;
             build(&root)?;
-            demo_ha::run(&root)
+            demo_ha::run(&target)
         }
         Task::Demo { ha: false } => {
             setup()?;
