@@ -165,13 +165,19 @@ impl VipKey {
 }
 
 /// Flags of every VIP by id: array of `u32`, [`MAX_VIPS`] entries: the
-/// VIP's [`VipValue::flags`] with [`VIP_LIVE`] while the id is in use, 0
-/// when it is free. An established flow reaches its VIP through its
-/// backend's [`Backend::vip_id`] and this array (an inlined array read)
-/// instead of the [`MAP_VIPS`] hash lookup.
+/// VIP's [`VipValue::flags`] with [`VIP_LIVE`] while the id is in use (and
+/// [`VIP_SHADOWED`]), 0 when it is free. An established flow reaches its
+/// VIP through its backend's [`Backend::vip_id`] and this array (an
+/// inlined array read) instead of the [`MAP_VIPS`] hash lookup. Written by
+/// the agent after the VIPs of a reload.
 pub const MAP_VIP_FLAGS: &str = "LB_VIP_FLAGS";
 /// In [`MAP_VIP_FLAGS`] only: the VIP id is in use.
 pub const VIP_LIVE: u32 = 1 << 31;
+/// In [`MAP_VIP_FLAGS`] only: a port-0 VIP with a VIP of a given port on
+/// the same address and protocol. Its established flows are looked up by
+/// address, port and protocol like new ones, so the VIP their packets match
+/// (its own `allow` list, its counters) decides, as the VIP lookup would.
+pub const VIP_SHADOWED: u32 = 1 << 30;
 
 /// Value of [`MAP_VIPS`]. 16 bytes.
 #[repr(C)]

@@ -354,8 +354,18 @@ mod tests {
             let expected = prefixes.iter().any(|&p| covers(p, a));
             let in_trie = || prefixes.iter().any(|&p| covers(p, a));
             assert_eq!(allow16_verdict(bits, in_trie), expected, "{a:?}");
-            if !expected {
-                assert!(bits & ALLOW16_WHOLE == 0, "{a:?}");
+            // The bits themselves: "whole" under a prefix of /16 or
+            // shorter, nothing where the /16 holds no prefix, "ask the
+            // trie" only where a longer prefix lies in the /16.
+            let whole = prefixes
+                .iter()
+                .any(|&(p, len)| len <= 16 && covers((p, len), a));
+            let part = prefixes
+                .iter()
+                .any(|&(p, len)| len > 16 && p[0] == a[0] && p[1] == a[1]);
+            assert_eq!(bits & ALLOW16_WHOLE != 0, whole, "{a:?}");
+            if !whole {
+                assert_eq!(bits, if part { ALLOW16_PART } else { 0 }, "{a:?}");
             }
         }
     }

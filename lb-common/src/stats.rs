@@ -74,7 +74,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Number of outcomes: the size of [`crate::MAP_STATS`].
+    /// Number of outcomes: the rows of [`crate::MAP_STATS`].
     pub const COUNT: u32 = 22;
     /// Every outcome, in index order.
     pub const ALL: [Outcome; Self::COUNT as usize] = [

@@ -955,6 +955,49 @@ fn the_source_filter_by_slash16_falls_back_to_the_trie() {
     assert_eq!(fx.run("xdp_lb", &tcp_ack(CLIENT, VIP, 42001, 80)).0, XDP_TX);
 }
 
+/// An established flow of a port-0 VIP meets, after a reload adds a VIP of
+/// its port on the same address and protocol, that VIP's own `allow` list
+/// (as a new flow would): the established path does not bypass the VIP its
+/// packets now match.
+#[test]
+fn a_vip_of_a_port_added_beside_a_port_0_vip_applies_to_its_flows() {
+    if !lb_tests::can_run_as_root("a_vip_of_a_port_added_beside_a_port_0_vip_applies_to_its_flows")
+    {
+        return;
+    }
+    let mut fx = Fixture::new("shadow");
+    // The "unresolved" VIP: 10.20.0.101, every TCP port; its backend has no
+    // neighbour entry, so its packets go to the kernel encapsulated.
+    let ack = tcp_ack(CLIENT, VIP_NO_NEIGH, 40020, 8443);
+    let (first, _) = fx.run("xdp_lb", &ack);
+    assert_eq!(fx.stats.conn(ConnEvent::Miss).packets, 1, "recorded");
+    assert_eq!(fx.run("xdp_lb", &ack).0, first);
+    assert_eq!(fx.stats.conn(ConnEvent::Hit).packets, 1, "established");
+    let with_port = format!(
+        "{CONFIG}[[vip]]\nname = \"tls\"\naddress = \"10.20.0.101\"\nport = 8443\nprotocol = \"tcp\"\nallow = [\"10.20.0.11/32\"]\n  [[vip.backend]]\n  address = \"10.20.0.24\"\n"
+    );
+    let with_port = Config::parse(&with_port, "packet-test")
+        .expect("valid")
+        .config;
+    fx.balancer
+        .apply(
+            &with_port,
+            lb_userspace::balancer::Sources {
+                v4: Ipv4Addr::from(LB_ADDR),
+                v6: std::net::Ipv6Addr::from(LB_V6),
+            },
+        )
+        .expect("reload");
+    assert_eq!(
+        fx.run("xdp_lb", &ack).0,
+        XDP_DROP,
+        "the port's VIP refuses it"
+    );
+    assert_eq!(fx.count(Outcome::DropVipSourceFilter), 1);
+    let tls = fx.balancer.vips()[3].id;
+    assert_eq!(fx.stats.vip_refused(tls).packets, 1, "counted for that VIP");
+}
+
 #[test]
 fn unhealthy_backends_are_skipped_and_no_backend_drops() {
     if !lb_tests::can_run_as_root("unhealthy_backends_are_skipped_and_no_backend_drops") {

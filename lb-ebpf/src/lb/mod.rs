@@ -12,8 +12,8 @@ use core::mem::MaybeUninit;
 use aya_ebpf::{helpers::generated::bpf_redirect, programs::XdpContext};
 use lb_common::{
     AddrKey, Backend, ConnEvent, FAMILY_V6, FlowKey, GLOBAL_F_GUE, GLOBAL_F_READY, Globals,
-    NO_CONN_EVENT, Outcome, VIP_F_OWN_ALLOW, VIP_F_PASS_ON_NO_BACKEND, VIP_LIVE, VipValue,
-    flow_hash, rules::vip_source_allowed, stat_index,
+    NO_CONN_EVENT, Outcome, VIP_F_OWN_ALLOW, VIP_F_PASS_ON_NO_BACKEND, VIP_LIVE, VIP_SHADOWED,
+    VipValue, flow_hash, rules::vip_source_allowed, stat_index,
 };
 
 pub mod filter;
@@ -209,7 +209,7 @@ fn choose(max_new_per_cpu: u32, p: &Packet, c: *mut Choice) -> u32 {
     if let Some((backend_id, backend)) = entry.and_then(established) {
         let vip_id = u32::from(backend.vip_id);
         let flags = LB_VIP_FLAGS.get(vip_id).map_or(0, |flags| *flags);
-        if flags & VIP_LIVE != 0 {
+        if flags & (VIP_LIVE | VIP_SHADOWED) == VIP_LIVE {
             if !vip_allows(p, vip_id, flags) {
                 return refused(vip_id, p.bytes);
             }

@@ -21,7 +21,8 @@ use std::{
 use lb_common::{
     ALLOW16_WORDS, AddrKey, BACKEND_F_ACTIVE, BACKEND_F_HEALTHY, Backend, GLOBAL_F_GUE,
     GLOBAL_F_READY, GLOBAL_F_SCOPE_ALL, Globals, LAYOUT_FINGERPRINT, MAX_BACKENDS, MAX_VIPS,
-    VIP_BLOOM_WORDS, VIP_F_OWN_ALLOW, VIP_F_PASS_ON_NO_BACKEND, VipKey, VipValue,
+    VIP_BLOOM_WORDS, VIP_F_OWN_ALLOW, VIP_F_PASS_ON_NO_BACKEND, VIP_LIVE, VIP_SHADOWED, VipKey,
+    VipValue,
     rules::{allow16_mark, maglev_member, vip_bloom_bit},
 };
 
@@ -164,6 +165,8 @@ pub struct Balancer<M: MapWriter> {
     addr_counts: HashMap<AddrKey, u32>,
     /// The VIP-address filter's words, as in the map.
     vip_bloom: Vec<u64>,
+    /// `LB_VIP_FLAGS` by VIP id, as in the map.
+    vip_flags: Vec<u32>,
     /// The source filters by /16's words, IPv4 then IPv6, as in the maps.
     allow16: [Vec<u64>; 2],
     /// Allowed source prefixes of both families, as in the maps.
@@ -175,10 +178,10 @@ pub struct Balancer<M: MapWriter> {
 
 /// Writes (with `set(index, word)`) the words of `new` that differ from
 /// `current`, updating `current` as each write succeeds; how many.
-fn write_words(
-    current: &mut [u64],
-    new: &[u64],
-    mut set: impl FnMut(u32, u64) -> Result<(), MapWriteError>,
+fn write_words<T: Copy + PartialEq>(
+    current: &mut [T],
+    new: &[T],
+    mut set: impl FnMut(u32, T) -> Result<(), MapWriteError>,
 ) -> Result<usize, MapWriteError> {
     let mut written = 0;
     for (index, (&word, old)) in new.iter().zip(current.iter_mut()).enumerate() {
@@ -292,6 +295,7 @@ impl<M: MapWriter> Balancer<M> {
             generations: vec![0; MAX_BACKENDS as usize],
             addr_counts: HashMap::new(),
             vip_bloom: vec![0; VIP_BLOOM_WORDS as usize],
+            vip_flags: vec![0; MAX_VIPS as usize],
             allow16: [
                 vec![0; ALLOW16_WORDS as usize],
                 vec![0; ALLOW16_WORDS as usize],
@@ -355,6 +359,7 @@ impl<M: MapWriter> Balancer<M> {
         b.vip_allow = b.maps.allowed_vip()?.into_iter().collect();
         b.addr_counts = b.maps.vip_addrs()?.into_iter().collect();
         b.vip_bloom = b.maps.vip_bloom()?;
+        b.vip_flags = b.maps.vip_flags()?;
         b.allow16 = [b.maps.allow16(false)?, b.maps.allow16(true)?];
         for (id, backend) in &backends {
             b.generations[*id as usize] = backend.generation;
@@ -504,6 +509,7 @@ impl<M: MapWriter> Balancer<M> {
         }
         self.addr_counts = counts;
         changes.other_writes += self.write_vip_bloom()?;
+        changes.other_writes += self.write_vip_flags()?;
 
         let wanted: Vec<IpNet> = allow.iter().copied().collect();
         changes.other_writes += self.write_allow16(wanted.iter())?;
@@ -540,7 +546,6 @@ impl<M: MapWriter> Balancer<M> {
         Ok(changes)
     }
 
-    /// Refuses, before any write, a configuration the maps cannot take.
     /// Makes the source filters by /16 of both families say what prefixes
     /// `allow` say (`lb_common::rules::allow16_mark`), writing the words
     /// that change; how many.
@@ -575,6 +580,31 @@ impl<M: MapWriter> Balancer<M> {
         Ok(written)
     }
 
+    /// Makes `LB_VIP_FLAGS` say, for every VIP id in use, its VIP's flags
+    /// with `VIP_LIVE`, and `VIP_SHADOWED` for a port-0 VIP that has a VIP
+    /// of a given port on its address and protocol; 0 for the other ids.
+    /// Writes the entries that change; how many. Run once a reload's VIPs
+    /// are written: a VIP removed meanwhile has its backends retired, so its
+    /// flows no longer reach it through them.
+    fn write_vip_flags(&mut self) -> Result<usize, BalancerError> {
+        let mut flags = vec![0u32; MAX_VIPS as usize];
+        for vip in &self.vips {
+            let c = &vip.config;
+            let shadowed = c.port == 0
+                && self.vips.iter().any(|other| {
+                    let o = &other.config;
+                    o.port != 0 && o.address == c.address && o.protocol == c.protocol
+                });
+            if let Some(entry) = flags.get_mut(vip.id as usize) {
+                *entry = vip.flags | VIP_LIVE | if shadowed { VIP_SHADOWED } else { 0 };
+            }
+        }
+        let maps = &mut self.maps;
+        Ok(write_words(&mut self.vip_flags, &flags, |i, f| {
+            maps.set_vip_flags(i, f)
+        })?)
+    }
+
     /// Makes the VIP-address filter hold the bit of every VIP address and
     /// no other (`lb_common::rules::vip_bloom_bit`), writing the words that
     /// change; how many. Run after the VIP addresses are written: a bit set
@@ -592,6 +622,7 @@ impl<M: MapWriter> Balancer<M> {
         })?)
     }
 
+    /// Refuses, before any write, a configuration the maps cannot take.
     fn check_fits(&self, config: &Config) -> Result<(), BalancerError> {
         if config.table_size != self.table_size {
             return Err(BalancerError::Immutable {

@@ -320,6 +320,48 @@ fn the_vip_address_filter_follows_the_vip_addresses() {
     assert_eq!(bits(&b), expect(&[[10, 0, 0, 100]]));
 }
 
+/// `LB_VIP_FLAGS` holds every live VIP's flags with `VIP_LIVE`; a port-0
+/// VIP is marked shadowed while a VIP of a given port shares its address
+/// and protocol; a removed VIP's id goes back to 0.
+#[test]
+fn vip_flags_by_id_follow_reloads() {
+    let mut b = balancer();
+    let web = b.vips()[0].id;
+    let dns = b.vips()[1].id;
+    let flags = |b: &Balancer<FakeMaps>, id: u32| b.maps().vip_flags.get(&id).copied().unwrap_or(0);
+    assert_eq!(flags(&b, web), VIP_LIVE);
+    assert_eq!(flags(&b, dns), VIP_LIVE | VIP_F_PASS_ON_NO_BACKEND);
+    let any_port = "[[vip]]\nname = \"any\"\naddress = \"10.0.0.100\"\nport = 0\nprotocol = \"tcp\"\nallow = [\"10.0.0.0/24\"]\n  [[vip.backend]]\n  address = \"10.0.0.41\"\n";
+    b.apply(
+        &config(&(CONFIG.to_string() + any_port)),
+        Ipv4Addr::new(10, 0, 0, 2),
+    )
+    .unwrap();
+    let any = b.vips()[2].id;
+    assert_eq!(flags(&b, any), VIP_LIVE | VIP_F_OWN_ALLOW | VIP_SHADOWED);
+    // Without the port-80 VIP, the port-0 one is no longer shadowed (the
+    // UDP VIP on the address is of another protocol).
+    let without_web = CONFIG
+        .replacen("port = 80", "port = 8080", 1)
+        .replace("10.0.0.100\"\nport = 8080", "10.0.0.99\"\nport = 8080");
+    b.apply(
+        &config(&(without_web + any_port)),
+        Ipv4Addr::new(10, 0, 0, 2),
+    )
+    .unwrap();
+    assert_eq!(flags(&b, any), VIP_LIVE | VIP_F_OWN_ALLOW);
+    b.apply(&config(CONFIG), Ipv4Addr::new(10, 0, 0, 2))
+        .unwrap();
+    // Exactly the live VIPs' ids are set (a removed VIP's id was freed,
+    // or given to a new VIP with that VIP's flags).
+    let live: std::collections::HashMap<u32, u32> = b
+        .vips()
+        .iter()
+        .map(|v| (v.id, v.flags | VIP_LIVE))
+        .collect();
+    assert_eq!(b.maps().vip_flags, live);
+}
+
 #[test]
 fn a_refused_config_writes_nothing() {
     let mut b = balancer();

@@ -22,6 +22,8 @@ pub struct FakeMaps {
     pub vips: StdHashMap<VipKey, VipValue>,
     /// VIP addresses.
     pub vip_addrs: StdHashMap<AddrKey, u32>,
+    /// Non-zero entries of the VIP flags by id.
+    pub vip_flags: StdHashMap<u32, u32>,
     /// Non-zero words of the VIP-address filter by index.
     pub vip_bloom: StdHashMap<u32, u64>,
     /// Non-zero words of the source filters by /16, by (IPv6, index).
@@ -103,6 +105,20 @@ impl MapWriter for FakeMaps {
     fn vip_bloom(&self) -> Result<Vec<u64>, MapWriteError> {
         Ok((0..lb_common::VIP_BLOOM_WORDS)
             .map(|i| self.vip_bloom.get(&i).copied().unwrap_or(0))
+            .collect())
+    }
+    fn set_vip_flags(&mut self, id: u32, flags: u32) -> Result<(), MapWriteError> {
+        self.writes += 1;
+        if flags == 0 {
+            self.vip_flags.remove(&id);
+        } else {
+            self.vip_flags.insert(id, flags);
+        }
+        Ok(())
+    }
+    fn vip_flags(&self) -> Result<Vec<u32>, MapWriteError> {
+        Ok((0..lb_common::MAX_VIPS)
+            .map(|i| self.vip_flags.get(&i).copied().unwrap_or(0))
             .collect())
     }
     fn set_allow16(&mut self, v6: bool, index: u32, bits: u64) -> Result<(), MapWriteError> {

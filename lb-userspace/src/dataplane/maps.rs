@@ -13,8 +13,8 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use lb_common::{
     AddrKey, Backend, Globals, MAP_BACKENDS, MAP_GLOBALS, MAP_MAGLEV, MAP_SRC_ALLOW_V4,
     MAP_SRC_ALLOW_V6, MAP_SRC_ALLOW_VIP4, MAP_SRC_ALLOW_VIP6, MAP_SRC_ALLOW4_16, MAP_SRC_ALLOW6_16,
-    MAP_VIP_ADDRS, MAP_VIP_BLOOM, MAP_VIP_FLAGS, MAP_VIPS, VIP_LIVE, VipKey, VipSourceKey,
-    VipSourceKey6, VipValue,
+    MAP_VIP_ADDRS, MAP_VIP_BLOOM, MAP_VIP_FLAGS, MAP_VIPS, VipKey, VipSourceKey, VipSourceKey6,
+    VipValue,
 };
 
 use super::maglev_map::MaglevMap;
@@ -52,13 +52,13 @@ pub trait MapWriter {
     /// Removes source prefix `net` from VIP `vip_id`'s own list.
     fn disallow_vip(&mut self, vip_id: u32, net: IpNet) -> Result<(), MapWriteError>;
     /// Inserts or replaces a VIP.
-    /// Inserts or replaces a VIP, and its id's entry in
-    /// [`lb_common::MAP_VIP_FLAGS`] (its flags with [`lb_common::VIP_LIVE`]).
     fn set_vip(&mut self, key: &VipKey, value: &VipValue) -> Result<(), MapWriteError>;
-    /// Removes a VIP, and clears its id's entry in
-    /// [`lb_common::MAP_VIP_FLAGS`] first (an established flow of a removed
-    /// VIP is then looked up like a new one, and passed).
+    /// Removes a VIP.
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapWriteError>;
+    /// Writes VIP id `id`'s entry of [`lb_common::MAP_VIP_FLAGS`].
+    fn set_vip_flags(&mut self, id: u32, flags: u32) -> Result<(), MapWriteError>;
+    /// Every entry of [`lb_common::MAP_VIP_FLAGS`], by VIP id.
+    fn vip_flags(&self) -> Result<Vec<u32>, MapWriteError>;
     /// Marks an address as carrying `count` VIPs; 0 removes the entry.
     fn set_vip_addr(&mut self, key: &AddrKey, count: u32) -> Result<(), MapWriteError>;
     /// Writes word `index` of the VIP-address filter ([`lb_common::MAP_VIP_BLOOM`]).
@@ -354,19 +354,24 @@ impl MapWriter for AyaMaps {
     fn set_vip(&mut self, key: &VipKey, value: &VipValue) -> Result<(), MapWriteError> {
         self.vips
             .insert(key, value, 0)
-            .map_err(wrap(MAP_VIPS, "insert"))?;
-        self.vip_flags
-            .set(value.vip_id, value.flags | VIP_LIVE, 0)
-            .map_err(wrap(MAP_VIP_FLAGS, "set"))
+            .map_err(wrap(MAP_VIPS, "insert"))
     }
 
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapWriteError> {
-        if let Ok(value) = self.vips.get(key, 0) {
-            self.vip_flags
-                .set(value.vip_id, 0, 0)
-                .map_err(wrap(MAP_VIP_FLAGS, "set"))?;
-        }
         self.vips.remove(key).map_err(wrap(MAP_VIPS, "remove"))
+    }
+
+    fn set_vip_flags(&mut self, id: u32, flags: u32) -> Result<(), MapWriteError> {
+        self.vip_flags
+            .set(id, flags, 0)
+            .map_err(wrap(MAP_VIP_FLAGS, "set"))
+    }
+
+    fn vip_flags(&self) -> Result<Vec<u32>, MapWriteError> {
+        self.vip_flags
+            .iter()
+            .map(|r| r.map_err(wrap(MAP_VIP_FLAGS, "read")))
+            .collect()
     }
 
     fn set_vip_addr(&mut self, key: &AddrKey, count: u32) -> Result<(), MapWriteError> {
