@@ -100,7 +100,9 @@ enum Command {
         xdp_mode: Mode,
     },
     /// Stop a data plane left running by `lb run --keep-attached` (as the
-    /// systemd unit runs it): remove its pins, so the kernel detaches
+    /// systemd unit runs it): with `[bgp]`, stop the BIRD the agent left
+    /// (the routers withdraw the VIP addresses) and keep forwarding for
+    /// `bgp.withdraw_delay`; then remove its pins, so the kernel detaches
     /// xdp_lb and drops its connection table. Refused while an agent runs
     /// on the interface.
     Detach {
