@@ -1566,6 +1566,81 @@ fn hash_of(f: &Flow6) -> u32 {
     )
 }
 
+/// IPv6: an address sharing the IPv6 VIP's filter bit is not VIP traffic
+/// (ICMPv6 echo and an outside source pass, not answered or dropped), and
+/// the source filter by first 16 bits asks the trie for a slot that holds
+/// only a longer prefix.
+#[test]
+fn ipv6_filter_bit_twins_and_the_slash16_trie_fallback() {
+    if !lb_tests::can_run_as_root("ipv6_filter_bit_twins_and_the_slash16_trie_fallback") {
+        return;
+    }
+    use lb_common::{AddrKey, rules::vip_bloom_bit};
+    let bit = vip_bloom_bit(&AddrKey::v6(VIP_V6));
+    // About one address in 2^18 shares it: search fd00:20::/64, bounded.
+    let twin = (0u32..1 << 24)
+        .map(|i| {
+            let mut a = VIP_V6;
+            a[12..].copy_from_slice(&(0x0100_0000 + i).to_be_bytes());
+            a
+        })
+        .find(|&a| a != VIP_V6 && vip_bloom_bit(&AddrKey::v6(a)) == bit)
+        .expect("an address of fd00:20::/64 shares the VIP's bit");
+    // The global list: fd00:20::/64 only (a prefix longer than /16, so its
+    // slot fd00::/16 asks the trie) and 2001:db8:1::/48.
+    let config = format!(
+        "[source_filter]\nallow = [\"fd00:20::/64\", \"10.20.0.0/24\", \"2001:db8:1::/48\"]\n{CONFIG_V6}"
+    );
+    let fx = Fixture::with_config("v6twin", &config);
+    let echo = |dst: [u8; 16]| {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+            .ipv6(CLIENT_V6, dst, 30)
+            .icmpv6_echo_request(9, 2)
+            .write(&mut f, b"ping6")
+            .expect("build");
+        f
+    };
+    assert_eq!(fx.run("xdp_lb", &echo(VIP_V6)).0, XDP_TX, "the VIP answers");
+    let request = echo(twin);
+    assert_eq!(
+        fx.run("xdp_lb", &request),
+        (XDP_PASS, request),
+        "the twin does not"
+    );
+    let to = |src: [u8; 16], dst: [u8; 16]| {
+        v6_frame(src, dst, |b| {
+            let mut f = Vec::new();
+            b.tcp(40000, 80, 1000, 65535)
+                .ack(1)
+                .write(&mut f, &[])
+                .expect("build");
+            f
+        })
+    };
+    // An outside source: dropped toward the VIP, passed toward the twin.
+    assert_eq!(fx.run("xdp_lb", &to(OUTSIDE_V6, VIP_V6)).0, XDP_DROP);
+    assert_eq!(fx.run("xdp_lb", &to(OUTSIDE_V6, twin)).0, XDP_PASS);
+    // The trie decides inside fd00::/16 and 2001:db8::/16.
+    let mut other_64 = CLIENT_V6;
+    other_64[7] = 0x21; // fd00:20:0:21::10: same /16, outside the /64
+    let mut listed_48 = OUTSIDE_V6;
+    listed_48[5] = 1; // 2001:db8:1::7
+    for (src, want) in [
+        (CLIENT_V6, XDP_TX),
+        (other_64, XDP_DROP),
+        (listed_48, XDP_TX),
+        (
+            [0xfc, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            XDP_DROP,
+        ),
+    ] {
+        assert_eq!(fx.run("xdp_lb", &to(src, VIP_V6)).0, want, "{src:?}");
+    }
+    assert_eq!(fx.count(Outcome::DropSourceFilter), 3);
+    assert_eq!(fx.count(Outcome::EchoReplied), 1);
+}
+
 #[test]
 fn ipv6_vips_and_ipv4_over_ipv6() {
     if !lb_tests::can_run_as_root("ipv6_vips_and_ipv4_over_ipv6") {
