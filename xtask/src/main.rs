@@ -62,7 +62,7 @@ enum Task {
     },
     /// Set up, build in release mode, then run the benchmark as root; prints
     /// one table and writes it to target/bench/report.md, its chart to
-    /// target/bench/report.svg and (unless --quick) docs/bench.svg.
+    /// target/bench/report.svg and (unless --quick or --no-lab) docs/bench.svg.
     Bench {
         /// Extra arguments for `lb-bench` (for example `--quick`).
         #[arg(last = true)]
@@ -143,7 +143,9 @@ fn main() -> anyhow::Result<()> {
             ]))?;
             let release = target.join("release");
             steps.next("running the bench (a few minutes; it prints each section)");
-            let quick = args.iter().any(|a| a == "--quick");
+            // Only a full run (with the lab's veth and HTTP rows) replaces
+            // the picture the README shows.
+            let quick = args.iter().any(|a| a == "--quick" || a == "--no-lab");
             status(
                 as_root(&release.join("lb-bench"))?
                     .current_dir(&root)
