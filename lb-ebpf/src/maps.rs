@@ -16,7 +16,7 @@ use lb_common::{
 #[map]
 pub static LB_VIPS: HashMap<VipKey, VipValue> = HashMap::with_max_entries(MAX_VIPS, 0);
 
-/// VIP id -> its flags with `VIP_LIVE` (0: a free id).
+/// VIP id -> its flags with `VIP_LIVE` and `VIP_SHADOWED` (0: a free id).
 #[map]
 pub static LB_VIP_FLAGS: Array<u32> = Array::with_max_entries(MAX_VIPS, 0);
 
