@@ -25,8 +25,11 @@ const fn mix(h: u32, k: u32) -> u32 {
         .wrapping_add(0xe654_6b64)
 }
 
+/// MurmurHash3's 32-bit finaliser (fmix32) of `h` after `len_bytes` bytes:
+/// every input bit reaches every output bit. Also spreads VIP addresses
+/// over the VIP-address filter ([`crate::rules::vip_bloom_bit`]).
 #[inline(always)]
-const fn finish(h: u32, len_bytes: u32) -> u32 {
+pub(crate) const fn finish(h: u32, len_bytes: u32) -> u32 {
     let mut h = h ^ len_bytes;
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);

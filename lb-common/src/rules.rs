@@ -52,17 +52,11 @@ pub const fn vip_bloom_bit(key: &AddrKey) -> (u32, u64) {
     let w1 = u32::from_ne_bytes([a[4], a[5], a[6], a[7]]);
     let w2 = u32::from_ne_bytes([a[8], a[9], a[10], a[11]]);
     let w3 = u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
-    let mut h =
+    let folded =
         w0 ^ w1.rotate_left(8) ^ w2.rotate_left(16) ^ w3.rotate_left(24) ^ key.family as u32;
-    // MurmurHash3's finaliser (fmix32): every input bit reaches every
-    // output bit, so addresses that differ only in their last octets
-    // spread over the whole filter.
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^= h >> 16;
-    let bit = h >> (32 - VIP_BLOOM_BITS_LOG2);
+    // The flow hash's finaliser: addresses that differ only in their last
+    // octets spread over the whole filter.
+    let bit = crate::hash::finish(folded, 0) >> (32 - VIP_BLOOM_BITS_LOG2);
     (bit >> 6, 1 << (bit & 63))
 }
 

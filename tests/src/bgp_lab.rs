@@ -561,35 +561,7 @@ impl BgpLab {
     /// new connection (at most 2 s each). Returns, per request, the name
     /// of the backend that answered or `None` on failure.
     pub fn requests(&self, count: usize) -> Vec<Option<String>> {
-        let url = format!("http://{VIP}/whoami");
-        let mut cmd = self.client().command("curl");
-        cmd.args([
-            "-s",
-            "--max-time",
-            "2",
-            "-H",
-            "Connection: close",
-            "-w",
-            "\n%{http_code}\n",
-        ]);
-        for _ in 0..count {
-            cmd.arg(&url);
-        }
-        let Ok(out) = cmd.stderr(Stdio::null()).output() else {
-            return vec![None; count];
-        };
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut results = Vec::with_capacity(count);
-        let mut lines = text.split('\n');
-        while results.len() < count {
-            let (Some(body), Some(code)) = (lines.next(), lines.next()) else {
-                break;
-            };
-            let backend = body.split(' ').next().unwrap_or("").to_string();
-            results.push((code == "200" && !backend.is_empty()).then_some(backend));
-        }
-        results.resize(count, None);
-        results
+        crate::lab::whoami(self.client(), VIP, count, None)
     }
 
     /// Where node `i`'s agent keeps its BIRD's files.

@@ -758,39 +758,7 @@ impl Lab {
         count: usize,
         source: Option<&str>,
     ) -> Vec<Option<String>> {
-        let url = format!("http://{vip}/whoami");
-        let mut cmd = self.client().command("curl");
-        cmd.args([
-            "-s",
-            "--max-time",
-            "2",
-            "-H",
-            "Connection: close",
-            "-w",
-            "\n%{http_code}\n",
-        ]);
-        if let Some(source) = source {
-            cmd.args(["--interface", source]);
-        }
-        for _ in 0..count {
-            cmd.arg(&url);
-        }
-        let Ok(out) = cmd.stderr(Stdio::null()).output() else {
-            return vec![None; count];
-        };
-        let text = String::from_utf8_lossy(&out.stdout);
-        // Each request prints BODY (or nothing), a newline, then its status code.
-        let mut results = Vec::with_capacity(count);
-        let mut lines = text.split('\n');
-        while results.len() < count {
-            let (Some(body), Some(code)) = (lines.next(), lines.next()) else {
-                break;
-            };
-            let backend = body.split(' ').next().unwrap_or("").to_string();
-            results.push((code == "200" && !backend.is_empty()).then_some(backend));
-        }
-        results.resize(count, None);
-        results
+        whoami(self.client(), vip, count, source)
     }
 
     /// Stops every process and removes the pins the agent may have left.
@@ -898,4 +866,45 @@ pub fn tcp_out_segments(ns: &Netns) -> anyhow::Result<u64> {
             .with_context(|| format!("{name} value"))
     };
     Ok(value("OutSegs")? + value("RetransSegs")?)
+}
+
+/// Sends `count` HTTP requests for `/whoami` to `vip` (`host` or `[v6]`)
+/// with curl from namespace `from`, each on a new connection (at most 2 s
+/// each), from address `source` when given. Returns, per request, the first
+/// word of the body (the backend's name) when the status was 200, else
+/// `None`; all `None` when curl cannot run.
+pub fn whoami(from: &Netns, vip: &str, count: usize, source: Option<&str>) -> Vec<Option<String>> {
+    let url = format!("http://{vip}/whoami");
+    let mut cmd = from.command("curl");
+    cmd.args([
+        "-s",
+        "--max-time",
+        "2",
+        "-H",
+        "Connection: close",
+        "-w",
+        "\n%{http_code}\n",
+    ]);
+    if let Some(source) = source {
+        cmd.args(["--interface", source]);
+    }
+    for _ in 0..count {
+        cmd.arg(&url);
+    }
+    let Ok(out) = cmd.stderr(Stdio::null()).output() else {
+        return vec![None; count];
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Each request prints BODY (or nothing), a newline, then its status code.
+    let mut results = Vec::with_capacity(count);
+    let mut lines = text.split('\n');
+    while results.len() < count {
+        let (Some(body), Some(code)) = (lines.next(), lines.next()) else {
+            break;
+        };
+        let backend = body.split(' ').next().unwrap_or("").to_string();
+        results.push((code == "200" && !backend.is_empty()).then_some(backend));
+    }
+    results.resize(count, None);
+    results
 }

@@ -151,6 +151,20 @@ impl Fixture {
         (result.return_value, out)
     }
 
+    /// Applies `config` (TOML) to the maps as a reload does.
+    fn reload(&mut self, config: &str) {
+        let config = Config::parse(config, "packet-test").expect("valid").config;
+        self.balancer
+            .apply(
+                &config,
+                lb_userspace::balancer::Sources {
+                    v4: Ipv4Addr::from(LB_ADDR),
+                    v6: std::net::Ipv6Addr::from(LB_V6),
+                },
+            )
+            .expect("reload");
+    }
+
     fn count(&self, outcome: Outcome) -> u64 {
         self.stats.outcome(outcome).packets
     }
@@ -831,18 +845,7 @@ fn a_vip_list_narrows_the_sources_of_that_vip() {
     assert_eq!(fx.stats.conn(ConnEvent::Hit).packets, 1);
     assert_eq!(fx.stats.vip(web).packets, before + 1);
     let narrower = config.replace("10.20.0.10/32", "10.20.0.11/32");
-    let narrower = Config::parse(&narrower, "packet-test")
-        .expect("valid")
-        .config;
-    fx.balancer
-        .apply(
-            &narrower,
-            lb_userspace::balancer::Sources {
-                v4: Ipv4Addr::from(LB_ADDR),
-                v6: std::net::Ipv6Addr::from(LB_V6),
-            },
-        )
-        .expect("reload");
+    fx.reload(&narrower);
     assert_eq!(fx.run("xdp_lb", &ack).0, XDP_DROP, "no longer listed");
     assert_eq!(fx.count(Outcome::DropVipSourceFilter), 2);
     assert_eq!(fx.run("xdp_lb", &tcp_ack(other, VIP, 40011, 80)).0, XDP_TX);
@@ -935,18 +938,7 @@ fn the_source_filter_by_slash16_falls_back_to_the_trie() {
     assert_eq!(fx.count(Outcome::DropSourceFilter), 3);
     // A reload that narrows the list: the /16 goes, the /24 stays.
     let narrower = config.replace("\"192.168.0.0/16\", ", "");
-    let narrower = Config::parse(&narrower, "packet-test")
-        .expect("valid")
-        .config;
-    fx.balancer
-        .apply(
-            &narrower,
-            lb_userspace::balancer::Sources {
-                v4: Ipv4Addr::from(LB_ADDR),
-                v6: std::net::Ipv6Addr::from(LB_V6),
-            },
-        )
-        .expect("reload");
+    fx.reload(&narrower);
     assert_eq!(
         fx.run("xdp_lb", &tcp_ack([192, 168, 5, 5], VIP, 42000, 80))
             .0,
@@ -976,18 +968,7 @@ fn a_vip_of_a_port_added_beside_a_port_0_vip_applies_to_its_flows() {
     let with_port = format!(
         "{CONFIG}[[vip]]\nname = \"tls\"\naddress = \"10.20.0.101\"\nport = 8443\nprotocol = \"tcp\"\nallow = [\"10.20.0.11/32\"]\n  [[vip.backend]]\n  address = \"10.20.0.24\"\n"
     );
-    let with_port = Config::parse(&with_port, "packet-test")
-        .expect("valid")
-        .config;
-    fx.balancer
-        .apply(
-            &with_port,
-            lb_userspace::balancer::Sources {
-                v4: Ipv4Addr::from(LB_ADDR),
-                v6: std::net::Ipv6Addr::from(LB_V6),
-            },
-        )
-        .expect("reload");
+    fx.reload(&with_port);
     assert_eq!(
         fx.run("xdp_lb", &ack).0,
         XDP_DROP,
