@@ -571,16 +571,16 @@ fn run_cases(prefix: &str, plan: Plan) -> anyhow::Result<Vec<Row>> {
     let ack6 = tcp6(40002);
     let cases: [(&str, &[u8; BENCH_FRAME_LEN], u32, Expect, &str); 7] = [
         (
-            "xdp_lb: SYN of a new TCP flow (Maglev, not recorded)",
+            "xdp_lb: SYN of a new TCP flow (Maglev, no lookup, not recorded)",
             &syn,
             BENCH_F_VARY_FLOW,
             Expect {
                 action: XDP_TX,
                 outcome: Some(Outcome::Forwarded),
-                conn: Some(ConnEvent::Syn),
+                conn: Some(ConnEvent::SynDirect),
                 out_len: encap,
             },
-            "every repetition a new flow: forwarded_tx and conntrack_syn = repetitions",
+            "every repetition a new flow; the VIP's recorded flows agree with its table: forwarded_tx and conntrack_syn_direct = repetitions",
         ),
         (
             "xdp_lb: new TCP flow recorded (its first ACK: Maglev + insert)",
@@ -673,6 +673,32 @@ fn run_cases(prefix: &str, plan: Plan) -> anyhow::Result<Vec<Row>> {
         };
         rows.push(Row::new(case, total - overhead, note, versus));
     }
+    // A SYN after a change of the VIP's table (a weight): it looks its flow
+    // up until a walk of the connection table finds no disagreeing entry.
+    ensure!(
+        b.balancer.set_weight(0, 0, 2)?,
+        "the weight of the VIP's first backend changed"
+    );
+    b.wrap("xdp_lb", &syn, BENCH_F_VARY_FLOW)?;
+    let total = b.measure(
+        "SYN after a table change",
+        PROG_BENCH_RESTORE,
+        &syn,
+        plan,
+        Expect {
+            action: XDP_TX,
+            outcome: Some(Outcome::Forwarded),
+            conn: Some(ConnEvent::Syn),
+            out_len: encap,
+        },
+    )?;
+    rows.push(Row::new(
+        "xdp_lb: SYN of a new TCP flow after a table change (connection-table lookup)",
+        total - wrap_vary,
+        "every repetition a new flow; a weight changed, no walk since: forwarded_tx and conntrack_syn = repetitions",
+        Versus::Reference,
+    ));
+
     // The established flow with its next hop looked up per packet (the
     // cache emptied, as while no agent keeps it).
     let emptied = b.next_hops.clear();
@@ -749,10 +775,10 @@ fn syn_flood(prefix: &str) -> anyhow::Result<Row> {
         sent == u64::from(FLOOD_SYNS),
         "SYN flood: forwarded_tx counted {sent} of {FLOOD_SYNS}"
     );
-    let syns = f.stats.conn(ConnEvent::Syn).packets;
+    let syns = f.stats.conn(ConnEvent::SynDirect).packets;
     ensure!(
         syns == u64::from(FLOOD_SYNS),
-        "SYN flood: conntrack_syn counted {syns} of {FLOOD_SYNS}"
+        "SYN flood: conntrack_syn_direct counted {syns} of {FLOOD_SYNS}"
     );
     let after = f.conntrack_entries()?;
     // The wrapper with flow numbering, measured in this data plane.
@@ -763,7 +789,7 @@ fn syn_flood(prefix: &str) -> anyhow::Result<Row> {
         "xdp_lb: flood of 10^6 distinct SYNs",
         ns - (wrapper - drop),
         format!(
-            "one run of {FLOOD_SYNS}; forwarded_tx = conntrack_syn = {sent}; connection table (2^20 flows) {before} entries before, {after} after"
+            "one run of {FLOOD_SYNS}; forwarded_tx = conntrack_syn_direct = {sent}; connection table (2^20 flows) {before} entries before, {after} after"
         ),
         Versus::Reference,
     ))

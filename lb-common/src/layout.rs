@@ -272,7 +272,7 @@ const fn fnv_u32s(mut hash: u32, values: &[usize]) -> u32 {
 }
 
 /// Sizes and field offsets of every shared map type, in a fixed order.
-const SHAPES: [usize; 65] = [
+const SHAPES: [usize; 66] = [
     size_of::<VipKey>(),
     offset_of!(VipKey, addr),
     offset_of!(VipKey, port),
@@ -335,6 +335,7 @@ const SHAPES: [usize; 65] = [
     crate::BACKEND_F_HEALTHY as usize,
     crate::VIP_F_PASS_ON_NO_BACKEND as usize,
     crate::VIP_F_OWN_ALLOW as usize,
+    crate::VIP_F_CONNS_MATCH_TABLE as usize,
     crate::GLOBAL_F_SCOPE_ALL as usize,
     crate::GLOBAL_F_READY as usize,
     crate::GLOBAL_F_GUE as usize,

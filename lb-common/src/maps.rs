@@ -201,6 +201,19 @@ pub const VIP_F_PASS_ON_NO_BACKEND: u32 = 1;
 /// [`VipValue::flags`]: the VIP has its own `allow` list in
 /// [`MAP_SRC_ALLOW_VIP4`]; a source must be in it too.
 pub const VIP_F_OWN_ALLOW: u32 = 2;
+/// [`VipValue::flags`]: every usable entry of the connection table for a
+/// flow of this VIP names the backend the VIP's current Maglev table names
+/// for it. A TCP SYN then takes the Maglev choice without looking the
+/// connection table up ([`crate::ConnEvent::SynDirect`]): the flow's first
+/// packet that is not a SYN meets the same backend, recorded or not. The
+/// agent sets it on a VIP's first table (its backends are new, so no entry
+/// can name them) and after a walk of the connection table finds no entry
+/// that disagrees; it clears it before any change that could make one
+/// disagree (a new table, a backend usable again, a port VIP removed over
+/// a port-0 VIP). Without it a SYN looks its flow up, so a client that
+/// reuses the 5-tuple of a finished flow recorded before the table changed
+/// is not split between two backends.
+pub const VIP_F_CONNS_MATCH_TABLE: u32 = 4;
 
 /// Data of an LPM key of [`MAP_SRC_ALLOW_VIP4`]: the VIP id (big-endian, so
 /// it is the leading 32 bits of every prefix) then the IPv4 source. A

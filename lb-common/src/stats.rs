@@ -179,11 +179,16 @@ pub enum ConnEvent {
     /// A new flow above `conntrack.max_new_per_cpu` on this CPU: the Maglev
     /// choice, not recorded (recorded by a later packet once under it).
     Limited = 4,
+    /// A TCP SYN (without ACK) to a VIP whose recorded flows all name the
+    /// backend its Maglev table names ([`crate::VIP_F_CONNS_MATCH_TABLE`]):
+    /// the Maglev choice with no connection-table lookup, not recorded. Its
+    /// first packet that is not a SYN finds that backend either way.
+    SynDirect = 5,
 }
 
 impl ConnEvent {
     /// Number of events ([`NO_CONN_EVENT`] is the slot after them).
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
     /// Every event, in index order.
     pub const ALL: [ConnEvent; Self::COUNT as usize] = [
         Self::Hit,
@@ -191,6 +196,7 @@ impl ConnEvent {
         Self::Rehash,
         Self::Syn,
         Self::Limited,
+        Self::SynDirect,
     ];
 
     /// Name used in metrics, status and logs.
@@ -201,7 +207,15 @@ impl ConnEvent {
             Self::Rehash => "conntrack_rehash",
             Self::Syn => "conntrack_syn",
             Self::Limited => "conntrack_limited",
+            Self::SynDirect => "conntrack_syn_direct",
         }
+    }
+
+    /// The `event` label of `lb_conntrack_events_total` and the key in
+    /// `/status`: the name without its `conntrack_` prefix.
+    pub fn label(self) -> &'static str {
+        let name = self.name();
+        name.strip_prefix("conntrack_").unwrap_or(name)
     }
 }
 
@@ -271,7 +285,8 @@ mod tests {
             | ConnEvent::Miss
             | ConnEvent::Rehash
             | ConnEvent::Syn
-            | ConnEvent::Limited => e,
+            | ConnEvent::Limited
+            | ConnEvent::SynDirect => e,
         };
         for e in ConnEvent::ALL {
             assert!((event(e) as u32) < ConnEvent::COUNT, "{}", e.name());

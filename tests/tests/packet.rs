@@ -5,17 +5,17 @@
 //! side, forwarding on) with permanent neighbour entries for backends .21 and
 //! .22, and none for .23.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, sync::atomic::AtomicBool, time::Instant};
 
 use aya::{
     Ebpf,
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use etherparse::{IpHeaders, Ipv4Header, PacketBuilder, VlanId};
-use lb_common::{ConnEvent, MAP_CONNS, Outcome, flow_hash_v4, maglev_slot};
+use lb_common::{ConnEvent, ConnValue, FlowKey, MAP_CONNS, Outcome, flow_hash_v4, maglev_slot};
 use lb_tests::xdp::{LbNamespace, lb_namespace, xdp_md};
 use lb_userspace::{
-    balancer::Balancer,
+    balancer::{Balancer, CONNS_GRACE, ConnsCheck, ConnsVerdict},
     config::Config,
     dataplane::{maps::AyaMaps, object, stats::StatsReader},
 };
@@ -2323,7 +2323,8 @@ fn syns_are_not_recorded_and_new_flows_are_rate_limited() {
             "a SYN goes to the Maglev choice"
         );
     }
-    assert_eq!(fx.stats.conn(ConnEvent::Syn).packets, 200);
+    // A new VIP's recorded flows agree with its table: no lookup either.
+    assert_eq!(fx.stats.conn(ConnEvent::SynDirect).packets, 200);
     assert_eq!(
         conntrack_entries(&fx),
         0,
@@ -2348,4 +2349,144 @@ fn syns_are_not_recorded_and_new_flows_are_rate_limited() {
     println!("20 new UDP flows at max_new_per_cpu = 5: {recorded} recorded, {limited} limited");
     assert!((4..=5).contains(&recorded), "recorded {recorded}");
     assert_eq!(limited as usize, 20 - recorded);
+}
+
+/// Walks the fixture's connection table for `check`, as the agent does.
+fn walk_conns(fx: &Fixture, check: &ConnsCheck) -> ConnsVerdict {
+    let conns: aya::maps::HashMap<_, FlowKey, ConnValue> =
+        aya::maps::HashMap::try_from(fx.ebpf.map(MAP_CONNS).expect("connection table"))
+            .expect("hash map");
+    lb_userspace::dataplane::conns::walk_map(&conns, check, 1 << 16, &AtomicBool::new(false))
+}
+
+/// A TCP SYN takes the Maglev choice without a connection-table lookup only
+/// while the VIP's recorded flows all agree with its table: after a table
+/// change a SYN that reuses the 5-tuple of a moved flow goes where the rest
+/// of that flow goes, and a walk of the connection table restores the
+/// shortcut once no entry disagrees.
+#[test]
+fn a_syn_skips_the_connection_table_only_while_recorded_flows_agree() {
+    if !lb_tests::can_run_as_root(
+        "a_syn_skips_the_connection_table_only_while_recorded_flows_agree",
+    ) {
+        return;
+    }
+    let mut fx = Fixture::new("syndirect");
+    let direct = |fx: &Fixture| fx.stats.conn(ConnEvent::SynDirect).packets;
+    let syn_to = |fx: &Fixture, port: u16| {
+        outer_destination(&fx.run("xdp_lb", &tcp_syn(CLIENT, VIP, port, 80)).1)
+    };
+
+    // A new VIP: the SYN takes the table's choice with no lookup.
+    assert_eq!(
+        syn_to(&fx, 41000),
+        fx.expected_backend(0, CLIENT, VIP, 41000, 80, 6)
+    );
+    assert_eq!(direct(&fx), 1);
+    let ports: Vec<u16> = (41000..41064).collect();
+    let recorded: Vec<[u8; 4]> = ports
+        .iter()
+        .map(|&p| outer_destination(&fx.run("xdp_lb", &tcp_ack(CLIENT, VIP, p, 80)).1))
+        .collect();
+    assert_eq!(fx.stats.conn(ConnEvent::Miss).packets, 64);
+
+    // Drain .24: the table changes, its recorded flows stay on it.
+    fx.reload(&CONFIG.replacen(
+        "  address = \"10.20.0.24\"\n",
+        "  address = \"10.20.0.24\"\n  weight = 0\n",
+        1,
+    ));
+    let drained = [10, 20, 0, 24];
+    let moved: Vec<u16> = ports
+        .iter()
+        .zip(&recorded)
+        .filter(|(_, b)| **b == drained)
+        .map(|(p, _)| *p)
+        .collect();
+    assert!(moved.len() >= 8, "{} of 64 flows on .24", moved.len());
+    for &port in &moved {
+        assert_ne!(fx.expected_backend(0, CLIENT, VIP, port, 80, 6), drained);
+        assert_eq!(
+            syn_to(&fx, port),
+            drained,
+            "a SYN reusing a moved flow's 5-tuple meets its recorded backend"
+        );
+    }
+    assert_eq!(direct(&fx), 1, "after the change, SYNs look their flows up");
+
+    // A walk finds the moved flows: nothing set.
+    let check = fx
+        .balancer
+        .conns_check(Instant::now() + CONNS_GRACE)
+        .expect("web waits for a walk");
+    let verdict = walk_conns(&fx, &check);
+    // It stops at the first disagreeing entry: web was its only candidate.
+    assert!(!verdict.complete && verdict.entries <= 64, "{verdict:?}");
+    assert!(verdict.agree.is_empty(), "{verdict:?}");
+    assert!(
+        fx.balancer
+            .conns_checked(&verdict)
+            .expect("write")
+            .is_empty()
+    );
+    assert_eq!(syn_to(&fx, moved[0]), drained);
+
+    // The moved flows end and leave the table: the next walk sets the flag.
+    {
+        let mut conns: aya::maps::HashMap<_, FlowKey, ConnValue> =
+            aya::maps::HashMap::try_from(fx.ebpf.map_mut(MAP_CONNS).expect("connection table"))
+                .expect("hash map");
+        for &port in &moved {
+            conns
+                .remove(&FlowKey::v4(
+                    CLIENT,
+                    VIP,
+                    port.to_be_bytes(),
+                    80u16.to_be_bytes(),
+                    6,
+                ))
+                .expect("remove a moved flow");
+        }
+    }
+    let check = fx
+        .balancer
+        .conns_check(Instant::now() + CONNS_GRACE)
+        .expect("web still waits");
+    let verdict = walk_conns(&fx, &check);
+    assert!(verdict.complete);
+    assert_eq!(verdict.entries, 64 - moved.len());
+    assert_eq!(
+        fx.balancer.conns_checked(&verdict).expect("write"),
+        vec!["web".to_string()]
+    );
+    assert!(
+        fx.balancer
+            .conns_check(Instant::now() + CONNS_GRACE)
+            .is_none()
+    );
+    let kept = ports
+        .iter()
+        .zip(&recorded)
+        .find(|(_, b)| **b != drained)
+        .map(|(p, _)| *p)
+        .expect("a flow not on .24");
+    assert_eq!(
+        syn_to(&fx, kept),
+        fx.expected_backend(0, CLIENT, VIP, kept, 80, 6)
+    );
+    assert_eq!(
+        syn_to(&fx, 42000),
+        fx.expected_backend(0, CLIENT, VIP, 42000, 80, 6)
+    );
+    assert_eq!(direct(&fx), 3, "the shortcut is back");
+
+    // A health change clears it again before the new table is out.
+    let looked_up = fx.stats.conn(ConnEvent::Syn).packets;
+    assert!(fx.balancer.set_health(0, 0, false).expect("health"));
+    assert_eq!(
+        syn_to(&fx, 42001),
+        fx.expected_backend(0, CLIENT, VIP, 42001, 80, 6)
+    );
+    assert_eq!(direct(&fx), 3);
+    assert_eq!(fx.stats.conn(ConnEvent::Syn).packets, looked_up + 1);
 }

@@ -12,8 +12,8 @@ use core::mem::MaybeUninit;
 use aya_ebpf::{helpers::generated::bpf_redirect, programs::XdpContext};
 use lb_common::{
     AddrKey, Backend, ConnEvent, FAMILY_V6, FlowKey, GLOBAL_F_GUE, GLOBAL_F_READY, Globals,
-    NO_CONN_EVENT, Outcome, VIP_F_OWN_ALLOW, VIP_F_PASS_ON_NO_BACKEND, VIP_LIVE, VIP_SHADOWED,
-    VipValue, flow_hash, rules::vip_source_allowed, stat_index,
+    NO_CONN_EVENT, Outcome, VIP_F_CONNS_MATCH_TABLE, VIP_F_OWN_ALLOW, VIP_F_PASS_ON_NO_BACKEND,
+    VIP_LIVE, VIP_SHADOWED, VipValue, flow_hash, rules::vip_source_allowed, stat_index,
 };
 
 pub mod filter;
@@ -23,7 +23,7 @@ pub mod select;
 mod v4;
 mod v6;
 
-use select::{connection, established, find_vip, flow_backend, lookup_backend};
+use select::{connection, established, find_vip, flow_backend, lookup_backend, maglev_backend};
 
 use crate::{
     encap::{self, Outer},
@@ -183,8 +183,10 @@ struct Choice {
 /// entry) reaches its VIP through its backend's VIP id: one array read, no
 /// VIP hash lookup. Any other packet looks its VIP up by address, port and
 /// protocol, and takes the Maglev choice (recorded or not, see
-/// [`flow_backend`]). Either way the VIP's own source list applies (not to
-/// ICMP errors) and the VIP's counter counts the packet.
+/// [`flow_backend`]). A TCP SYN looks its VIP up first, and its flow only
+/// when the VIP's recorded flows may disagree with its Maglev table
+/// (`VIP_F_CONNS_MATCH_TABLE` clear). Either way the VIP's own source list
+/// applies (not to ICMP errors) and the VIP's counter counts the packet.
 // A subprogram of its own: its stack frame does not add to the others'.
 #[inline(never)]
 fn choose(max_new_per_cpu: u32, p: &Packet, c: *mut Choice) -> u32 {
@@ -205,7 +207,22 @@ fn choose(max_new_per_cpu: u32, p: &Packet, c: *mut Choice) -> u32 {
         f.vip_port,
         f.proto,
     );
-    let entry = if p.icmp_error { None } else { connection(&key) };
+    // A SYN's VIP first: when its recorded flows agree with its table, the
+    // SYN needs no connection-table lookup.
+    let mut syn_vip = None;
+    let mut direct = false;
+    if p.syn {
+        let Some(vip) = find_vip(f.family, &f.vip, f.vip_port, f.proto) else {
+            return Outcome::Passed as u32;
+        };
+        direct = vip.flags & VIP_F_CONNS_MATCH_TABLE != 0;
+        syn_vip = Some(vip);
+    }
+    let entry = if p.icmp_error || direct {
+        None
+    } else {
+        connection(&key)
+    };
     if let Some((backend_id, backend)) = entry.and_then(established) {
         let vip_id = u32::from(backend.vip_id);
         let flags = LB_VIP_FLAGS.get(vip_id).map_or(0, |flags| *flags);
@@ -218,7 +235,7 @@ fn choose(max_new_per_cpu: u32, p: &Packet, c: *mut Choice) -> u32 {
             return CONTINUE;
         }
     }
-    let Some(vip) = find_vip(f.family, &f.vip, f.vip_port, f.proto) else {
+    let Some(vip) = syn_vip.or_else(|| find_vip(f.family, &f.vip, f.vip_port, f.proto)) else {
         return if p.icmp_error {
             Outcome::DropIcmpNotFromVip as u32
         } else {
@@ -231,6 +248,8 @@ fn choose(max_new_per_cpu: u32, p: &Packet, c: *mut Choice) -> u32 {
     count(&LB_VIP_STATS, vip.vip_id, p.bytes);
     let chosen = if p.icmp_error {
         lookup_backend(vip, &key, hash).map(|(id, backend)| (id, backend, NO_CONN_EVENT))
+    } else if direct {
+        maglev_backend(vip, hash).map(|(id, backend)| (id, backend, ConnEvent::SynDirect as u32))
     } else {
         flow_backend(vip, &key, entry, hash, p.syn, max_new_per_cpu)
             .map(|(id, backend, event)| (id, backend, event as u32))

@@ -5,13 +5,13 @@ use std::{
     future::Future,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, atomic::AtomicBool},
     time::Duration,
 };
 
 use aya::programs::links::{FdLink, PinnedLink};
 use lb_common::{LAYOUT_FINGERPRINT, Outcome};
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 use tokio::{sync::mpsc, time};
 
 pub mod reload;
@@ -19,9 +19,10 @@ pub mod watch;
 
 use crate::{
     api::{self, Shared},
-    balancer::{Balancer, BalancerError, Changes, Sources},
+    balancer::{Balancer, BalancerError, Changes, ConnsVerdict, Sources},
     config::{Config, Loaded},
     dataplane::{
+        conns,
         maps::{self, AyaMaps, MapWriteError, MapWriter as _},
         nexthops::{self, NextHopTarget, NextHopWriter},
         object::{attach, load_object, xdp_mode},
@@ -458,6 +459,23 @@ struct Agent {
     bgp: crate::bgp::Speaker,
 }
 
+/// How often the agent walks the connection table for VIPs whose TCP SYNs
+/// look their flows up (`VIP_F_CONNS_MATCH_TABLE` clear, see
+/// [`crate::balancer::ConnsCheck`]); no walk while every VIP has the flag.
+pub const CONNS_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A walk of the connection table as it ended, with how long it took.
+type ConnsWalk = (Result<ConnsVerdict, MapWriteError>, Duration);
+
+/// Sets a stop flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -500,6 +518,14 @@ impl Agent {
         let (targets_tx, targets_rx) =
             tokio::sync::watch::channel(self.plane.balancer.next_hop_targets());
         let next_hops = self.start_next_hops(targets_rx);
+        let (walk_tx, mut walk_rx) = mpsc::channel::<ConnsWalk>(1);
+        let mut walk_tick = time::interval(CONNS_CHECK_INTERVAL);
+        walk_tick.set_missed_tick_behavior(time::MissedTickBehavior::Delay);
+        let mut walking = false;
+        // Set when serving ends, so a walk does not hold the runtime's
+        // shutdown (which waits for blocking tasks).
+        let walk_stop = Arc::new(AtomicBool::new(false));
+        let _walk_stop = StopOnDrop(walk_stop.clone());
         // Attached (or adopted), maps filled, API serving: ready.
         crate::systemd::ready(&self.status_line());
         tokio::pin!(shutdown);
@@ -513,6 +539,11 @@ impl Agent {
                     }
                 }
                 _ = hangup.recv() => debounce.trigger("SIGHUP"),
+                _ = walk_tick.tick(), if !walking => walking = self.start_conns_walk(&walk_tx, &walk_stop),
+                Some(walk) = walk_rx.recv() => {
+                    walking = false;
+                    self.on_conns_walk(walk);
+                }
                 Some(()) = file_rx.recv() => debounce.trigger("file changed"),
                 () = time::sleep_until(due.unwrap_or_else(time::Instant::now)), if due.is_some() && !reading => {
                     reading = true;
@@ -641,6 +672,56 @@ impl Agent {
         }
         self.shared.set_vips(self.plane.balancer.vips());
         self.announce();
+    }
+
+    /// Starts a walk of the connection table in a blocking thread when a
+    /// VIP waits for one; whether it started.
+    fn start_conns_walk(&self, done: &mpsc::Sender<ConnsWalk>, stop: &Arc<AtomicBool>) -> bool {
+        let Some(check) = self.plane.balancer.conns_check(std::time::Instant::now()) else {
+            return false;
+        };
+        let (dir, max_entries, done, stop) = (
+            self.plane.dir.clone(),
+            self.config.conntrack_entries,
+            done.clone(),
+            stop.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let verdict = conns::walk_pinned(&dir, &check, max_entries, &stop);
+            let _ = done.blocking_send((verdict, started.elapsed()));
+        });
+        true
+    }
+
+    /// Sets the flag of the VIPs a walk found in agreement.
+    fn on_conns_walk(&mut self, (verdict, took): ConnsWalk) {
+        let verdict = match verdict {
+            Ok(verdict) => verdict,
+            Err(e) => {
+                warn!("walking the connection table: {e}");
+                return;
+            }
+        };
+        match self.plane.balancer.conns_checked(&verdict) {
+            Ok(set) if !set.is_empty() => info!(
+                "recorded flows agree with the Maglev table again ({} connection-table entries read in {} ms): TCP SYNs take the table's choice without a connection-table lookup for VIP {}",
+                verdict.entries,
+                took.as_millis(),
+                set.join(", ")
+            ),
+            Ok(_) => debug!(
+                "connection-table walk: {} entries in {} ms, {}",
+                verdict.entries,
+                took.as_millis(),
+                if verdict.complete {
+                    "no VIP in agreement yet"
+                } else {
+                    "stopped early"
+                }
+            ),
+            Err(e) => warn!("setting the SYN flag of VIPs after a connection-table walk: {e}"),
+        }
     }
 
     /// Tells the BGP speaker what to announce now.

@@ -96,7 +96,7 @@ impl Collector for LbCollector {
         counters(
             e,
             "lb_conntrack_events",
-            "Connection-table lookups: hit, miss, rehash.",
+            "What the connection table did for VIP packets: hit, miss, rehash, syn, limited, syn_direct.",
             &conn,
         )?;
         let vip = |f: fn(&Traffic) -> u64| -> Vec<(Labels, u64)> {

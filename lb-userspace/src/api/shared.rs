@@ -251,14 +251,10 @@ impl Shared {
                 .iter()
                 .map(|&o| (o.name().to_string(), stats.outcome(o).into()))
                 .collect(),
-            conntrack: [
-                ("hit", ConnEvent::Hit),
-                ("miss", ConnEvent::Miss),
-                ("rehash", ConnEvent::Rehash),
-            ]
-            .into_iter()
-            .map(|(name, e)| (name.to_string(), stats.conn(e).into()))
-            .collect(),
+            conntrack: ConnEvent::ALL
+                .iter()
+                .map(|&e| (e.label().to_string(), stats.conn(e).into()))
+                .collect(),
             reloads: view.reloads.clone(),
             bgp: lock(&self.bgp).clone(),
         }

@@ -103,7 +103,8 @@ pub struct Status {
     pub vips: Vec<VipStatus>,
     /// Packets and bytes per outcome (`forwarded_tx`, `drop_source_filter`, ...).
     pub outcomes: BTreeMap<String, Traffic>,
-    /// Connection-table events: `hit`, `miss`, `rehash`.
+    /// Connection-table events ([`lb_common::ConnEvent::label`]): `hit`,
+    /// `miss`, `rehash`, `syn`, `limited`, `syn_direct`.
     pub conntrack: BTreeMap<String, Traffic>,
     /// Reloads.
     pub reloads: Reloads,
@@ -205,10 +206,13 @@ pub fn render_table(s: &Status) -> String {
     let c = |k: &str| s.conntrack.get(k).map_or(0, |t| t.packets);
     let _ = writeln!(
         out,
-        "connection table: {} hits, {} misses, {} rehashes",
+        "connection table: {} hits, {} misses, {} rehashes; SYNs: {} looked up, {} by the Maglev table alone; {} new flows over the rate limit",
         c("hit"),
         c("miss"),
-        c("rehash")
+        c("rehash"),
+        c("syn"),
+        c("syn_direct"),
+        c("limited")
     );
     if let Some(bgp) = &s.bgp {
         out.push_str(&super::bgp::table(bgp));

@@ -16,18 +16,21 @@ use std::{
     collections::{HashMap, HashSet},
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Instant,
 };
 
 use lb_common::{
     ALLOW16_WORDS, AddrKey, BACKEND_F_ACTIVE, BACKEND_F_HEALTHY, Backend, GLOBAL_F_GUE,
     GLOBAL_F_READY, GLOBAL_F_SCOPE_ALL, Globals, LAYOUT_FINGERPRINT, MAX_BACKENDS, MAX_VIPS,
-    VIP_BLOOM_WORDS, VIP_F_OWN_ALLOW, VIP_F_PASS_ON_NO_BACKEND, VIP_LIVE, VIP_SHADOWED, VipKey,
-    VipValue,
+    VIP_BLOOM_WORDS, VIP_F_CONNS_MATCH_TABLE, VIP_F_OWN_ALLOW, VIP_F_PASS_ON_NO_BACKEND, VIP_LIVE,
+    VIP_SHADOWED, VipKey, VipValue,
     rules::{allow16_mark, maglev_member, vip_bloom_bit},
 };
 
+mod conns;
 mod ids;
 
+pub use conns::{CONNS_GRACE, ConnsCheck, ConnsVerdict};
 use ids::IdPool;
 use ipnet::IpNet;
 
@@ -95,8 +98,16 @@ pub struct VipState {
     /// Members (id, weight) of the table in `region`; `None` when not known
     /// (adopted from an earlier agent: compared by content instead).
     published: Option<Vec<(u32, u32)>>,
-    /// `VIP_F_*` flags in the VIP's map entry.
+    /// `VIP_F_*` flags of its configuration in the VIP's map entry.
     flags: u32,
+    /// Whether its entry carries [`VIP_F_CONNS_MATCH_TABLE`]: its recorded
+    /// flows all agree with its table (see [`conns`]).
+    pub conns_match: bool,
+    /// Changes that could make a recorded flow disagree with its table,
+    /// counted: a walk prepared before the last one sets nothing.
+    epoch: u64,
+    /// When the last such change was made.
+    changed_at: Instant,
 }
 
 impl VipState {
@@ -406,7 +417,10 @@ impl<M: MapWriter> Balancer<M> {
                 region,
                 backends: states,
                 published: None,
-                flags: value.flags,
+                flags: value.flags & !VIP_F_CONNS_MATCH_TABLE,
+                conns_match: value.flags & VIP_F_CONNS_MATCH_TABLE != 0,
+                epoch: 0,
+                changed_at: Instant::now(),
             });
         }
         // Active entries of no VIP: an agent stopped between writes.
@@ -736,6 +750,11 @@ impl<M: MapWriter> Balancer<M> {
         for b in &vip.backends {
             backends.push(self.new_backend(b.address, b.weight, id)?);
         }
+        // Its backends are new (new generations), so no recorded flow can
+        // name them: its flows agree with its first table. Except a VIP of
+        // a port over a port-0 VIP: flows of that port recorded for the
+        // port-0 VIP keep their backends (see `write_vip_flags`).
+        let over_port_0 = vip.port != 0 && self.port_0_vip(vip).is_some();
         self.vips.push(VipState {
             config: vip.clone(),
             id,
@@ -743,9 +762,93 @@ impl<M: MapWriter> Balancer<M> {
             backends,
             published: None,
             flags: vip_flags(vip),
+            conns_match: !over_port_0,
+            epoch: 0,
+            changed_at: Instant::now(),
         });
         let index = self.vips.len() - 1;
-        self.publish_table(index)
+        self.write_table(index)
+    }
+
+    /// The index of the port-0 VIP on `vip`'s address and protocol.
+    fn port_0_vip(&self, vip: &Vip) -> Option<usize> {
+        self.vips.iter().position(|o| {
+            let o = &o.config;
+            o.port == 0 && o.address == vip.address && o.protocol == vip.protocol
+        })
+    }
+
+    /// Records a change to VIP `i` that could make a recorded flow disagree
+    /// with its table (a new table, a backend usable again, its flows of a
+    /// port back from a removed VIP of that port), and clears its
+    /// [`VIP_F_CONNS_MATCH_TABLE`] first: SYNs look their flows up from
+    /// now on. Call before the change is written.
+    fn conns_changed(&mut self, i: usize) -> Result<(), BalancerError> {
+        let vip = &mut self.vips[i];
+        vip.epoch += 1;
+        vip.changed_at = Instant::now();
+        if vip.conns_match {
+            vip.conns_match = false;
+            if let Err(e) = self.write_vip(i) {
+                self.vips[i].conns_match = true;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// What a walk of the connection table needs to set
+    /// [`VIP_F_CONNS_MATCH_TABLE`] again: the VIPs without it whose last
+    /// change was at least [`CONNS_GRACE`] before `now`, with their tables.
+    /// `None` when there is none.
+    pub fn conns_check(&self, now: Instant) -> Option<ConnsCheck> {
+        let vips = self
+            .vips
+            .iter()
+            .map(|v| (vip_key(&v.config), v.id))
+            .collect();
+        let usable = self
+            .vips
+            .iter()
+            .flat_map(|v| &v.backends)
+            .filter(|b| b.healthy)
+            .map(|b| (b.id, self.generations[b.id as usize]))
+            .collect();
+        let mut check = ConnsCheck::new(vips, usable);
+        for (i, vip) in self.vips.iter().enumerate() {
+            if !vip.conns_match && conns::settled(vip.changed_at, now) {
+                check.add(vip.id, vip.epoch, self.table(i));
+            }
+        }
+        (!check.is_empty()).then_some(check)
+    }
+
+    /// Sets [`VIP_F_CONNS_MATCH_TABLE`] on the VIPs a complete walk found in
+    /// agreement, unless they changed since the walk was prepared; returns
+    /// the names of those it set.
+    ///
+    /// # Errors
+    /// A map write fails (the flag stays clear).
+    pub fn conns_checked(&mut self, verdict: &ConnsVerdict) -> Result<Vec<String>, BalancerError> {
+        let mut set = Vec::new();
+        if !verdict.complete {
+            return Ok(set);
+        }
+        for &(id, epoch) in &verdict.agree {
+            let Some(i) = self.vips.iter().position(|v| v.id == id) else {
+                continue;
+            };
+            if self.vips[i].epoch != epoch || self.vips[i].conns_match {
+                continue;
+            }
+            self.vips[i].conns_match = true;
+            if let Err(e) = self.write_vip(i) {
+                self.vips[i].conns_match = false;
+                return Err(e);
+            }
+            set.push(self.vips[i].config.name.clone());
+        }
+        Ok(set)
     }
 
     /// Brings kept VIP `i` to `vip`: new backends, weights, flags, then the
@@ -856,6 +959,13 @@ impl<M: MapWriter> Balancer<M> {
     }
 
     fn remove_vip(&mut self, i: usize) -> Result<(), BalancerError> {
+        // Flows of this port recorded for the port-0 VIP before this VIP
+        // came are that VIP's again.
+        if self.vips[i].config.port != 0
+            && let Some(any) = self.port_0_vip(&self.vips[i].config.clone())
+        {
+            self.conns_changed(any)?;
+        }
         let vip = self.vips.remove(i);
         self.maps.remove_vip(&vip_key(&vip.config))?;
         self.drop_own_allow(vip.id, &HashSet::new())?;
@@ -915,6 +1025,11 @@ impl<M: MapWriter> Balancer<M> {
     fn write_vip(&mut self, i: usize) -> Result<(), BalancerError> {
         let state = &self.vips[i];
         let flags = vip_flags(&state.config);
+        let map_flags = if state.conns_match {
+            flags | VIP_F_CONNS_MATCH_TABLE
+        } else {
+            flags
+        };
         let value = VipValue {
             vip_id: state.id,
             table_offset: state.region.map_or(0, |r| self.offset(r)),
@@ -923,7 +1038,7 @@ impl<M: MapWriter> Balancer<M> {
             } else {
                 0
             },
-            flags,
+            flags: map_flags,
         };
         self.maps.set_vip(&vip_key(&state.config), &value)?;
         self.vips[i].flags = flags;
@@ -941,8 +1056,15 @@ impl<M: MapWriter> Balancer<M> {
     }
 
     /// Builds VIP `vip`'s table, writes it into a free region and points the
-    /// VIP at it; the old region is freed.
+    /// VIP at it; the old region is freed. Clears the VIP's
+    /// [`VIP_F_CONNS_MATCH_TABLE`] first.
     fn publish_table(&mut self, vip: usize) -> Result<(), BalancerError> {
+        self.conns_changed(vip)?;
+        self.write_table(vip)
+    }
+
+    /// [`Self::publish_table`] without touching the VIP's flows' flag.
+    fn write_table(&mut self, vip: usize) -> Result<(), BalancerError> {
         let table = self.table(vip);
         let new_region = if table.is_empty() {
             None
@@ -999,6 +1121,8 @@ impl<M: MapWriter> Balancer<M> {
             return Ok(false);
         }
         let (id, address, vip_id) = (b.id, b.address, self.vips[vip].id);
+        // A backend usable again brings back its recorded flows.
+        self.conns_changed(vip)?;
         let mut flags = BACKEND_F_ACTIVE;
         if healthy {
             flags |= BACKEND_F_HEALTHY;

@@ -1,6 +1,10 @@
 //! The balancer's bookkeeping against in-memory maps: fills, health,
 //! drains, table regions, adoption and reloads as differences.
 
+use std::time::Instant;
+
+use lb_common::{ConnValue, FlowKey};
+
 use super::*;
 use crate::{config::Config, dataplane::fake::FakeMaps};
 
@@ -68,7 +72,8 @@ fn fills_every_map_and_sets_ready_last_state() {
     assert!(!table.contains(&drained));
     assert_eq!(
         m.vips[&VipKey::v4([10, 0, 0, 100], 53, 17)].flags,
-        VIP_F_PASS_ON_NO_BACKEND
+        VIP_F_PASS_ON_NO_BACKEND | VIP_F_CONNS_MATCH_TABLE,
+        "a new VIP's recorded flows agree with its first table"
     );
 }
 
@@ -389,4 +394,174 @@ fn a_refused_config_writes_nothing() {
         "out of VIPs (maglev.max_vips of the running data plane): the data plane holds at most 8"
     );
     assert_eq!(b.maps().writes, writes, "nothing written");
+}
+
+/// Whether VIP `name`'s map entry carries `VIP_F_CONNS_MATCH_TABLE`.
+fn conns_match(b: &Balancer<FakeMaps>, name: &str) -> bool {
+    let vip = b
+        .vips()
+        .iter()
+        .find(|v| v.config.name == name)
+        .expect("VIP");
+    let flags = b.maps().vips[&vip_key(&vip.config)].flags;
+    assert_eq!(flags & VIP_F_CONNS_MATCH_TABLE != 0, vip.conns_match);
+    vip.conns_match
+}
+
+/// A walk prepared now that may set flags (past the grace).
+fn check(b: &Balancer<FakeMaps>) -> Option<ConnsCheck> {
+    b.conns_check(Instant::now() + CONNS_GRACE)
+}
+
+/// The flag that lets SYNs skip the connection table: set on a VIP's
+/// first table, cleared by every change that could make a recorded flow
+/// disagree, set again only by a complete walk prepared after the last
+/// change; kept by adoption.
+#[test]
+fn the_syn_shortcut_flag_follows_changes_and_walks() {
+    let mut b = balancer();
+    assert!(conns_match(&b, "web") && conns_match(&b, "dns"));
+    assert!(check(&b).is_none(), "no VIP waits for a walk");
+
+    // A drain changes web's table: cleared, and not in a walk within the grace.
+    b.set_weight(0, 0, 0).unwrap();
+    assert!(!conns_match(&b, "web") && conns_match(&b, "dns"));
+    assert!(b.conns_check(Instant::now()).is_none(), "inside the grace");
+    let web = b.vips()[0].id;
+    let walk = check(&b).expect("web waits");
+    let verdict = walk.walk(std::iter::empty(), 10);
+    assert!(verdict.complete);
+    assert_eq!(verdict.agree, vec![(web, 1)]);
+    // A change between the walk's start and its end: nothing set.
+    b.set_weight(0, 0, 1).unwrap();
+    assert!(b.conns_checked(&verdict).unwrap().is_empty());
+    assert!(!conns_match(&b, "web"));
+    // An incomplete walk sets nothing either.
+    let verdict = check(&b).unwrap().walk(std::iter::empty(), 10);
+    let cut = ConnsVerdict {
+        complete: false,
+        ..verdict.clone()
+    };
+    assert!(b.conns_checked(&cut).unwrap().is_empty());
+    assert_eq!(b.conns_checked(&verdict).unwrap(), vec!["web".to_string()]);
+    assert!(conns_match(&b, "web"));
+
+    // A backend usable again clears it (its recorded flows come back),
+    // and so does its going unhealthy (a new table).
+    b.set_health(0, 1, false).unwrap();
+    assert!(!conns_match(&b, "web"));
+    let verdict = check(&b).unwrap().walk(std::iter::empty(), 10);
+    b.conns_checked(&verdict).unwrap();
+    assert!(conns_match(&b, "web"));
+    b.set_health(0, 1, true).unwrap();
+    assert!(!conns_match(&b, "web"));
+
+    // Adoption keeps what the maps say.
+    let (adopted, _) = Balancer::adopt(
+        b.maps().clone(),
+        &config(CONFIG),
+        Ipv4Addr::new(10, 0, 0, 2),
+        8,
+    )
+    .unwrap();
+    assert!(!conns_match(&adopted, "web") && conns_match(&adopted, "dns"));
+}
+
+/// A VIP of a port added over a port-0 VIP starts without the flag (flows of
+/// that port recorded for the port-0 VIP keep their backends), and removing
+/// it clears the port-0 VIP's (those flows are the port-0 VIP's again).
+#[test]
+fn a_vip_of_a_port_over_a_port_0_vip_starts_without_the_flag() {
+    let any_port = "[[vip]]\nname = \"any\"\naddress = \"10.0.0.100\"\nport = 0\nprotocol = \"tcp\"\n  [[vip.backend]]\n  address = \"10.0.0.41\"\n";
+    let only_any = format!("[maglev]\ntable_size = 251\nmax_vips = 8\n{any_port}");
+    let mut b = Balancer::new(
+        FakeMaps::default(),
+        &config(&only_any),
+        Ipv4Addr::new(10, 0, 0, 2),
+        8,
+    )
+    .unwrap();
+    assert!(conns_match(&b, "any"));
+    b.apply(
+        &config(&(CONFIG.to_string() + any_port)),
+        Ipv4Addr::new(10, 0, 0, 2),
+    )
+    .unwrap();
+    assert!(!conns_match(&b, "web"), "over the port-0 VIP");
+    assert!(conns_match(&b, "dns"), "another protocol");
+    assert!(conns_match(&b, "any"));
+    b.apply(&config(&only_any), Ipv4Addr::new(10, 0, 0, 2))
+        .unwrap();
+    assert!(!conns_match(&b, "any"), "web's port is any's again");
+}
+
+/// The walk's rule: a usable entry disagrees when the VIP its flow matches
+/// (port VIP first, then port 0) names another backend for it; entries of
+/// unusable backends (removed, unhealthy, a reused id) never disagree.
+#[test]
+fn a_walk_finds_the_entries_that_disagree() {
+    let any_port = "[[vip]]\nname = \"any\"\naddress = \"10.0.0.100\"\nport = 0\nprotocol = \"tcp\"\n  [[vip.backend]]\n  address = \"10.0.0.41\"\n  [[vip.backend]]\n  address = \"10.0.0.42\"\n";
+    let mut b = Balancer::new(
+        FakeMaps::default(),
+        &config(&(CONFIG.to_string() + any_port)),
+        Ipv4Addr::new(10, 0, 0, 2),
+        8,
+    )
+    .unwrap();
+    // Clear every flag: every VIP under check.
+    for i in 0..b.vips().len() {
+        b.conns_changed(i).unwrap();
+    }
+    let walk = check(&b).expect("all wait");
+    let ids: Vec<u32> = b.vips().iter().map(|v| v.id).collect();
+    let (web, any) = (ids[0], ids[2]);
+    let flow = |sport: u16, dport: u16| {
+        FlowKey::v4(
+            [10, 1, 0, 1],
+            [10, 0, 0, 100],
+            sport.to_be_bytes(),
+            dport.to_be_bytes(),
+            6,
+        )
+    };
+    let choice = |vip: usize, key: &FlowKey| {
+        let t = b.table(vip);
+        let h = lb_common::flow_hash(
+            key.family, &key.src, &key.dst, key.sport, key.dport, key.proto,
+        );
+        t[lb_common::maglev_slot(h, t.len() as u32) as usize]
+    };
+    let entry = |id: u32| ConnValue {
+        backend_id: id,
+        generation: b.generations[id as usize],
+    };
+    let other = |vip: usize, id: u32| {
+        b.vips()[vip]
+            .backends
+            .iter()
+            .map(|x| x.id)
+            .find(|&x| x != id && b.table(vip).contains(&x))
+            .expect("another member")
+    };
+    let (k80, k8080) = (flow(1000, 80), flow(1000, 8080));
+    let (c80, c8080) = (choice(0, &k80), choice(2, &k8080));
+    let agreeing = vec![(k80, entry(c80)), (k8080, entry(c8080))];
+    let v = walk.walk(agreeing.clone(), 100);
+    assert_eq!(v.entries, 2);
+    assert!(v.agree.contains(&(web, 1)) && v.agree.contains(&(any, 1)));
+    // Port 80 is web's: an entry naming another web backend disagrees.
+    let mut e = agreeing.clone();
+    e[0].1 = entry(other(0, c80));
+    let v = walk.walk(e, 100);
+    assert!(!v.agree.iter().any(|a| a.0 == web) && v.agree.iter().any(|a| a.0 == any));
+    // A stale generation (the id reused) is not usable: no disagreement.
+    let mut e = agreeing.clone();
+    e[1].1 = ConnValue {
+        generation: entry(c8080).generation.wrapping_add(1),
+        ..entry(other(2, c8080))
+    };
+    assert!(walk.walk(e, 100).agree.iter().any(|a| a.0 == any));
+    // Bounded: a walk cut short finds no VIP in agreement.
+    let v = walk.walk(agreeing, 1);
+    assert!(!v.complete && v.agree.is_empty());
 }

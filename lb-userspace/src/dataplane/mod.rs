@@ -4,8 +4,10 @@
 //! makes them ([`sizing`]), replacing the program of a running data plane
 //! ([`upgrade`]), and the backends' next hops resolved from the kernel's
 //! routes and neighbours ([`resolve`]) and kept in the data plane
-//! ([`nexthops`]).
+//! ([`nexthops`]), and the walk of the connection table that lets a VIP's
+//! SYNs skip it ([`conns`]).
 
+pub mod conns;
 #[cfg(test)]
 pub mod fake;
 pub mod maglev_map;

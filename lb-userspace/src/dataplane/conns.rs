@@ -1,0 +1,74 @@
+//! Walking the pinned connection table for [`ConnsCheck`]: whether a VIP's
+//! recorded flows agree with its Maglev table again, so its TCP SYNs may
+//! skip the connection-table lookup ([`lb_common::VIP_F_CONNS_MATCH_TABLE`]).
+
+use std::{
+    borrow::Borrow,
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap, MapData, MapError};
+use lb_common::{ConnValue, FlowKey, MAP_CONNS};
+
+use super::maps::{MapWriteError, open_pin};
+use crate::balancer::{ConnsCheck, ConnsVerdict};
+
+/// Longest a walk may take; a walk stopped by it sets no flag. Reading an
+/// entry costs two system calls (next key, then value): about a second per
+/// million entries on the bench machine.
+pub const WALK_TIME_LIMIT: Duration = Duration::from_secs(20);
+
+/// Walks the connection table pinned in `dir` for `check` ([`walk_map`]).
+///
+/// # Errors
+/// The pinned map cannot be opened.
+pub fn walk_pinned(
+    dir: &Path,
+    check: &ConnsCheck,
+    max_entries: u32,
+    stop: &AtomicBool,
+) -> Result<ConnsVerdict, MapWriteError> {
+    let conns: HashMap<MapData, FlowKey, ConnValue> = open_pin(dir, MAP_CONNS)?;
+    Ok(walk_map(&conns, check, max_entries, stop))
+}
+
+/// Walks connection table `conns` for `check`: at most twice `max_entries`
+/// entries (a key removed under the walk restarts the kernel's iteration
+/// from the first bucket) and [`WALK_TIME_LIMIT`], and no further once
+/// `stop` is set (the agent is stopping). Entries removed while the walk
+/// reads them are skipped; any other read error ends the walk as
+/// incomplete, and an incomplete walk finds no VIP in agreement.
+pub fn walk_map<T: Borrow<MapData>>(
+    conns: &HashMap<T, FlowKey, ConnValue>,
+    check: &ConnsCheck,
+    max_entries: u32,
+    stop: &AtomicBool,
+) -> ConnsVerdict {
+    let started = Instant::now();
+    let mut cut = false;
+    let entries = conns.iter().map_while(|entry| {
+        if started.elapsed() > WALK_TIME_LIMIT || stop.load(Ordering::Relaxed) {
+            cut = true;
+            return None;
+        }
+        match entry {
+            Ok(entry) => Some(Some(entry)),
+            Err(MapError::KeyNotFound) => Some(None),
+            Err(_) => {
+                cut = true;
+                None
+            }
+        }
+    });
+    let bound = usize::try_from(max_entries)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(2);
+    let mut verdict = check.walk(entries.flatten(), bound);
+    if cut {
+        verdict.complete = false;
+        verdict.agree.clear();
+    }
+    verdict
+}
