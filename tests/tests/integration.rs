@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, thread, time::Duration};
 
-use lb_common::Outcome;
+use lb_common::{ConnEvent, ConnValue, FlowKey, MAP_CONNS, Outcome};
 use lb_tests::lab::{self, BACKENDS, Lab, Mode, OUTSIDE_ADDR};
 use lb_userspace::dataplane::stats::StatsReader;
 
@@ -79,6 +79,13 @@ fn end_to_end(prefix: &str, mode: Mode) {
     let mut lab = Lab::start(prefix, mode).expect("lab starts");
     let stats = StatsReader::from_pins(&lab.pin_dir()).expect("pinned counters");
 
+    // A new VIP's SYNs skip the connection table (its flows cannot
+    // disagree with its first table).
+    assert_eq!(
+        sample(&metrics(&lab), "lb_vip_syn_direct{vip=\"web\"}"),
+        Some(1.0)
+    );
+
     // 1. Spread: 300 requests, each a new connection (a new flow).
     let client_before = lab::if_counters(lab.client(), "eth0").expect("client counters");
     let lb_before = lab::if_counters(lab.lb(), &lab.lb_iface).expect("lb counters");
@@ -133,6 +140,11 @@ fn end_to_end(prefix: &str, mode: Mode) {
         "lb_vip_packets_total moved: {vip_packets}"
     );
     assert!(sample(&m, "lb_packets_total{outcome=\"forwarded_tx\"}").is_some_and(|v| v >= 300.0));
+    assert!(
+        sample(&m, "lb_conntrack_events_total{event=\"syn_direct\"}").is_some_and(|v| v >= 300.0),
+        "each connection's SYN took the table's choice without a lookup:\n{m}"
+    );
+    assert!(sample(&m, "lb_conntrack_events_total{event=\"miss\"}").is_some_and(|v| v >= 300.0));
     assert_eq!(
         sample(&m, "lb_backend_healthy{vip=\"web\",backend=\"10.30.0.21\"}"),
         Some(1.0)
@@ -220,7 +232,48 @@ fn end_to_end(prefix: &str, mode: Mode) {
         "be1 serves again: {per_backend:?}"
     );
 
-    // 6. Clean stop: SIGTERM detaches and removes the pins.
+    // 6. The SYN shortcut after the table changed: flows of step 4 recorded
+    // on be2 and be3 for what are be1's slots again disagree with the
+    // table, so web's SYNs look their flows up. Once they leave the
+    // connection table (removed here, as the LRU would evict them), the
+    // agent's next walk (every 10 s) gives the shortcut back.
+    let syn_direct = |lab: &Lab| {
+        let status: lb_userspace::api::Status =
+            serde_json::from_str(&lb_status(lab, true)).expect("lb status --json");
+        status.vips[0].syn_direct
+    };
+    assert!(!syn_direct(&lab), "be1's return cleared the flag");
+    // (A walk may have given it back while be1 was out: the flows on be2
+    // and be3 agreed with that table.)
+    let agreed = "recorded flows agree with the Maglev table again";
+    let walks = lab.log_count(agreed);
+    {
+        let data = aya::maps::MapData::from_pin(lab.pin_dir().join(MAP_CONNS))
+            .expect("pinned connection table");
+        let mut conns: aya::maps::HashMap<_, FlowKey, ConnValue> =
+            aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(data).expect("map"))
+                .expect("hash map");
+        let keys: Vec<FlowKey> = conns.keys().filter_map(Result::ok).collect();
+        println!(
+            "[{mode:?}] removing {} connection-table entries",
+            keys.len()
+        );
+        for key in keys {
+            let _ = conns.remove(&key);
+        }
+    }
+    assert!(
+        lab.wait_for_log(agreed, walks + 1, Duration::from_secs(25)),
+        "no walk gave the shortcut back:\n{}",
+        lab.agent_log()
+    );
+    assert!(syn_direct(&lab));
+    let before = stats.conn(ConnEvent::SynDirect).packets;
+    let (failed, _) = tally(&lab.requests(20, None));
+    assert_eq!(failed, 0);
+    assert!(stats.conn(ConnEvent::SynDirect).packets >= before + 20);
+
+    // 7. Clean stop: SIGTERM detaches and removes the pins.
     lab.stop_agent();
     assert!(!lab.pin_dir().exists(), "pins removed on SIGTERM");
     let log = lab.agent_log();

@@ -704,12 +704,15 @@ impl Agent {
             }
         };
         match self.plane.balancer.conns_checked(&verdict) {
-            Ok(set) if !set.is_empty() => info!(
-                "recorded flows agree with the Maglev table again ({} connection-table entries read in {} ms): TCP SYNs take the table's choice without a connection-table lookup for VIP {}",
-                verdict.entries,
-                took.as_millis(),
-                set.join(", ")
-            ),
+            Ok(set) if !set.is_empty() => {
+                self.shared.set_vips(self.plane.balancer.vips());
+                info!(
+                    "recorded flows agree with the Maglev table again ({} connection-table entries read in {} ms): TCP SYNs take the table's choice without a connection-table lookup for VIP {}",
+                    verdict.entries,
+                    took.as_millis(),
+                    set.join(", ")
+                );
+            }
             Ok(_) => debug!(
                 "connection-table walk: {} entries in {} ms, {}",
                 verdict.entries,

@@ -146,6 +146,15 @@ impl Collector for LbCollector {
         )?;
         gauges(
             e,
+            "lb_vip_syn_direct",
+            "1 while the VIP's TCP SYNs take the Maglev choice without a connection-table lookup (its recorded flows agree with its table).",
+            &s.vips
+                .iter()
+                .map(|v| (vec![("vip", v.name.clone())], i64::from(v.syn_direct)))
+                .collect::<Vec<_>>(),
+        )?;
+        gauges(
+            e,
             "lb_backend_healthy",
             "1 when the backend passes its health check.",
             &per_backend(&s, |b| i64::from(b.state != "unhealthy")),

@@ -39,6 +39,7 @@ struct VipView {
     health_check: String,
     allow: Option<Vec<String>>,
     backends: Vec<BackendView>,
+    syn_direct: bool,
 }
 
 #[derive(Debug, Default)]
@@ -133,6 +134,7 @@ impl Shared {
                         healthy: b.healthy,
                     })
                     .collect(),
+                syn_direct: v.conns_match,
             })
             .collect();
         let labels: HashMap<u32, Labels> = views
@@ -215,6 +217,7 @@ impl Shared {
                 allow: v.allow.clone(),
                 traffic: stats.vip(v.id).into(),
                 refused: stats.vip_refused(v.id).into(),
+                syn_direct: v.syn_direct,
                 backends: v
                     .backends
                     .iter()

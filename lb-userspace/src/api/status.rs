@@ -74,6 +74,11 @@ pub struct VipStatus {
     pub refused: Traffic,
     /// Its backends, in configuration order.
     pub backends: Vec<BackendStatus>,
+    /// Its TCP SYNs take the Maglev choice without a connection-table
+    /// lookup: its recorded flows agree with its table
+    /// (`lb_common::VIP_F_CONNS_MATCH_TABLE`).
+    #[serde(default)]
+    pub syn_direct: bool,
 }
 
 /// Reloads so far.
