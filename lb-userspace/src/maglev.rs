@@ -19,6 +19,18 @@ pub struct MaglevBackend<'a> {
     pub weight: u32,
 }
 
+/// [`MaglevBackend`]s borrowing owned (backend id, name, weight) triples.
+pub fn borrowed(input: &[(u32, Vec<u8>, u32)]) -> Vec<MaglevBackend<'_>> {
+    input
+        .iter()
+        .map(|(id, name, weight)| MaglevBackend {
+            id: *id,
+            name,
+            weight: *weight,
+        })
+        .collect()
+}
+
 /// Builds a table of `table_size` entries (`M`, prime, at least 2): ring of
 /// backend ids, each backend's share proportional to its weight. The result
 /// does not depend on the order of `backends` (they are sorted by name), so

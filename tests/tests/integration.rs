@@ -236,7 +236,7 @@ fn end_to_end(prefix: &str, mode: Mode) {
     // on be2 and be3 for what are be1's slots again disagree with the
     // table, so web's SYNs look their flows up. Once they leave the
     // connection table (removed here, as the LRU would evict them), the
-    // agent's next walk (every 10 s) gives the shortcut back.
+    // agent's next walk gives the shortcut back.
     let syn_direct = |lab: &Lab| {
         let status: lb_userspace::api::Status =
             serde_json::from_str(&lb_status(lab, true)).expect("lb status --json");
@@ -263,7 +263,8 @@ fn end_to_end(prefix: &str, mode: Mode) {
         }
     }
     assert!(
-        lab.wait_for_log(agreed, walks + 1, Duration::from_secs(25)),
+        // A walk that found disagreement makes the next one wait 20 s.
+        lab.wait_for_log(agreed, walks + 1, Duration::from_secs(45)),
         "no walk gave the shortcut back:\n{}",
         lab.agent_log()
     );

@@ -19,7 +19,9 @@ pub mod watch;
 
 use crate::{
     api::{self, Shared},
-    balancer::{Balancer, BalancerError, Changes, ConnsVerdict, Sources},
+    balancer::{
+        Balancer, BalancerError, Changes, ConnsVerdict, Sources, WALK_MIN_INTERVAL, WalkSchedule,
+    },
     config::{Config, Loaded},
     dataplane::{
         conns,
@@ -403,6 +405,7 @@ pub async fn run(
         source,
         last_local_error: None,
         bgp,
+        walks: WalkSchedule::default(),
     };
     let result = agent.serve(shutdown).await;
     agent.log_counters();
@@ -457,12 +460,9 @@ struct Agent {
     /// The BGP speaker: told the announcement rule's input after every
     /// health change and reload.
     bgp: crate::bgp::Speaker,
+    /// When the connection table is walked next.
+    walks: WalkSchedule,
 }
-
-/// How often the agent walks the connection table for VIPs whose TCP SYNs
-/// look their flows up (`VIP_F_CONNS_MATCH_TABLE` clear, see
-/// [`crate::balancer::ConnsCheck`]); no walk while every VIP has the flag.
-pub const CONNS_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A walk of the connection table as it ended, with how long it took.
 type ConnsWalk = (Result<ConnsVerdict, MapWriteError>, Duration);
@@ -519,7 +519,9 @@ impl Agent {
             tokio::sync::watch::channel(self.plane.balancer.next_hop_targets());
         let next_hops = self.start_next_hops(targets_rx);
         let (walk_tx, mut walk_rx) = mpsc::channel::<ConnsWalk>(1);
-        let mut walk_tick = time::interval(CONNS_CHECK_INTERVAL);
+        // Walks of the connection table for VIPs whose TCP SYNs look their
+        // flows up (see `balancer::ConnsCheck`), every 10 s at most.
+        let mut walk_tick = time::interval(WALK_MIN_INTERVAL);
         walk_tick.set_missed_tick_behavior(time::MissedTickBehavior::Delay);
         let mut walking = false;
         // Set when serving ends, so a walk does not hold the runtime's
@@ -676,10 +678,16 @@ impl Agent {
 
     /// Starts a walk of the connection table in a blocking thread when a
     /// VIP waits for one; whether it started.
-    fn start_conns_walk(&self, done: &mpsc::Sender<ConnsWalk>, stop: &Arc<AtomicBool>) -> bool {
-        let Some(check) = self.plane.balancer.conns_check(std::time::Instant::now()) else {
+    fn start_conns_walk(&mut self, done: &mpsc::Sender<ConnsWalk>, stop: &Arc<AtomicBool>) -> bool {
+        let now = std::time::Instant::now();
+        let Some(check) = self.plane.balancer.conns_check(now) else {
             return false;
         };
+        let candidates = check.candidates();
+        if !self.walks.due(&candidates, now) {
+            return false;
+        }
+        self.walks.started(candidates, now);
         let (dir, max_entries, done, stop) = (
             self.plane.dir.clone(),
             self.config.conntrack_entries,
@@ -699,11 +707,15 @@ impl Agent {
         let verdict = match verdict {
             Ok(verdict) => verdict,
             Err(e) => {
+                self.walks.finished(false);
                 warn!("walking the connection table: {e}");
                 return;
             }
         };
-        match self.plane.balancer.conns_checked(&verdict) {
+        let checked = self.plane.balancer.conns_checked(&verdict);
+        self.walks
+            .finished(checked.as_ref().is_ok_and(|set| !set.is_empty()));
+        match checked {
             Ok(set) if !set.is_empty() => {
                 self.shared.set_vips(self.plane.balancer.vips());
                 info!(

@@ -19,6 +19,8 @@ use std::{
 
 use lb_common::{ConnValue, FlowKey, VipKey, flow_hash, maglev_slot, rules::match_vip};
 
+use crate::maglev;
+
 /// Least time between a change of a VIP's table or backends and the start
 /// of a walk that may set its flag again: a packet that read the VIP's old
 /// table (its program runs for microseconds) has recorded its flow by then.
@@ -29,8 +31,16 @@ pub const CONNS_GRACE: Duration = Duration::from_secs(1);
 struct Candidate {
     /// [`super::VipState`]'s change count when prepared.
     epoch: u64,
-    /// Its Maglev table (backend ids), empty when no backend is usable.
-    table: Vec<u32>,
+    /// Its Maglev table's members: (backend id, name, weight).
+    members: Vec<(u32, Vec<u8>, u32)>,
+}
+
+impl Candidate {
+    /// Its Maglev table (backend ids), empty when no backend is usable:
+    /// built where the walk runs, not in the agent's event loop.
+    fn table(&self, table_size: u32) -> Vec<u32> {
+        maglev::build(&maglev::borrowed(&self.members), table_size)
+    }
 }
 
 /// What a walk of the connection table needs, taken from the balancer
@@ -42,6 +52,8 @@ pub struct ConnsCheck {
     vips: HashMap<VipKey, u32>,
     /// The VIPs under check, by id.
     candidates: HashMap<u32, Candidate>,
+    /// Entries of every Maglev table.
+    table_size: u32,
     /// Usable backends (in a VIP's set and healthy): id -> generation.
     usable: HashMap<u32, u32>,
 }
@@ -59,16 +71,21 @@ pub struct ConnsVerdict {
 }
 
 impl ConnsCheck {
-    pub(super) fn new(vips: HashMap<VipKey, u32>, usable: HashMap<u32, u32>) -> Self {
+    pub(super) fn new(
+        vips: HashMap<VipKey, u32>,
+        usable: HashMap<u32, u32>,
+        table_size: u32,
+    ) -> Self {
         Self {
             vips,
             candidates: HashMap::new(),
             usable,
+            table_size,
         }
     }
 
-    pub(super) fn add(&mut self, vip_id: u32, epoch: u64, table: Vec<u32>) {
-        self.candidates.insert(vip_id, Candidate { epoch, table });
+    pub(super) fn add(&mut self, vip_id: u32, epoch: u64, members: Vec<(u32, Vec<u8>, u32)>) {
+        self.candidates.insert(vip_id, Candidate { epoch, members });
     }
 
     /// Whether no VIP is under check.
@@ -76,11 +93,28 @@ impl ConnsCheck {
         self.candidates.is_empty()
     }
 
+    /// The VIPs under check with their change counts, sorted: equal for
+    /// two checks when nothing changed in between.
+    pub fn candidates(&self) -> Vec<(u32, u64)> {
+        let mut ids: Vec<(u32, u64)> = self
+            .candidates
+            .iter()
+            .map(|(&id, c)| (id, c.epoch))
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// The VIP id of an entry that disagrees with its VIP's table, if the
     /// VIP is under check: the entry is usable (its backend usable, same
     /// generation), and the table names another backend for the flow (or
     /// none: a SYN would find no backend where its flow has one).
-    fn disagreeing(&self, key: &FlowKey, entry: &ConnValue) -> Option<u32> {
+    fn disagreeing(
+        &self,
+        tables: &HashMap<u32, Vec<u32>>,
+        key: &FlowKey,
+        entry: &ConnValue,
+    ) -> Option<u32> {
         if self.usable.get(&entry.backend_id) != Some(&entry.generation) {
             return None;
         }
@@ -92,25 +126,31 @@ impl ConnsCheck {
                 family: key.family,
             })
         })?;
-        let candidate = self.candidates.get(&vip_id)?;
+        let table = tables.get(&vip_id)?;
         let hash = flow_hash(
             key.family, &key.src, &key.dst, key.sport, key.dport, key.proto,
         );
-        let choice = u32::try_from(candidate.table.len())
+        let choice = u32::try_from(table.len())
             .ok()
             .filter(|&size| size > 0)
-            .and_then(|size| candidate.table.get(maglev_slot(hash, size) as usize));
+            .and_then(|size| table.get(maglev_slot(hash, size) as usize));
         (choice != Some(&entry.backend_id)).then_some(vip_id)
     }
 
     /// Walks `entries` (the connection table as read), reading at most
     /// `bound` of them: which VIPs under check have no disagreeing entry.
-    /// Stops early once every VIP under check disagrees.
+    /// Builds their tables first (a few milliseconds each). Stops early
+    /// once every VIP under check disagrees.
     pub fn walk(
         &self,
         entries: impl IntoIterator<Item = (FlowKey, ConnValue)>,
         bound: usize,
     ) -> ConnsVerdict {
+        let tables: HashMap<u32, Vec<u32>> = self
+            .candidates
+            .iter()
+            .map(|(&id, c)| (id, c.table(self.table_size)))
+            .collect();
         let mut disagree = std::collections::HashSet::new();
         let mut verdict = ConnsVerdict::default();
         let mut entries = entries.into_iter();
@@ -126,7 +166,7 @@ impl ConnsCheck {
                 break;
             };
             verdict.entries += 1;
-            if let Some(vip_id) = self.disagreeing(&key, &entry) {
+            if let Some(vip_id) = self.disagreeing(&tables, &key, &entry) {
                 disagree.insert(vip_id);
             }
         }
@@ -143,8 +183,112 @@ impl ConnsCheck {
     }
 }
 
+/// Least time between two walks for the same VIPs (with the same change
+/// counts): the agent checks every this often.
+pub const WALK_MIN_INTERVAL: Duration = Duration::from_secs(10);
+/// Most time between two walks for the same VIPs: each walk that sets no
+/// flag doubles the time to the next one, up to this. A VIP whose moved
+/// flows live on (or whose entries a table that is not full never evicts)
+/// costs a full walk at most this often.
+pub const WALK_MAX_INTERVAL: Duration = Duration::from_secs(320);
+
+/// What [`WalkSchedule::due`] forgives: the agent asks on ticks of
+/// [`WALK_MIN_INTERVAL`], each handled a few milliseconds late or early
+/// relative to the one before.
+pub const TICK_SLACK: Duration = Duration::from_secs(1);
+
+/// When the agent walks the connection table again: at once for VIPs that
+/// changed since the last walk, else after a wait that doubles with each
+/// walk that set no flag ([`WALK_MIN_INTERVAL`] to [`WALK_MAX_INTERVAL`]).
+#[derive(Debug, Clone)]
+pub struct WalkSchedule {
+    /// The candidates of the last walk and when it started.
+    last: Option<(Vec<(u32, u64)>, Instant)>,
+    wait: Duration,
+}
+
+impl Default for WalkSchedule {
+    fn default() -> Self {
+        Self {
+            last: None,
+            wait: WALK_MIN_INTERVAL,
+        }
+    }
+}
+
+impl WalkSchedule {
+    /// Whether a walk for `candidates` ([`ConnsCheck::candidates`]) is due
+    /// at `now`: other candidates than the last walk's, or the wait passed,
+    /// less [`TICK_SLACK`].
+    pub fn due(&self, candidates: &[(u32, u64)], now: Instant) -> bool {
+        match &self.last {
+            Some((last, at)) if last == candidates => {
+                now.saturating_duration_since(*at) + TICK_SLACK >= self.wait
+            }
+            _ => true,
+        }
+    }
+
+    /// Records a walk for `candidates` starting at `now`.
+    pub fn started(&mut self, candidates: Vec<(u32, u64)>, now: Instant) {
+        if self
+            .last
+            .as_ref()
+            .is_none_or(|(last, _)| *last != candidates)
+        {
+            self.wait = WALK_MIN_INTERVAL;
+        }
+        self.last = Some((candidates, now));
+    }
+
+    /// Records the end of the walk: whether it set a flag.
+    pub fn finished(&mut self, set_any: bool) {
+        self.wait = if set_any {
+            WALK_MIN_INTERVAL
+        } else {
+            (self.wait * 2).min(WALK_MAX_INTERVAL)
+        };
+    }
+}
+
 /// When a VIP's flag may be set again by a walk prepared at `now`: its last
 /// change was at least [`CONNS_GRACE`] before.
 pub(super) fn settled(changed_at: Instant, now: Instant) -> bool {
     now.saturating_duration_since(changed_at) >= CONNS_GRACE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Walks for the same VIPs back off from 10 s to 320 s while they set
+    /// nothing; a change (another change count) or a flag set starts over.
+    #[test]
+    fn walks_back_off_while_they_set_nothing() {
+        let t0 = Instant::now();
+        let mut s = WalkSchedule::default();
+        let web = vec![(1, 3)];
+        assert!(s.due(&web, t0));
+        let mut at = t0;
+        let second = Duration::from_secs(1);
+        for wait in [20, 40, 80, 160, 320, 320, 320].map(Duration::from_secs) {
+            s.started(web.clone(), at);
+            s.finished(false);
+            // Due on the tick that ends the wait, even a little early.
+            assert!(s.due(&web, at + wait - second / 2), "{wait:?}");
+            assert!(!s.due(&web, at + wait - second * 2), "{wait:?}");
+            at += wait;
+        }
+        // web changed again: due at once, and the wait starts over.
+        let changed = vec![(1, 4)];
+        assert!(s.due(&changed, at));
+        s.started(changed.clone(), at);
+        s.finished(false);
+        assert!(s.due(&changed, at + Duration::from_secs(20)));
+        assert!(!s.due(&changed, at + Duration::from_secs(18)));
+        // A walk that set a flag: the next is 10 s away.
+        s.started(changed.clone(), at);
+        s.finished(true);
+        assert!(s.due(&changed, at + WALK_MIN_INTERVAL));
+    }
 }

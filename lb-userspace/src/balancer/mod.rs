@@ -30,7 +30,9 @@ use lb_common::{
 mod conns;
 mod ids;
 
-pub use conns::{CONNS_GRACE, ConnsCheck, ConnsVerdict};
+pub use conns::{
+    CONNS_GRACE, ConnsCheck, ConnsVerdict, WALK_MAX_INTERVAL, WALK_MIN_INTERVAL, WalkSchedule,
+};
 use ids::IdPool;
 use ipnet::IpNet;
 
@@ -40,7 +42,7 @@ use crate::{
         maps::{MapWriteError, MapWriter},
         sizing,
     },
-    maglev::{self, MaglevBackend},
+    maglev,
 };
 
 /// Why the balancer could not apply something.
@@ -111,6 +113,16 @@ pub struct VipState {
 }
 
 impl VipState {
+    /// What its Maglev table is built from: (backend id, name, weight) of
+    /// its healthy backends ([`maglev::build`] leaves weight 0 out).
+    fn table_input(&self) -> Vec<(u32, Vec<u8>, u32)> {
+        self.backends
+            .iter()
+            .filter(|b| b.healthy)
+            .map(|b| (b.id, backend_name(b.address), b.weight))
+            .collect()
+    }
+
     /// The backends that get Maglev entries: healthy, weight above 0.
     fn members(&self) -> Vec<(u32, u32)> {
         self.backends
@@ -814,10 +826,10 @@ impl<M: MapWriter> Balancer<M> {
             .filter(|b| b.healthy)
             .map(|b| (b.id, self.generations[b.id as usize]))
             .collect();
-        let mut check = ConnsCheck::new(vips, usable);
-        for (i, vip) in self.vips.iter().enumerate() {
+        let mut check = ConnsCheck::new(vips, usable, self.table_size);
+        for vip in &self.vips {
             if !vip.conns_match && conns::settled(vip.changed_at, now) {
-                check.add(vip.id, vip.epoch, self.table(i));
+                check.add(vip.id, vip.epoch, vip.table_input());
             }
         }
         (!check.is_empty()).then_some(check)
@@ -1001,24 +1013,8 @@ impl<M: MapWriter> Balancer<M> {
     /// The Maglev table of VIP `vip` (index into [`Self::vips`]) over its
     /// healthy backends: `table_size` backend ids, or empty when none is usable.
     pub fn table(&self, vip: usize) -> Vec<u32> {
-        let state = &self.vips[vip];
-        let names: Vec<Vec<u8>> = state
-            .backends
-            .iter()
-            .map(|b| backend_name(b.address))
-            .collect();
-        let members: Vec<MaglevBackend<'_>> = state
-            .backends
-            .iter()
-            .zip(&names)
-            .filter(|(b, _)| b.healthy)
-            .map(|(b, name)| MaglevBackend {
-                id: b.id,
-                name,
-                weight: b.weight,
-            })
-            .collect();
-        maglev::build(&members, self.table_size)
+        let input = self.vips[vip].table_input();
+        maglev::build(&maglev::borrowed(&input), self.table_size)
     }
 
     /// Writes VIP `i`'s map entry for its current region and flags.
