@@ -105,8 +105,10 @@ pub struct VipState {
     /// Whether its entry carries [`VIP_F_CONNS_MATCH_TABLE`]: its recorded
     /// flows all agree with its table (see [`conns`]).
     pub conns_match: bool,
-    /// Changes that could make a recorded flow disagree with its table,
-    /// counted: a walk prepared before the last one sets nothing.
+    /// The balancer's change count at its last change that could make a
+    /// recorded flow disagree with its table (or its creation): a walk
+    /// prepared before it sets nothing. Unique across VIPs, so a walk of a
+    /// removed VIP never sets the flag of a new one with its id.
     epoch: u64,
     /// When the last such change was made.
     changed_at: Instant,
@@ -197,6 +199,8 @@ pub struct Balancer<M: MapWriter> {
     /// Every VIP's own prefixes with the VIP id, as in the maps.
     vip_allow: HashSet<(u32, IpNet)>,
     globals: Globals,
+    /// Changes counted for [`VipState::epoch`].
+    epochs: u64,
 }
 
 /// Writes (with `set(index, word)`) the words of `new` that differ from
@@ -326,6 +330,7 @@ impl<M: MapWriter> Balancer<M> {
             allow: HashSet::new(),
             vip_allow: HashSet::new(),
             globals: Globals::default(),
+            epochs: 0,
         }
     }
 
@@ -423,6 +428,7 @@ impl<M: MapWriter> Balancer<M> {
                     }
                 })
                 .collect();
+            let epoch = b.next_epoch();
             b.vips.push(VipState {
                 config: (*vip).clone(),
                 id: value.vip_id,
@@ -431,7 +437,7 @@ impl<M: MapWriter> Balancer<M> {
                 published: None,
                 flags: value.flags & !VIP_F_CONNS_MATCH_TABLE,
                 conns_match: value.flags & VIP_F_CONNS_MATCH_TABLE != 0,
-                epoch: 0,
+                epoch,
                 changed_at: Instant::now(),
             });
         }
@@ -767,6 +773,7 @@ impl<M: MapWriter> Balancer<M> {
         // a port over a port-0 VIP: flows of that port recorded for the
         // port-0 VIP keep their backends (see `write_vip_flags`).
         let over_port_0 = vip.port != 0 && self.port_0_vip(vip).is_some();
+        let epoch = self.next_epoch();
         self.vips.push(VipState {
             config: vip.clone(),
             id,
@@ -775,11 +782,17 @@ impl<M: MapWriter> Balancer<M> {
             published: None,
             flags: vip_flags(vip),
             conns_match: !over_port_0,
-            epoch: 0,
+            epoch,
             changed_at: Instant::now(),
         });
         let index = self.vips.len() - 1;
         self.write_table(index)
+    }
+
+    /// A new [`VipState::epoch`].
+    fn next_epoch(&mut self) -> u64 {
+        self.epochs += 1;
+        self.epochs
     }
 
     /// The index of the port-0 VIP on `vip`'s address and protocol.
@@ -796,8 +809,9 @@ impl<M: MapWriter> Balancer<M> {
     /// [`VIP_F_CONNS_MATCH_TABLE`] first: SYNs look their flows up from
     /// now on. Call before the change is written.
     fn conns_changed(&mut self, i: usize) -> Result<(), BalancerError> {
+        let epoch = self.next_epoch();
         let vip = &mut self.vips[i];
-        vip.epoch += 1;
+        vip.epoch = epoch;
         vip.changed_at = Instant::now();
         if vip.conns_match {
             vip.conns_match = false;
