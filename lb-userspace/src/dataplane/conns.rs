@@ -15,10 +15,16 @@ use lb_common::{ConnValue, FlowKey, MAP_CONNS};
 use super::maps::{MapWriteError, open_pin};
 use crate::balancer::{ConnsCheck, ConnsVerdict};
 
-/// Longest a walk may take; a walk stopped by it sets no flag. Reading an
+/// Longest a walk may take per 2^20 entries of the connection table's
+/// size (at least this); a walk stopped by it sets no flag. Reading an
 /// entry costs two system calls (next key, then value): about a second per
 /// million entries on the bench machine.
-pub const WALK_TIME_LIMIT: Duration = Duration::from_secs(20);
+pub const WALK_TIME_PER_MEBI_ENTRIES: Duration = Duration::from_secs(20);
+
+/// Longest a walk of a connection table of `max_entries` flows may take.
+pub fn walk_time_limit(max_entries: u32) -> Duration {
+    WALK_TIME_PER_MEBI_ENTRIES * max_entries.div_ceil(1 << 20).max(1)
+}
 
 /// Walks the connection table pinned in `dir` for `check` ([`walk_map`]).
 ///
@@ -36,7 +42,7 @@ pub fn walk_pinned(
 
 /// Walks connection table `conns` for `check`: at most twice `max_entries`
 /// entries (a key removed under the walk restarts the kernel's iteration
-/// from the first bucket) and [`WALK_TIME_LIMIT`], and no further once
+/// from the first bucket) and [`walk_time_limit`], and no further once
 /// `stop` is set (the agent is stopping). Entries removed while the walk
 /// reads them are skipped; any other read error ends the walk as
 /// incomplete, and an incomplete walk finds no VIP in agreement.
@@ -47,9 +53,10 @@ pub fn walk_map<T: Borrow<MapData>>(
     stop: &AtomicBool,
 ) -> ConnsVerdict {
     let started = Instant::now();
+    let limit = walk_time_limit(max_entries);
     let mut cut = false;
     let entries = conns.iter().map_while(|entry| {
-        if started.elapsed() > WALK_TIME_LIMIT || stop.load(Ordering::Relaxed) {
+        if started.elapsed() > limit || stop.load(Ordering::Relaxed) {
             cut = true;
             return None;
         }
