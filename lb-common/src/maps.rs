@@ -208,9 +208,10 @@ pub const VIP_F_OWN_ALLOW: u32 = 2;
 /// packet that is not a SYN meets the same backend, recorded or not. The
 /// agent sets it on a VIP's first table (its backends are new, so no entry
 /// can name them) and after a walk of the connection table finds no entry
-/// that disagrees; it clears it before any change that could make one
-/// disagree (a new table, a backend usable again, a port VIP removed over
-/// a port-0 VIP). Without it a SYN looks its flow up, so a client that
+/// that disagrees (entries of unhealthy backends included: they are usable
+/// again once their backend recovers); it clears it before any change that
+/// could make one disagree (a new table, a backend usable again, a port VIP
+/// removed over a port-0 VIP). Without it a SYN looks its flow up, so a client that
 /// reuses the 5-tuple of a finished flow recorded before the table changed
 /// is not split between two backends.
 pub const VIP_F_CONNS_MATCH_TABLE: u32 = 4;

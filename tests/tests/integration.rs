@@ -263,8 +263,9 @@ fn end_to_end(prefix: &str, mode: Mode) {
         }
     }
     assert!(
-        // A walk that found disagreement makes the next one wait 20 s.
-        lab.wait_for_log(agreed, walks + 1, Duration::from_secs(45)),
+        // Each walk that found disagreement since be1's return doubled the
+        // wait before the next (10 s, 20 s, ...): one or two of them.
+        lab.wait_for_log(agreed, walks + 1, Duration::from_secs(60)),
         "no walk gave the shortcut back:\n{}",
         lab.agent_log()
     );

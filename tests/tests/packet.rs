@@ -2480,7 +2480,7 @@ fn a_syn_skips_the_connection_table_only_while_recorded_flows_agree() {
     );
     assert_eq!(direct(&fx), 3, "the shortcut is back");
 
-    // A health change clears it again before the new table is out.
+    // A health change clears it: SYNs look their flows up again.
     let looked_up = fx.stats.conn(ConnEvent::Syn).packets;
     assert!(fx.balancer.set_health(0, 0, false).expect("health"));
     assert_eq!(

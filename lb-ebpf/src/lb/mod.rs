@@ -247,15 +247,15 @@ fn choose(max_new_per_cpu: u32, p: &Packet, c: *mut Choice) -> u32 {
     }
     count(&LB_VIP_STATS, vip.vip_id, p.bytes);
     let chosen = if p.icmp_error {
-        lookup_backend(vip, &key, hash).map(|(id, backend)| (id, backend, NO_CONN_EVENT))
+        lookup_backend(&vip, &key, hash).map(|(id, backend)| (id, backend, NO_CONN_EVENT))
     } else if direct {
-        maglev_backend(vip, hash).map(|(id, backend)| (id, backend, ConnEvent::SynDirect as u32))
+        maglev_backend(&vip, hash).map(|(id, backend)| (id, backend, ConnEvent::SynDirect as u32))
     } else {
-        flow_backend(vip, &key, entry, hash, p.syn, max_new_per_cpu)
+        flow_backend(&vip, &key, entry, hash, p.syn, max_new_per_cpu)
             .map(|(id, backend, event)| (id, backend, event as u32))
     };
     let Some((backend_id, backend, conn_event)) = chosen else {
-        return code(no_backend(vip));
+        return code(no_backend(&vip));
     };
     write_choice(c, backend_id, backend, hash, conn_event);
     CONTINUE

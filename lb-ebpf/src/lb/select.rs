@@ -11,9 +11,12 @@ use crate::maps::{LB_BACKENDS, LB_CONN_BUCKET, LB_CONNS, LB_MAGLEV, LB_VIPS};
 
 /// The VIP for (address, port, protocol) of `family` (address as in map
 /// keys), falling back to the port-0 wildcard VIP of that address and
-/// protocol. Ports in network byte order.
+/// protocol. Ports in network byte order. Copied out (16 bytes): `LB_VIPS`
+/// is a preallocated hash map, whose update hands the old element to the
+/// next update on that CPU without waiting for readers, so the flags and
+/// the table a packet uses come from one version of the entry.
 #[inline(always)]
-pub fn find_vip(family: u8, dst: &[u8; 16], port: [u8; 2], proto: u8) -> Option<&'static VipValue> {
+pub fn find_vip(family: u8, dst: &[u8; 16], port: [u8; 2], proto: u8) -> Option<VipValue> {
     let mut key = VipKey {
         addr: *dst,
         port: [0, 0],
@@ -24,9 +27,8 @@ pub fn find_vip(family: u8, dst: &[u8; 16], port: [u8; 2], proto: u8) -> Option<
         key.port = port;
         LB_VIPS.get_ptr(key)
     })?;
-    // SAFETY: map values live as long as the program runs; entries are only
-    // replaced by the agent, never freed under a running program (RCU).
-    Some(unsafe { &*value })
+    // SAFETY: a map value pointer, valid during this program run; copied.
+    Some(unsafe { *value })
 }
 
 /// Backend `id` when it is in its VIP's set and healthy.

@@ -465,7 +465,7 @@ struct Agent {
 }
 
 /// A walk of the connection table as it ended, with how long it took.
-type ConnsWalk = (Result<ConnsVerdict, MapWriteError>, Duration);
+type ConnsWalk = (Result<ConnsVerdict, String>, Duration);
 
 /// Sets a stop flag when dropped.
 struct StopOnDrop(Arc<AtomicBool>);
@@ -688,16 +688,17 @@ impl Agent {
             return false;
         }
         self.walks.started(candidates, now);
-        let (dir, max_entries, done, stop) = (
-            self.plane.dir.clone(),
-            self.config.conntrack_entries,
-            done.clone(),
-            stop.clone(),
-        );
-        tokio::task::spawn_blocking(move || {
+        let (dir, done, stop) = (self.plane.dir.clone(), done.clone(), stop.clone());
+        // A task that always reports, so a walk that failed in any way
+        // never leaves the agent waiting for it.
+        tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let verdict = conns::walk_pinned(&dir, &check, max_entries, &stop);
-            let _ = done.blocking_send((verdict, started.elapsed()));
+            let verdict = tokio::task::spawn_blocking(move || {
+                conns::walk_pinned(&dir, &check, &stop).map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("the walk's thread ended: {e}")));
+            let _ = done.send((verdict, started.elapsed())).await;
         });
         true
     }
@@ -807,6 +808,9 @@ impl Agent {
             }
             Err(e) => {
                 self.shared.record_reload(Err(e.clone()));
+                // A map write that failed part way leaves what was written:
+                // the API shows the balancer's state as it is.
+                self.shared.set_vips(self.plane.balancer.vips());
                 error!("configuration rejected ({why}), the running one stays in force: {e}");
             }
         }

@@ -8,6 +8,10 @@
 //! change is visible) on every change that could break it; the agent then
 //! walks the connection table now and again ([`ConnsCheck::walk`]) and sets
 //! it again once no entry disagrees ([`super::Balancer::conns_checked`]).
+//! A walk counts the entries of unhealthy backends too (still in their
+//! VIP's set): a backend that recovers makes its entries usable again
+//! without changing the table of the VIP their flows match now, when that
+//! is a VIP of a port over the port-0 VIP that recorded them.
 //! Entries disagree while flows that a table change moved are alive (they
 //! keep their backend) and for a while after they end (an LRU entry stays
 //! until it is evicted).
@@ -54,8 +58,9 @@ pub struct ConnsCheck {
     candidates: HashMap<u32, Candidate>,
     /// Entries of every Maglev table.
     table_size: u32,
-    /// Usable backends (in a VIP's set and healthy): id -> generation.
-    usable: HashMap<u32, u32>,
+    /// Backends in a VIP's set, healthy or not: id -> generation. An entry
+    /// of one of them is usable now or once its backend recovers.
+    live: HashMap<u32, u32>,
 }
 
 /// The result of a walk.
@@ -73,13 +78,13 @@ pub struct ConnsVerdict {
 impl ConnsCheck {
     pub(super) fn new(
         vips: HashMap<VipKey, u32>,
-        usable: HashMap<u32, u32>,
+        live: HashMap<u32, u32>,
         table_size: u32,
     ) -> Self {
         Self {
             vips,
             candidates: HashMap::new(),
-            usable,
+            live,
             table_size,
         }
     }
@@ -106,16 +111,17 @@ impl ConnsCheck {
     }
 
     /// The VIP id of an entry that disagrees with its VIP's table, if the
-    /// VIP is under check: the entry is usable (its backend usable, same
-    /// generation), and the table names another backend for the flow (or
-    /// none: a SYN would find no backend where its flow has one).
+    /// VIP is under check: the entry's backend is in its VIP's set with the
+    /// entry's generation (healthy or not: usable now or once it recovers),
+    /// and the table names another backend for the flow (or none: a SYN
+    /// would find no backend where its flow has one).
     fn disagreeing(
         &self,
         tables: &HashMap<u32, Vec<u32>>,
         key: &FlowKey,
         entry: &ConnValue,
     ) -> Option<u32> {
-        if self.usable.get(&entry.backend_id) != Some(&entry.generation) {
+        if self.live.get(&entry.backend_id) != Some(&entry.generation) {
             return None;
         }
         let vip_id = *match_vip(key.dport, |port| {

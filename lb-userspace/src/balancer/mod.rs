@@ -304,6 +304,34 @@ fn vip_flags(vip: &Vip) -> u32 {
     flags
 }
 
+/// Clears [`VIP_F_CONNS_MATCH_TABLE`] in the map entry of every port-0 VIP
+/// of `map_vips` that stays in `wanted` while a VIP of a port on its
+/// address and protocol goes; returns the VIPs as they are then.
+fn clear_under_gone_port_vips<M: MapWriter>(
+    maps: &mut M,
+    map_vips: Vec<(VipKey, VipValue)>,
+    wanted: &HashMap<VipKey, &Vip>,
+) -> Result<Vec<(VipKey, VipValue)>, BalancerError> {
+    let gone: HashSet<([u8; 16], u8, u8)> = map_vips
+        .iter()
+        .filter(|(k, _)| k.port != [0, 0] && !wanted.contains_key(k))
+        .map(|(k, _)| (k.addr, k.proto, k.family))
+        .collect();
+    let mut out = Vec::with_capacity(map_vips.len());
+    for (key, mut value) in map_vips {
+        if key.port == [0, 0]
+            && value.flags & VIP_F_CONNS_MATCH_TABLE != 0
+            && wanted.contains_key(&key)
+            && gone.contains(&(key.addr, key.proto, key.family))
+        {
+            value.flags &= !VIP_F_CONNS_MATCH_TABLE;
+            maps.set_vip(&key, &value)?;
+        }
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
 /// A VIP's own source prefixes as the per-VIP tries hold them.
 fn own_allow(vip: &Vip, id: u32) -> HashSet<(u32, IpNet)> {
     vip.allow.iter().flatten().map(|&n| (id, n)).collect()
@@ -395,6 +423,9 @@ impl<M: MapWriter> Balancer<M> {
         let mut changes = Changes::default();
         let (mut used_vips, mut used_regions, mut used_backends) =
             (HashSet::new(), HashSet::new(), HashSet::new());
+        // A VIP of a port gone from the configuration hands its flows back
+        // to the port-0 VIP under it: that VIP's flag goes first.
+        let map_vips = clear_under_gone_port_vips(&mut b.maps, map_vips, &wanted)?;
         for (key, value) in map_vips {
             let members = backends.iter().filter(|(_, be)| {
                 be.flags & BACKEND_F_ACTIVE != 0 && u32::from(be.vip_id) == value.vip_id
@@ -833,14 +864,16 @@ impl<M: MapWriter> Balancer<M> {
             .iter()
             .map(|v| (vip_key(&v.config), v.id))
             .collect();
-        let usable = self
+        // Healthy or not: an entry of an unhealthy backend is usable again
+        // once it recovers, which need not change the VIP its flow now
+        // matches (a port VIP over the port-0 VIP that recorded it).
+        let live = self
             .vips
             .iter()
             .flat_map(|v| &v.backends)
-            .filter(|b| b.healthy)
             .map(|b| (b.id, self.generations[b.id as usize]))
             .collect();
-        let mut check = ConnsCheck::new(vips, usable, self.table_size);
+        let mut check = ConnsCheck::new(vips, live, self.table_size);
         for vip in &self.vips {
             if !vip.conns_match && conns::settled(vip.changed_at, now) {
                 check.add(vip.id, vip.epoch, vip.table_input());
@@ -1075,6 +1108,13 @@ impl<M: MapWriter> Balancer<M> {
 
     /// [`Self::publish_table`] without touching the VIP's flows' flag.
     fn write_table(&mut self, vip: usize) -> Result<(), BalancerError> {
+        let result = self.write_table_now(vip);
+        // The grace before a walk counts from when the table is out.
+        self.vips[vip].changed_at = Instant::now();
+        result
+    }
+
+    fn write_table_now(&mut self, vip: usize) -> Result<(), BalancerError> {
         let table = self.table(vip);
         let new_region = if table.is_empty() {
             None

@@ -500,9 +500,11 @@ fn a_vip_of_a_port_over_a_port_0_vip_starts_without_the_flag() {
     assert!(!conns_match(&b, "any"), "web's port is any's again");
 }
 
-/// The walk's rule: a usable entry disagrees when the VIP its flow matches
-/// (port VIP first, then port 0) names another backend for it; entries of
-/// unusable backends (removed, unhealthy, a reused id) never disagree.
+/// The walk's rule: an entry of a backend in its VIP's set (with the
+/// entry's generation) disagrees when the VIP its flow matches (port VIP
+/// first, then port 0) names another backend for it; entries of backends
+/// no longer in a set (removed, or the id reused with a new generation)
+/// never disagree.
 #[test]
 fn a_walk_finds_the_entries_that_disagree() {
     let any_port = "[[vip]]\nname = \"any\"\naddress = \"10.0.0.100\"\nport = 0\nprotocol = \"tcp\"\n  [[vip.backend]]\n  address = \"10.0.0.41\"\n  [[vip.backend]]\n  address = \"10.0.0.42\"\n";
@@ -566,7 +568,99 @@ fn a_walk_finds_the_entries_that_disagree() {
         ..entry(other(2, c8080))
     };
     assert!(in_agreement(&walk.walk(e, 100)).contains(&any));
+    // A backend id in no VIP's set (removed): no disagreement.
+    let mut e = agreeing.clone();
+    e[1].1 = ConnValue {
+        backend_id: 999,
+        generation: 1,
+    };
+    assert!(in_agreement(&walk.walk(e, 100)).contains(&any));
     // Bounded: a walk cut short finds no VIP in agreement.
     let v = walk.walk(agreeing, 1);
     assert!(!v.complete && v.agree.is_empty());
+}
+
+/// Flows of a port recorded by a port-0 VIP before a VIP of that port came
+/// keep their backend; while it is unhealthy a walk still counts them for
+/// the port VIP (they are usable again once it recovers, with no change
+/// to the port VIP's table), so the port VIP's SYNs keep looking flows up.
+#[test]
+fn a_walk_counts_entries_of_unhealthy_backends() {
+    let any_port = "[[vip]]\nname = \"any\"\naddress = \"10.0.0.100\"\nport = 0\nprotocol = \"tcp\"\n  [[vip.backend]]\n  address = \"10.0.0.41\"\n";
+    let only_any = format!("[maglev]\ntable_size = 251\nmax_vips = 8\n{any_port}");
+    let mut b = Balancer::new(
+        FakeMaps::default(),
+        &config(&only_any),
+        Ipv4Addr::new(10, 0, 0, 2),
+        8,
+    )
+    .unwrap();
+    let b41 = b.vips()[0].backends[0].id;
+    // A port-80 flow recorded for "any" (on .41), then "web" on port 80.
+    let flow = FlowKey::v4(
+        [10, 1, 0, 1],
+        [10, 0, 0, 100],
+        1000u16.to_be_bytes(),
+        80u16.to_be_bytes(),
+        6,
+    );
+    let recorded = ConnValue {
+        backend_id: b41,
+        generation: b.generations[b41 as usize],
+    };
+    b.apply(
+        &config(&(CONFIG.to_string() + any_port)),
+        Ipv4Addr::new(10, 0, 0, 2),
+    )
+    .unwrap();
+    assert!(!conns_match(&b, "web"));
+    // .41 goes down: a walk still finds the flow disagreeing with web's table.
+    let any = b
+        .vips()
+        .iter()
+        .position(|v| v.config.name == "any")
+        .unwrap();
+    b.set_health(any, 0, false).unwrap();
+    let walk = check(&b).expect("web waits");
+    let v = walk.walk(vec![(flow, recorded)], 10);
+    assert!(v.complete || v.agree.is_empty());
+    let web = b.vips()[0].id;
+    assert!(!in_agreement(&v).contains(&web), "{v:?}");
+    assert!(b.conns_checked(&v).unwrap().iter().all(|n| n != "web"));
+    assert!(!conns_match(&b, "web"));
+}
+
+/// An agent that adopts maps whose configuration dropped a VIP of a port
+/// clears the flag of the port-0 VIP under it before removing it.
+#[test]
+fn adoption_that_drops_a_port_vip_clears_the_port_0_vips_flag() {
+    let any_port = "[[vip]]\nname = \"any\"\naddress = \"10.0.0.100\"\nport = 0\nprotocol = \"tcp\"\n  [[vip.backend]]\n  address = \"10.0.0.41\"\n";
+    let b = Balancer::new(
+        FakeMaps::default(),
+        &config(&(CONFIG.to_string() + any_port)),
+        Ipv4Addr::new(10, 0, 0, 2),
+        8,
+    )
+    .unwrap();
+    // "web" came first, so "any" is new and flagged.
+    assert!(conns_match(&b, "any") && conns_match(&b, "web"));
+    let without_web = format!("[maglev]\ntable_size = 251\nmax_vips = 8\n{any_port}");
+    let (adopted, changes) = Balancer::adopt(
+        b.maps().clone(),
+        &config(&without_web),
+        Ipv4Addr::new(10, 0, 0, 2),
+        8,
+    )
+    .unwrap();
+    assert!(changes.vips_removed >= 1, "{changes}");
+    assert!(!conns_match(&adopted, "any"), "web's port is any's again");
+    // Keeping web keeps any's flag.
+    let (kept, _) = Balancer::adopt(
+        b.maps().clone(),
+        &config(&(CONFIG.to_string() + any_port)),
+        Ipv4Addr::new(10, 0, 0, 2),
+        8,
+    )
+    .unwrap();
+    assert!(conns_match(&kept, "any"));
 }

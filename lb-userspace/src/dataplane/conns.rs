@@ -9,10 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap, MapData, MapError};
+use aya::maps::{HashMap, Map, MapData};
 use lb_common::{ConnValue, FlowKey, MAP_CONNS};
 
-use super::maps::{MapWriteError, open_pin};
+use super::maps::{MapWriteError, wrap};
 use crate::balancer::{ConnsCheck, ConnsVerdict};
 
 /// Longest a walk may take per 2^20 entries of the connection table's
@@ -26,17 +26,25 @@ pub fn walk_time_limit(max_entries: u32) -> Duration {
     WALK_TIME_PER_MEBI_ENTRIES * max_entries.div_ceil(1 << 20).max(1)
 }
 
-/// Walks the connection table pinned in `dir` for `check` ([`walk_map`]).
+/// Walks the connection table pinned in `dir` for `check` ([`walk_map`]),
+/// bounded by the size the kernel reports for it (an adopted table keeps
+/// the size it was created with).
 ///
 /// # Errors
-/// The pinned map cannot be opened.
+/// The pinned map cannot be opened or its size read.
 pub fn walk_pinned(
     dir: &Path,
     check: &ConnsCheck,
-    max_entries: u32,
     stop: &AtomicBool,
 ) -> Result<ConnsVerdict, MapWriteError> {
-    let conns: HashMap<MapData, FlowKey, ConnValue> = open_pin(dir, MAP_CONNS)?;
+    let data = MapData::from_pin(dir.join(MAP_CONNS)).map_err(wrap(MAP_CONNS, "open pin"))?;
+    let max_entries = data
+        .info()
+        .map_err(wrap(MAP_CONNS, "read the size of"))?
+        .max_entries();
+    let map = Map::from_map_data(data).map_err(wrap(MAP_CONNS, "open pin"))?;
+    let conns: HashMap<MapData, FlowKey, ConnValue> =
+        HashMap::try_from(map).map_err(wrap(MAP_CONNS, "open pin"))?;
     Ok(walk_map(&conns, check, max_entries, stop))
 }
 
@@ -44,8 +52,8 @@ pub fn walk_pinned(
 /// entries (a key removed under the walk restarts the kernel's iteration
 /// from the first bucket) and [`walk_time_limit`], and no further once
 /// `stop` is set (the agent is stopping). Entries removed while the walk
-/// reads them are skipped; any other read error ends the walk as
-/// incomplete, and an incomplete walk finds no VIP in agreement.
+/// reads them are skipped; a read error ends the walk as incomplete, and
+/// an incomplete walk finds no VIP in agreement.
 pub fn walk_map<T: Borrow<MapData>>(
     conns: &HashMap<T, FlowKey, ConnValue>,
     check: &ConnsCheck,
@@ -60,9 +68,9 @@ pub fn walk_map<T: Borrow<MapData>>(
             cut = true;
             return None;
         }
+        // aya's iterator skips keys removed between next-key and lookup.
         match entry {
-            Ok(entry) => Some(Some(entry)),
-            Err(MapError::KeyNotFound) => Some(None),
+            Ok(entry) => Some(entry),
             Err(_) => {
                 cut = true;
                 None
@@ -72,7 +80,7 @@ pub fn walk_map<T: Borrow<MapData>>(
     let bound = usize::try_from(max_entries)
         .unwrap_or(usize::MAX)
         .saturating_mul(2);
-    let mut verdict = check.walk(entries.flatten(), bound);
+    let mut verdict = check.walk(entries, bound);
     if cut {
         verdict.complete = false;
         verdict.agree.clear();
