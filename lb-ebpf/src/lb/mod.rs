@@ -208,21 +208,17 @@ fn choose(max_new_per_cpu: u32, p: &Packet, c: *mut Choice) -> u32 {
         f.proto,
     );
     // A SYN's VIP first: when its recorded flows agree with its table, the
-    // SYN needs no connection-table lookup.
-    let mut syn_vip = None;
-    let mut direct = false;
+    // SYN needs no connection-table lookup. A SYN never takes the
+    // established shortcut below: it has its VIP already.
     if p.syn {
         let Some(vip) = find_vip(f.family, &f.vip, f.vip_port, f.proto) else {
             return Outcome::Passed as u32;
         };
-        direct = vip.flags & VIP_F_CONNS_MATCH_TABLE != 0;
-        syn_vip = Some(vip);
+        let direct = vip.flags & VIP_F_CONNS_MATCH_TABLE != 0;
+        let entry = if direct { None } else { connection(&key) };
+        return backend_of_vip(max_new_per_cpu, p, &vip, &key, entry, hash, direct, c);
     }
-    let entry = if p.icmp_error || direct {
-        None
-    } else {
-        connection(&key)
-    };
+    let entry = if p.icmp_error { None } else { connection(&key) };
     if let Some((backend_id, backend)) = entry.and_then(established) {
         let vip_id = u32::from(backend.vip_id);
         let flags = LB_VIP_FLAGS.get(vip_id).map_or(0, |flags| *flags);
@@ -235,27 +231,50 @@ fn choose(max_new_per_cpu: u32, p: &Packet, c: *mut Choice) -> u32 {
             return CONTINUE;
         }
     }
-    let Some(vip) = syn_vip.or_else(|| find_vip(f.family, &f.vip, f.vip_port, f.proto)) else {
+    let Some(vip) = find_vip(f.family, &f.vip, f.vip_port, f.proto) else {
         return if p.icmp_error {
             Outcome::DropIcmpNotFromVip as u32
         } else {
             Outcome::Passed as u32
         };
     };
+    backend_of_vip(max_new_per_cpu, p, &vip, &key, entry, hash, false, c)
+}
+
+/// The rest of [`choose`] once the packet's VIP is known: the VIP's own
+/// source list (not for ICMP errors), its counter, and the backend: the
+/// flow's (`entry`, looked up by the caller) while usable, else the Maglev
+/// choice, recorded or not ([`flow_backend`]); with `direct` (a SYN whose
+/// VIP's recorded flows agree with its table) the Maglev choice alone.
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one step of choose, inlined: its inputs as they stand"
+)]
+fn backend_of_vip(
+    max_new_per_cpu: u32,
+    p: &Packet,
+    vip: &VipValue,
+    key: &FlowKey,
+    entry: Option<lb_common::ConnValue>,
+    hash: u32,
+    direct: bool,
+    c: *mut Choice,
+) -> u32 {
     if !p.icmp_error && !vip_allows(p, vip.vip_id, vip.flags) {
         return refused(vip.vip_id, p.bytes);
     }
     count(&LB_VIP_STATS, vip.vip_id, p.bytes);
     let chosen = if p.icmp_error {
-        lookup_backend(&vip, &key, hash).map(|(id, backend)| (id, backend, NO_CONN_EVENT))
+        lookup_backend(vip, key, hash).map(|(id, backend)| (id, backend, NO_CONN_EVENT))
     } else if direct {
-        maglev_backend(&vip, hash).map(|(id, backend)| (id, backend, ConnEvent::SynDirect as u32))
+        maglev_backend(vip, hash).map(|(id, backend)| (id, backend, ConnEvent::SynDirect as u32))
     } else {
-        flow_backend(&vip, &key, entry, hash, p.syn, max_new_per_cpu)
+        flow_backend(vip, key, entry, hash, p.syn, max_new_per_cpu)
             .map(|(id, backend, event)| (id, backend, event as u32))
     };
     let Some((backend_id, backend, conn_event)) = chosen else {
-        return code(no_backend(&vip));
+        return code(no_backend(vip));
     };
     write_choice(c, backend_id, backend, hash, conn_event);
     CONTINUE
