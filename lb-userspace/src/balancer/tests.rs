@@ -396,6 +396,25 @@ fn a_refused_config_writes_nothing() {
     assert_eq!(b.maps().writes, writes, "nothing written");
 }
 
+/// A port-0 TCP VIP "any" on web's address, with one backend (.41).
+const ANY_PORT: &str = "[[vip]]\nname = \"any\"\naddress = \"10.0.0.100\"\nport = 0\nprotocol = \"tcp\"\n  [[vip.backend]]\n  address = \"10.0.0.41\"\n";
+
+/// A configuration of "any" alone.
+fn only_any() -> String {
+    format!("[maglev]\ntable_size = 251\nmax_vips = 8\n{ANY_PORT}")
+}
+
+/// A balancer filled from `text` over in-memory maps.
+fn balancer_of(text: &str) -> Balancer<FakeMaps> {
+    Balancer::new(
+        FakeMaps::default(),
+        &config(text),
+        Ipv4Addr::new(10, 0, 0, 2),
+        8,
+    )
+    .unwrap()
+}
+
 /// Whether VIP `name`'s map entry carries `VIP_F_CONNS_MATCH_TABLE`.
 fn conns_match(b: &Balancer<FakeMaps>, name: &str) -> bool {
     let vip = b
@@ -477,15 +496,9 @@ fn the_syn_shortcut_flag_follows_changes_and_walks() {
 /// it clears the port-0 VIP's (those flows are the port-0 VIP's again).
 #[test]
 fn a_vip_of_a_port_over_a_port_0_vip_starts_without_the_flag() {
-    let any_port = "[[vip]]\nname = \"any\"\naddress = \"10.0.0.100\"\nport = 0\nprotocol = \"tcp\"\n  [[vip.backend]]\n  address = \"10.0.0.41\"\n";
-    let only_any = format!("[maglev]\ntable_size = 251\nmax_vips = 8\n{any_port}");
-    let mut b = Balancer::new(
-        FakeMaps::default(),
-        &config(&only_any),
-        Ipv4Addr::new(10, 0, 0, 2),
-        8,
-    )
-    .unwrap();
+    let any_port = ANY_PORT;
+    let only_any = only_any();
+    let mut b = balancer_of(&only_any);
     assert!(conns_match(&b, "any"));
     b.apply(
         &config(&(CONFIG.to_string() + any_port)),
@@ -586,15 +599,9 @@ fn a_walk_finds_the_entries_that_disagree() {
 /// to the port VIP's table), so the port VIP's SYNs keep looking flows up.
 #[test]
 fn a_walk_counts_entries_of_unhealthy_backends() {
-    let any_port = "[[vip]]\nname = \"any\"\naddress = \"10.0.0.100\"\nport = 0\nprotocol = \"tcp\"\n  [[vip.backend]]\n  address = \"10.0.0.41\"\n";
-    let only_any = format!("[maglev]\ntable_size = 251\nmax_vips = 8\n{any_port}");
-    let mut b = Balancer::new(
-        FakeMaps::default(),
-        &config(&only_any),
-        Ipv4Addr::new(10, 0, 0, 2),
-        8,
-    )
-    .unwrap();
+    let any_port = ANY_PORT;
+    let only_any = only_any();
+    let mut b = balancer_of(&only_any);
     let b41 = b.vips()[0].backends[0].id;
     // A port-80 flow recorded for "any" (on .41), then "web" on port 80.
     let flow = FlowKey::v4(
@@ -634,7 +641,7 @@ fn a_walk_counts_entries_of_unhealthy_backends() {
 /// clears the flag of the port-0 VIP under it before removing it.
 #[test]
 fn adoption_that_drops_a_port_vip_clears_the_port_0_vips_flag() {
-    let any_port = "[[vip]]\nname = \"any\"\naddress = \"10.0.0.100\"\nport = 0\nprotocol = \"tcp\"\n  [[vip.backend]]\n  address = \"10.0.0.41\"\n";
+    let any_port = ANY_PORT;
     let b = Balancer::new(
         FakeMaps::default(),
         &config(&(CONFIG.to_string() + any_port)),
