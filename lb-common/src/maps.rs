@@ -211,9 +211,9 @@ pub const VIP_F_OWN_ALLOW: u32 = 2;
 /// that disagrees (entries of unhealthy backends included: they are usable
 /// again once their backend recovers); it clears it before any change that
 /// could make one disagree (a new table, a backend usable again, a port VIP
-/// removed over a port-0 VIP). Without it a SYN looks its flow up, so a client that
-/// reuses the 5-tuple of a finished flow recorded before the table changed
-/// is not split between two backends.
+/// removed over a port-0 VIP). Without it a SYN looks its flow up, so a
+/// client that reuses the 5-tuple of a finished flow recorded before the
+/// table changed is not split between two backends.
 pub const VIP_F_CONNS_MATCH_TABLE: u32 = 4;
 
 /// Data of an LPM key of [`MAP_SRC_ALLOW_VIP4`]: the VIP id (big-endian, so
