@@ -270,6 +270,13 @@ fn end_to_end(prefix: &str, mode: Mode) {
         lab.agent_log()
     );
     assert!(syn_direct(&lab));
+    let m = metrics(&lab);
+    assert!(
+        sample(&m, "lb_conntrack_walks_total{result=\"complete\"}").is_some_and(|n| n >= 1.0)
+            && sample(&m, "lb_conntrack_walk_flags_set_total").is_some_and(|n| n >= 1.0)
+            && sample(&m, "lb_conntrack_walk_seconds_total").is_some(),
+        "walks counted:\n{m}"
+    );
     let before = stats.conn(ConnEvent::SynDirect).packets;
     let (failed, _) = tally(&lab.requests(20, None));
     assert_eq!(failed, 0);

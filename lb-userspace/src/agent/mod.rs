@@ -709,13 +709,16 @@ impl Agent {
             Ok(verdict) => verdict,
             Err(e) => {
                 self.walks.finished(false);
+                self.shared.record_walk(None, took);
                 warn!("walking the connection table: {e}");
                 return;
             }
         };
         let checked = self.plane.balancer.conns_checked(&verdict);
-        self.walks
-            .finished(checked.as_ref().is_ok_and(|set| !set.is_empty()));
+        let set = checked.as_ref().map_or(0, Vec::len);
+        self.walks.finished(set > 0);
+        self.shared
+            .record_walk(Some((verdict.entries, verdict.complete, set)), took);
         match checked {
             Ok(set) if !set.is_empty() => {
                 self.shared.set_vips(self.plane.balancer.vips());

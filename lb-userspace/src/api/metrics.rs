@@ -38,6 +38,16 @@ pub(super) fn counters(
     Ok(())
 }
 
+/// A counter without labels.
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: &impl prometheus_client::encoding::EncodeMetric,
+) -> Result<(), std::fmt::Error> {
+    value.encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
 pub(super) fn gauges(
     encoder: &mut DescriptorEncoder,
     name: &str,
@@ -173,6 +183,35 @@ impl Collector for LbCollector {
                 (vec![("result", "applied".into())], s.reloads.applied),
                 (vec![("result", "rejected".into())], s.reloads.rejected),
             ],
+        )?;
+        let w = &s.conntrack_walks;
+        counters(
+            e,
+            "lb_conntrack_walks",
+            "Walks of the connection table for VIPs whose TCP SYNs look their flows up, by result.",
+            &[
+                (vec![("result", "complete".into())], w.complete),
+                (vec![("result", "stopped".into())], w.stopped),
+                (vec![("result", "failed".into())], w.failed),
+            ],
+        )?;
+        counter(
+            e,
+            "lb_conntrack_walk_entries",
+            "Connection-table entries read by walks.",
+            &ConstCounter::new(w.entries),
+        )?;
+        counter(
+            e,
+            "lb_conntrack_walk_flags_set",
+            "VIPs whose TCP SYNs a walk let skip the connection table again.",
+            &ConstCounter::new(w.flags_set),
+        )?;
+        counter(
+            e,
+            "lb_conntrack_walk_seconds",
+            "Time spent walking the connection table.",
+            &ConstCounter::new(w.seconds),
         )?;
         gauges(
             e,

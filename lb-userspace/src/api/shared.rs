@@ -15,7 +15,7 @@ use prometheus_client::metrics::{
     histogram::{Histogram, exponential_buckets},
 };
 
-use super::status::{BackendStatus, LastCheck, Reloads, Status, VipStatus};
+use super::status::{BackendStatus, ConnsWalks, LastCheck, Reloads, Status, VipStatus};
 use crate::{
     balancer::VipState,
     dataplane::{stats::StatsReader, upgrade::ProgramId},
@@ -49,6 +49,7 @@ struct View {
     labels: HashMap<u32, Labels>,
     checks: HashMap<u32, (Probe, Instant)>,
     reloads: Reloads,
+    walks: ConnsWalks,
 }
 
 /// Metric labels of one backend: (name, value) pairs, `vip` then `backend`.
@@ -182,6 +183,26 @@ impl Shared {
             .insert(backend_id, (probe.clone(), Instant::now()));
     }
 
+    /// Records a walk of the connection table that took `took`: `Some`
+    /// (entries read, whether it read them all, VIPs whose flag it set)
+    /// when it could read the table.
+    pub fn record_walk(&self, walk: Option<(usize, bool, usize)>, took: std::time::Duration) {
+        let walks = &mut lock(&self.view).walks;
+        walks.seconds += took.as_secs_f64();
+        match walk {
+            None => walks.failed += 1,
+            Some((entries, complete, set)) => {
+                if complete {
+                    walks.complete += 1;
+                } else {
+                    walks.stopped += 1;
+                }
+                walks.entries += entries as u64;
+                walks.flags_set += set as u64;
+            }
+        }
+    }
+
     /// Counts a reload: `Ok` applied, `Err(errors)` rejected.
     pub fn record_reload(&self, result: Result<(), String>) {
         let mut view = lock(&self.view);
@@ -259,6 +280,7 @@ impl Shared {
                 .map(|&e| (e.label().to_string(), stats.conn(e).into()))
                 .collect(),
             reloads: view.reloads.clone(),
+            conntrack_walks: view.walks.clone(),
             bgp: lock(&self.bgp).clone(),
         }
     }

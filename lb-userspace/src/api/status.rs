@@ -92,6 +92,24 @@ pub struct Reloads {
     pub last_error: Option<String>,
 }
 
+/// Walks of the connection table for the VIPs whose TCP SYNs look their
+/// flows up (`crate::balancer::ConnsCheck`), so far.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ConnsWalks {
+    /// Walks that read the whole table.
+    pub complete: u64,
+    /// Walks stopped early: every VIP checked disagreed, or a bound.
+    pub stopped: u64,
+    /// Walks that could not read the table.
+    pub failed: u64,
+    /// VIPs whose SYN shortcut a walk gave back.
+    pub flags_set: u64,
+    /// Connection-table entries read.
+    pub entries: u64,
+    /// Time spent walking, in seconds.
+    pub seconds: f64,
+}
+
 /// `/status`: the running configuration's VIPs and backends with state, last
 /// check and counters; per-outcome and connection-table counters; reloads.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -113,6 +131,9 @@ pub struct Status {
     pub conntrack: BTreeMap<String, Traffic>,
     /// Reloads.
     pub reloads: Reloads,
+    /// Walks of the connection table.
+    #[serde(default)]
+    pub conntrack_walks: ConnsWalks,
     /// BGP announcement (`[bgp]`): speaker, peers, addresses; absent
     /// without `[bgp]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
