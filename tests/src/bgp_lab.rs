@@ -31,9 +31,7 @@ use lb_userspace::{
 };
 
 use crate::{
-    lab::{
-        BACKENDS, BODY_LEN, ECHO_PORT, ECHO_SERVER, ROUTED_CLIENT_ADDR, ROUTER_ADDR, VIP, which,
-    },
+    lab::{BACKENDS, BODY_LEN, ECHO_PORT, ECHO_SERVER, ROUTER_ADDR, VIP, which},
     netns::Netns,
     proc::Proc,
     topology,
@@ -174,15 +172,7 @@ impl BgpLab {
         rt.sysctl("net.ipv4.ip_forward=1")?;
         rt.sysctl("net.ipv4.fib_multipath_hash_policy=1")?;
         let client = self.client();
-        client.ip(&[
-            "addr",
-            "add",
-            &format!("{ROUTED_CLIENT_ADDR}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        client.ip(&["link", "set", "dev", "eth0", "up"])?;
-        client.ip(&["route", "add", "default", "via", "10.31.0.1"])?;
+        crate::lab::routed_client(client)?;
         crate::netns::disable_tx_checksum(client, "eth0")?;
         for (name, _) in BACKENDS {
             let be = self.ns(name);
@@ -286,20 +276,8 @@ impl BgpLab {
             .collect();
         targets.push(format!("http://{}:{SOLO_PORT}/whoami", BACKENDS[0].1));
         for url in targets {
-            loop {
-                let ok = self
-                    .ns("rt")
-                    .command("curl")
-                    .args(["-s", "-I", "-o", "/dev/null", "--max-time", "1", &url])
-                    .status()
-                    .is_ok_and(|s| s.success());
-                if ok {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!("{url} did not answer within {limit:?}");
-                }
-                thread::sleep(Duration::from_millis(100));
+            if !crate::lab::wait_for_http(self.ns("rt"), &url, deadline) {
+                bail!("{url} did not answer within {limit:?}");
             }
         }
         Ok(())

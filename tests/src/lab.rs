@@ -65,6 +65,26 @@ pub const OUTSIDE_ADDR_V6: &str = "2001:db8::7";
 pub const ROUTED_CLIENT_ADDR: &str = "10.31.0.10";
 /// The router's address on the bridge.
 pub const ROUTER_ADDR: &str = "10.30.0.1";
+/// The router's address toward the routed client.
+pub const ROUTER_CLIENT_SIDE: &str = "10.31.0.1";
+
+/// Addresses the client behind a router (its `eth0`, already moved into
+/// `client`): [`ROUTED_CLIENT_ADDR`]/24, up, default route via
+/// [`ROUTER_CLIENT_SIDE`].
+///
+/// # Errors
+/// An `ip` command fails.
+pub fn routed_client(client: &Netns) -> anyhow::Result<()> {
+    client.ip(&[
+        "addr",
+        "add",
+        &format!("{ROUTED_CLIENT_ADDR}/24"),
+        "dev",
+        "eth0",
+    ])?;
+    client.ip(&["link", "set", "dev", "eth0", "up"])?;
+    client.ip(&["route", "add", "default", "via", ROUTER_CLIENT_SIDE])
+}
 /// MTU of the router's link toward the client ([`Options::router`]).
 pub const NARROW_MTU: u32 = 1400;
 
@@ -345,15 +365,7 @@ impl Lab {
         rt.sysctl("net.ipv4.ip_forward=1")?;
         rt.ip(&["route", "add", &format!("{VIP}/32"), "via", LB_ADDR])?;
         let client = self.client();
-        client.ip(&[
-            "addr",
-            "add",
-            &format!("{ROUTED_CLIENT_ADDR}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        client.ip(&["link", "set", "dev", "eth0", "up"])?;
-        client.ip(&["route", "add", "default", "via", "10.31.0.1"])?;
+        routed_client(client)?;
         self.lb()
             .ip(&["route", "add", "10.31.0.0/24", "via", ROUTER_ADDR])?;
         Ok(())
@@ -500,31 +512,8 @@ impl Lab {
     fn wait_for_servers(&self, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         for (name, addr) in self.backends() {
-            loop {
-                let ok = self
-                    .client()
-                    .command("curl")
-                    // HEAD: small answers, so no backend learns a path
-                    // MTU toward the client here (the router lab's
-                    // downloads must learn theirs through the VIP).
-                    .args([
-                        "-s",
-                        "-I",
-                        "-o",
-                        "/dev/null",
-                        "--max-time",
-                        "1",
-                        &format!("http://{addr}/whoami"),
-                    ])
-                    .status()
-                    .is_ok_and(|s| s.success());
-                if ok {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    bail!("the HTTP server of {name} did not start within {limit:?}");
-                }
-                thread::sleep(Duration::from_millis(100));
+            if !wait_for_http(self.client(), &format!("http://{addr}/whoami"), deadline) {
+                bail!("the HTTP server of {name} did not start within {limit:?}");
             }
         }
         Ok(())
@@ -866,6 +855,27 @@ pub fn tcp_out_segments(ns: &Netns) -> anyhow::Result<u64> {
             .with_context(|| format!("{name} value"))
     };
     Ok(value("OutSegs")? + value("RetransSegs")?)
+}
+
+/// Asks `url` from namespace `from` with HEAD requests every 100 ms until
+/// one succeeds or `deadline` passes; whether one did. HEAD keeps answers
+/// small, so no backend learns a path MTU toward the client here (the
+/// router lab's downloads must learn theirs through the VIP).
+pub fn wait_for_http(from: &Netns, url: &str, deadline: Instant) -> bool {
+    loop {
+        let ok = from
+            .command("curl")
+            .args(["-s", "-I", "-o", "/dev/null", "--max-time", "1", url])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Sends `count` HTTP requests for `/whoami` to `vip` (`host` or `[v6]`)

@@ -89,6 +89,17 @@ impl Netns {
         lb_userspace::dataplane::pins::lock_path_in(self.key().as_deref(), iface)
     }
 
+    /// Whether `ip link show dev IFACE` in this namespace reports an XDP
+    /// program on `iface` (any mode). Panics when `ip` cannot run.
+    pub fn xdp_attached(&self, iface: &str) -> bool {
+        let out = self
+            .command("ip")
+            .args(["link", "show", "dev", iface])
+            .output()
+            .expect("ip link");
+        String::from_utf8_lossy(&out.stdout).contains("xdp")
+    }
+
     fn key(&self) -> Option<String> {
         lb_userspace::dataplane::pins::netns_key_of(std::path::Path::new(&format!(
             "/run/netns/{}",

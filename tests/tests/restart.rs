@@ -157,13 +157,7 @@ impl Rig {
     }
 
     fn xdp_attached(&self) -> bool {
-        let out = self
-            .ns
-            .command("ip")
-            .args(["link", "show", "dev", IFACE])
-            .output()
-            .expect("ip link");
-        String::from_utf8_lossy(&out.stdout).contains("xdp")
+        self.ns.xdp_attached(IFACE)
     }
 }
 

@@ -234,13 +234,7 @@ impl Rig {
     }
 
     fn xdp_attached(&self, iface: &str) -> bool {
-        let out = self
-            .ns
-            .command("ip")
-            .args(["link", "show", "dev", iface])
-            .output()
-            .expect("ip link");
-        String::from_utf8_lossy(&out.stdout).contains("xdp")
+        self.ns.xdp_attached(iface)
     }
 }
 

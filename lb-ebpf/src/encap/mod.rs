@@ -73,16 +73,7 @@ pub fn reply_room(
     pushed: usize,
     quote_len: usize,
 ) -> Result<(), Outcome> {
-    let eth: *const EthHdr = ptr_at_fresh(ctx, 0).ok_or(Outcome::DropMalformed)?;
-    // SAFETY: bounds checked by ptr_at_fresh; copied before the frame moves.
-    let eth = unsafe { *eth };
-    let vlan = if l3 > EthHdr::LEN {
-        let vlan: *const VlanHdr = ptr_at(ctx, EthHdr::LEN).ok_or(Outcome::DropMalformed)?;
-        // SAFETY: bounds checked by ptr_at.
-        Some(unsafe { *vlan })
-    } else {
-        None
-    };
+    let (eth, vlan) = l2_headers(ctx, l3)?;
     // SAFETY: plain helper calls on our context; every packet pointer is
     // taken again below.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(pushed as i32)) } != 0 {
@@ -93,15 +84,43 @@ pub fn reply_room(
     if len < want || unsafe { bpf_xdp_adjust_tail(ctx.ctx, want as i32 - len as i32) } != 0 {
         return Err(Outcome::DropEncap);
     }
+    let swapped = EthHdr {
+        dst_addr: eth.src_addr,
+        src_addr: eth.dst_addr,
+        ether_type: eth.ether_type,
+    };
+    write_l2_headers(ctx, swapped, vlan)
+}
+
+/// The frame's L2 headers, copied out before the frame moves: Ethernet,
+/// and the 802.1Q tag when the IP header at `l3` is past one.
+/// `Err(DropMalformed)` when they cannot be read.
+#[inline(always)]
+pub fn l2_headers(ctx: &XdpContext, l3: usize) -> Result<(EthHdr, Option<VlanHdr>), Outcome> {
+    let eth: *const EthHdr = ptr_at_fresh(ctx, 0).ok_or(Outcome::DropMalformed)?;
+    // SAFETY: bounds checked by ptr_at_fresh; copied.
+    let eth = unsafe { *eth };
+    let vlan = if l3 > EthHdr::LEN {
+        let vlan: *const VlanHdr = ptr_at(ctx, EthHdr::LEN).ok_or(Outcome::DropMalformed)?;
+        // SAFETY: bounds checked by ptr_at.
+        Some(unsafe { *vlan })
+    } else {
+        None
+    };
+    Ok((eth, vlan))
+}
+
+/// Writes L2 headers (from [`l2_headers`]) at the front of a frame that
+/// moved. `Err(DropEncap)` when the frame is too short for them.
+#[inline(always)]
+pub fn write_l2_headers(
+    ctx: &XdpContext,
+    eth: EthHdr,
+    vlan: Option<VlanHdr>,
+) -> Result<(), Outcome> {
     let new_eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Outcome::DropEncap)?;
     // SAFETY: bounds checked by ptr_at.
-    unsafe {
-        *new_eth = EthHdr {
-            dst_addr: eth.src_addr,
-            src_addr: eth.dst_addr,
-            ether_type: eth.ether_type,
-        };
-    }
+    unsafe { *new_eth = eth };
     if let Some(vlan) = vlan {
         let new_vlan: *mut VlanHdr = ptr_at(ctx, EthHdr::LEN).ok_or(Outcome::DropEncap)?;
         // SAFETY: bounds checked by ptr_at.

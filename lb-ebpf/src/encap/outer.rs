@@ -7,14 +7,12 @@
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{Outcome, PROTO_IPIP, PROTO_IPV6, PROTO_UDP};
 use network_types::{
-    eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
     udp::UdpHdr,
-    vlan::VlanHdr,
 };
 
 use super::csum;
-use crate::parse::{L3, ptr_at, ptr_at_fresh, set_ether_type};
+use crate::parse::{L3, ptr_at, set_ether_type};
 
 /// IPv4 "don't fragment" flag (RFC 791), as the frags field reads.
 const IP_DF: [u8; 2] = [0x40, 0x00];
@@ -85,30 +83,14 @@ impl Outer {
 #[inline(always)]
 pub fn push(ctx: &XdpContext, l3: usize, outer: &Outer) -> Result<(), Outcome> {
     let total = outer.total_len().ok_or(Outcome::DropEncap)?;
-    let eth: *const EthHdr = ptr_at_fresh(ctx, 0).ok_or(Outcome::DropMalformed)?;
-    // SAFETY: bounds checked; copied before the frame moves.
-    let eth = unsafe { *eth };
-    let vlan = if l3 > EthHdr::LEN {
-        let vlan: *const VlanHdr = ptr_at(ctx, EthHdr::LEN).ok_or(Outcome::DropMalformed)?;
-        // SAFETY: bounds checked by ptr_at.
-        Some(unsafe { *vlan })
-    } else {
-        None
-    };
+    let (eth, vlan) = super::l2_headers(ctx, l3)?;
     let pushed = i32::from(outer.overhead());
     // SAFETY: ctx.ctx is the program's context; a negative delta grows the
     // headroom. Every packet pointer taken before this call is now invalid.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -pushed) } != 0 {
         return Err(Outcome::DropEncap);
     }
-    let new_eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Outcome::DropEncap)?;
-    // SAFETY: bounds checked by ptr_at.
-    unsafe { *new_eth = eth };
-    if let Some(vlan) = vlan {
-        let new_vlan: *mut VlanHdr = ptr_at(ctx, EthHdr::LEN).ok_or(Outcome::DropEncap)?;
-        // SAFETY: bounds checked by ptr_at.
-        unsafe { *new_vlan = vlan };
-    }
+    super::write_l2_headers(ctx, eth, vlan)?;
     set_ether_type(ctx, l3, outer.family)?;
 
     let udp_at = match outer.family {

@@ -2,15 +2,17 @@
 //! the flow of a TCP or UDP packet.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{
-    AddrKey, FAMILY_V4, GLOBAL_F_SCOPE_ALL, Globals, Outcome, PROTO_ICMP,
-    rules::{FilterVerdict, filter_verdict},
-};
+use lb_common::{AddrKey, FAMILY_V4, Globals, Outcome, PROTO_ICMP};
 use network_types::ip::Ipv4Hdr;
 
-use super::{CONTINUE, Flow, Inner, Packet, filter::source_allowed_v4, icmp, icmp::Icmp};
+use super::{
+    CONTINUE, Flow, Inner, Packet,
+    filter::{screen, source_allowed_v4},
+    icmp,
+    icmp::Icmp,
+};
 use crate::{
-    maps::{is_vip_address, may_be_vip_address},
+    maps::is_vip_address,
     parse::{L3, flow_ports_at, ipv4_at, is_fragment},
 };
 
@@ -56,18 +58,11 @@ fn try_parse(
     // it (`vip_address` below, and ICMP), the rest needs no confirmation
     // (a packet that matches no VIP passes).
     let dst_key = AddrKey::v4(dst);
-    let scope_all = globals.flags & GLOBAL_F_SCOPE_ALL != 0;
-    match filter_verdict(scope_all, may_be_vip_address(&dst_key), || {
-        source_allowed_v4(src)
-    }) {
-        FilterVerdict::Drop if scope_all || is_vip_address(&dst_key) => {
-            return Err(Outcome::DropSourceFilter);
-        }
-        FilterVerdict::Drop | FilterVerdict::Pass => return Ok(Outcome::Passed as u32),
-        FilterVerdict::ToVipAddress if proto == PROTO_ICMP && !is_vip_address(&dst_key) => {
-            return Ok(Outcome::Passed as u32);
-        }
-        FilterVerdict::ToVipAddress => {}
+    if let Some(done) = screen(globals, &dst_key, || source_allowed_v4(src)) {
+        return done;
+    }
+    if proto == PROTO_ICMP && !is_vip_address(&dst_key) {
+        return Ok(Outcome::Passed as u32);
     }
     match vip_address(ctx, l3, bytes, p, ip.len, hdr) {
         Err(_) if !is_vip_address(&dst_key) => Ok(Outcome::Passed as u32),

@@ -2,15 +2,17 @@
 //! ICMPv6 to a VIP address, and the flow of a TCP or UDP packet.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{
-    AddrKey, FAMILY_V6, GLOBAL_F_SCOPE_ALL, Globals, Outcome, PROTO_ICMPV6,
-    rules::{FilterVerdict, filter_verdict},
-};
+use lb_common::{AddrKey, FAMILY_V6, Globals, Outcome, PROTO_ICMPV6};
 use network_types::ip::Ipv6Hdr;
 
-use super::{CONTINUE, Flow, Inner, Packet, filter::source_allowed_v6, icmp::Icmp, icmp6};
+use super::{
+    CONTINUE, Flow, Inner, Packet,
+    filter::{screen, source_allowed_v6},
+    icmp::Icmp,
+    icmp6,
+};
 use crate::{
-    maps::{is_vip_address, may_be_vip_address},
+    maps::is_vip_address,
     parse::{L3, flow_ports_at, ipv6_at},
 };
 
@@ -50,15 +52,8 @@ fn try_parse(
     // VIP-address bit is confirmed wherever it drops or answers the packet
     // (as in the IPv4 path).
     let dst_key = AddrKey::v6(dst);
-    let scope_all = globals.flags & GLOBAL_F_SCOPE_ALL != 0;
-    match filter_verdict(scope_all, may_be_vip_address(&dst_key), || {
-        source_allowed_v6(src)
-    }) {
-        FilterVerdict::Drop if scope_all || is_vip_address(&dst_key) => {
-            return Err(Outcome::DropSourceFilter);
-        }
-        FilterVerdict::Drop | FilterVerdict::Pass => return Ok(Outcome::Passed as u32),
-        FilterVerdict::ToVipAddress => {}
+    if let Some(done) = screen(globals, &dst_key, || source_allowed_v6(src)) {
+        return done;
     }
     let fields = Fields {
         vcf,

@@ -680,14 +680,14 @@ impl Agent {
     /// VIP waits for one; whether it started.
     fn start_conns_walk(&mut self, done: &mpsc::Sender<ConnsWalk>, stop: &Arc<AtomicBool>) -> bool {
         let now = std::time::Instant::now();
+        let waiting = self.plane.balancer.conns_waiting(now);
+        if waiting.is_empty() || !self.walks.due(&waiting, now) {
+            return false;
+        }
         let Some(check) = self.plane.balancer.conns_check(now) else {
             return false;
         };
-        let candidates = check.candidates();
-        if !self.walks.due(&candidates, now) {
-            return false;
-        }
-        self.walks.started(candidates, now);
+        self.walks.started(waiting, now);
         let (dir, done, stop) = (self.plane.dir.clone(), done.clone(), stop.clone());
         // A task that always reports, so a walk that failed in any way
         // never leaves the agent waiting for it.

@@ -76,6 +76,8 @@ pub struct ConnsVerdict {
 }
 
 impl ConnsCheck {
+    /// A check with no VIP under it yet: every VIP by key (its id), the
+    /// backends in a VIP's set (id -> generation), and the tables' size.
     pub(super) fn new(
         vips: HashMap<VipKey, u32>,
         live: HashMap<u32, u32>,
@@ -89,25 +91,10 @@ impl ConnsCheck {
         }
     }
 
+    /// Puts VIP `vip_id` (change count `epoch`) under check, with its
+    /// table's members: (backend id, name, weight).
     pub(super) fn add(&mut self, vip_id: u32, epoch: u64, members: Vec<(u32, Vec<u8>, u32)>) {
         self.candidates.insert(vip_id, Candidate { epoch, members });
-    }
-
-    /// Whether no VIP is under check.
-    pub fn is_empty(&self) -> bool {
-        self.candidates.is_empty()
-    }
-
-    /// The VIPs under check with their change counts, sorted: equal for
-    /// two checks when nothing changed in between.
-    pub fn candidates(&self) -> Vec<(u32, u64)> {
-        let mut ids: Vec<(u32, u64)> = self
-            .candidates
-            .iter()
-            .map(|(&id, c)| (id, c.epoch))
-            .collect();
-        ids.sort_unstable();
-        ids
     }
 
     /// The VIP id of an entry that disagrees with its VIP's table, if the
@@ -223,7 +210,7 @@ impl Default for WalkSchedule {
 }
 
 impl WalkSchedule {
-    /// Whether a walk for `candidates` ([`ConnsCheck::candidates`]) is due
+    /// Whether a walk for `candidates` (`Balancer::conns_waiting`) is due
     /// at `now`: other candidates than the last walk's, or the wait passed,
     /// less [`TICK_SLACK`].
     pub fn due(&self, candidates: &[(u32, u64)], now: Instant) -> bool {

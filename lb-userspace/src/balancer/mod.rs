@@ -115,6 +115,11 @@ pub struct VipState {
 }
 
 impl VipState {
+    /// Whether a walk prepared at `now` may set its flag: clear, and its
+    /// last change at least [`CONNS_GRACE`] old.
+    fn waits_for_walk(&self, now: Instant) -> bool {
+        !self.conns_match && conns::settled(self.changed_at, now)
+    }
     /// What its Maglev table is built from: (backend id, name, weight) of
     /// its healthy backends ([`maglev::build`] leaves weight 0 out).
     fn table_input(&self) -> Vec<(u32, Vec<u8>, u32)> {
@@ -859,6 +864,9 @@ impl<M: MapWriter> Balancer<M> {
     /// change was at least [`CONNS_GRACE`] before `now`, with their tables.
     /// `None` when there is none.
     pub fn conns_check(&self, now: Instant) -> Option<ConnsCheck> {
+        if !self.vips.iter().any(|v| v.waits_for_walk(now)) {
+            return None;
+        }
         let vips = self
             .vips
             .iter()
@@ -874,12 +882,24 @@ impl<M: MapWriter> Balancer<M> {
             .map(|b| (b.id, self.generations[b.id as usize]))
             .collect();
         let mut check = ConnsCheck::new(vips, live, self.table_size);
-        for vip in &self.vips {
-            if !vip.conns_match && conns::settled(vip.changed_at, now) {
-                check.add(vip.id, vip.epoch, vip.table_input());
-            }
+        for vip in self.vips.iter().filter(|v| v.waits_for_walk(now)) {
+            check.add(vip.id, vip.epoch, vip.table_input());
         }
-        (!check.is_empty()).then_some(check)
+        Some(check)
+    }
+
+    /// The VIPs a walk prepared at `now` would check ([`Self::conns_check`]):
+    /// (VIP id, change count), sorted; cheap, for deciding whether a walk
+    /// is due ([`WalkSchedule::due`]).
+    pub fn conns_waiting(&self, now: Instant) -> Vec<(u32, u64)> {
+        let mut waiting: Vec<(u32, u64)> = self
+            .vips
+            .iter()
+            .filter(|v| v.waits_for_walk(now))
+            .map(|v| (v.id, v.epoch))
+            .collect();
+        waiting.sort_unstable();
+        waiting
     }
 
     /// Sets [`VIP_F_CONNS_MATCH_TABLE`] on the VIPs a complete walk found in

@@ -2,7 +2,10 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use super::super::{Config, ConfigError};
+use super::super::{
+    Config,
+    tests::{problems, rejects},
+};
 use super::*;
 
 const BASE: &str = r#"
@@ -24,21 +27,6 @@ const PEER: &str = "\n[[bgp.peer]]\naddress = \"10.10.0.1\"\nremote_as = 65000\n
 
 fn with_bgp(bgp: &str) -> String {
     format!("{BASE}\n[bgp]\n{bgp}")
-}
-
-fn problems(text: &str) -> Vec<String> {
-    match Config::parse(text, "t") {
-        Ok(_) => Vec::new(),
-        Err(ConfigError::Invalid { problems, .. }) => {
-            problems.iter().map(ToString::to_string).collect()
-        }
-        Err(other) => vec![other.to_string()],
-    }
-}
-
-#[track_caller]
-fn rejects(text: &str, expected: &str) {
-    assert_eq!(problems(text), vec![expected.to_string()]);
 }
 
 #[test]

@@ -48,7 +48,8 @@ protocol = "tcp"
   weight = 2
 "#;
 
-fn problems(text: &str) -> Vec<String> {
+/// The problems `Config::parse` finds in `text` (empty when it is valid).
+pub(super) fn problems(text: &str) -> Vec<String> {
     match Config::parse(text, "test.toml") {
         Ok(_) => Vec::new(),
         Err(ConfigError::Invalid { problems, .. }) => {
@@ -60,7 +61,7 @@ fn problems(text: &str) -> Vec<String> {
 
 /// Asserts that `text` is rejected with exactly one problem equal to `expected`.
 #[track_caller]
-fn rejects(text: &str, expected: &str) {
+pub(super) fn rejects(text: &str, expected: &str) {
     assert_eq!(problems(text), vec![expected.to_string()]);
 }
 
