@@ -10,14 +10,14 @@
 use core::mem::{offset_of, size_of};
 
 use crate::{
-    ALLOW16_WORDS, AddrKey, Backend, CachedNextHop, ConnEvent, ConnValue, Counter, FlowKey,
-    Globals, MAGLEV_MAP_FLAGS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONN_BUCKET, MAP_CONNS,
-    MAP_DECAP_CONFIG, MAP_DECAP_LOCAL, MAP_DECAP_VIPS, MAP_GLOBALS, MAP_ICMP_BUCKET, MAP_MAGLEV,
-    MAP_NEXTHOPS, MAP_SRC_ALLOW_V4, MAP_SRC_ALLOW_V6, MAP_SRC_ALLOW_VIP4, MAP_SRC_ALLOW_VIP6,
-    MAP_SRC_ALLOW4_16, MAP_SRC_ALLOW6_16, MAP_STATS, MAP_VIP_ADDRS, MAP_VIP_BLOOM, MAP_VIP_DROPS,
-    MAP_VIP_FLAGS, MAP_VIP_STATS, MAP_VIPS, MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES,
-    MAX_VIP_SOURCE_PREFIXES, MAX_VIPS, Outcome, STAT_ENTRIES, TokenBucket, VIP_BLOOM_WORDS, VipKey,
-    VipSourceKey, VipSourceKey6, VipValue,
+    ALLOW16_WORDS, AddrKey, Backend, CachedNextHop, ConnEvent, ConnValue, Counter,
+    FLOW_CACHE_SLOTS, FlowCacheEntry, FlowKey, Globals, MAGLEV_MAP_FLAGS, MAP_BACKEND_STATS,
+    MAP_BACKENDS, MAP_CONN_BUCKET, MAP_CONNS, MAP_DECAP_CONFIG, MAP_DECAP_LOCAL, MAP_DECAP_VIPS,
+    MAP_FLOW_CACHE, MAP_GLOBALS, MAP_ICMP_BUCKET, MAP_MAGLEV, MAP_NEXTHOPS, MAP_SRC_ALLOW_V4,
+    MAP_SRC_ALLOW_V6, MAP_SRC_ALLOW_VIP4, MAP_SRC_ALLOW_VIP6, MAP_SRC_ALLOW4_16, MAP_SRC_ALLOW6_16,
+    MAP_STATS, MAP_VIP_ADDRS, MAP_VIP_BLOOM, MAP_VIP_DROPS, MAP_VIP_FLAGS, MAP_VIP_STATS, MAP_VIPS,
+    MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES, MAX_VIP_SOURCE_PREFIXES, MAX_VIPS, Outcome,
+    STAT_ENTRIES, TokenBucket, VIP_BLOOM_WORDS, VipKey, VipSourceKey, VipSourceKey6, VipValue,
 };
 
 /// Kind of a BPF map: its `bpf_map_type` number (include/uapi/linux/bpf.h).
@@ -77,7 +77,7 @@ pub const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Every map of `xdp_lb` and `xdp_decap` (the benchmark's own maps are not
 /// part of the layout).
-pub const MAPS: [MapSpec; 24] = [
+pub const MAPS: [MapSpec; 25] = [
     spec(
         MAP_VIPS,
         MapKind::Hash,
@@ -249,6 +249,14 @@ pub const MAPS: [MapSpec; 24] = [
         Some(MAX_VIP_SOURCE_PREFIXES),
     ),
     spec(MAP_DECAP_CONFIG, MapKind::Array, 4, 4, 0, Some(1)),
+    spec(
+        MAP_FLOW_CACHE,
+        MapKind::PerCpuArray,
+        4,
+        size_of::<FlowCacheEntry>(),
+        0,
+        Some(FLOW_CACHE_SLOTS),
+    ),
 ];
 
 /// FNV-1a (32 bits) of `bytes`, continuing from `hash`.
@@ -272,7 +280,7 @@ const fn fnv_u32s(mut hash: u32, values: &[usize]) -> u32 {
 }
 
 /// Sizes and field offsets of every shared map type, in a fixed order.
-const SHAPES: [usize; 66] = [
+const SHAPES: [usize; 67] = [
     size_of::<VipKey>(),
     offset_of!(VipKey, addr),
     offset_of!(VipKey, port),
@@ -318,6 +326,7 @@ const SHAPES: [usize; 66] = [
     offset_of!(Globals, too_big_per_cpu),
     offset_of!(Globals, gue_port),
     offset_of!(Globals, max_new_per_cpu),
+    offset_of!(Globals, conns_epoch),
     size_of::<VipSourceKey6>(),
     offset_of!(VipSourceKey6, vip_id),
     offset_of!(VipSourceKey6, addr),

@@ -99,6 +99,13 @@ pub const MAP_ICMP_BUCKET: &str = "LB_ICMP_BUCKET";
 /// Per-CPU token bucket of connection-table inserts (new flows recorded,
 /// [`Globals::max_new_per_cpu`] per second): array of one [`TokenBucket`].
 pub const MAP_CONN_BUCKET: &str = "LB_CONN_BUCKET";
+
+/// Per-CPU array of [`FLOW_CACHE_SLOTS`] [`FlowCacheEntry`]: each CPU's
+/// direct-mapped copies of the connection-table entries it used lately, so
+/// an established flow's packet costs an array read instead of a hash
+/// lookup of its 40-byte key. Not pinned and not adopted: a new program
+/// starts with empty caches.
+pub const MAP_FLOW_CACHE: &str = "LB_FLOW_CACHE";
 /// Allowed IPv6 source prefixes: LPM trie `[u8; 16]` -> `u32` (unused value
 /// 1), [`MAX_SOURCE_PREFIXES`] entries.
 pub const MAP_SRC_ALLOW_V6: &str = "LB_SRC_ALLOW6";
@@ -124,11 +131,12 @@ pub const MAX_TABLE_SIZE: u32 = 16_777_213;
 // `crate::layout::LAYOUT_FINGERPRINT`: computed from these types, never
 // bumped by hand.
 
-/// Key of [`MAP_VIPS`]: a VIP's address, port and protocol. 20 bytes.
+/// Key of [`MAP_VIPS`]: a VIP's address, port and protocol. 20 bytes, aligned
+/// to 4 (so `xdp_lb` builds it with word stores).
 /// `port` 0 is the wildcard (every port of that address and protocol).
 /// IPv4 addresses use the first 4 bytes of `addr`, the rest zero. Callers
 /// zero the whole key before filling it, or hash lookups miss.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct VipKey {
     /// Address, network byte order.
@@ -380,10 +388,11 @@ pub struct CachedNextHop {
 }
 const _: () = assert!(size_of::<CachedNextHop>() == 24);
 
-/// Key of [`MAP_CONNS`]: a flow's 5-tuple. 40 bytes; IPv4 addresses in the
-/// first 4 bytes of each address, the rest zero. Zero the key before filling
-/// it, or lookups miss.
-#[repr(C)]
+/// Key of [`MAP_CONNS`]: a flow's 5-tuple. 40 bytes, aligned to 8 (so
+/// `xdp_lb` compares two keys as five words); IPv4 addresses in the first 4
+/// bytes of each address, the rest zero. Zero the key before filling it, or
+/// lookups miss.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     /// Source address, network byte order.
@@ -401,7 +410,7 @@ pub struct FlowKey {
     /// Zero.
     pub _pad: [u8; 2],
 }
-const _: () = assert!(size_of::<FlowKey>() == 40);
+const _: () = assert!(size_of::<FlowKey>() == 40 && align_of::<FlowKey>() == 8);
 
 impl FlowKey {
     /// The key of an IPv4 flow; ports in network byte order.
@@ -451,7 +460,39 @@ pub struct ConnValue {
 }
 const _: () = assert!(size_of::<ConnValue>() == 8);
 
-/// Value of [`MAP_GLOBALS`] (one entry). 32 bytes.
+/// Slots of [`MAP_FLOW_CACHE`] per CPU: a power of two. 8192 slots of 56
+/// bytes are 448 KiB per CPU.
+pub const FLOW_CACHE_SLOTS: u32 = 1 << 13;
+
+/// Uses of a [`FlowCacheEntry`] before `xdp_lb` reads the flow's
+/// connection-table entry again (which refreshes its place in the LRU and
+/// takes in whatever changed it).
+pub const FLOW_CACHE_REFRESH: u32 = 32;
+
+/// Value of [`MAP_FLOW_CACHE`]: one CPU's copy of a connection-table entry,
+/// in the slot its flow hash selects (`flow_hash & (FLOW_CACHE_SLOTS - 1)`).
+/// Only `xdp_lb` reads and writes it. 56 bytes.
+///
+/// A copy serves a packet of its flow (not a SYN, not an ICMP error) while
+/// `epoch` is [`Globals::conns_epoch`], `hits` is below
+/// [`FLOW_CACHE_REFRESH`] and its backend is still usable with the same
+/// generation; a TCP SYN of the flow drops this CPU's copy.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCacheEntry {
+    /// The flow (all zero in an unused slot, which no flow's key is: its
+    /// family is never 0).
+    pub key: FlowKey,
+    /// Its connection-table entry as read (or as written) by this CPU.
+    pub conn: ConnValue,
+    /// [`Globals::conns_epoch`] as the packet that made the copy read it.
+    pub epoch: u32,
+    /// Packets the copy served since it was made.
+    pub hits: u32,
+}
+const _: () = assert!(size_of::<FlowCacheEntry>() == 56);
+
+/// Value of [`MAP_GLOBALS`] (one entry). 56 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Globals {
@@ -479,8 +520,15 @@ pub struct Globals {
     /// (`conntrack.max_new_per_cpu`); above it a new flow keeps its Maglev
     /// choice unrecorded (`conntrack_limited`).
     pub max_new_per_cpu: u32,
+    /// The connection-table epoch: the agent increases it (wrapping) when
+    /// copies in the flow caches ([`MAP_FLOW_CACHE`]) may no longer match
+    /// the connection table (before it lets SYNs skip the table after a
+    /// walk); a copy made under another epoch is not used.
+    pub conns_epoch: u32,
+    /// Zero.
+    pub _reserved: u32,
 }
-const _: () = assert!(size_of::<Globals>() == 48);
+const _: () = assert!(size_of::<Globals>() == 56);
 
 /// [`Globals::flags`]: apply the source filter to every packet on the
 /// interface (`scope = "all"`), not only to packets for VIP addresses.

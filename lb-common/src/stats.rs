@@ -184,11 +184,17 @@ pub enum ConnEvent {
     /// the Maglev choice with no connection-table lookup, not recorded. Its
     /// first packet that is not a SYN finds that backend either way.
     SynDirect = 5,
+    /// The flow's entry as this CPU's flow cache holds it
+    /// ([`crate::MAP_FLOW_CACHE`]), its backend still usable: kept, with no
+    /// connection-table lookup. One packet in
+    /// [`crate::FLOW_CACHE_REFRESH`] of a cached flow reads the table again
+    /// (a [`ConnEvent::Hit`]).
+    HitCached = 6,
 }
 
 impl ConnEvent {
     /// Number of events ([`NO_CONN_EVENT`] is the slot after them).
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
     /// Every event, in index order.
     pub const ALL: [ConnEvent; Self::COUNT as usize] = [
         Self::Hit,
@@ -197,6 +203,7 @@ impl ConnEvent {
         Self::Syn,
         Self::Limited,
         Self::SynDirect,
+        Self::HitCached,
     ];
 
     /// Name used in metrics, status and logs.
@@ -208,6 +215,7 @@ impl ConnEvent {
             Self::Syn => "conntrack_syn",
             Self::Limited => "conntrack_limited",
             Self::SynDirect => "conntrack_syn_direct",
+            Self::HitCached => "conntrack_hit_cached",
         }
     }
 
@@ -286,7 +294,8 @@ mod tests {
             | ConnEvent::Rehash
             | ConnEvent::Syn
             | ConnEvent::Limited
-            | ConnEvent::SynDirect => e,
+            | ConnEvent::SynDirect
+            | ConnEvent::HitCached => e,
         };
         for e in ConnEvent::ALL {
             assert!((event(e) as u32) < ConnEvent::COUNT, "{}", e.name());

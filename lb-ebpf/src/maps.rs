@@ -6,10 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    ALLOW16_WORDS, AddrKey, Backend, CachedNextHop, ConnValue, Counter, FlowKey, Globals,
-    MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES, MAX_VIP_SOURCE_PREFIXES, MAX_VIPS,
-    STAT_ENTRIES, TokenBucket, VIP_BLOOM_WORDS, VipKey, VipSourceKey, VipSourceKey6, VipValue,
-    rules::vip_bloom_bit,
+    ALLOW16_WORDS, AddrKey, Backend, CachedNextHop, ConnValue, Counter, FLOW_CACHE_SLOTS,
+    FlowCacheEntry, FlowKey, Globals, MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES,
+    MAX_VIP_SOURCE_PREFIXES, MAX_VIPS, STAT_ENTRIES, TokenBucket, VIP_BLOOM_WORDS, VipKey,
+    VipSourceKey, VipSourceKey6, VipValue, rules::vip_bloom_bit,
 };
 
 /// VIP (address, port, protocol) -> its id, Maglev table and flags.
@@ -114,6 +114,11 @@ pub static LB_ICMP_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entr
 /// Per-CPU token bucket of connection-table inserts.
 #[map]
 pub static LB_CONN_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entries(1, 0);
+
+/// Each CPU's direct-mapped copy of connection-table entries it used lately.
+#[map]
+pub static LB_FLOW_CACHE: PerCpuArray<FlowCacheEntry> =
+    PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
 
 /// Whether `key` may carry a VIP: its bit in `LB_VIP_BLOOM` is set. One
 /// array read (inlined by the verifier), no hash lookup; `false` is exact,

@@ -23,7 +23,10 @@ pub mod select;
 mod v4;
 mod v6;
 
-use select::{connection, established, find_vip, flow_backend, lookup_backend, maglev_backend};
+use select::{
+    Limits, connection, established_flow, find_vip, flow_backend, forget_flow, lookup_backend,
+    maglev_backend,
+};
 
 use crate::{
     encap::{self, Outer},
@@ -103,7 +106,12 @@ fn try_lb(ctx: &XdpContext, bytes: u64, conn_event: &mut u32) -> Result<Outcome,
     // SAFETY: the parse step wrote the whole packet before CONTINUE.
     let p = unsafe { p.assume_init_ref() };
     let mut c = MaybeUninit::<Choice>::uninit();
-    let step = choose(globals.max_new_per_cpu, p, c.as_mut_ptr());
+    let step = choose(
+        globals.max_new_per_cpu,
+        globals.conns_epoch,
+        p,
+        c.as_mut_ptr(),
+    );
     if step != CONTINUE {
         return Ok(outcome(step));
     }
@@ -114,17 +122,6 @@ fn try_lb(ctx: &XdpContext, bytes: u64, conn_event: &mut u32) -> Result<Outcome,
         TOO_BIG => Ok(too_big(ctx, &p.inner, c.mtu_left, globals.too_big_per_cpu)),
         step => Ok(outcome(step)),
     }
-}
-
-/// The flow a packet belongs to, client to VIP: addresses as in map keys
-/// (IPv4 in the first 4 bytes), ports in network byte order.
-struct Flow {
-    family: u8,
-    client: [u8; 16],
-    vip: [u8; 16],
-    client_port: [u8; 2],
-    vip_port: [u8; 2],
-    proto: u8,
 }
 
 /// The packet as it is forwarded (the inner packet once encapsulated).
@@ -144,7 +141,9 @@ struct Inner {
 
 /// A packet of a VIP flow, as the parse step leaves it.
 struct Packet {
-    flow: Flow,
+    /// The flow, client to VIP, as the connection table's key (aligned to
+    /// 8: read by words, and used as the key where it stands).
+    flow: FlowKey,
     inner: Inner,
     /// The packet's own source (the client, or for an ICMP error the router
     /// that sent it).
@@ -180,65 +179,74 @@ struct Choice {
 }
 
 /// The backend choice. An established flow (a usable connection-table
-/// entry) reaches its VIP through its backend's VIP id: one array read, no
-/// VIP hash lookup. Any other packet looks its VIP up by address, port and
+/// entry, read through this CPU's flow cache: [`established_flow`]) reaches
+/// its VIP through its backend's VIP id: one array read, no VIP hash
+/// lookup. Any other packet looks its VIP up by address, port and
 /// protocol, and takes the Maglev choice (recorded or not, see
 /// [`flow_backend`]). A TCP SYN looks its VIP up first, and its flow only
 /// when the VIP's recorded flows may disagree with its Maglev table
 /// (`VIP_F_CONNS_MATCH_TABLE` clear). Either way the VIP's own source list
-/// applies (not to ICMP errors) and the VIP's counter counts the packet.
+/// applies (not to ICMP errors) and the VIP's counter counts the packet. A
+/// SYN that looks its flow up drops this CPU's cached copy of it
+/// ([`forget_flow`]).
 // A subprogram of its own: its stack frame does not add to the others'.
 #[inline(never)]
-fn choose(max_new_per_cpu: u32, p: &Packet, c: *mut Choice) -> u32 {
-    let f = &p.flow;
+fn choose(max_new_per_cpu: u32, conns_epoch: u32, p: &Packet, c: *mut Choice) -> u32 {
+    let limits = Limits {
+        max_new_per_cpu,
+        conns_epoch,
+    };
+    let key = &p.flow;
     let hash = flow_hash(
-        f.family,
-        &f.client,
-        &f.vip,
-        f.client_port,
-        f.vip_port,
-        f.proto,
-    );
-    let key = FlowKey::new(
-        f.family,
-        f.client,
-        f.vip,
-        f.client_port,
-        f.vip_port,
-        f.proto,
+        key.family, &key.src, &key.dst, key.sport, key.dport, key.proto,
     );
     // A SYN's VIP first: when its recorded flows agree with its table, the
     // SYN needs no connection-table lookup. A SYN never takes the
     // established shortcut below: it has its VIP already.
     if p.syn {
-        let Some(vip) = find_vip(f.family, &f.vip, f.vip_port, f.proto) else {
+        let Some(vip) = find_vip(key.family, &key.dst, key.dport, key.proto) else {
             return Outcome::Passed as u32;
         };
+        // With the flag set, every copy in a flow cache agrees with the
+        // table too (the agent moved the epoch before setting it), so only
+        // a SYN that looks its flow up drops this CPU's copy.
         let direct = vip.flags & VIP_F_CONNS_MATCH_TABLE != 0;
-        let entry = if direct { None } else { connection(&key) };
-        return backend_of_vip(max_new_per_cpu, p, &vip, &key, entry, hash, direct, c);
+        let entry = if direct {
+            None
+        } else {
+            forget_flow(key, hash);
+            connection(key)
+        };
+        return backend_of_vip(limits, p, &vip, key, entry, hash, direct, c);
     }
-    let entry = if p.icmp_error { None } else { connection(&key) };
-    if let Some((backend_id, backend)) = entry.and_then(established) {
-        let vip_id = u32::from(backend.vip_id);
-        let flags = LB_VIP_FLAGS.get(vip_id).map_or(0, |flags| *flags);
-        if flags & (VIP_LIVE | VIP_SHADOWED) == VIP_LIVE {
-            if !vip_allows(p, vip_id, flags) {
-                return refused(vip_id, p.bytes);
+    let entry = if p.icmp_error {
+        None
+    } else {
+        match established_flow(key, hash, conns_epoch) {
+            Ok((backend_id, backend, conn, event)) => {
+                let vip_id = u32::from(backend.vip_id);
+                let flags = LB_VIP_FLAGS.get(vip_id).map_or(0, |flags| *flags);
+                if flags & (VIP_LIVE | VIP_SHADOWED) == VIP_LIVE {
+                    if !vip_allows(p, vip_id, flags) {
+                        return refused(vip_id, p.bytes);
+                    }
+                    count(&LB_VIP_STATS, vip_id, p.bytes);
+                    write_choice(c, backend_id, backend, hash, event as u32);
+                    return CONTINUE;
+                }
+                Some(conn)
             }
-            count(&LB_VIP_STATS, vip_id, p.bytes);
-            write_choice(c, backend_id, backend, hash, ConnEvent::Hit as u32);
-            return CONTINUE;
+            Err(entry) => entry,
         }
-    }
-    let Some(vip) = find_vip(f.family, &f.vip, f.vip_port, f.proto) else {
+    };
+    let Some(vip) = find_vip(key.family, &key.dst, key.dport, key.proto) else {
         return if p.icmp_error {
             Outcome::DropIcmpNotFromVip as u32
         } else {
             Outcome::Passed as u32
         };
     };
-    backend_of_vip(max_new_per_cpu, p, &vip, &key, entry, hash, false, c)
+    backend_of_vip(limits, p, &vip, key, entry, hash, false, c)
 }
 
 /// The rest of [`choose`] once the packet's VIP is known: the VIP's own
@@ -252,7 +260,7 @@ fn choose(max_new_per_cpu: u32, p: &Packet, c: *mut Choice) -> u32 {
     reason = "one step of choose, inlined: its inputs as they stand"
 )]
 fn backend_of_vip(
-    max_new_per_cpu: u32,
+    limits: Limits,
     p: &Packet,
     vip: &VipValue,
     key: &FlowKey,
@@ -270,7 +278,7 @@ fn backend_of_vip(
     } else if direct {
         maglev_backend(vip, hash).map(|(id, backend)| (id, backend, ConnEvent::SynDirect as u32))
     } else {
-        flow_backend(vip, key, entry, hash, p.syn, max_new_per_cpu)
+        flow_backend(vip, key, entry, hash, p.syn, limits)
             .map(|(id, backend, event)| (id, backend, event as u32))
     };
     let Some((backend_id, backend, conn_event)) = chosen else {

@@ -3,11 +3,12 @@
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
 use lb_common::{
-    Backend, ConnEvent, ConnValue, FlowKey, VipKey, VipValue, maglev_slot,
+    Backend, ConnEvent, ConnValue, FLOW_CACHE_REFRESH, FLOW_CACHE_SLOTS, FlowCacheEntry, FlowKey,
+    VipKey, VipValue, maglev_slot,
     rules::{backend_usable, match_vip, take_token},
 };
 
-use crate::maps::{LB_BACKENDS, LB_CONN_BUCKET, LB_CONNS, LB_MAGLEV, LB_VIPS};
+use crate::maps::{LB_BACKENDS, LB_CONN_BUCKET, LB_CONNS, LB_FLOW_CACHE, LB_MAGLEV, LB_VIPS};
 
 /// The VIP for (address, port, protocol) of `family` (address as in map
 /// keys), falling back to the port-0 wildcard VIP of that address and
@@ -62,6 +63,84 @@ pub fn connection(flow: &FlowKey) -> Option<ConnValue> {
     LB_CONNS.get_ptr(flow).map(|entry| unsafe { *entry })
 }
 
+/// Whether two flow keys are equal: five 8-byte compares, no byte loop.
+#[inline(always)]
+fn same_flow(a: &FlowKey, b: &FlowKey) -> bool {
+    // SAFETY: a FlowKey is 40 bytes of plain data aligned to 8.
+    let (a, b) = unsafe {
+        (
+            &*(a as *const FlowKey).cast::<[u64; 5]>(),
+            &*(b as *const FlowKey).cast::<[u64; 5]>(),
+        )
+    };
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) == 0
+}
+
+/// This CPU's flow-cache slot of a flow hash (`lb_common::FlowCacheEntry`).
+#[inline(always)]
+fn cache_slot(flow_hash: u32) -> Option<&'static mut FlowCacheEntry> {
+    let slot = LB_FLOW_CACHE.get_ptr_mut(flow_hash & (FLOW_CACHE_SLOTS - 1))?;
+    // SAFETY: a per-CPU value: no other writer on this CPU while we run.
+    Some(unsafe { &mut *slot })
+}
+
+/// The backend of an established flow (`flow`, hashing to `flow_hash`),
+/// through this CPU's flow cache: `Ok` with the backend, its id and the
+/// entry while the entry's backend is usable ([`established`]) and with
+/// what served it ([`ConnEvent::HitCached`]: the cache; [`ConnEvent::Hit`]:
+/// the connection table); else `Err` with the connection-table entry, if
+/// any, for [`flow_backend`]. A copy serves while it was made under
+/// `epoch` (`Globals::conns_epoch`) and fewer than `FLOW_CACHE_REFRESH`
+/// times; otherwise the table is read and the copy made again.
+#[inline(always)]
+pub fn established_flow(
+    flow: &FlowKey,
+    flow_hash: u32,
+    epoch: u32,
+) -> Result<(u32, &'static Backend, ConnValue, ConnEvent), Option<ConnValue>> {
+    let mut slot = cache_slot(flow_hash);
+    if let Some(copy) = slot.as_mut()
+        && copy.epoch == epoch
+        && copy.hits < FLOW_CACHE_REFRESH
+        && same_flow(&copy.key, flow)
+        && let Some((id, backend)) = established(copy.conn)
+    {
+        copy.hits += 1;
+        return Ok((id, backend, copy.conn, ConnEvent::HitCached));
+    }
+    let conn = connection(flow).ok_or(None)?;
+    if let Some(slot) = slot {
+        remember(slot, flow, conn, epoch);
+    }
+    match established(conn) {
+        Some((id, backend)) => Ok((id, backend, conn, ConnEvent::Hit)),
+        None => Err(Some(conn)),
+    }
+}
+
+/// Makes `slot` the copy of `flow`'s connection-table entry `conn`.
+#[inline(always)]
+fn remember(slot: &mut FlowCacheEntry, flow: &FlowKey, conn: ConnValue, epoch: u32) {
+    *slot = FlowCacheEntry {
+        key: *flow,
+        conn,
+        epoch,
+        hits: 0,
+    };
+}
+
+/// Drops this CPU's copy of `flow`'s entry, if its slot holds one: a TCP
+/// SYN starts the flow afresh (a client reusing the 5-tuple of a flow whose
+/// entry left the table must not meet the old copy).
+#[inline(always)]
+pub fn forget_flow(flow: &FlowKey, flow_hash: u32) {
+    if let Some(slot) = cache_slot(flow_hash)
+        && same_flow(&slot.key, flow)
+    {
+        slot.hits = FLOW_CACHE_REFRESH;
+    }
+}
+
 /// The backend of a connection-table entry while it is still in its VIP's
 /// set and healthy, and still the backend the entry was recorded for
 /// (same generation): the flow keeps it, whatever else changed (a drained
@@ -77,7 +156,8 @@ pub fn established(entry: ConnValue) -> Option<(u32, &'static Backend)> {
 /// Maglev choice. The choice is recorded unless the packet is a TCP SYN
 /// (`syn`: the flow is recorded by its first packet that is not a SYN, so
 /// spoofed SYNs never fill the table) or this CPU has recorded
-/// `max_new_per_cpu` new flows in the last second. Returns the backend with
+/// `limits.max_new_per_cpu` new flows in the last second. A recorded flow
+/// also gets this CPU's flow-cache copy. Returns the backend with
 /// what the connection table did (a hit when `entry` turned out usable,
 /// miss, re-hash, SYN or limited), which the packet's counter records.
 #[inline(always)]
@@ -87,7 +167,7 @@ pub fn flow_backend(
     entry: Option<ConnValue>,
     flow_hash: u32,
     syn: bool,
-    max_new_per_cpu: u32,
+    limits: Limits,
 ) -> Option<(u32, &'static Backend, ConnEvent)> {
     let event = match entry {
         Some(entry) => {
@@ -101,22 +181,32 @@ pub fn flow_backend(
     let (id, backend) = maglev_backend(vip, flow_hash)?;
     let event = if syn {
         ConnEvent::Syn
-    } else if !may_record(max_new_per_cpu) {
+    } else if !may_record(limits.max_new_per_cpu) {
         ConnEvent::Limited
     } else {
+        let conn = ConnValue {
+            backend_id: id,
+            generation: backend.generation,
+        };
         // A full LRU evicts its oldest flow; a failed insert only costs a
         // later miss.
-        let _ = LB_CONNS.insert(
-            flow,
-            ConnValue {
-                backend_id: id,
-                generation: backend.generation,
-            },
-            0,
-        );
+        if LB_CONNS.insert(flow, conn, 0).is_ok()
+            && let Some(slot) = cache_slot(flow_hash)
+        {
+            remember(slot, flow, conn, limits.conns_epoch);
+        }
         event
     };
     Some((id, backend, event))
+}
+
+/// What [`flow_backend`] needs of `Globals`.
+#[derive(Clone, Copy)]
+pub struct Limits {
+    /// `Globals::max_new_per_cpu`.
+    pub max_new_per_cpu: u32,
+    /// `Globals::conns_epoch`, for the flow-cache copy of a recorded flow.
+    pub conns_epoch: u32,
 }
 
 /// Whether this CPU may record one more new flow: a token from its bucket

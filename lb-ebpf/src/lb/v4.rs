@@ -2,11 +2,11 @@
 //! the flow of a TCP or UDP packet.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{AddrKey, FAMILY_V4, Globals, Outcome, PROTO_ICMP};
+use lb_common::{AddrKey, FAMILY_V4, FlowKey, Globals, Outcome, PROTO_ICMP};
 use network_types::ip::Ipv4Hdr;
 
 use super::{
-    CONTINUE, Flow, Inner, Packet,
+    CONTINUE, Inner, Packet,
     filter::{screen, source_allowed_v4},
     icmp,
     icmp::Icmp,
@@ -95,14 +95,14 @@ fn vip_address(
             Icmp::Other => return Ok(Outcome::Passed as u32),
             Icmp::Error => {
                 let q = icmp::quoted_flow(ctx, l4, dst)?;
-                let flow = Flow {
-                    family: FAMILY_V4,
-                    client: key(q.client),
-                    vip: key(dst),
-                    client_port: q.client_port,
-                    vip_port: q.vip_port,
-                    proto: q.proto,
-                };
+                let flow = FlowKey::new(
+                    FAMILY_V4,
+                    key(q.client),
+                    key(dst),
+                    q.client_port,
+                    q.vip_port,
+                    q.proto,
+                );
                 (flow, true, false)
             }
         }
@@ -110,14 +110,7 @@ fn vip_address(
         let Some(((sport, dport), syn)) = flow_ports_at(ctx, l4, proto)? else {
             return Ok(Outcome::Passed as u32);
         };
-        let flow = Flow {
-            family: FAMILY_V4,
-            client: key(src),
-            vip: key(dst),
-            client_port: sport,
-            vip_port: dport,
-            proto,
-        };
+        let flow = FlowKey::new(FAMILY_V4, key(src), key(dst), sport, dport, proto);
         (flow, false, syn)
     };
     // SAFETY: the caller's packet, written whole.

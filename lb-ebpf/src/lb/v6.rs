@@ -2,11 +2,11 @@
 //! ICMPv6 to a VIP address, and the flow of a TCP or UDP packet.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{AddrKey, FAMILY_V6, Globals, Outcome, PROTO_ICMPV6};
+use lb_common::{AddrKey, FAMILY_V6, FlowKey, Globals, Outcome, PROTO_ICMPV6};
 use network_types::ip::Ipv6Hdr;
 
 use super::{
-    CONTINUE, Flow, Inner, Packet,
+    CONTINUE, Inner, Packet,
     filter::{screen, source_allowed_v6},
     icmp::Icmp,
     icmp6,
@@ -105,14 +105,14 @@ fn vip_address(
             Icmp::Other => return Ok(Outcome::Passed as u32),
             Icmp::Error => {
                 let q = icmp6::quoted_flow(ctx, ip.l4, dst)?;
-                let flow = Flow {
-                    family: FAMILY_V6,
-                    client: q.client,
-                    vip: *dst,
-                    client_port: q.client_port,
-                    vip_port: q.vip_port,
-                    proto: q.proto,
-                };
+                let flow = FlowKey::new(
+                    FAMILY_V6,
+                    q.client,
+                    *dst,
+                    q.client_port,
+                    q.vip_port,
+                    q.proto,
+                );
                 (flow, true, false)
             }
         }
@@ -120,14 +120,7 @@ fn vip_address(
         let Some(((sport, dport), syn)) = flow_ports_at(ctx, ip.l4, ip.proto)? else {
             return Ok(Outcome::Passed as u32);
         };
-        let flow = Flow {
-            family: FAMILY_V6,
-            client: *src,
-            vip: *dst,
-            client_port: sport,
-            vip_port: dport,
-            proto: ip.proto,
-        };
+        let flow = FlowKey::new(FAMILY_V6, *src, *dst, sport, dport, ip.proto);
         (flow, false, syn)
     };
     let len = u16::from_be_bytes(*payload_len)

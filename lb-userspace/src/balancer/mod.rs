@@ -605,6 +605,8 @@ impl<M: MapWriter> Balancer<M> {
             encap_mtu: config.encap_mtu.map_or(0, u32::from),
             too_big_per_cpu: config.too_big_per_cpu,
             max_new_per_cpu: config.max_new_per_cpu,
+            conns_epoch: self.globals.conns_epoch,
+            _reserved: 0,
         };
         if globals != self.globals {
             self.maps.set_globals(&globals)?;
@@ -913,13 +915,23 @@ impl<M: MapWriter> Balancer<M> {
         if !verdict.complete {
             return Ok(set);
         }
-        for &(id, epoch) in &verdict.agree {
-            let Some(i) = self.vips.iter().position(|v| v.id == id) else {
-                continue;
-            };
-            if self.vips[i].epoch != epoch || self.vips[i].conns_match {
-                continue;
-            }
+        let due: Vec<usize> = verdict
+            .agree
+            .iter()
+            .filter_map(|&(id, epoch)| {
+                let i = self.vips.iter().position(|v| v.id == id)?;
+                (self.vips[i].epoch == epoch && !self.vips[i].conns_match).then_some(i)
+            })
+            .collect();
+        if due.is_empty() {
+            return Ok(set);
+        }
+        // The walk read the connection table, not the flow caches' copies:
+        // copies made before the walk (of entries gone since) are retired
+        // first, so a SYN that skips the table meets no copy that names
+        // another backend.
+        self.next_conns_epoch()?;
+        for i in due {
             self.vips[i].conns_match = true;
             if let Err(e) = self.write_vip(i) {
                 self.vips[i].conns_match = false;
@@ -928,6 +940,22 @@ impl<M: MapWriter> Balancer<M> {
             set.push(self.vips[i].config.name.clone());
         }
         Ok(set)
+    }
+
+    /// Moves the connection-table epoch (`Globals::conns_epoch`) on: every
+    /// flow-cache copy made before stops serving, and the next packet of
+    /// its flow reads the connection table.
+    ///
+    /// # Errors
+    /// The globals write fails (the epoch stays).
+    fn next_conns_epoch(&mut self) -> Result<(), BalancerError> {
+        let globals = Globals {
+            conns_epoch: self.globals.conns_epoch.wrapping_add(1),
+            ..self.globals
+        };
+        self.maps.set_globals(&globals)?;
+        self.globals = globals;
+        Ok(())
     }
 
     /// Brings kept VIP `i` to `vip`: new backends, weights, flags, then the

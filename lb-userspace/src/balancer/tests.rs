@@ -456,7 +456,10 @@ fn the_syn_shortcut_flag_follows_changes_and_walks() {
     let verdict = walk.walk(std::iter::empty(), 10);
     assert!(verdict.complete);
     assert_eq!(in_agreement(&verdict), vec![web]);
-    // A change between the walk's start and its end: nothing set.
+    // A change between the walk's start and its end: nothing set, and the
+    // flow caches' copies keep serving (the epoch stays).
+    let epoch = |b: &Balancer<FakeMaps>| b.maps().globals.conns_epoch;
+    let before = epoch(&b);
     b.set_weight(0, 0, 1).unwrap();
     assert!(b.conns_checked(&verdict).unwrap().is_empty());
     assert!(!conns_match(&b, "web"));
@@ -467,8 +470,19 @@ fn the_syn_shortcut_flag_follows_changes_and_walks() {
         ..verdict.clone()
     };
     assert!(b.conns_checked(&cut).unwrap().is_empty());
+    assert_eq!(epoch(&b), before);
+    // A flag set retires every flow-cache copy first (the epoch moves).
     assert_eq!(b.conns_checked(&verdict).unwrap(), vec!["web".to_string()]);
     assert!(conns_match(&b, "web"));
+    assert_eq!(epoch(&b), before.wrapping_add(1));
+    // A reload that rewrites the globals (another encapsulation source)
+    // keeps the epoch: old copies are not revived by a reset.
+    b.apply(&config(CONFIG), Ipv4Addr::new(10, 0, 0, 3))
+        .unwrap();
+    assert_eq!(b.maps().globals.encap_src_v4, [10, 0, 0, 3]);
+    assert_eq!(epoch(&b), before.wrapping_add(1));
+    b.apply(&config(CONFIG), Ipv4Addr::new(10, 0, 0, 2))
+        .unwrap();
 
     // A backend usable again clears it (its recorded flows come back),
     // and so does its going unhealthy (a new table).
@@ -489,6 +503,7 @@ fn the_syn_shortcut_flag_follows_changes_and_walks() {
     )
     .unwrap();
     assert!(!conns_match(&adopted, "web") && conns_match(&adopted, "dns"));
+    assert_eq!(epoch(&adopted), epoch(&b), "adoption keeps the epoch");
 }
 
 /// A VIP of a port added over a port-0 VIP starts without the flag (flows of
