@@ -76,12 +76,15 @@ fn nodes_announce_vips_health_aware_and_leave_without_breaking_connections() {
         learn.as_secs_f64()
     ));
     // What the nodes show of it.
-    // (The agents read BIRD every second.)
+    // (The agents read BIRD every second: wait for both to have read it.)
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut metrics = String::new();
     while Instant::now() < deadline {
         metrics = lab.api_get(0, "/metrics").unwrap_or_default();
-        if metrics.contains("lb_bgp_session_up{peer=\"10.30.0.1\"} 1") {
+        let second = lab
+            .status(1)
+            .is_some_and(|s| s["bgp"]["peers"][0]["state"] == "Established");
+        if second && metrics.contains("lb_bgp_session_up{peer=\"10.30.0.1\"} 1") {
             break;
         }
         thread::sleep(Duration::from_millis(200));

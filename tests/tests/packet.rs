@@ -12,7 +12,10 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use etherparse::{IpHeaders, Ipv4Header, PacketBuilder, VlanId};
-use lb_common::{ConnEvent, ConnValue, FlowKey, MAP_CONNS, Outcome, flow_hash_v4, maglev_slot};
+use lb_common::{
+    ConnEvent, ConnValue, FLOW_CACHE_REFRESH, FlowKey, MAP_CONNS, Outcome, flow_hash_v4,
+    maglev_slot,
+};
 use lb_tests::xdp::{LbNamespace, lb_namespace, xdp_md};
 use lb_userspace::{
     balancer::{Balancer, CONNS_GRACE, ConnsCheck, ConnsVerdict},
@@ -773,15 +776,7 @@ fn too_big_is_rate_limited_per_cpu_and_follows_encap_mtu() {
         return;
     }
     // One CPU, so one bucket.
-    // SAFETY: a zeroed cpu_set_t is valid; CPU 0 exists.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
-    }
+    pin_to_cpu0();
     let config = format!("[encap]\nmtu = 1000\n[icmp]\ntoo_big_per_cpu = 3\n{CONFIG}");
     let fx = Fixture::with_config("ratelimit", &config);
     // 1000 bytes of IPv4: 1020 encapsulated, over encap.mtu.
@@ -842,7 +837,7 @@ fn a_vip_list_narrows_the_sources_of_that_vip() {
     assert_eq!(fx.run("xdp_lb", &ack).0, XDP_TX, "recorded");
     let before = fx.stats.vip(web).packets;
     assert_eq!(fx.run("xdp_lb", &ack).0, XDP_TX, "established");
-    assert_eq!(fx.stats.conn(ConnEvent::Hit).packets, 1);
+    assert_eq!(established_hits(&fx), 1);
     assert_eq!(fx.stats.vip(web).packets, before + 1);
     let narrower = config.replace("10.20.0.10/32", "10.20.0.11/32");
     fx.reload(&narrower);
@@ -964,7 +959,7 @@ fn a_vip_of_a_port_added_beside_a_port_0_vip_applies_to_its_flows() {
     let (first, _) = fx.run("xdp_lb", &ack);
     assert_eq!(fx.stats.conn(ConnEvent::Miss).packets, 1, "recorded");
     assert_eq!(fx.run("xdp_lb", &ack).0, first);
-    assert_eq!(fx.stats.conn(ConnEvent::Hit).packets, 1, "established");
+    assert_eq!(established_hits(&fx), 1, "established");
     let with_port = format!(
         "{CONFIG}[[vip]]\nname = \"tls\"\naddress = \"10.20.0.101\"\nport = 8443\nprotocol = \"tcp\"\nallow = [\"10.20.0.11/32\"]\n  [[vip.backend]]\n  address = \"10.20.0.24\"\n"
     );
@@ -1097,7 +1092,7 @@ fn flows_keep_their_backend_through_changes_until_it_leaves() {
         first,
         "after a weight change: same backends"
     );
-    assert_eq!(fx.stats.conn(ConnEvent::Hit).packets, ports.len() as u64);
+    assert_eq!(established_hits(&fx), ports.len() as u64);
 
     // 2. Another backend (.24) is removed: flows elsewhere stay, its own move.
     fx.balancer.remove_backend(0, 2).expect("remove");
@@ -2294,15 +2289,7 @@ fn syns_are_not_recorded_and_new_flows_are_rate_limited() {
         return;
     }
     // One CPU, so one bucket.
-    // SAFETY: a zeroed cpu_set_t is valid; CPU 0 exists.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
-    }
+    pin_to_cpu0();
     // The section goes before the first VIP (TOML tables after arrays of
     // tables would belong to the last VIP).
     let at = CONFIG.find("[[vip]]").expect("a VIP");
@@ -2489,4 +2476,157 @@ fn a_syn_skips_the_connection_table_only_while_recorded_flows_agree() {
     );
     assert_eq!(direct(&fx), 3);
     assert_eq!(fx.stats.conn(ConnEvent::Syn).packets, looked_up + 1);
+}
+
+/// Packets of established flows: read from the connection table, or from
+/// the CPU's flow cache (which of the two depends on the CPU a test run
+/// lands on).
+fn established_hits(fx: &Fixture) -> u64 {
+    fx.stats.conn(ConnEvent::Hit).packets + fx.stats.conn(ConnEvent::HitCached).packets
+}
+
+/// Pins the calling thread to CPU 0, so every test run meets the same
+/// per-CPU state (token buckets, flow cache).
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU 0 exists.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
+
+/// The flow cache (`LB_FLOW_CACHE`): a recorded flow's packets use this
+/// CPU's copy of its entry, and read the connection table again once per
+/// `FLOW_CACHE_REFRESH` uses. A copy outlives its entry only until a SYN
+/// of the flow looks it up (the SYN drops it) or the agent moves the epoch
+/// before a walk lets SYNs skip the table: a client reusing the 5-tuple of
+/// a flow that left the table is not split between two backends.
+#[test]
+fn the_flow_cache_serves_established_flows_and_yields_to_syns_and_walks() {
+    if !lb_tests::can_run_as_root(
+        "the_flow_cache_serves_established_flows_and_yields_to_syns_and_walks",
+    ) {
+        return;
+    }
+    // One CPU, so one flow cache.
+    pin_to_cpu0();
+    let mut fx = Fixture::new("flowcache");
+    let cached = |fx: &Fixture| fx.stats.conn(ConnEvent::HitCached).packets;
+    let from_table = |fx: &Fixture| fx.stats.conn(ConnEvent::Hit).packets;
+    let ack_to = |fx: &Fixture, port: u16| {
+        outer_destination(&fx.run("xdp_lb", &tcp_ack(CLIENT, VIP, port, 80)).1)
+    };
+
+    // A recorded flow: its copy serves FLOW_CACHE_REFRESH packets, then the
+    // table is read again.
+    let first = ack_to(&fx, 43000);
+    assert_eq!(fx.stats.conn(ConnEvent::Miss).packets, 1);
+    for _ in 0..FLOW_CACHE_REFRESH {
+        assert_eq!(ack_to(&fx, 43000), first);
+    }
+    assert_eq!(cached(&fx), u64::from(FLOW_CACHE_REFRESH));
+    assert_eq!(from_table(&fx), 0);
+    assert_eq!(ack_to(&fx, 43000), first);
+    assert_eq!(from_table(&fx), 1, "the refresh reads the connection table");
+    assert_eq!(ack_to(&fx, 43000), first);
+    assert_eq!(cached(&fx), u64::from(FLOW_CACHE_REFRESH) + 1);
+
+    // 64 flows, then .24 drained: its flows keep it, new ones avoid it.
+    let ports: Vec<u16> = (43100..43164).collect();
+    let recorded: Vec<[u8; 4]> = ports.iter().map(|&p| ack_to(&fx, p)).collect();
+    fx.reload(&CONFIG.replacen(
+        "  address = \"10.20.0.24\"\n",
+        "  address = \"10.20.0.24\"\n  weight = 0\n",
+        1,
+    ));
+    let drained = [10, 20, 0, 24];
+    let moved: Vec<u16> = ports
+        .iter()
+        .zip(&recorded)
+        .filter(|(_, b)| **b == drained)
+        .map(|(p, _)| *p)
+        .collect();
+    assert!(moved.len() >= 8, "{} of 64 flows on .24", moved.len());
+    // Their entries leave the table (as the LRU evicts them), and the
+    // first flow's (it may be on .24 too); the copies still serve.
+    {
+        let mut conns: aya::maps::HashMap<_, FlowKey, ConnValue> =
+            aya::maps::HashMap::try_from(fx.ebpf.map_mut(MAP_CONNS).expect("connection table"))
+                .expect("hash map");
+        for &port in moved.iter().chain(&[43000]) {
+            conns
+                .remove(&FlowKey::v4(
+                    CLIENT,
+                    VIP,
+                    port.to_be_bytes(),
+                    80u16.to_be_bytes(),
+                    6,
+                ))
+                .expect("remove a moved flow");
+        }
+    }
+    let before = cached(&fx);
+    assert_eq!(ack_to(&fx, moved[0]), drained);
+    assert_eq!(ack_to(&fx, moved[1]), drained);
+    assert_eq!(cached(&fx), before + 2, "served by the copies");
+
+    // A client reuses moved[0]'s 5-tuple: its SYN (the flag is clear since
+    // the drain) finds no entry, takes the table's choice and drops the
+    // copy; the flow's next packet follows the SYN.
+    let fresh = fx.expected_backend(0, CLIENT, VIP, moved[0], 80, 6);
+    assert_ne!(fresh, drained);
+    assert_eq!(
+        outer_destination(&fx.run("xdp_lb", &tcp_syn(CLIENT, VIP, moved[0], 80)).1),
+        fresh
+    );
+    assert_eq!(fx.stats.conn(ConnEvent::Syn).packets, 1);
+    let misses = fx.stats.conn(ConnEvent::Miss).packets;
+    assert_eq!(ack_to(&fx, moved[0]), fresh, "the copy is gone");
+    assert_eq!(fx.stats.conn(ConnEvent::Miss).packets, misses + 1);
+
+    // A walk finds every remaining entry in agreement and sets the flag;
+    // the epoch moved first, so moved[1]'s copy no longer serves: its SYN
+    // skips the table and its next packet follows it.
+    let check = fx
+        .balancer
+        .conns_check(Instant::now() + CONNS_GRACE)
+        .expect("web waits for a walk");
+    let verdict = walk_conns(&fx, &check);
+    assert!(verdict.complete, "{verdict:?}");
+    assert_eq!(
+        fx.balancer.conns_checked(&verdict).expect("write"),
+        vec!["web".to_string()]
+    );
+    let fresh = fx.expected_backend(0, CLIENT, VIP, moved[1], 80, 6);
+    assert_ne!(fresh, drained);
+    assert_eq!(
+        outer_destination(&fx.run("xdp_lb", &tcp_syn(CLIENT, VIP, moved[1], 80)).1),
+        fresh
+    );
+    assert_eq!(fx.stats.conn(ConnEvent::SynDirect).packets, 1);
+    let before = cached(&fx);
+    assert_eq!(ack_to(&fx, moved[1]), fresh, "the copy was retired");
+    assert_eq!(cached(&fx), before);
+    // Every flow's next packet reads the table once, then its copy serves.
+    let kept = ports
+        .iter()
+        .zip(&recorded)
+        .find(|(_, b)| **b != drained)
+        .map(|(p, _)| *p)
+        .expect("a flow not on .24");
+    let hits = from_table(&fx);
+    assert_eq!(
+        ack_to(&fx, kept),
+        fx.expected_backend(0, CLIENT, VIP, kept, 80, 6)
+    );
+    assert_eq!(from_table(&fx), hits + 1);
+    assert_eq!(
+        ack_to(&fx, kept),
+        fx.expected_backend(0, CLIENT, VIP, kept, 80, 6)
+    );
+    assert_eq!(cached(&fx), before + 1);
 }

@@ -106,7 +106,7 @@ impl Collector for LbCollector {
         counters(
             e,
             "lb_conntrack_events",
-            "What the connection table did for VIP packets: hit, miss, rehash, syn, limited, syn_direct.",
+            "What the connection table did for VIP packets: hit, miss, rehash, syn, limited, syn_direct, hit_cached (a hit served by the CPU's flow cache).",
             &conn,
         )?;
         let vip = |f: fn(&Traffic) -> u64| -> Vec<(Labels, u64)> {

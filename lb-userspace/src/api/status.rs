@@ -127,7 +127,7 @@ pub struct Status {
     /// Packets and bytes per outcome (`forwarded_tx`, `drop_source_filter`, ...).
     pub outcomes: BTreeMap<String, Traffic>,
     /// Connection-table events ([`lb_common::ConnEvent::label`]): `hit`,
-    /// `miss`, `rehash`, `syn`, `limited`, `syn_direct`.
+    /// `miss`, `rehash`, `syn`, `limited`, `syn_direct`, `hit_cached`.
     pub conntrack: BTreeMap<String, Traffic>,
     /// Reloads.
     pub reloads: Reloads,
@@ -232,8 +232,9 @@ pub fn render_table(s: &Status) -> String {
     let c = |k: &str| s.conntrack.get(k).map_or(0, |t| t.packets);
     let _ = writeln!(
         out,
-        "connection table: {} hits, {} misses, {} rehashes; SYNs: {} looked up, {} by the Maglev table alone; {} new flows over the rate limit",
-        c("hit"),
+        "connection table: {} hits ({} of them from the flow caches), {} misses, {} rehashes; SYNs: {} looked up, {} by the Maglev table alone; {} new flows over the rate limit",
+        c("hit") + c("hit_cached"),
+        c("hit_cached"),
         c("miss"),
         c("rehash"),
         c("syn"),
