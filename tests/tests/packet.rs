@@ -1196,7 +1196,8 @@ fn send_flows(fx: &Fixture, v6: bool, n: u32) -> Vec<std::net::IpAddr> {
         .collect()
 }
 
-/// Empties the connection table, so the next packets show Maglev's choice.
+/// Empties the connection table (and retires the flow caches' copies of its
+/// entries), so the next packets show Maglev's choice.
 fn flush_connection_table(fx: &mut Fixture) {
     let mut conns: aya::maps::HashMap<_, lb_common::FlowKey, lb_common::ConnValue> =
         aya::maps::HashMap::try_from(fx.ebpf.map_mut(MAP_CONNS).expect("connection table"))
@@ -1205,6 +1206,8 @@ fn flush_connection_table(fx: &mut Fixture) {
     for key in keys {
         conns.remove(&key).expect("remove entry");
     }
+    // And the flow caches' copies of those entries.
+    fx.balancer.retire_flow_caches().expect("globals write");
 }
 
 /// Share of flows whose backend differs between `a` and `b`, among the

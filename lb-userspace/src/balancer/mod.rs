@@ -930,7 +930,7 @@ impl<M: MapWriter> Balancer<M> {
         // copies made before the walk (of entries gone since) are retired
         // first, so a SYN that skips the table meets no copy that names
         // another backend.
-        self.next_conns_epoch()?;
+        self.retire_flow_caches()?;
         for i in due {
             self.vips[i].conns_match = true;
             if let Err(e) = self.write_vip(i) {
@@ -942,13 +942,15 @@ impl<M: MapWriter> Balancer<M> {
         Ok(set)
     }
 
-    /// Moves the connection-table epoch (`Globals::conns_epoch`) on: every
-    /// flow-cache copy made before stops serving, and the next packet of
-    /// its flow reads the connection table.
+    /// Retires every flow-cache copy (`lb_common::FlowCacheEntry`) by moving
+    /// the connection-table epoch (`Globals::conns_epoch`) on: the next
+    /// packet of each flow reads the connection table. For whoever removes
+    /// connection-table entries and must not meet their copies: a walk
+    /// before it lets SYNs skip the table, and tests that empty the table.
     ///
     /// # Errors
     /// The globals write fails (the epoch stays).
-    fn next_conns_epoch(&mut self) -> Result<(), BalancerError> {
+    pub fn retire_flow_caches(&mut self) -> Result<(), BalancerError> {
         let globals = Globals {
             conns_epoch: self.globals.conns_epoch.wrapping_add(1),
             ..self.globals
