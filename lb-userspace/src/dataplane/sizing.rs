@@ -12,7 +12,9 @@
 
 use std::fmt;
 
-use lb_common::{ConnValue, FlowKey, MAX_BACKENDS, MAX_TABLE_SIZE, MAX_VIPS};
+use lb_common::{
+    ConnValue, FLOW_CACHE_SLOTS, FlowCacheEntry, FlowKey, MAX_BACKENDS, MAX_TABLE_SIZE, MAX_VIPS,
+};
 
 /// Bytes of one Maglev table entry (a backend id, `u32`).
 pub const MAGLEV_ENTRY_BYTES: u64 = 4;
@@ -29,6 +31,10 @@ pub const MAX_MAGLEV_BYTES: u64 = 4 << 30;
 pub const MAX_SPARE_REGIONS: u32 = 16;
 /// Largest `conntrack.max_entries` accepted.
 pub const MAX_CONNTRACK_ENTRIES: u32 = 1 << 26;
+/// Bytes of each CPU's flow cache (`LB_FLOW_CACHE`, a per-CPU array of
+/// `FLOW_CACHE_SLOTS` entries): 448 KiB.
+pub const FLOW_CACHE_BYTES_PER_CPU: u64 =
+    FLOW_CACHE_SLOTS as u64 * size_of::<FlowCacheEntry>() as u64;
 /// Kernel overhead per preallocated hash-map element (`struct htab_elem`
 /// and the LRU node, rounded up), in bytes.
 pub const HASH_ELEM_OVERHEAD: u64 = 48;
@@ -182,7 +188,7 @@ impl fmt::Display for Sizing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "Maglev tables {} regions ({} VIPs + {} spare) x {} entries x {MAGLEV_ENTRY_BYTES} B = {}; connection table {} flows x {} B = {}",
+            "Maglev tables {} regions ({} VIPs + {} spare) x {} entries x {MAGLEV_ENTRY_BYTES} B = {}; connection table {} flows x {} B = {}; flow caches {FLOW_CACHE_SLOTS} slots x {} B = {} per CPU",
             self.table_regions,
             self.max_vips,
             self.table_regions - self.max_vips,
@@ -191,6 +197,8 @@ impl fmt::Display for Sizing {
             self.conntrack_entries,
             self.conntrack_bytes / u64::from(self.conntrack_entries.max(1)),
             human_bytes(self.conntrack_bytes),
+            size_of::<FlowCacheEntry>(),
+            human_bytes(FLOW_CACHE_BYTES_PER_CPU),
         )
     }
 }
