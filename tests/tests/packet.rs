@@ -2381,19 +2381,7 @@ fn a_syn_skips_the_connection_table_only_while_recorded_flows_agree() {
     assert_eq!(fx.stats.conn(ConnEvent::Miss).packets, 64);
 
     // Drain .24: the table changes, its recorded flows stay on it.
-    fx.reload(&CONFIG.replacen(
-        "  address = \"10.20.0.24\"\n",
-        "  address = \"10.20.0.24\"\n  weight = 0\n",
-        1,
-    ));
-    let drained = [10, 20, 0, 24];
-    let moved: Vec<u16> = ports
-        .iter()
-        .zip(&recorded)
-        .filter(|(_, b)| **b == drained)
-        .map(|(p, _)| *p)
-        .collect();
-    assert!(moved.len() >= 8, "{} of 64 flows on .24", moved.len());
+    let (drained, moved, kept) = drain_24(&mut fx, &ports, &recorded);
     for &port in &moved {
         assert_ne!(fx.expected_backend(0, CLIENT, VIP, port, 80, 6), drained);
         assert_eq!(
@@ -2422,22 +2410,7 @@ fn a_syn_skips_the_connection_table_only_while_recorded_flows_agree() {
     assert_eq!(syn_to(&fx, moved[0]), drained);
 
     // The moved flows end and leave the table: the next walk sets the flag.
-    {
-        let mut conns: aya::maps::HashMap<_, FlowKey, ConnValue> =
-            aya::maps::HashMap::try_from(fx.ebpf.map_mut(MAP_CONNS).expect("connection table"))
-                .expect("hash map");
-        for &port in &moved {
-            conns
-                .remove(&FlowKey::v4(
-                    CLIENT,
-                    VIP,
-                    port.to_be_bytes(),
-                    80u16.to_be_bytes(),
-                    6,
-                ))
-                .expect("remove a moved flow");
-        }
-    }
+    remove_flows(&mut fx, &moved);
     let check = fx
         .balancer
         .conns_check(Instant::now() + CONNS_GRACE)
@@ -2454,12 +2427,6 @@ fn a_syn_skips_the_connection_table_only_while_recorded_flows_agree() {
             .conns_check(Instant::now() + CONNS_GRACE)
             .is_none()
     );
-    let kept = ports
-        .iter()
-        .zip(&recorded)
-        .find(|(_, b)| **b != drained)
-        .map(|(p, _)| *p)
-        .expect("a flow not on .24");
     assert_eq!(
         syn_to(&fx, kept),
         fx.expected_backend(0, CLIENT, VIP, kept, 80, 6)
@@ -2486,6 +2453,64 @@ fn a_syn_skips_the_connection_table_only_while_recorded_flows_agree() {
 /// lands on).
 fn established_hits(fx: &Fixture) -> u64 {
     fx.stats.conn(ConnEvent::Hit).packets + fx.stats.conn(ConnEvent::HitCached).packets
+}
+
+/// Drains backend .24 (weight 0) of `CONFIG`'s first VIP: its address, the
+/// ports of the flows (`ports`, recorded on `recorded`) that were on it (at
+/// least 8), and the port of one that was not.
+fn drain_24(fx: &mut Fixture, ports: &[u16], recorded: &[[u8; 4]]) -> ([u8; 4], Vec<u16>, u16) {
+    fx.reload(&CONFIG.replacen(
+        "  address = \"10.20.0.24\"\n",
+        "  address = \"10.20.0.24\"\n  weight = 0\n",
+        1,
+    ));
+    let drained = [10, 20, 0, 24];
+    let moved: Vec<u16> = ports
+        .iter()
+        .zip(recorded)
+        .filter(|(_, b)| **b == drained)
+        .map(|(p, _)| *p)
+        .collect();
+    assert!(moved.len() >= 8, "{} of 64 flows on .24", moved.len());
+    let kept = ports
+        .iter()
+        .zip(recorded)
+        .find(|(_, b)| **b != drained)
+        .map(|(p, _)| *p)
+        .expect("a flow not on .24");
+    (drained, moved, kept)
+}
+
+/// Removes the connection-table entries of the TCP flows from `CLIENT`'s
+/// `ports` to the VIP's port 80 (as the LRU evicts them; their flow-cache
+/// copies stay).
+fn remove_flows(fx: &mut Fixture, ports: &[u16]) {
+    let mut conns: aya::maps::HashMap<_, FlowKey, ConnValue> =
+        aya::maps::HashMap::try_from(fx.ebpf.map_mut(MAP_CONNS).expect("connection table"))
+            .expect("hash map");
+    for &port in ports {
+        conns
+            .remove(&FlowKey::v4(
+                CLIENT,
+                VIP,
+                port.to_be_bytes(),
+                80u16.to_be_bytes(),
+                6,
+            ))
+            .expect("remove a flow's entry");
+    }
+}
+
+/// Sends a SYN from `CLIENT`'s `port` to the VIP's port 80 and checks it
+/// went to the table's choice, which is not `drained`; that choice.
+fn syn_to_table_choice(fx: &Fixture, port: u16, drained: [u8; 4]) -> [u8; 4] {
+    let fresh = fx.expected_backend(0, CLIENT, VIP, port, 80, 6);
+    assert_ne!(fresh, drained);
+    assert_eq!(
+        outer_destination(&fx.run("xdp_lb", &tcp_syn(CLIENT, VIP, port, 80)).1),
+        fresh
+    );
+    fresh
 }
 
 /// Pins the calling thread to CPU 0, so every test run meets the same
@@ -2541,37 +2566,10 @@ fn the_flow_cache_serves_established_flows_and_yields_to_syns_and_walks() {
     // 64 flows, then .24 drained: its flows keep it, new ones avoid it.
     let ports: Vec<u16> = (43100..43164).collect();
     let recorded: Vec<[u8; 4]> = ports.iter().map(|&p| ack_to(&fx, p)).collect();
-    fx.reload(&CONFIG.replacen(
-        "  address = \"10.20.0.24\"\n",
-        "  address = \"10.20.0.24\"\n  weight = 0\n",
-        1,
-    ));
-    let drained = [10, 20, 0, 24];
-    let moved: Vec<u16> = ports
-        .iter()
-        .zip(&recorded)
-        .filter(|(_, b)| **b == drained)
-        .map(|(p, _)| *p)
-        .collect();
-    assert!(moved.len() >= 8, "{} of 64 flows on .24", moved.len());
+    let (drained, moved, kept) = drain_24(&mut fx, &ports, &recorded);
     // Their entries leave the table (as the LRU evicts them), and the
     // first flow's (it may be on .24 too); the copies still serve.
-    {
-        let mut conns: aya::maps::HashMap<_, FlowKey, ConnValue> =
-            aya::maps::HashMap::try_from(fx.ebpf.map_mut(MAP_CONNS).expect("connection table"))
-                .expect("hash map");
-        for &port in moved.iter().chain(&[43000]) {
-            conns
-                .remove(&FlowKey::v4(
-                    CLIENT,
-                    VIP,
-                    port.to_be_bytes(),
-                    80u16.to_be_bytes(),
-                    6,
-                ))
-                .expect("remove a moved flow");
-        }
-    }
+    remove_flows(&mut fx, &[&moved[..], &[43000]].concat());
     let before = cached(&fx);
     assert_eq!(ack_to(&fx, moved[0]), drained);
     assert_eq!(ack_to(&fx, moved[1]), drained);
@@ -2580,12 +2578,7 @@ fn the_flow_cache_serves_established_flows_and_yields_to_syns_and_walks() {
     // A client reuses moved[0]'s 5-tuple: its SYN (the flag is clear since
     // the drain) finds no entry, takes the table's choice and drops the
     // copy; the flow's next packet follows the SYN.
-    let fresh = fx.expected_backend(0, CLIENT, VIP, moved[0], 80, 6);
-    assert_ne!(fresh, drained);
-    assert_eq!(
-        outer_destination(&fx.run("xdp_lb", &tcp_syn(CLIENT, VIP, moved[0], 80)).1),
-        fresh
-    );
+    let fresh = syn_to_table_choice(&fx, moved[0], drained);
     assert_eq!(fx.stats.conn(ConnEvent::Syn).packets, 1);
     let misses = fx.stats.conn(ConnEvent::Miss).packets;
     assert_eq!(ack_to(&fx, moved[0]), fresh, "the copy is gone");
@@ -2604,23 +2597,12 @@ fn the_flow_cache_serves_established_flows_and_yields_to_syns_and_walks() {
         fx.balancer.conns_checked(&verdict).expect("write"),
         vec!["web".to_string()]
     );
-    let fresh = fx.expected_backend(0, CLIENT, VIP, moved[1], 80, 6);
-    assert_ne!(fresh, drained);
-    assert_eq!(
-        outer_destination(&fx.run("xdp_lb", &tcp_syn(CLIENT, VIP, moved[1], 80)).1),
-        fresh
-    );
+    let fresh = syn_to_table_choice(&fx, moved[1], drained);
     assert_eq!(fx.stats.conn(ConnEvent::SynDirect).packets, 1);
     let before = cached(&fx);
     assert_eq!(ack_to(&fx, moved[1]), fresh, "the copy was retired");
     assert_eq!(cached(&fx), before);
     // Every flow's next packet reads the table once, then its copy serves.
-    let kept = ports
-        .iter()
-        .zip(&recorded)
-        .find(|(_, b)| **b != drained)
-        .map(|(p, _)| *p)
-        .expect("a flow not on .24");
     let hits = from_table(&fx);
     assert_eq!(
         ack_to(&fx, kept),
