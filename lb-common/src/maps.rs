@@ -476,7 +476,8 @@ pub const FLOW_CACHE_REFRESH: u32 = 32;
 /// A copy serves a packet of its flow (not a SYN, not an ICMP error) while
 /// `epoch` is [`Globals::conns_epoch`], `hits` is below
 /// [`FLOW_CACHE_REFRESH`] and its backend is still usable with the same
-/// generation; a TCP SYN of the flow drops this CPU's copy.
+/// generation; a TCP SYN of the flow that looks the flow up (its VIP's
+/// [`VIP_F_CONNS_MATCH_TABLE`] clear) drops this CPU's copy.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCacheEntry {

@@ -166,7 +166,8 @@ impl Outcome {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnEvent {
-    /// The flow had an entry and its backend is still usable: kept.
+    /// The flow had an entry and its backend is still usable: kept. Read
+    /// from the connection table ([`ConnEvent::HitCached`]: from a copy).
     Hit = 0,
     /// The flow had no entry: chosen by Maglev and recorded.
     Miss = 1,
