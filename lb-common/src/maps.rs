@@ -414,6 +414,7 @@ const _: () = assert!(size_of::<FlowKey>() == 40 && align_of::<FlowKey>() == 8);
 
 impl FlowKey {
     /// The key of an IPv4 flow; ports in network byte order.
+    #[inline(always)]
     pub const fn v4(src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2], proto: u8) -> Self {
         Self {
             src: AddrKey::v4(src).addr,

@@ -2,7 +2,7 @@
 //! the flow of a TCP or UDP packet.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{AddrKey, FAMILY_V4, FlowKey, Globals, Outcome, PROTO_ICMP};
+use lb_common::{AddrKey, FlowKey, Globals, Outcome, PROTO_ICMP};
 use network_types::ip::Ipv4Hdr;
 
 use super::{
@@ -18,12 +18,6 @@ use crate::{
 
 /// IPv4 "don't fragment" flag, as the frags field reads (RFC 791).
 const IP_DF: u16 = 0x4000;
-
-/// An address as map keys hold it.
-#[inline(always)]
-fn key(a: [u8; 4]) -> [u8; 16] {
-    AddrKey::v4(a).addr
-}
 
 /// Processes the IPv4 packet at `l3`.
 // A subprogram of its own: its stack frame does not add to the others'.
@@ -95,14 +89,7 @@ fn vip_address(
             Icmp::Other => return Ok(Outcome::Passed as u32),
             Icmp::Error => {
                 let q = icmp::quoted_flow(ctx, l4, dst)?;
-                let flow = FlowKey::new(
-                    FAMILY_V4,
-                    key(q.client),
-                    key(dst),
-                    q.client_port,
-                    q.vip_port,
-                    q.proto,
-                );
+                let flow = FlowKey::v4(q.client, dst, q.client_port, q.vip_port, q.proto);
                 (flow, true, false)
             }
         }
@@ -110,7 +97,7 @@ fn vip_address(
         let Some(((sport, dport), syn)) = flow_ports_at(ctx, l4, proto)? else {
             return Ok(Outcome::Passed as u32);
         };
-        let flow = FlowKey::new(FAMILY_V4, key(src), key(dst), sport, dport, proto);
+        let flow = FlowKey::v4(src, dst, sport, dport, proto);
         (flow, false, syn)
     };
     // SAFETY: the caller's packet, written whole.
@@ -125,7 +112,7 @@ fn vip_address(
                 df,
                 options: ip_len != Ipv4Hdr::LEN,
             },
-            source: key(src),
+            source: AddrKey::v4(src).addr,
             icmp_error,
             syn,
             bytes,
