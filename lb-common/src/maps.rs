@@ -447,6 +447,19 @@ impl FlowKey {
             _pad: [0; 2],
         }
     }
+    /// The flow's [`crate::flow_hash`]: what its Maglev slot, its flow-cache
+    /// slot, its IPv6 flow label and its GUE source port come from.
+    #[inline(always)]
+    pub const fn hash(&self) -> u32 {
+        crate::flow_hash(
+            self.family,
+            &self.src,
+            &self.dst,
+            self.sport,
+            self.dport,
+            self.proto,
+        )
+    }
 }
 
 /// Value of [`MAP_CONNS`]: the backend a flow was given. 8 bytes.

@@ -31,7 +31,7 @@ use crate::maps::{LB_STATS, count};
 )]
 pub fn xdp_lb(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let (outcome, counter) = lb::run(&ctx, bytes);
+    let (outcome, counter) = lb::run(&ctx);
     count(&LB_STATS, counter, bytes);
     action(outcome)
 }

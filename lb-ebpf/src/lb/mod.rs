@@ -1,19 +1,27 @@
-//! The load balancer's path for one packet, in three subprograms called one
-//! after the other from the entry (so their stack frames never add up):
-//! parse per family ([`v4`], [`v6`]: source filter, ICMP to a VIP address,
-//! the flow); [`choose`] (VIP, the VIP's own sources, the backend by
-//! connection table or Maglev); [`forward`] (encapsulation by the backend's
-//! family and the encapsulation kind, next hop); and, when the packet would
-//! not fit, the "too big" answer. Returns the outcome; the entry point in
-//! main.rs counts it and turns it into an XDP action.
+//! The load balancer's path for one packet, in up to three subprograms
+//! called one after the other from the entry (so their stack frames never
+//! add up): parse per family ([`v4`], [`v6`]: source filter, ICMP to a VIP
+//! address, the flow, and the [`shortcut`] of an established flow);
+//! [`choose`] (VIP, the VIP's own sources, the backend by connection table
+//! or Maglev); [`forward`] (encapsulation by the backend's family and the
+//! encapsulation kind, next hop); and, when the packet would not fit, the
+//! "too big" answer. Returns the outcome; the entry point in main.rs counts
+//! it and turns it into an XDP action.
+//!
+//! Each subprogram costs its call and return (about 8 ns here: the kernel
+//! returns through its return thunk, a mispredicted return on CPUs that need
+//! the SRSO mitigation), so an established flow whose backend has a cached
+//! next hop is sent from the parse step itself, and only the other packets
+//! pay for the next steps.
 
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{helpers::generated::bpf_redirect, programs::XdpContext};
 use lb_common::{
-    AddrKey, Backend, ConnEvent, FAMILY_V6, FlowKey, GLOBAL_F_GUE, GLOBAL_F_READY, Globals,
-    NO_CONN_EVENT, Outcome, VIP_F_CONNS_MATCH_TABLE, VIP_F_OWN_ALLOW, VIP_F_PASS_ON_NO_BACKEND,
-    VIP_LIVE, VIP_SHADOWED, VipValue, flow_hash, rules::vip_source_allowed, stat_index,
+    AddrKey, Backend, ConnEvent, ConnValue, FAMILY_V6, FlowKey, GLOBAL_F_GUE, GLOBAL_F_READY,
+    Globals, NO_CONN_EVENT, Outcome, VIP_F_CONNS_MATCH_TABLE, VIP_F_OWN_ALLOW,
+    VIP_F_PASS_ON_NO_BACKEND, VIP_LIVE, VIP_SHADOWED, VipValue, rules::vip_source_allowed,
+    stat_index,
 };
 
 pub mod filter;
@@ -35,11 +43,17 @@ use crate::{
     parse::{L3, l3_offset},
 };
 
-/// What a step returns when the packet goes on to the next step; any other
-/// value is an [`Outcome`]'s index.
-const CONTINUE: u32 = u32::MAX;
-/// What [`forward`] returns when the packet would not fit.
-const TOO_BIG: u32 = u32::MAX - 1;
+// What a step returns: an [`Outcome`]'s index (below 0x100), one of the
+// codes below, or `CHOSEN` with one of them.
+/// The parse step wrote the packet; [`choose`] is next.
+const CONTINUE: u32 = 0x100;
+/// The choice is written too; [`forward`] is next.
+const FORWARD: u32 = 0x101;
+/// The packet would not fit once encapsulated (`Choice::mtu_left`).
+const TOO_BIG: u32 = 0x102;
+/// Added to a code once the choice is written (its connection-table event
+/// counts with the outcome).
+const CHOSEN: u32 = 0x200;
 
 /// A step's result as its return value (subprograms return a scalar: a
 /// returned struct would be a pointer into the callee's stack, which the
@@ -67,13 +81,13 @@ fn outcome(code: u32) -> Outcome {
     Outcome::from_index(code).unwrap_or(Outcome::DropMalformed)
 }
 
-/// Processes one frame of `bytes` bytes: its outcome, and the entry of
-/// `LB_STATS` that counts it (`lb_common::stat_index` of the outcome and
-/// the connection-table event, if the packet reached one).
+/// Processes one frame: its outcome, and the entry of `LB_STATS` that
+/// counts it (`lb_common::stat_index` of the outcome and the
+/// connection-table event, if the packet reached one).
 #[inline(always)]
-pub fn run(ctx: &XdpContext, bytes: u64) -> (Outcome, u32) {
+pub fn run(ctx: &XdpContext) -> (Outcome, u32) {
     let mut conn_event = NO_CONN_EVENT;
-    let outcome = match try_lb(ctx, bytes, &mut conn_event) {
+    let outcome = match try_lb(ctx, &mut conn_event) {
         Ok(outcome) | Err(outcome) => outcome,
     };
     (outcome, stat_index(outcome as u32, conn_event))
@@ -82,7 +96,7 @@ pub fn run(ctx: &XdpContext, bytes: u64) -> (Outcome, u32) {
 /// [`run`]: `Ok` and `Err` both carry the outcome; `Err` is taken by `?` on
 /// a parse or lookup failure. `conn_event` is set once a backend is chosen.
 #[inline(always)]
-fn try_lb(ctx: &XdpContext, bytes: u64, conn_event: &mut u32) -> Result<Outcome, Outcome> {
+fn try_lb(ctx: &XdpContext, conn_event: &mut u32) -> Result<Outcome, Outcome> {
     let Some(globals) = LB_GLOBALS.get(0) else {
         return Ok(Outcome::Passed);
     };
@@ -92,35 +106,138 @@ fn try_lb(ctx: &XdpContext, bytes: u64, conn_event: &mut u32) -> Result<Outcome,
     let Some((l3, family)) = l3_offset(ctx)? else {
         return Ok(Outcome::Passed);
     };
-    // Written whole by the parse step when it returns CONTINUE, and by
-    // choose likewise: not zeroed here, which would cost every packet
-    // (the non-VIP ones first) a byte-by-byte memset.
+    // Written whole by the parse step before CONTINUE (the packet) or
+    // CHOSEN (the choice too), and by choose before CHOSEN: not zeroed
+    // here, which would cost every packet (the non-VIP ones first) a
+    // byte-by-byte memset.
     let mut p = MaybeUninit::<Packet>::uninit();
-    let step = match family {
-        L3::V4 => v4::parse(ctx, globals, l3, bytes, p.as_mut_ptr()),
-        L3::V6 => v6::parse(ctx, globals, l3, bytes, p.as_mut_ptr()),
-    };
-    if step != CONTINUE {
-        return Ok(outcome(step));
-    }
-    // SAFETY: the parse step wrote the whole packet before CONTINUE.
-    let p = unsafe { p.assume_init_ref() };
     let mut c = MaybeUninit::<Choice>::uninit();
-    let step = choose(
-        globals.max_new_per_cpu,
-        globals.conns_epoch,
-        p,
-        c.as_mut_ptr(),
-    );
-    if step != CONTINUE {
+    let mut step = match family {
+        L3::V4 => v4::parse(ctx, globals, l3, p.as_mut_ptr(), c.as_mut_ptr()),
+        L3::V6 => v6::parse(ctx, globals, l3, p.as_mut_ptr()),
+    };
+    if step == CONTINUE {
+        // SAFETY: the parse step wrote the whole packet before CONTINUE.
+        step = choose(
+            globals.max_new_per_cpu,
+            globals.conns_epoch,
+            unsafe { p.assume_init_ref() },
+            c.as_mut_ptr(),
+        );
+    }
+    if step & CHOSEN == 0 {
         return Ok(outcome(step));
     }
-    // SAFETY: choose wrote the whole choice before CONTINUE.
-    let c = unsafe { c.assume_init_mut() };
+    // SAFETY: the packet and the whole choice are written before CHOSEN.
+    let (p, c) = unsafe { (p.assume_init_ref(), c.assume_init_mut()) };
     *conn_event = c.conn_event;
-    match forward(ctx, globals, p, c) {
+    step &= !CHOSEN;
+    if step == FORWARD {
+        step = forward(ctx, globals, p, c);
+    }
+    match step {
         TOO_BIG => Ok(too_big(ctx, &p.inner, c.mtu_left, globals.too_big_per_cpu)),
         step => Ok(outcome(step)),
+    }
+}
+
+/// The established-flow shortcut, the last part of the IPv4 parse step (in
+/// its subprogram): a TCP or UDP packet that is not a SYN gets its choice
+/// here when its flow is established ([`established_choice`]), and with the
+/// backend's cached next hop it is encapsulated and sent here too, as
+/// [`forward`] would. Returns `CHOSEN` with `FORWARD` (no cached next hop:
+/// forward looks it up), `TOO_BIG` or the outcome; an outcome (the VIP's
+/// own list refused the source); or `CONTINUE`, the packet carrying what
+/// the connection table said (`Packet::conn`), for choose.
+#[inline(always)]
+fn shortcut(ctx: &XdpContext, globals: &Globals, p: *mut Packet, c: *mut Choice) -> u32 {
+    // SAFETY: the caller's packet, written whole by the parse step.
+    let p = unsafe { &mut *p };
+    if p.syn || p.icmp_error {
+        return CONTINUE;
+    }
+    p.hash = p.flow.hash();
+    match established_choice(p, p.hash, globals.conns_epoch, c) {
+        Ok(FORWARD) => {
+            // SAFETY: written whole by established_choice before FORWARD.
+            let c = unsafe { &mut *c };
+            CHOSEN | step_code(try_forward::<false>(ctx, globals, p, c))
+        }
+        Ok(refused) => refused,
+        Err(entry) => {
+            p.conn = ConnLookup::of(entry);
+            CONTINUE
+        }
+    }
+}
+
+/// The choice for an established flow: its connection-table entry, read
+/// through this CPU's flow cache ([`established_flow`]), while its backend
+/// is usable; the VIP is reached through the backend's VIP id (one array
+/// read, no VIP hash lookup) and must be live and take the packet's
+/// source. `Ok(FORWARD)` with the choice written and the VIP's counter
+/// counted; `Ok` with an outcome when the VIP's own list refuses the
+/// source; else `Err` with the connection-table entry, if any.
+#[inline(always)]
+fn established_choice(
+    p: &Packet,
+    hash: u32,
+    epoch: u32,
+    c: *mut Choice,
+) -> Result<u32, Option<ConnValue>> {
+    let (backend_id, backend, conn, event) = established_flow(&p.flow, hash, epoch)?;
+    let vip_id = u32::from(backend.vip_id);
+    let flags = LB_VIP_FLAGS.get(vip_id).map_or(0, |flags| *flags);
+    if flags & (VIP_LIVE | VIP_SHADOWED) != VIP_LIVE {
+        return Err(Some(conn));
+    }
+    if !vip_allows(p, vip_id, flags) {
+        return Ok(refused(vip_id, p.bytes));
+    }
+    count(&LB_VIP_STATS, vip_id, p.bytes);
+    write_choice(c, backend_id, backend, hash, event as u32);
+    Ok(FORWARD)
+}
+
+/// What the connection table said of a packet's flow before [`choose`]:
+/// whether the [`shortcut`] looked it up, and the entry it found. The
+/// entry itself, or an id no backend has (backend ids are below
+/// `lb_common::MAX_BACKENDS`) for "not looked up" and "missing": written
+/// with word stores of constants that differ (zeroed fields side by side
+/// become a `memset` call).
+#[derive(Clone, Copy)]
+struct ConnLookup(ConnValue);
+
+impl ConnLookup {
+    /// Not looked up yet.
+    const NOT_LOOKED_UP: Self = ConnLookup(ConnValue {
+        backend_id: u32::MAX,
+        generation: 1,
+    });
+    /// Looked up, not there.
+    const MISSING: Self = ConnLookup(ConnValue {
+        backend_id: u32::MAX - 1,
+        generation: 1,
+    });
+
+    /// Looked up: `entry`, if any.
+    #[inline(always)]
+    fn of(entry: Option<ConnValue>) -> Self {
+        entry.map_or(Self::MISSING, ConnLookup)
+    }
+
+    /// Whether the shortcut looked the flow up.
+    #[inline(always)]
+    fn done(self) -> bool {
+        self.0.backend_id != Self::NOT_LOOKED_UP.0.backend_id
+    }
+
+    /// The entry found (once looked up).
+    #[inline(always)]
+    fn entry(self) -> Option<ConnValue> {
+        // then_some, not then: the payload is defined on both branches (a
+        // None with an undefined payload is refused by 6.1's verifier).
+        (self.0.backend_id != Self::MISSING.0.backend_id).then_some(self.0)
     }
 }
 
@@ -156,6 +273,35 @@ struct Packet {
     syn: bool,
     /// The frame's length, for the counters.
     bytes: u64,
+    /// `lb_common::flow_hash` of the flow, once the [`shortcut`] looked
+    /// the flow up (`conn`); 0 before.
+    hash: u32,
+    /// What the [`shortcut`] found in the connection table.
+    conn: ConnLookup,
+}
+
+impl Packet {
+    /// The packet of `flow` as a parse step writes it, before [`shortcut`].
+    #[inline(always)]
+    fn new(
+        flow: FlowKey,
+        inner: Inner,
+        source: [u8; 16],
+        icmp_error: bool,
+        syn: bool,
+        bytes: u64,
+    ) -> Self {
+        Packet {
+            flow,
+            inner,
+            source,
+            icmp_error,
+            syn,
+            bytes,
+            hash: 0,
+            conn: ConnLookup::NOT_LOOKED_UP,
+        }
+    }
 }
 
 /// The backend [`choose`] picked, for [`forward`].
@@ -178,17 +324,17 @@ struct Choice {
     mtu_left: u16,
 }
 
-/// The backend choice. An established flow (a usable connection-table
-/// entry, read through this CPU's flow cache: [`established_flow`]) reaches
-/// its VIP through its backend's VIP id: one array read, no VIP hash
-/// lookup. Any other packet looks its VIP up by address, port and
-/// protocol, and takes the Maglev choice (recorded or not, see
-/// [`flow_backend`]). A TCP SYN looks its VIP up first, and its flow only
-/// when the VIP's recorded flows may disagree with its Maglev table
-/// (`VIP_F_CONNS_MATCH_TABLE` clear). Either way the VIP's own source list
-/// applies (not to ICMP errors) and the VIP's counter counts the packet. A
-/// SYN that looks its flow up drops this CPU's cached copy of it
-/// ([`forget_flow`]).
+/// The backend choice of a packet the [`shortcut`] left (a new flow, a
+/// flow whose entry's backend is no longer usable or whose VIP is not live,
+/// a SYN, an ICMP error): its VIP looked up by address, port and protocol,
+/// and the Maglev choice (recorded or not, see [`flow_backend`]). A TCP
+/// SYN looks its flow up only when the VIP's recorded flows may disagree
+/// with its Maglev table (`VIP_F_CONNS_MATCH_TABLE` clear); other packets
+/// come with what the shortcut found in the connection table. Either way
+/// the VIP's own source list applies (not to ICMP errors) and the VIP's
+/// counter counts the packet. A SYN that looks its flow up drops this
+/// CPU's cached copy of it ([`forget_flow`]). Returns `CHOSEN | FORWARD`
+/// with the choice written, or an outcome.
 // A subprogram of its own: its stack frame does not add to the others'.
 #[inline(never)]
 fn choose(max_new_per_cpu: u32, conns_epoch: u32, p: &Packet, c: *mut Choice) -> u32 {
@@ -197,9 +343,7 @@ fn choose(max_new_per_cpu: u32, conns_epoch: u32, p: &Packet, c: *mut Choice) ->
         conns_epoch,
     };
     let key = &p.flow;
-    let hash = flow_hash(
-        key.family, &key.src, &key.dst, key.sport, key.dport, key.proto,
-    );
+    let hash = if p.conn.done() { p.hash } else { key.hash() };
     // A SYN's VIP first: when its recorded flows agree with its table, the
     // SYN needs no connection-table lookup. A SYN never takes the
     // established shortcut below: it has its VIP already.
@@ -221,21 +365,12 @@ fn choose(max_new_per_cpu: u32, conns_epoch: u32, p: &Packet, c: *mut Choice) ->
     }
     let entry = if p.icmp_error {
         None
+    } else if p.conn.done() {
+        p.conn.entry()
     } else {
-        match established_flow(key, hash, conns_epoch) {
-            Ok((backend_id, backend, conn, event)) => {
-                let vip_id = u32::from(backend.vip_id);
-                let flags = LB_VIP_FLAGS.get(vip_id).map_or(0, |flags| *flags);
-                if flags & (VIP_LIVE | VIP_SHADOWED) == VIP_LIVE {
-                    if !vip_allows(p, vip_id, flags) {
-                        return refused(vip_id, p.bytes);
-                    }
-                    count(&LB_VIP_STATS, vip_id, p.bytes);
-                    write_choice(c, backend_id, backend, hash, event as u32);
-                    return CONTINUE;
-                }
-                Some(conn)
-            }
+        match established_choice(p, hash, conns_epoch, c) {
+            Ok(FORWARD) => return CHOSEN | FORWARD,
+            Ok(refused) => return refused,
             Err(entry) => entry,
         }
     };
@@ -285,7 +420,7 @@ fn backend_of_vip(
         return code(no_backend(vip));
     };
     write_choice(c, backend_id, backend, hash, conn_event);
-    CONTINUE
+    CHOSEN | FORWARD
 }
 
 /// Whether VIP `vip_id` (with `VIP_F_*` `flags`) takes the packet's source:
@@ -339,11 +474,15 @@ fn addr_words(addr: &[u8; 16]) -> [u32; 4] {
 /// hop; `TOO_BIG` (with `c.mtu_left`) when it would not fit.
 #[inline(never)]
 fn forward(ctx: &XdpContext, globals: &Globals, p: &Packet, c: &mut Choice) -> u32 {
-    step_code(try_forward(ctx, globals, p, c))
+    step_code(try_forward::<true>(ctx, globals, p, c))
 }
 
+/// [`forward`]'s work; without `FIB` (in the [`shortcut`]), a backend
+/// without a valid cached next hop leaves the frame untouched and returns
+/// `FORWARD`, so that `bpf_fib_lookup`'s 64 bytes of parameters stay out
+/// of the parse step's stack frame.
 #[inline(always)]
-fn try_forward(
+fn try_forward<const FIB: bool>(
     ctx: &XdpContext,
     globals: &Globals,
     p: &Packet,
@@ -371,7 +510,8 @@ fn try_forward(
     // intact; a packet that would not fit is answered, or dropped.
     let next_hop = match nexthop::cached(c.backend_id, c.backend_generation, total) {
         Some(next_hop) => next_hop,
-        None => nexthop::lookup(ctx, family, &outer.src, &outer.dst, total),
+        None if FIB => nexthop::lookup(ctx, family, &outer.src, &outer.dst, total),
+        None => return Ok(FORWARD),
     };
     let mtu = match next_hop.route {
         Route::NoRoute => return Err(Outcome::DropNoRoute),

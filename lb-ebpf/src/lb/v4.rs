@@ -6,7 +6,7 @@ use lb_common::{AddrKey, FlowKey, Globals, Outcome, PROTO_ICMP};
 use network_types::ip::Ipv4Hdr;
 
 use super::{
-    CONTINUE, Inner, Packet,
+    CONTINUE, Choice, Inner, Packet,
     filter::{screen, source_allowed_v4},
     icmp,
     icmp::Icmp,
@@ -19,17 +19,24 @@ use crate::{
 /// IPv4 "don't fragment" flag, as the frags field reads (RFC 791).
 const IP_DF: u16 = 0x4000;
 
-/// Processes the IPv4 packet at `l3`.
+/// Processes the IPv4 packet at `l3`, and ends with the
+/// [`super::shortcut`] of an established flow (`c`: the choice it writes).
 // A subprogram of its own: its stack frame does not add to the others'.
 #[inline(never)]
 pub(super) fn parse(
     ctx: &XdpContext,
     globals: &Globals,
     l3: usize,
-    bytes: u64,
     p: *mut Packet,
+    c: *mut Choice,
 ) -> u32 {
-    super::step_code(try_parse(ctx, globals, l3, bytes, p))
+    // The frame's length, for the counters (the entry's own figure: a
+    // sixth argument is more than a BPF call can pass).
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    match try_parse(ctx, globals, l3, bytes, p) {
+        Ok(CONTINUE) => super::shortcut(ctx, globals, p, c),
+        step => super::step_code(step),
+    }
 }
 
 #[inline(always)]
@@ -102,9 +109,9 @@ fn vip_address(
     };
     // SAFETY: the caller's packet, written whole.
     unsafe {
-        p.write(Packet {
+        p.write(Packet::new(
             flow,
-            inner: Inner {
+            Inner {
                 l3,
                 family: L3::V4,
                 len,
@@ -112,11 +119,11 @@ fn vip_address(
                 df,
                 options: ip_len != Ipv4Hdr::LEN,
             },
-            source: AddrKey::v4(src).addr,
+            AddrKey::v4(src).addr,
             icmp_error,
             syn,
             bytes,
-        });
+        ));
     }
     Ok(CONTINUE)
 }

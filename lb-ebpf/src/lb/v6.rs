@@ -16,16 +16,15 @@ use crate::{
     parse::{L3, flow_ports_at, ipv6_at},
 };
 
-/// Processes the IPv6 packet at `l3`.
+/// Processes the IPv6 packet at `l3`. No [`super::shortcut`] here (choose
+/// makes every choice): its stack frame on top of this step's would pass
+/// the 512 bytes the entry and one subprogram may have together.
 // A subprogram of its own: its stack frame does not add to the others'.
 #[inline(never)]
-pub(super) fn parse(
-    ctx: &XdpContext,
-    globals: &Globals,
-    l3: usize,
-    bytes: u64,
-    p: *mut Packet,
-) -> u32 {
+pub(super) fn parse(ctx: &XdpContext, globals: &Globals, l3: usize, p: *mut Packet) -> u32 {
+    // The frame's length, for the counters (the entry's own figure: a
+    // sixth argument is more than a BPF call can pass).
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
     super::step_code(try_parse(ctx, globals, l3, bytes, p))
 }
 
@@ -128,9 +127,9 @@ fn vip_address(
         .ok_or(Outcome::DropMalformed)?;
     // SAFETY: the caller's packet, written whole.
     unsafe {
-        p.write(Packet {
+        p.write(Packet::new(
             flow,
-            inner: Inner {
+            Inner {
                 l3,
                 family: L3::V6,
                 len,
@@ -138,11 +137,11 @@ fn vip_address(
                 df: true,
                 options: false,
             },
-            source: *src,
+            *src,
             icmp_error,
             syn,
             bytes,
-        });
+        ));
     }
     Ok(CONTINUE)
 }
