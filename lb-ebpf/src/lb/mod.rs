@@ -10,9 +10,9 @@
 //!
 //! Each subprogram costs its call and return (about 8 ns here: the kernel
 //! returns through its return thunk, a mispredicted return on CPUs that need
-//! the SRSO mitigation), so an established flow whose backend has a cached
-//! next hop is sent from the parse step itself, and only the other packets
-//! pay for the next steps.
+//! the SRSO mitigation), so a packet of an established IPv4 flow whose
+//! backend has a cached next hop is sent from the parse step itself, and
+//! only the other packets pay for the next steps.
 
 use core::mem::MaybeUninit;
 
@@ -156,15 +156,15 @@ fn shortcut(ctx: &XdpContext, globals: &Globals, p: *mut Packet, c: *mut Choice)
     if p.syn || p.icmp_error {
         return CONTINUE;
     }
-    p.hash = p.flow.hash();
-    match established_choice(p, p.hash, globals.conns_epoch, c) {
+    match established_choice(p, globals.conns_epoch, c) {
         Ok(FORWARD) => {
             // SAFETY: written whole by established_choice before FORWARD.
             let c = unsafe { &mut *c };
             CHOSEN | step_code(try_forward::<false>(ctx, globals, p, c))
         }
         Ok(refused) => refused,
-        Err(entry) => {
+        Err((entry, hash)) => {
+            p.hash = hash;
             p.conn = ConnLookup::of(entry);
             CONTINUE
         }
@@ -181,15 +181,14 @@ fn shortcut(ctx: &XdpContext, globals: &Globals, p: *mut Packet, c: *mut Choice)
 #[inline(always)]
 fn established_choice(
     p: &Packet,
-    hash: u32,
     epoch: u32,
     c: *mut Choice,
-) -> Result<u32, Option<ConnValue>> {
-    let (backend_id, backend, conn, event) = established_flow(&p.flow, hash, epoch)?;
+) -> Result<u32, (Option<ConnValue>, u32)> {
+    let (backend_id, backend, conn, event, hash) = established_flow(&p.flow, epoch)?;
     let vip_id = u32::from(backend.vip_id);
     let flags = LB_VIP_FLAGS.get(vip_id).map_or(0, |flags| *flags);
     if flags & (VIP_LIVE | VIP_SHADOWED) != VIP_LIVE {
-        return Err(Some(conn));
+        return Err((Some(conn), hash));
     }
     if !vip_allows(p, vip_id, flags) {
         return Ok(refused(vip_id, p.bytes));
@@ -343,14 +342,14 @@ fn choose(max_new_per_cpu: u32, conns_epoch: u32, p: &Packet, c: *mut Choice) ->
         conns_epoch,
     };
     let key = &p.flow;
-    let hash = if p.conn.done() { p.hash } else { key.hash() };
     // A SYN's VIP first: when its recorded flows agree with its table, the
     // SYN needs no connection-table lookup. A SYN never takes the
-    // established shortcut below: it has its VIP already.
+    // established-flow choice below: it has its VIP already.
     if p.syn {
         let Some(vip) = find_vip(key.family, &key.dst, key.dport, key.proto) else {
             return Outcome::Passed as u32;
         };
+        let hash = key.hash();
         // With the flag set, every copy in a flow cache agrees with the
         // table too (the agent moved the epoch before setting it), so only
         // a SYN that looks its flow up drops this CPU's copy.
@@ -358,20 +357,20 @@ fn choose(max_new_per_cpu: u32, conns_epoch: u32, p: &Packet, c: *mut Choice) ->
         let entry = if direct {
             None
         } else {
-            forget_flow(key, hash);
+            forget_flow(key);
             connection(key)
         };
         return backend_of_vip(limits, p, &vip, key, entry, hash, direct, c);
     }
-    let entry = if p.icmp_error {
-        None
+    let (entry, hash) = if p.icmp_error {
+        (None, key.hash())
     } else if p.conn.done() {
-        p.conn.entry()
+        (p.conn.entry(), p.hash)
     } else {
-        match established_choice(p, hash, conns_epoch, c) {
+        match established_choice(p, conns_epoch, c) {
             Ok(FORWARD) => return CHOSEN | FORWARD,
             Ok(refused) => return refused,
-            Err(entry) => entry,
+            Err(looked_up) => looked_up,
         }
     };
     let Some(vip) = find_vip(key.family, &key.dst, key.dport, key.proto) else {

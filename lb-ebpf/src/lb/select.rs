@@ -3,8 +3,8 @@
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
 use lb_common::{
-    Backend, ConnEvent, ConnValue, FLOW_CACHE_REFRESH, FLOW_CACHE_SLOTS, FlowCacheEntry, FlowKey,
-    VipKey, VipValue, maglev_slot,
+    Backend, ConnEvent, ConnValue, FLOW_CACHE_REFRESH, FlowCacheEntry, FlowKey, VipKey, VipValue,
+    maglev_slot,
     rules::{backend_usable, match_vip, take_token},
 };
 
@@ -76,29 +76,30 @@ fn same_flow(a: &FlowKey, b: &FlowKey) -> bool {
     (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) == 0
 }
 
-/// This CPU's flow-cache slot of a flow hash (`lb_common::FlowCacheEntry`).
+/// This CPU's flow-cache slot of a flow (`lb_common::FlowCacheEntry`, at
+/// `FlowKey::cache_slot`).
 #[inline(always)]
-fn cache_slot(flow_hash: u32) -> Option<&'static mut FlowCacheEntry> {
-    let slot = LB_FLOW_CACHE.get_ptr_mut(flow_hash & (FLOW_CACHE_SLOTS - 1))?;
+fn cache_slot(flow: &FlowKey) -> Option<&'static mut FlowCacheEntry> {
+    let slot = LB_FLOW_CACHE.get_ptr_mut(flow.cache_slot())?;
     // SAFETY: a per-CPU value: no other writer on this CPU while we run.
     Some(unsafe { &mut *slot })
 }
 
-/// The backend of an established flow (`flow`, hashing to `flow_hash`),
-/// through this CPU's flow cache: `Ok` with the backend, its id and the
-/// entry while the entry's backend is usable ([`established`]) and with
-/// what served it ([`ConnEvent::HitCached`]: the cache; [`ConnEvent::Hit`]:
-/// the connection table); else `Err` with the connection-table entry, if
-/// any, for [`flow_backend`]. A copy serves while it was made under
-/// `epoch` (`Globals::conns_epoch`) and fewer than `FLOW_CACHE_REFRESH`
-/// times; otherwise the table is read and the copy made again.
+/// The backend of an established flow (`flow`), through this CPU's flow
+/// cache: `Ok` with the backend, its id, the entry and the flow hash while
+/// the entry's backend is usable ([`established`]) and with what served it
+/// ([`ConnEvent::HitCached`]: the cache; [`ConnEvent::Hit`]: the
+/// connection table); else `Err` with the connection-table entry, if any,
+/// and the flow hash, for [`flow_backend`]. A copy serves while it was
+/// made under `epoch` (`Globals::conns_epoch`) and fewer than
+/// `FLOW_CACHE_REFRESH` times, with the flow hash it keeps; otherwise the
+/// hash is computed, the table read and the copy made again.
 #[inline(always)]
 pub fn established_flow(
     flow: &FlowKey,
-    flow_hash: u32,
     epoch: u32,
-) -> Result<(u32, &'static Backend, ConnValue, ConnEvent), Option<ConnValue>> {
-    let mut slot = cache_slot(flow_hash);
+) -> Result<(u32, &'static Backend, ConnValue, ConnEvent, u32), (Option<ConnValue>, u32)> {
+    let mut slot = cache_slot(flow);
     if let Some(copy) = slot.as_mut()
         && copy.epoch == epoch
         && copy.hits < FLOW_CACHE_REFRESH
@@ -106,26 +107,31 @@ pub fn established_flow(
         && let Some((id, backend)) = established(copy.conn)
     {
         copy.hits += 1;
-        return Ok((id, backend, copy.conn, ConnEvent::HitCached));
+        return Ok((id, backend, copy.conn, ConnEvent::HitCached, copy.flow_hash));
     }
-    let conn = connection(flow).ok_or(None)?;
+    let hash = flow.hash();
+    let Some(conn) = connection(flow) else {
+        return Err((None, hash));
+    };
     if let Some(slot) = slot {
-        remember(slot, flow, conn, epoch);
+        remember(slot, flow, conn, epoch, hash);
     }
     match established(conn) {
-        Some((id, backend)) => Ok((id, backend, conn, ConnEvent::Hit)),
-        None => Err(Some(conn)),
+        Some((id, backend)) => Ok((id, backend, conn, ConnEvent::Hit, hash)),
+        None => Err((Some(conn), hash)),
     }
 }
 
 /// Makes `slot` the copy of `flow`'s connection-table entry `conn`.
 #[inline(always)]
-fn remember(slot: &mut FlowCacheEntry, flow: &FlowKey, conn: ConnValue, epoch: u32) {
+fn remember(slot: &mut FlowCacheEntry, flow: &FlowKey, conn: ConnValue, epoch: u32, hash: u32) {
     *slot = FlowCacheEntry {
         key: *flow,
         conn,
         epoch,
         hits: 0,
+        flow_hash: hash,
+        _reserved: 0,
     };
 }
 
@@ -133,8 +139,8 @@ fn remember(slot: &mut FlowCacheEntry, flow: &FlowKey, conn: ConnValue, epoch: u
 /// SYN starts the flow afresh (a client reusing the 5-tuple of a flow whose
 /// entry left the table must not meet the old copy).
 #[inline(always)]
-pub fn forget_flow(flow: &FlowKey, flow_hash: u32) {
-    if let Some(slot) = cache_slot(flow_hash)
+pub fn forget_flow(flow: &FlowKey) {
+    if let Some(slot) = cache_slot(flow)
         && same_flow(&slot.key, flow)
     {
         slot.hits = FLOW_CACHE_REFRESH;
@@ -191,9 +197,9 @@ pub fn flow_backend(
         // A full LRU evicts its oldest flow; a failed insert only costs a
         // later miss.
         if LB_CONNS.insert(flow, conn, 0).is_ok()
-            && let Some(slot) = cache_slot(flow_hash)
+            && let Some(slot) = cache_slot(flow)
         {
-            remember(slot, flow, conn, limits.conns_epoch);
+            remember(slot, flow, conn, limits.conns_epoch, flow_hash);
         }
         event
     };

@@ -32,7 +32,7 @@ pub const MAX_SPARE_REGIONS: u32 = 16;
 /// Largest `conntrack.max_entries` accepted.
 pub const MAX_CONNTRACK_ENTRIES: u32 = 1 << 26;
 /// Bytes of each CPU's flow cache (`LB_FLOW_CACHE`, a per-CPU array of
-/// `FLOW_CACHE_SLOTS` entries): 448 KiB.
+/// `FLOW_CACHE_SLOTS` entries of 64 bytes): 512 KiB.
 pub const FLOW_CACHE_BYTES_PER_CPU: u64 =
     FLOW_CACHE_SLOTS as u64 * size_of::<FlowCacheEntry>() as u64;
 /// Kernel overhead per preallocated hash-map element (`struct htab_elem`
