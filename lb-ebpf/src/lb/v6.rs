@@ -22,8 +22,7 @@ use crate::{
 // A subprogram of its own: its stack frame does not add to the others'.
 #[inline(never)]
 pub(super) fn parse(ctx: &XdpContext, globals: &Globals, l3: usize, p: *mut Packet) -> u32 {
-    // The frame's length, for the counters (the entry's own figure: a
-    // sixth argument is more than a BPF call can pass).
+    // The frame's length, for the counters (as the IPv4 step takes it).
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     super::step_code(try_parse(ctx, globals, l3, bytes, p))
 }
