@@ -32,8 +32,8 @@ mod v4;
 mod v6;
 
 use select::{
-    Limits, connection, established_flow, find_vip, flow_backend, forget_flow, lookup_backend,
-    maglev_backend,
+    Limits, LookedUp, connection, established_flow, find_vip, flow_backend, forget_flow,
+    lookup_backend, maglev_backend,
 };
 
 use crate::{
@@ -177,13 +177,9 @@ fn shortcut(ctx: &XdpContext, globals: &Globals, p: *mut Packet, c: *mut Choice)
 /// read, no VIP hash lookup) and must be live and take the packet's
 /// source. `Ok(FORWARD)` with the choice written and the VIP's counter
 /// counted; `Ok` with an outcome when the VIP's own list refuses the
-/// source; else `Err` with the connection-table entry, if any.
+/// source; else `Err` with what the table said ([`LookedUp`]).
 #[inline(always)]
-fn established_choice(
-    p: &Packet,
-    epoch: u32,
-    c: *mut Choice,
-) -> Result<u32, (Option<ConnValue>, u32)> {
+fn established_choice(p: &Packet, epoch: u32, c: *mut Choice) -> Result<u32, LookedUp> {
     let (backend_id, backend, conn, event, hash) = established_flow(&p.flow, epoch)?;
     let vip_id = u32::from(backend.vip_id);
     let flags = LB_VIP_FLAGS.get(vip_id).map_or(0, |flags| *flags);

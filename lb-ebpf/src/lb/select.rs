@@ -85,6 +85,15 @@ fn cache_slot(flow: &FlowKey) -> Option<&'static mut FlowCacheEntry> {
     Some(unsafe { &mut *slot })
 }
 
+/// An established flow's backend ([`established_flow`]): its id, its
+/// entry, the flow's connection-table entry, what served it, and the flow
+/// hash.
+pub type Established = (u32, &'static Backend, ConnValue, ConnEvent, u32);
+
+/// What [`established_flow`] found instead: the flow's connection-table
+/// entry, if any (its backend no longer usable), and the flow hash.
+pub type LookedUp = (Option<ConnValue>, u32);
+
 /// The backend of an established flow (`flow`), through this CPU's flow
 /// cache: `Ok` with the backend, its id, the entry and the flow hash while
 /// the entry's backend is usable ([`established`]) and with what served it
@@ -95,10 +104,7 @@ fn cache_slot(flow: &FlowKey) -> Option<&'static mut FlowCacheEntry> {
 /// `FLOW_CACHE_REFRESH` times, with the flow hash it keeps; otherwise the
 /// hash is computed, the table read and the copy made again.
 #[inline(always)]
-pub fn established_flow(
-    flow: &FlowKey,
-    epoch: u32,
-) -> Result<(u32, &'static Backend, ConnValue, ConnEvent, u32), (Option<ConnValue>, u32)> {
+pub fn established_flow(flow: &FlowKey, epoch: u32) -> Result<Established, LookedUp> {
     let mut slot = cache_slot(flow);
     if let Some(copy) = slot.as_mut()
         && copy.epoch == epoch
