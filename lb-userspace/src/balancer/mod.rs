@@ -120,6 +120,7 @@ impl VipState {
     fn waits_for_walk(&self, now: Instant) -> bool {
         !self.conns_match && conns::settled(self.changed_at, now)
     }
+
     /// What its Maglev table is built from: (backend id, name, weight) of
     /// its healthy backends ([`maglev::build`] leaves weight 0 out).
     fn table_input(&self) -> Vec<(u32, Vec<u8>, u32)> {
