@@ -42,9 +42,7 @@ use lb_userspace::{
 
 use crate::report::Report;
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
+use lb_common::xdp_action::{DROP as XDP_DROP, PASS as XDP_PASS, TX as XDP_TX};
 
 const LB_MAC: [u8; 6] = [0x02, 0x40, 0, 0, 0, 0x02];
 const CLIENT_MAC: [u8; 6] = [0x02, 0x40, 0, 0, 0, 0x10];

@@ -19,7 +19,9 @@ pub use bench::*;
 pub use hash::{flow_hash, flow_hash_v4, flow_hash_v6, maglev_permutation, maglev_slot};
 pub use layout::LAYOUT_FINGERPRINT;
 pub use maps::*;
-pub use stats::{ConnEvent, Counter, NO_CONN_EVENT, Outcome, STAT_ENTRIES, STAT_SLOTS, stat_index};
+pub use stats::{
+    ConnEvent, Counter, NO_CONN_EVENT, Outcome, STAT_ENTRIES, STAT_SLOTS, stat_index, xdp_action,
+};
 
 /// Address family code used in map keys and values for IPv4.
 pub const FAMILY_V4: u8 = 4;

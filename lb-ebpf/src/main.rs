@@ -14,12 +14,8 @@ mod maps;
 mod nexthop;
 mod parse;
 
-use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
-    macros::xdp,
-    programs::XdpContext,
-};
-use lb_common::{NO_CONN_EVENT, Outcome, stat_index};
+use aya_ebpf::{macros::xdp, programs::XdpContext};
+use lb_common::{NO_CONN_EVENT, stat_index};
 
 use crate::maps::{LB_STATS, count};
 
@@ -33,7 +29,7 @@ pub fn xdp_lb(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let (outcome, counter) = lb::run(&ctx);
     count(&LB_STATS, counter, bytes);
-    action(outcome)
+    outcome.action()
 }
 
 /// The backend side, attached to a backend's NIC by `lb decap`.
@@ -46,36 +42,7 @@ pub fn xdp_decap(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let outcome = decap::try_decap(&ctx);
     count(&LB_STATS, stat_index(outcome as u32, NO_CONN_EVENT), bytes);
-    action(outcome)
-}
-
-/// The XDP action of an outcome.
-#[inline(always)]
-fn action(outcome: Outcome) -> u32 {
-    match outcome {
-        Outcome::Forwarded
-        | Outcome::EchoReplied
-        | Outcome::TooBigSent
-        | Outcome::IcmpForwarded => XDP_TX,
-        Outcome::Redirected => XDP_REDIRECT,
-        Outcome::Passed
-        | Outcome::PassedNoNeighbour
-        | Outcome::PassedNoBackend
-        | Outcome::Decapsulated => XDP_PASS,
-        Outcome::DropSourceFilter
-        | Outcome::DropFragment
-        | Outcome::DropMalformed
-        | Outcome::DropNoBackend
-        | Outcome::DropNoRoute
-        | Outcome::DropEncap
-        | Outcome::TooBigSuppressed
-        | Outcome::DropTooBigNoDf
-        | Outcome::DropIcmpNotFromVip
-        | Outcome::DropIcmpTruncated
-        | Outcome::DropIcmpBadMtu
-        | Outcome::DropVipSourceFilter
-        | Outcome::DropIpv6Ext => XDP_DROP,
-    }
+    outcome.action()
 }
 
 /// The kernel requires a GPL-compatible licence for `bpf_fib_lookup`.

@@ -11,17 +11,19 @@ pub mod proc;
 pub mod topology;
 pub mod xdp;
 
-/// Whether this test can run: it needs root (network namespaces, XDP, BPF
-/// maps). When it cannot, prints why, so a plain `cargo test` as a user
-/// passes with the reason shown, as aya's integration tests skip on old
-/// kernels; `cargo xtask test` runs as root and runs everything.
-pub fn can_run_as_root(test: &str) -> bool {
+/// Fails the test unless it runs as root (network namespaces, XDP, BPF
+/// maps). Such tests are `#[ignore = "needs root: cargo xtask test"]`, so a
+/// plain `cargo test` reports them as ignored instead of passing them
+/// without doing anything; `cargo xtask test` runs as root with
+/// `--include-ignored`. Run alone without root, a test says why it fails.
+///
+/// # Panics
+/// When the effective user is not root.
+pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        println!(
-            "skipped {test}: needs root (network namespaces and XDP); run `cargo xtask test` as root"
-        );
-    }
-    root
+    assert!(
+        root,
+        "needs root (network namespaces and XDP): run `cargo xtask test` as root"
+    );
 }

@@ -45,12 +45,9 @@ fn vip_packets(lab: &BgpLab, i: usize, name: &str) -> u64 {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn nodes_announce_vips_health_aware_and_leave_without_breaking_connections() {
-    if !lb_tests::can_run_as_root(
-        "nodes_announce_vips_health_aware_and_leave_without_breaking_connections",
-    ) {
-        return;
-    }
+    lb_tests::require_root();
     let mut lab = BgpLab::build("lbbgp").expect("lab builds");
     let mut figures: Vec<String> = Vec::new();
 

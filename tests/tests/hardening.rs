@@ -49,10 +49,9 @@ fn promtool() -> String {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn idle_api_clients_under_a_low_file_limit_stop_no_flow() {
-    if !lb_tests::can_run_as_root("idle_api_clients_under_a_low_file_limit_stop_no_flow") {
-        return;
-    }
+    lb_tests::require_root();
     // This process holds the idle clients: it needs more than 1024 files.
     let (_, limit) = lb_userspace::agent::raise_open_file_limit().expect("rlimit");
     assert!(limit as usize > IDLE_CLIENTS + 100, "hard limit {limit}");
@@ -230,10 +229,9 @@ fn refused(lab: &Lab, what: &str, write: impl FnOnce(&Path), expected: &str) {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn empty_truncated_fifo_and_huge_configs_are_refused() {
-    if !lb_tests::can_run_as_root("empty_truncated_fifo_and_huge_configs_are_refused") {
-        return;
-    }
+    lb_tests::require_root();
     let mut lab = echo_lab("lbhcfg", Options::default());
     let mut flows = {
         let _client = lab.client().enter().expect("client namespace");
@@ -287,10 +285,9 @@ fn empty_truncated_fifo_and_huge_configs_are_refused() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn configmap_swap_reloads_once_and_sighup_bursts_coalesce() {
-    if !lb_tests::can_run_as_root("configmap_swap_reloads_once_and_sighup_bursts_coalesce") {
-        return;
-    }
+    lb_tests::require_root();
     let lab = Lab::start("lbhwatch", Mode::Generic).expect("lab starts");
     let dir = &lab.dir;
     let text = fs::read_to_string(lab.config_path()).expect("config");
@@ -353,10 +350,9 @@ fn configmap_swap_reloads_once_and_sighup_bursts_coalesce() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn two_agents_in_two_namespaces_on_eth0() {
-    if !lb_tests::can_run_as_root("two_agents_in_two_namespaces_on_eth0") {
-        return;
-    }
+    lb_tests::require_root();
     let eth0 = Options {
         lb_iface: Some("eth0"),
         ..Options::default()

@@ -299,17 +299,15 @@ fn end_to_end(prefix: &str, mode: Mode) {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn end_to_end_native() {
-    if !lb_tests::can_run_as_root("end_to_end_native") {
-        return;
-    }
+    lb_tests::require_root();
     end_to_end("lbe2en", Mode::Native);
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn end_to_end_generic() {
-    if !lb_tests::can_run_as_root("end_to_end_generic") {
-        return;
-    }
+    lb_tests::require_root();
     end_to_end("lbe2eg", Mode::Generic);
 }

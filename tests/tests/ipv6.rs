@@ -53,10 +53,9 @@ fn outcome(lab: &Lab, outcome: &str) -> u64 {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn ipv6_vips_ipv4_over_ipv6_and_gue() {
-    if !lb_tests::can_run_as_root("ipv6_vips_ipv4_over_ipv6_and_gue") {
-        return;
-    }
+    lb_tests::require_root();
     let lab = Lab::start_with(
         "lbv6",
         Mode::Generic,

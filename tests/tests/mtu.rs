@@ -81,10 +81,9 @@ fn echo_from(lab: &Lab, source: &str) -> bool {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn uploads_ping_and_a_vip_list_on_links_of_mtu_1500() {
-    if !lb_tests::can_run_as_root("uploads_ping_and_a_vip_list_on_links_of_mtu_1500") {
-        return;
-    }
+    lb_tests::require_root();
     let mut lab = Lab::start_with(
         "lbmtu",
         Mode::Generic,
@@ -169,10 +168,9 @@ fn uploads_ping_and_a_vip_list_on_links_of_mtu_1500() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn downloads_complete_behind_a_narrower_link() {
-    if !lb_tests::can_run_as_root("downloads_complete_behind_a_narrower_link") {
-        return;
-    }
+    lb_tests::require_root();
     let lab = Lab::start_with(
         "lbpmtu",
         Mode::Generic,

@@ -23,9 +23,7 @@ use lb_userspace::{
     dataplane::{maps::AyaMaps, object, stats::StatsReader},
 };
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
+use lb_common::xdp_action::{DROP as XDP_DROP, PASS as XDP_PASS, TX as XDP_TX};
 
 const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
@@ -288,12 +286,9 @@ fn assert_encapsulated(
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn tcp_syn_to_vip_is_encapsulated_to_the_backend_userspace_computes() {
-    if !lb_tests::can_run_as_root(
-        "tcp_syn_to_vip_is_encapsulated_to_the_backend_userspace_computes",
-    ) {
-        return;
-    }
+    lb_tests::require_root();
     let fx = Fixture::new("syn");
     let mut seen = std::collections::HashSet::new();
     for sport in 40000..40064u16 {
@@ -698,10 +693,9 @@ fn rows() -> Vec<Row> {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn xdp_lb_fixtures() {
-    if !lb_tests::can_run_as_root("xdp_lb_fixtures") {
-        return;
-    }
+    lb_tests::require_root();
     let fx = Fixture::new("fixtures");
     for row in rows() {
         let what = row.description;
@@ -771,10 +765,9 @@ fn xdp_lb_fixtures() {
 /// The "too big" rate limit (`icmp.too_big_per_cpu`, per CPU) and a
 /// configured `encap.mtu` below the egress MTU.
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn too_big_is_rate_limited_per_cpu_and_follows_encap_mtu() {
-    if !lb_tests::can_run_as_root("too_big_is_rate_limited_per_cpu_and_follows_encap_mtu") {
-        return;
-    }
+    lb_tests::require_root();
     // One CPU, so one bucket.
     pin_to_cpu0();
     let config = format!("[encap]\nmtu = 1000\n[icmp]\ntoo_big_per_cpu = 3\n{CONFIG}");
@@ -807,10 +800,9 @@ fn too_big_is_rate_limited_per_cpu_and_follows_encap_mtu() {
 /// A VIP's own `allow` narrows the perimeter for that VIP only, in one
 /// lookup keyed by VIP id and source; refusals are counted for the VIP.
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn a_vip_list_narrows_the_sources_of_that_vip() {
-    if !lb_tests::can_run_as_root("a_vip_list_narrows_the_sources_of_that_vip") {
-        return;
-    }
+    lb_tests::require_root();
     let config = CONFIG.replacen(
         "protocol = \"tcp\"\n",
         "protocol = \"tcp\"\nallow = [\"10.20.0.10/32\"]\n",
@@ -852,10 +844,9 @@ fn a_vip_list_narrows_the_sources_of_that_vip() {
 /// what would drop or answer a packet because it is for a VIP address is
 /// confirmed in `LB_VIP_ADDRS` first.
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn an_address_sharing_the_vip_filter_bit_is_not_vip_traffic() {
-    if !lb_tests::can_run_as_root("an_address_sharing_the_vip_filter_bit_is_not_vip_traffic") {
-        return;
-    }
+    lb_tests::require_root();
     use lb_common::{AddrKey, rules::vip_bloom_bit};
     let bit = vip_bloom_bit(&AddrKey::v4(VIP));
     // About one address in 2^18 shares it: search 10.0.0.0/8, bounded.
@@ -906,10 +897,9 @@ fn an_address_sharing_the_vip_filter_bit_is_not_vip_traffic() {
 /// prefix covers the /16, and asks the trie where the /16 only holds longer
 /// prefixes: both answers match the configured list.
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn the_source_filter_by_slash16_falls_back_to_the_trie() {
-    if !lb_tests::can_run_as_root("the_source_filter_by_slash16_falls_back_to_the_trie") {
-        return;
-    }
+    lb_tests::require_root();
     let config = format!(
         "[source_filter]\nallow = [\"10.20.0.0/24\", \"192.168.0.0/16\", \"198.51.100.7/32\"]\n{CONFIG}"
     );
@@ -947,11 +937,9 @@ fn the_source_filter_by_slash16_falls_back_to_the_trie() {
 /// (as a new flow would): the established path does not bypass the VIP its
 /// packets now match.
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn a_vip_of_a_port_added_beside_a_port_0_vip_applies_to_its_flows() {
-    if !lb_tests::can_run_as_root("a_vip_of_a_port_added_beside_a_port_0_vip_applies_to_its_flows")
-    {
-        return;
-    }
+    lb_tests::require_root();
     let mut fx = Fixture::new("shadow");
     // The "unresolved" VIP: 10.20.0.101, every TCP port; its backend has no
     // neighbour entry, so its packets go to the kernel encapsulated.
@@ -975,10 +963,9 @@ fn a_vip_of_a_port_added_beside_a_port_0_vip_applies_to_its_flows() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn unhealthy_backends_are_skipped_and_no_backend_drops() {
-    if !lb_tests::can_run_as_root("unhealthy_backends_are_skipped_and_no_backend_drops") {
-        return;
-    }
+    lb_tests::require_root();
     let mut fx = Fixture::new("health");
     fx.balancer.set_health(0, 0, false).expect("mark down");
     fx.balancer.set_health(0, 2, false).expect("mark down");
@@ -1008,10 +995,9 @@ fn ipip(outer_dst: [u8; 4], inner: &[u8]) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn decap_strips_the_outer_header_for_served_vips_only() {
-    if !lb_tests::can_run_as_root("decap_strips_the_outer_header_for_served_vips_only") {
-        return;
-    }
+    lb_tests::require_root();
     let mut fx = Fixture::new("decap");
     // This host (the namespace) has 10.20.0.2; it serves VIP 10.20.0.100.
     let mut vips: aya::maps::HashMap<_, lb_common::AddrKey, u32> =
@@ -1064,10 +1050,9 @@ fn send(fx: &Fixture, ports: &[u16]) -> Vec<[u8; 4]> {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn flows_keep_their_backend_through_changes_until_it_leaves() {
-    if !lb_tests::can_run_as_root("flows_keep_their_backend_through_changes_until_it_leaves") {
-        return;
-    }
+    lb_tests::require_root();
     let mut fx = Fixture::new("conntrack");
     let ports: Vec<u16> = (42000..42600).collect();
     let first = send(&fx, &ports);
@@ -1129,10 +1114,9 @@ fn flows_keep_their_backend_through_changes_until_it_leaves() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn drained_backend_keeps_its_flows_and_takes_no_new_ones() {
-    if !lb_tests::can_run_as_root("drained_backend_keeps_its_flows_and_takes_no_new_ones") {
-        return;
-    }
+    lb_tests::require_root();
     let mut fx = Fixture::new("drain");
     let ports: Vec<u16> = (43000..43300).collect();
     let first = send(&fx, &ports);
@@ -1219,18 +1203,16 @@ fn moved<T: PartialEq>(a: &[T], b: &[T], which: impl Fn(&T) -> bool) -> (usize, 
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn disruption_of_100k_flows_when_a_backend_leaves_or_joins() {
-    if !lb_tests::can_run_as_root("disruption_of_100k_flows_when_a_backend_leaves_or_joins") {
-        return;
-    }
+    lb_tests::require_root();
     disruption(false);
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn disruption_of_100k_ipv6_flows_when_a_backend_leaves_or_joins() {
-    if !lb_tests::can_run_as_root("disruption_of_100k_ipv6_flows_when_a_backend_leaves_or_joins") {
-        return;
-    }
+    lb_tests::require_root();
     disruption(true);
 }
 
@@ -1348,10 +1330,9 @@ fn disruption(v6: bool) {
 /// scope: for each scope, allowed and outside sources to a VIP, to a VIP
 /// address on another port, and to a host that is not a VIP.
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn explain_and_the_kernel_agree_on_the_source_filter_scope() {
-    if !lb_tests::can_run_as_root("explain_and_the_kernel_agree_on_the_source_filter_scope") {
-        return;
-    }
+    lb_tests::require_root();
     use lb_userspace::{
         config::Protocol,
         explain::{Verdict, verdict},
@@ -1550,10 +1531,9 @@ fn hash_of(f: &Flow6) -> u32 {
 /// the source filter by first 16 bits asks the trie for a slot that holds
 /// only a longer prefix.
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn ipv6_filter_bit_twins_and_the_slash16_trie_fallback() {
-    if !lb_tests::can_run_as_root("ipv6_filter_bit_twins_and_the_slash16_trie_fallback") {
-        return;
-    }
+    lb_tests::require_root();
     use lb_common::{AddrKey, rules::vip_bloom_bit};
     let bit = vip_bloom_bit(&AddrKey::v6(VIP_V6));
     // About one address in 2^18 shares it: search fd00:20::/64, bounded.
@@ -1621,10 +1601,9 @@ fn ipv6_filter_bit_twins_and_the_slash16_trie_fallback() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn ipv6_vips_and_ipv4_over_ipv6() {
-    if !lb_tests::can_run_as_root("ipv6_vips_and_ipv4_over_ipv6") {
-        return;
-    }
+    lb_tests::require_root();
     let mut fx = Fixture::with_config("ipv6", CONFIG_V6);
     // 64 TCP flows to the IPv6 VIP: each 6in6 to the backend userspace
     // computes, both backends used.
@@ -1928,10 +1907,9 @@ fn ipv6_vips_and_ipv4_over_ipv6() {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn gue_spreads_source_ports_and_decapsulates() {
-    if !lb_tests::can_run_as_root("gue_spreads_source_ports_and_decapsulates") {
-        return;
-    }
+    lb_tests::require_root();
     let config = CONFIG_V6.replace("[encap]\n", "[encap]\nkind = \"gue\"\ngue_port = 6080\n");
     let mut fx = Fixture::with_config("gue", &config);
     let mut ports = std::collections::HashSet::new();
@@ -2062,11 +2040,9 @@ fn gue_spreads_source_ports_and_decapsulates() {
 /// big" rule; then the agent's own task (netlink, in the fixture's
 /// namespace) follows a backend's MAC change under traffic.
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn cached_next_hops_replace_the_fib_lookup_and_follow_a_mac_change() {
-    if !lb_tests::can_run_as_root("cached_next_hops_replace_the_fib_lookup_and_follow_a_mac_change")
-    {
-        return;
-    }
+    lb_tests::require_root();
     use std::{
         collections::HashMap,
         time::{Duration, Instant},
@@ -2287,10 +2263,9 @@ fn conntrack_entries(fx: &Fixture) -> usize {
 /// packet that is not a SYN records it; above `conntrack.max_new_per_cpu`
 /// new flows keep their Maglev choice unrecorded and are counted.
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn syns_are_not_recorded_and_new_flows_are_rate_limited() {
-    if !lb_tests::can_run_as_root("syns_are_not_recorded_and_new_flows_are_rate_limited") {
-        return;
-    }
+    lb_tests::require_root();
     // One CPU, so one bucket.
     pin_to_cpu0();
     // The section goes before the first VIP (TOML tables after arrays of
@@ -2355,12 +2330,9 @@ fn walk_conns(fx: &Fixture, check: &ConnsCheck) -> ConnsVerdict {
 /// of that flow goes, and a walk of the connection table restores the
 /// shortcut once no entry disagrees.
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn a_syn_skips_the_connection_table_only_while_recorded_flows_agree() {
-    if !lb_tests::can_run_as_root(
-        "a_syn_skips_the_connection_table_only_while_recorded_flows_agree",
-    ) {
-        return;
-    }
+    lb_tests::require_root();
     let mut fx = Fixture::new("syndirect");
     let direct = |fx: &Fixture| fx.stats.conn(ConnEvent::SynDirect).packets;
     let syn_to = |fx: &Fixture, port: u16| {
@@ -2534,12 +2506,9 @@ fn pin_to_cpu0() {
 /// before a walk lets SYNs skip the table: a client reusing the 5-tuple of
 /// a flow that left the table is not split between two backends.
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn the_flow_cache_serves_established_flows_and_yields_to_syns_and_walks() {
-    if !lb_tests::can_run_as_root(
-        "the_flow_cache_serves_established_flows_and_yields_to_syns_and_walks",
-    ) {
-        return;
-    }
+    lb_tests::require_root();
     // One CPU, so one flow cache.
     pin_to_cpu0();
     let mut fx = Fixture::new("flowcache");

@@ -250,10 +250,9 @@ impl Drop for Rig {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn the_units_capabilities_suffice() {
-    if !lb_tests::can_run_as_root("the_units_capabilities_suffice") {
-        return;
-    }
+    lb_tests::require_root();
     let caps = bounding_set(&unit("lb.service"));
     let decap_caps = bounding_set(&unit("lb-decap@.service"));
     let mut rig = Rig::new();

@@ -84,10 +84,9 @@ fn ttls(seen: &Seen, from: Instant) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn an_agent_upgrade_swaps_the_program_and_keeps_every_flow() {
-    if !lb_tests::can_run_as_root("an_agent_upgrade_swaps_the_program_and_keeps_every_flow") {
-        return;
-    }
+    lb_tests::require_root();
     let Some(variant) = std::env::var_os("LB_BIN_VARIANT").map(PathBuf::from) else {
         println!(
             "skipped: LB_BIN_VARIANT (the variant build of lb) is not set; `cargo xtask test` builds it"

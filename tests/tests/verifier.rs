@@ -21,10 +21,9 @@ protocol = "tcp"
 "#;
 
 #[test]
+#[ignore = "needs root: cargo xtask test"]
 fn programs_pass_the_verifier_and_report_its_instruction_count() {
-    if !lb_tests::can_run_as_root("verifier") {
-        return;
-    }
+    lb_tests::require_root();
     let config = Config::parse(CONFIG, "verifier-test")
         .expect("valid")
         .config;

@@ -104,7 +104,7 @@ fn main() -> anyhow::Result<()> {
             let mut cmd = cargo();
             cmd.current_dir(&root)
                 .args(["test", "--all-targets"])
-                .args(&args)
+                .args(with_ignored(&args))
                 .env("LB_BIN", lb_binary(&target))
                 .env("LB_PROMTOOL", promtool)
                 .env("LB_BIN_VARIANT", variant)
@@ -197,6 +197,19 @@ fn main() -> anyhow::Result<()> {
             )
         }
     }
+}
+
+/// `cargo test` arguments `args` with the test binaries' `--include-ignored`
+/// added after their `--` (one is added when `args` has none): the root-only
+/// tests are `#[ignore]`d so that a plain `cargo test` reports them as not
+/// run, and `cargo xtask test` runs them.
+fn with_ignored(args: &[String]) -> Vec<String> {
+    let mut args = args.to_vec();
+    match args.iter().position(|a| a == "--") {
+        Some(i) => args.insert(i + 1, "--include-ignored".into()),
+        None => args.extend(["--".into(), "--include-ignored".into()]),
+    }
+    args
 }
 
 fn workspace_root() -> PathBuf {

@@ -335,7 +335,7 @@ fn guest_script(root: &Path, target: &Path, tests: &HashMap<String, PathBuf>) ->
     for (name, target, args) in STEPS {
         let exe = &tests[*target];
         script.push_str(&format!(
-            "echo 'LB-VM: begin {name}'\n'{}' --color=never {}\nrc=$?\necho \"LB-VM: end {name} exit=$rc\"\n[ $rc -eq 0 ] || failed=1\n",
+            "echo 'LB-VM: begin {name}'\n'{}' --color=never --include-ignored {}\nrc=$?\necho \"LB-VM: end {name} exit=$rc\"\n[ $rc -eq 0 ] || failed=1\n",
             exe.display(),
             args.join(" ")
         ));

@@ -7,6 +7,7 @@ use lb_common::{
     rules::{FilterVerdict, allow16_slot, allow16_verdict, filter_verdict},
 };
 
+use super::step::Step;
 use crate::maps::{
     LB_SRC_ALLOW_VIP4, LB_SRC_ALLOW_VIP6, LB_SRC_ALLOW4, LB_SRC_ALLOW4_16, LB_SRC_ALLOW6,
     LB_SRC_ALLOW6_16, is_vip_address, may_be_vip_address,
@@ -24,13 +25,13 @@ pub fn screen(
     globals: &Globals,
     dst: &AddrKey,
     allowed: impl FnOnce() -> bool,
-) -> Option<Result<u32, Outcome>> {
+) -> Option<Result<Step, Outcome>> {
     let scope_all = globals.flags & GLOBAL_F_SCOPE_ALL != 0;
     match filter_verdict(scope_all, may_be_vip_address(dst), allowed) {
         FilterVerdict::Drop if scope_all || is_vip_address(dst) => {
             Some(Err(Outcome::DropSourceFilter))
         }
-        FilterVerdict::Drop | FilterVerdict::Pass => Some(Ok(Outcome::Passed as u32)),
+        FilterVerdict::Drop | FilterVerdict::Pass => Some(Ok(Step::verdict(Outcome::Passed))),
         FilterVerdict::ToVipAddress => None,
     }
 }

@@ -28,6 +28,7 @@ pub mod filter;
 pub mod icmp;
 pub mod icmp6;
 pub mod select;
+mod step;
 mod v4;
 mod v6;
 
@@ -36,50 +37,13 @@ use select::{
     lookup_backend, maglev_backend,
 };
 
+use self::step::Step;
 use crate::{
     encap::{self, Outer},
     maps::{LB_BE_STATS, LB_GLOBALS, LB_VIP_DROPS, LB_VIP_FLAGS, LB_VIP_STATS, count},
     nexthop::{self, Route},
     parse::{L3, l3_offset},
 };
-
-// What a step returns: an [`Outcome`]'s index (below 0x100), one of the
-// codes below, or `CHOSEN` with one of them.
-/// The parse step wrote the packet; [`choose`] is next.
-const CONTINUE: u32 = 0x100;
-/// The choice is written too; [`forward`] is next.
-const FORWARD: u32 = 0x101;
-/// The packet would not fit once encapsulated (`Choice::mtu_left`).
-const TOO_BIG: u32 = 0x102;
-/// Added to a code once the choice is written (its connection-table event
-/// counts with the outcome).
-const CHOSEN: u32 = 0x200;
-
-/// A step's result as its return value (subprograms return a scalar: a
-/// returned struct would be a pointer into the callee's stack, which the
-/// verifier refuses).
-#[inline(always)]
-fn code(step: Result<Outcome, Outcome>) -> u32 {
-    match step {
-        Ok(outcome) | Err(outcome) => outcome as u32,
-    }
-}
-
-/// A step's result as its return value: `Ok` carries `CONTINUE`,
-/// `TOO_BIG` or an outcome's index, `Err` an outcome (taken by `?`).
-#[inline(always)]
-fn step_code(step: Result<u32, Outcome>) -> u32 {
-    match step {
-        Ok(code) => code,
-        Err(outcome) => outcome as u32,
-    }
-}
-
-/// The outcome of a step's code (`CONTINUE` never reaches here).
-#[inline(always)]
-fn outcome(code: u32) -> Outcome {
-    Outcome::from_index(code).unwrap_or(Outcome::DropMalformed)
-}
 
 /// Processes one frame: its outcome, and the entry of `LB_STATS` that
 /// counts it (`lb_common::stat_index` of the outcome and the
@@ -106,8 +70,9 @@ fn try_lb(ctx: &XdpContext, conn_event: &mut u32) -> Result<Outcome, Outcome> {
     let Some((l3, family)) = l3_offset(ctx)? else {
         return Ok(Outcome::Passed);
     };
-    // Written whole by the parse step before CONTINUE (the packet) or
-    // CHOSEN (the choice too), and by choose before CHOSEN: not zeroed
+    // Written whole by the parse step before Step::CHOOSE (the packet) or
+    // an answer with the choice (the choice too), and by choose before
+    // its answer with the choice: not zeroed
     // here, which would cost every packet (the non-VIP ones first) a
     // byte-by-byte memset.
     let mut p = MaybeUninit::<Packet>::uninit();
@@ -116,8 +81,8 @@ fn try_lb(ctx: &XdpContext, conn_event: &mut u32) -> Result<Outcome, Outcome> {
         L3::V4 => v4::parse(ctx, globals, l3, p.as_mut_ptr(), c.as_mut_ptr()),
         L3::V6 => v6::parse(ctx, globals, l3, p.as_mut_ptr()),
     };
-    if step == CONTINUE {
-        // SAFETY: the parse step wrote the whole packet before CONTINUE.
+    if step == Step::CHOOSE {
+        // SAFETY: the parse step wrote the whole packet before CHOOSE.
         step = choose(
             globals.max_new_per_cpu,
             globals.conns_epoch,
@@ -125,48 +90,49 @@ fn try_lb(ctx: &XdpContext, conn_event: &mut u32) -> Result<Outcome, Outcome> {
             c.as_mut_ptr(),
         );
     }
-    if step & CHOSEN == 0 {
-        return Ok(outcome(step));
+    if !step.has_choice() {
+        return Ok(step.outcome());
     }
-    // SAFETY: the packet and the whole choice are written before CHOSEN.
+    // SAFETY: the packet and the whole choice are written before an answer
+    // with the choice.
     let (p, c) = unsafe { (p.assume_init_ref(), c.assume_init_mut()) };
     *conn_event = c.conn_event;
-    step &= !CHOSEN;
-    if step == FORWARD {
+    if step == Step::FORWARD {
         step = forward(ctx, globals, p, c);
     }
-    match step {
-        TOO_BIG => Ok(too_big(ctx, &p.inner, c.mtu_left, globals.too_big_per_cpu)),
-        step => Ok(outcome(step)),
+    if step == Step::TOO_BIG {
+        return Ok(too_big(ctx, &p.inner, c.mtu_left, globals.too_big_per_cpu));
     }
+    Ok(step.outcome())
 }
 
 /// The established-flow shortcut, the last part of the IPv4 parse step (in
 /// its subprogram): a TCP or UDP packet that is not a SYN gets its choice
 /// here when its flow is established ([`established_choice`]), and with the
 /// backend's cached next hop it is encapsulated and sent here too, as
-/// [`forward`] would. Returns `CHOSEN` with `FORWARD` (no cached next hop:
-/// forward looks it up), `TOO_BIG` or the outcome; an outcome (the VIP's
-/// own list refused the source); or `CONTINUE`, the packet carrying what
-/// the connection table said (`Packet::conn`), for choose.
+/// [`forward`] would. Returns [`Step::FORWARD`] (no cached next hop:
+/// forward looks it up), [`Step::TOO_BIG`] or the verdict, with the
+/// choice; a verdict (the VIP's own list refused the source); or
+/// [`Step::CHOOSE`], the packet carrying what the connection table said
+/// (`Packet::conn`).
 #[inline(always)]
-fn shortcut(ctx: &XdpContext, globals: &Globals, p: *mut Packet, c: *mut Choice) -> u32 {
+fn shortcut(ctx: &XdpContext, globals: &Globals, p: *mut Packet, c: *mut Choice) -> Step {
     // SAFETY: the caller's packet, written whole by the parse step.
     let p = unsafe { &mut *p };
     if p.syn || p.icmp_error {
-        return CONTINUE;
+        return Step::CHOOSE;
     }
     match established_choice(p, globals.conns_epoch, c) {
-        Ok(FORWARD) => {
+        Ok(Step::FORWARD) => {
             // SAFETY: written whole by established_choice before FORWARD.
             let c = unsafe { &mut *c };
-            CHOSEN | step_code(try_forward::<false>(ctx, globals, p, c))
+            Step::or_verdict(try_forward::<false>(ctx, globals, p, c)).with_choice()
         }
         Ok(refused) => refused,
         Err((entry, hash)) => {
             p.hash = hash;
             p.conn = ConnLookup::of(entry);
-            CONTINUE
+            Step::CHOOSE
         }
     }
 }
@@ -175,11 +141,11 @@ fn shortcut(ctx: &XdpContext, globals: &Globals, p: *mut Packet, c: *mut Choice)
 /// through this CPU's flow cache ([`established_flow`]), while its backend
 /// is usable; the VIP is reached through the backend's VIP id (one array
 /// read, no VIP hash lookup) and must be live and take the packet's
-/// source. `Ok(FORWARD)` with the choice written and the VIP's counter
-/// counted; `Ok` with an outcome when the VIP's own list refuses the
+/// source. `Ok(Step::FORWARD)` with the choice written and the VIP's
+/// counter counted; `Ok` with a verdict when the VIP's own list refuses the
 /// source; else `Err` with what the table said ([`LookedUp`]).
 #[inline(always)]
-fn established_choice(p: &Packet, epoch: u32, c: *mut Choice) -> Result<u32, LookedUp> {
+fn established_choice(p: &Packet, epoch: u32, c: *mut Choice) -> Result<Step, LookedUp> {
     let (backend_id, backend, conn, event, hash) = established_flow(&p.flow, epoch)?;
     let vip_id = u32::from(backend.vip_id);
     let flags = LB_VIP_FLAGS.get(vip_id).map_or(0, |flags| *flags);
@@ -191,7 +157,7 @@ fn established_choice(p: &Packet, epoch: u32, c: *mut Choice) -> Result<u32, Loo
     }
     count(&LB_VIP_STATS, vip_id, p.bytes);
     write_choice(c, backend_id, backend, hash, event as u32);
-    Ok(FORWARD)
+    Ok(Step::FORWARD)
 }
 
 /// What the connection table said of a packet's flow before [`choose`]:
@@ -328,11 +294,11 @@ struct Choice {
 /// come with what the shortcut found in the connection table. Either way
 /// the VIP's own source list applies (not to ICMP errors) and the VIP's
 /// counter counts the packet. A SYN that looks its flow up drops this
-/// CPU's cached copy of it ([`forget_flow`]). Returns `CHOSEN | FORWARD`
-/// with the choice written, or an outcome.
+/// CPU's cached copy of it ([`forget_flow`]). Returns [`Step::FORWARD`]
+/// with the choice written, or a verdict.
 // A subprogram of its own: its stack frame does not add to the others'.
 #[inline(never)]
-fn choose(max_new_per_cpu: u32, conns_epoch: u32, p: &Packet, c: *mut Choice) -> u32 {
+fn choose(max_new_per_cpu: u32, conns_epoch: u32, p: &Packet, c: *mut Choice) -> Step {
     let limits = Limits {
         max_new_per_cpu,
         conns_epoch,
@@ -343,7 +309,7 @@ fn choose(max_new_per_cpu: u32, conns_epoch: u32, p: &Packet, c: *mut Choice) ->
     // established-flow choice below: it has its VIP already.
     if p.syn {
         let Some(vip) = find_vip(key.family, &key.dst, key.dport, key.proto) else {
-            return Outcome::Passed as u32;
+            return Step::verdict(Outcome::Passed);
         };
         let hash = key.hash();
         // With the flag set, every copy in a flow cache agrees with the
@@ -364,17 +330,17 @@ fn choose(max_new_per_cpu: u32, conns_epoch: u32, p: &Packet, c: *mut Choice) ->
         (p.conn.entry(), p.hash)
     } else {
         match established_choice(p, conns_epoch, c) {
-            Ok(FORWARD) => return CHOSEN | FORWARD,
+            Ok(Step::FORWARD) => return Step::FORWARD,
             Ok(refused) => return refused,
             Err(looked_up) => looked_up,
         }
     };
     let Some(vip) = find_vip(key.family, &key.dst, key.dport, key.proto) else {
-        return if p.icmp_error {
-            Outcome::DropIcmpNotFromVip as u32
+        return Step::verdict(if p.icmp_error {
+            Outcome::DropIcmpNotFromVip
         } else {
-            Outcome::Passed as u32
-        };
+            Outcome::Passed
+        });
     };
     backend_of_vip(limits, p, &vip, key, entry, hash, false, c)
 }
@@ -398,7 +364,7 @@ fn backend_of_vip(
     hash: u32,
     direct: bool,
     c: *mut Choice,
-) -> u32 {
+) -> Step {
     if !p.icmp_error && !vip_allows(p, vip.vip_id, vip.flags) {
         return refused(vip.vip_id, p.bytes);
     }
@@ -412,10 +378,10 @@ fn backend_of_vip(
             .map(|(id, backend, event)| (id, backend, event as u32))
     };
     let Some((backend_id, backend, conn_event)) = chosen else {
-        return code(no_backend(vip));
+        return Step::of(no_backend(vip));
     };
     write_choice(c, backend_id, backend, hash, conn_event);
-    CHOSEN | FORWARD
+    Step::FORWARD
 }
 
 /// Whether VIP `vip_id` (with `VIP_F_*` `flags`) takes the packet's source:
@@ -434,9 +400,9 @@ fn vip_allows(p: &Packet, vip_id: u32, flags: u32) -> bool {
 
 /// A packet VIP `vip_id`'s own list refuses: counted for the VIP.
 #[inline(always)]
-fn refused(vip_id: u32, bytes: u64) -> u32 {
+fn refused(vip_id: u32, bytes: u64) -> Step {
     count(&LB_VIP_DROPS, vip_id, bytes);
-    Outcome::DropVipSourceFilter as u32
+    Step::verdict(Outcome::DropVipSourceFilter)
 }
 
 /// Writes the whole choice of backend `id` for [`forward`].
@@ -466,15 +432,16 @@ fn addr_words(addr: &[u8; 16]) -> [u32; 4] {
 }
 
 /// Encapsulates the packet toward the chosen backend and picks the next
-/// hop; `TOO_BIG` (with `c.mtu_left`) when it would not fit.
+/// hop; [`Step::TOO_BIG`] (with `c.mtu_left`) when it would not fit. Every
+/// answer carries the choice.
 #[inline(never)]
-fn forward(ctx: &XdpContext, globals: &Globals, p: &Packet, c: &mut Choice) -> u32 {
-    step_code(try_forward::<true>(ctx, globals, p, c))
+fn forward(ctx: &XdpContext, globals: &Globals, p: &Packet, c: &mut Choice) -> Step {
+    Step::or_verdict(try_forward::<true>(ctx, globals, p, c)).with_choice()
 }
 
 /// [`forward`]'s work; without `FIB` (in the [`shortcut`]), a backend
 /// without a valid cached next hop leaves the frame untouched and returns
-/// `FORWARD`, so that `bpf_fib_lookup`'s 64 bytes of parameters stay out
+/// [`Step::FORWARD`], so that `bpf_fib_lookup`'s 64 bytes of parameters stay out
 /// of the parse step's stack frame.
 #[inline(always)]
 fn try_forward<const FIB: bool>(
@@ -482,7 +449,7 @@ fn try_forward<const FIB: bool>(
     globals: &Globals,
     p: &Packet,
     c: &mut Choice,
-) -> Result<u32, Outcome> {
+) -> Result<Step, Outcome> {
     let inner = &p.inner;
     let (family, src) = if c.backend_family == FAMILY_V6 {
         (L3::V6, globals.encap_src_v6)
@@ -506,7 +473,7 @@ fn try_forward<const FIB: bool>(
     let next_hop = match nexthop::cached(c.backend_id, c.backend_generation, total) {
         Some(next_hop) => next_hop,
         None if FIB => nexthop::lookup(ctx, family, &outer.src, &outer.dst, total),
-        None => return Ok(FORWARD),
+        None => return Ok(Step::FORWARD),
     };
     let mtu = match next_hop.route {
         Route::NoRoute => return Err(Outcome::DropNoRoute),
@@ -518,7 +485,7 @@ fn try_forward<const FIB: bool>(
     };
     if let Some(mtu) = mtu {
         c.mtu_left = mtu.saturating_sub(outer.overhead());
-        return Ok(TOO_BIG);
+        return Ok(Step::TOO_BIG);
     }
     encap::push(ctx, inner.l3, &outer)?;
     count(&LB_BE_STATS, c.backend_id, p.bytes);
@@ -538,7 +505,7 @@ fn try_forward<const FIB: bool>(
             Outcome::Forwarded
         }
     };
-    Ok(done as u32)
+    Ok(Step::verdict(done))
 }
 
 /// The rule for a packet that would not fit once encapsulated (`mtu` bytes

@@ -6,10 +6,11 @@ use lb_common::{AddrKey, FlowKey, Globals, Outcome, PROTO_ICMP};
 use network_types::ip::Ipv4Hdr;
 
 use super::{
-    CONTINUE, Choice, Inner, Packet,
+    Choice, Inner, Packet,
     filter::{screen, source_allowed_v4},
     icmp,
     icmp::Icmp,
+    step::Step,
 };
 use crate::{
     maps::is_vip_address,
@@ -29,13 +30,13 @@ pub(super) fn parse(
     l3: usize,
     p: *mut Packet,
     c: *mut Choice,
-) -> u32 {
+) -> Step {
     // The frame's length, for the counters (the entry's own figure: a
     // sixth argument is more than a BPF call can pass).
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     match try_parse(ctx, globals, l3, bytes, p) {
-        Ok(CONTINUE) => super::shortcut(ctx, globals, p, c),
-        step => super::step_code(step),
+        Ok(Step::CHOOSE) => super::shortcut(ctx, globals, p, c),
+        step => Step::or_verdict(step),
     }
 }
 
@@ -46,7 +47,7 @@ fn try_parse(
     l3: usize,
     bytes: u64,
     p: *mut Packet,
-) -> Result<u32, Outcome> {
+) -> Result<Step, Outcome> {
     let ip = ipv4_at(ctx, l3)?;
     // SAFETY: bounds checked by ipv4_at; fields are copied out before the
     // frame is changed.
@@ -63,10 +64,10 @@ fn try_parse(
         return done;
     }
     if proto == PROTO_ICMP && !is_vip_address(&dst_key) {
-        return Ok(Outcome::Passed as u32);
+        return Ok(Step::verdict(Outcome::Passed));
     }
     match vip_address(ctx, l3, bytes, p, ip.len, hdr) {
-        Err(_) if !is_vip_address(&dst_key) => Ok(Outcome::Passed as u32),
+        Err(_) if !is_vip_address(&dst_key) => Ok(Step::verdict(Outcome::Passed)),
         done => done,
     }
 }
@@ -81,7 +82,7 @@ fn vip_address(
     p: *mut Packet,
     ip_len: usize,
     hdr: &Ipv4Hdr,
-) -> Result<u32, Outcome> {
+) -> Result<Step, Outcome> {
     let (src, dst, proto, tos) = (hdr.src_addr, hdr.dst_addr, hdr.proto, hdr.tos);
     let df = u16::from_be_bytes(hdr.frags) & IP_DF != 0;
     let len = u16::from_be_bytes(hdr.tot_len);
@@ -92,8 +93,8 @@ fn vip_address(
     let l4 = l3 + ip_len;
     let (flow, icmp_error, syn) = if proto == PROTO_ICMP {
         match icmp::classify(ctx, l4)? {
-            Icmp::EchoRequest => return icmp::echo_reply(ctx, l3, ip_len).map(|o| o as u32),
-            Icmp::Other => return Ok(Outcome::Passed as u32),
+            Icmp::EchoRequest => return icmp::echo_reply(ctx, l3, ip_len).map(Step::verdict),
+            Icmp::Other => return Ok(Step::verdict(Outcome::Passed)),
             Icmp::Error => {
                 let q = icmp::quoted_flow(ctx, l4, dst)?;
                 let flow = FlowKey::v4(q.client, dst, q.client_port, q.vip_port, q.proto);
@@ -102,7 +103,7 @@ fn vip_address(
         }
     } else {
         let Some(((sport, dport), syn)) = flow_ports_at(ctx, l4, proto)? else {
-            return Ok(Outcome::Passed as u32);
+            return Ok(Step::verdict(Outcome::Passed));
         };
         let flow = FlowKey::v4(src, dst, sport, dport, proto);
         (flow, false, syn)
@@ -125,5 +126,5 @@ fn vip_address(
             bytes,
         ));
     }
-    Ok(CONTINUE)
+    Ok(Step::CHOOSE)
 }

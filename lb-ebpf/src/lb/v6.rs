@@ -6,10 +6,11 @@ use lb_common::{AddrKey, FAMILY_V6, FlowKey, Globals, Outcome, PROTO_ICMPV6};
 use network_types::ip::Ipv6Hdr;
 
 use super::{
-    CONTINUE, Inner, Packet,
+    Inner, Packet,
     filter::{screen, source_allowed_v6},
     icmp::Icmp,
     icmp6,
+    step::Step,
 };
 use crate::{
     maps::is_vip_address,
@@ -21,10 +22,10 @@ use crate::{
 /// the 512 bytes the entry and one subprogram may have together.
 // A subprogram of its own: its stack frame does not add to the others'.
 #[inline(never)]
-pub(super) fn parse(ctx: &XdpContext, globals: &Globals, l3: usize, p: *mut Packet) -> u32 {
+pub(super) fn parse(ctx: &XdpContext, globals: &Globals, l3: usize, p: *mut Packet) -> Step {
     // The frame's length, for the counters (as the IPv4 step takes it).
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    super::step_code(try_parse(ctx, globals, l3, bytes, p))
+    Step::or_verdict(try_parse(ctx, globals, l3, bytes, p))
 }
 
 #[inline(always)]
@@ -34,7 +35,7 @@ fn try_parse(
     l3: usize,
     bytes: u64,
     p: *mut Packet,
-) -> Result<u32, Outcome> {
+) -> Result<Step, Outcome> {
     let hdr: *const Ipv6Hdr = crate::parse::ptr_at(ctx, l3).ok_or(Outcome::DropMalformed)?;
     // SAFETY: bounds checked by ptr_at; fields copied out.
     let (vcf, payload_len, src, dst) = unsafe {
@@ -60,7 +61,7 @@ fn try_parse(
         dst,
     };
     match vip_address(ctx, l3, bytes, p, &fields, &dst_key) {
-        Err(_) if !is_vip_address(&dst_key) => Ok(Outcome::Passed as u32),
+        Err(_) if !is_vip_address(&dst_key) => Ok(Step::verdict(Outcome::Passed)),
         done => done,
     }
 }
@@ -83,7 +84,7 @@ fn vip_address(
     p: *mut Packet,
     fields: &Fields,
     dst_key: &AddrKey,
-) -> Result<u32, Outcome> {
+) -> Result<Step, Outcome> {
     let Fields {
         vcf,
         payload_len,
@@ -96,11 +97,11 @@ fn vip_address(
     }
     let (flow, icmp_error, syn) = if ip.proto == PROTO_ICMPV6 {
         if !is_vip_address(dst_key) {
-            return Ok(Outcome::Passed as u32);
+            return Ok(Step::verdict(Outcome::Passed));
         }
         match icmp6::classify(ctx, ip.l4)? {
-            Icmp::EchoRequest => return icmp6::echo_reply(ctx, l3, ip.l4).map(|o| o as u32),
-            Icmp::Other => return Ok(Outcome::Passed as u32),
+            Icmp::EchoRequest => return icmp6::echo_reply(ctx, l3, ip.l4).map(Step::verdict),
+            Icmp::Other => return Ok(Step::verdict(Outcome::Passed)),
             Icmp::Error => {
                 let q = icmp6::quoted_flow(ctx, ip.l4, dst)?;
                 let flow = FlowKey::new(
@@ -116,7 +117,7 @@ fn vip_address(
         }
     } else {
         let Some(((sport, dport), syn)) = flow_ports_at(ctx, ip.l4, ip.proto)? else {
-            return Ok(Outcome::Passed as u32);
+            return Ok(Step::verdict(Outcome::Passed));
         };
         let flow = FlowKey::new(FAMILY_V6, *src, *dst, sport, dport, ip.proto);
         (flow, false, syn)
@@ -142,5 +143,5 @@ fn vip_address(
             bytes,
         ));
     }
-    Ok(CONTINUE)
+    Ok(Step::CHOOSE)
 }
