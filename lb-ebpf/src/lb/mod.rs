@@ -97,13 +97,14 @@ fn try_lb(ctx: &XdpContext, conn_event: &mut u32) -> Result<Outcome, Outcome> {
     // with the choice.
     let (p, c) = unsafe { (p.assume_init_ref(), c.assume_init_mut()) };
     *conn_event = c.conn_event;
+    let mut step = step.without_choice();
     if step == Step::FORWARD {
         step = forward(ctx, globals, p, c);
     }
-    if step == Step::TOO_BIG {
-        return Ok(too_big(ctx, &p.inner, c.mtu_left, globals.too_big_per_cpu));
+    match step {
+        Step::TOO_BIG => Ok(too_big(ctx, &p.inner, c.mtu_left, globals.too_big_per_cpu)),
+        step => Ok(step.outcome()),
     }
-    Ok(step.outcome())
 }
 
 /// The established-flow shortcut, the last part of the IPv4 parse step (in
@@ -111,8 +112,8 @@ fn try_lb(ctx: &XdpContext, conn_event: &mut u32) -> Result<Outcome, Outcome> {
 /// here when its flow is established ([`established_choice`]), and with the
 /// backend's cached next hop it is encapsulated and sent here too, as
 /// [`forward`] would. Returns [`Step::FORWARD`] (no cached next hop:
-/// forward looks it up), [`Step::TOO_BIG`] or the verdict, with the
-/// choice; a verdict (the VIP's own list refused the source); or
+/// forward looks it up), [`Step::TOO_BIG`] or the verdict, marked with
+/// the choice; a verdict (the VIP's own list refused the source); or
 /// [`Step::CHOOSE`], the packet carrying what the connection table said
 /// (`Packet::conn`).
 #[inline(always)]
@@ -295,7 +296,7 @@ struct Choice {
 /// the VIP's own source list applies (not to ICMP errors) and the VIP's
 /// counter counts the packet. A SYN that looks its flow up drops this
 /// CPU's cached copy of it ([`forget_flow`]). Returns [`Step::FORWARD`]
-/// with the choice written, or a verdict.
+/// marked with the choice, or a verdict.
 // A subprogram of its own: its stack frame does not add to the others'.
 #[inline(never)]
 fn choose(max_new_per_cpu: u32, conns_epoch: u32, p: &Packet, c: *mut Choice) -> Step {
@@ -330,7 +331,7 @@ fn choose(max_new_per_cpu: u32, conns_epoch: u32, p: &Packet, c: *mut Choice) ->
         (p.conn.entry(), p.hash)
     } else {
         match established_choice(p, conns_epoch, c) {
-            Ok(Step::FORWARD) => return Step::FORWARD,
+            Ok(Step::FORWARD) => return Step::FORWARD.with_choice(),
             Ok(refused) => return refused,
             Err(looked_up) => looked_up,
         }
@@ -381,7 +382,7 @@ fn backend_of_vip(
         return Step::of(no_backend(vip));
     };
     write_choice(c, backend_id, backend, hash, conn_event);
-    Step::FORWARD
+    Step::FORWARD.with_choice()
 }
 
 /// Whether VIP `vip_id` (with `VIP_F_*` `flags`) takes the packet's source:
@@ -432,11 +433,10 @@ fn addr_words(addr: &[u8; 16]) -> [u32; 4] {
 }
 
 /// Encapsulates the packet toward the chosen backend and picks the next
-/// hop; [`Step::TOO_BIG`] (with `c.mtu_left`) when it would not fit. Every
-/// answer carries the choice.
+/// hop; [`Step::TOO_BIG`] (with `c.mtu_left`) when it would not fit.
 #[inline(never)]
 fn forward(ctx: &XdpContext, globals: &Globals, p: &Packet, c: &mut Choice) -> Step {
-    Step::or_verdict(try_forward::<true>(ctx, globals, p, c)).with_choice()
+    Step::or_verdict(try_forward::<true>(ctx, globals, p, c))
 }
 
 /// [`forward`]'s work; without `FIB` (in the [`shortcut`]), a backend
