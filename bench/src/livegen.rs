@@ -228,22 +228,14 @@ impl Generator {
     }
 }
 
-/// Pins thread or process `pid` (0: the calling thread) to `cpu`.
+/// Pins thread or process `pid` (0: the calling thread) to `cpu`
+/// ([`lb_tests::pin_to_cpu`]).
 ///
 /// # Errors
 /// `sched_setaffinity` fails (no such CPU, no such task).
 pub fn set_affinity(pid: i32, cpu: usize) -> anyhow::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays inside it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: set is a valid cpu_set_t of the size given.
-    if unsafe { libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), &set) } != 0 {
-        bail!(
-            "sched_setaffinity(pid {pid}, cpu {cpu}): {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
+    lb_tests::pin_to_cpu(pid, cpu)
+        .map_err(|e| anyhow::anyhow!("sched_setaffinity(pid {pid}, cpu {cpu}): {e}"))
 }
 
 /// Real-time priority (SCHED_FIFO 50) for thread `pid` (0: the calling

@@ -15,7 +15,7 @@
 
 use std::net::Ipv4Addr;
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, ProgramArray},
@@ -418,24 +418,6 @@ pub fn median(samples: &mut [f64]) -> f64 {
     }
 }
 
-/// Pins the calling thread to `cpu`.
-///
-/// # Errors
-/// `sched_setaffinity` fails.
-pub fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays inside it.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: pid 0 is the calling thread; set is a valid cpu_set_t.
-    if unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) } != 0 {
-        bail!(
-            "sched_setaffinity(cpu {cpu}): {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
-}
-
 /// Runs every case and adds its rows to `report`. Runs on a scratch thread
 /// pinned to the last CPU, so the caller's affinity and namespace stay.
 ///
@@ -446,7 +428,7 @@ pub fn bench(prefix: &str, plan: Plan, report: &mut Report) -> anyhow::Result<()
     let prefix = prefix.to_string();
     let cpu = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) - 1;
     let rows = std::thread::spawn(move || -> anyhow::Result<Vec<Row>> {
-        pin_to_cpu(cpu)?;
+        crate::livegen::set_affinity(0, cpu)?;
         run_cases(&prefix, plan)
     })
     .join()

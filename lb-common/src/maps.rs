@@ -580,18 +580,29 @@ pub const GLOBAL_F_GUE: u32 = 4;
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of these are `#[repr(C)]`, contain only integers and byte
-    // arrays, and have no implicit padding (sizes are asserted above).
-    unsafe impl aya::Pod for super::VipKey {}
-    unsafe impl aya::Pod for super::VipValue {}
-    unsafe impl aya::Pod for super::AddrKey {}
-    unsafe impl aya::Pod for super::CachedNextHop {}
-    unsafe impl aya::Pod for super::Backend {}
-    unsafe impl aya::Pod for super::Globals {}
-    unsafe impl aya::Pod for super::FlowKey {}
-    unsafe impl aya::Pod for super::ConnValue {}
-    unsafe impl aya::Pod for crate::Counter {}
-    unsafe impl aya::Pod for super::VipSourceKey {}
-    unsafe impl aya::Pod for super::TokenBucket {}
-    unsafe impl aya::Pod for super::VipSourceKey6 {}
+    /// `aya::Pod` for map types: plain bytes to read and write.
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => {
+            $(
+                // SAFETY: `#[repr(C)]`, only integers and byte arrays, no
+                // implicit padding (each size is asserted beside the type).
+                unsafe impl aya::Pod for $t {}
+            )*
+        };
+    }
+
+    pod!(
+        super::VipKey,
+        super::VipValue,
+        super::AddrKey,
+        super::CachedNextHop,
+        super::Backend,
+        super::Globals,
+        super::FlowKey,
+        super::ConnValue,
+        crate::Counter,
+        super::VipSourceKey,
+        super::TokenBucket,
+        super::VipSourceKey6,
+    );
 }

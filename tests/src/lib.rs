@@ -27,3 +27,24 @@ pub fn require_root() {
         "needs root (network namespaces and XDP): run `cargo xtask test` as root"
     );
 }
+
+/// Pins thread or process `pid` (0: the calling thread) to CPU `cpu`: the
+/// one CPU-pinning helper of the tests and the bench (per-CPU state such as
+/// token buckets and flow caches is then the same on every run).
+///
+/// # Errors
+/// `sched_setaffinity` fails (no such CPU, no such task).
+///
+/// # Panics
+/// `cpu` is past what a `cpu_set_t` holds (1024).
+pub fn pin_to_cpu(pid: i32, cpu: usize) -> std::io::Result<()> {
+    // SAFETY: an all-zero cpu_set_t is a valid, empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET indexes the set with a bounds check (it panics past it).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size given.
+    if unsafe { libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

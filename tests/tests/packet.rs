@@ -2488,15 +2488,7 @@ fn syn_to_table_choice(fx: &Fixture, port: u16, drained: [u8; 4]) -> [u8; 4] {
 /// Pins the calling thread to CPU 0, so every test run meets the same
 /// per-CPU state (token buckets, flow cache).
 fn pin_to_cpu0() {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU 0 exists.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
-    }
+    lb_tests::pin_to_cpu(0, 0).expect("pinning to CPU 0");
 }
 
 /// The flow cache (`LB_FLOW_CACHE`): a recorded flow's packets use this

@@ -173,6 +173,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Clippy => {
             setup()?;
+            ensure_ebpf_clippy()?;
             status(cargo().current_dir(&root).args([
                 "clippy",
                 "--all-targets",
@@ -293,6 +294,24 @@ fn ensure_ebpf_toolchain() -> anyhow::Result<()> {
         "minimal",
         "--component",
         "rust-src",
+    ]))
+}
+
+/// Clippy for the eBPF toolchain (set-up installs it with the minimal
+/// profile, which has none).
+fn ensure_ebpf_clippy() -> anyhow::Result<()> {
+    if output(Command::new("rustup").args(["run", EBPF_TOOLCHAIN, "cargo", "clippy", "--version"]))
+        .is_some()
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: installing clippy for Rust {EBPF_TOOLCHAIN} (lints the XDP programs)");
+    status(Command::new("rustup").args([
+        "component",
+        "add",
+        "clippy",
+        "--toolchain",
+        EBPF_TOOLCHAIN,
     ]))
 }
 

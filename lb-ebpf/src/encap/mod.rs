@@ -45,13 +45,11 @@ pub fn too_big_token(per_second: u32) -> Result<(), Outcome> {
     let bucket = LB_ICMP_BUCKET
         .get_ptr_mut(0)
         .ok_or(Outcome::TooBigSuppressed)?;
-    // SAFETY: a helper without arguments; the per-CPU value has no other
-    // writer on this CPU while we run.
-    if take_token(
-        unsafe { &mut *bucket },
-        unsafe { bpf_ktime_get_ns() },
-        per_second,
-    ) {
+    // SAFETY: the per-CPU value has no other writer on this CPU while we run.
+    let bucket = unsafe { &mut *bucket };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if take_token(bucket, now, per_second) {
         Ok(())
     } else {
         Err(Outcome::TooBigSuppressed)
@@ -81,6 +79,7 @@ pub fn reply_room(
     }
     let len = ctx.data_end() - ctx.data();
     let want = l3 + pushed + quote_len;
+    // SAFETY: the context's own frame; the helper checks the new length.
     if len < want || unsafe { bpf_xdp_adjust_tail(ctx.ctx, want as i32 - len as i32) } != 0 {
         return Err(Outcome::DropEncap);
     }

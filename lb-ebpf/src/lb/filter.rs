@@ -21,7 +21,7 @@ use crate::maps::{
 /// in `LB_VIP_ADDRS` before a drop (with `scope = "vips"`), so an address
 /// that only shares a VIP's bit is passed.
 #[inline(always)]
-pub fn screen(
+pub(super) fn screen(
     globals: &Globals,
     dst: &AddrKey,
     allowed: impl FnOnce() -> bool,

@@ -33,6 +33,7 @@ pub fn l3_offset(ctx: &XdpContext) -> Result<Option<(usize, L3)>, Outcome> {
     let mut offset = EthHdr::LEN;
     if ether_type == ETH_P_8021Q {
         let vlan: *const VlanHdr = ptr_at(ctx, offset).ok_or(Outcome::DropMalformed)?;
+        // SAFETY: bounds checked by ptr_at.
         ether_type = unsafe { (*vlan).ether_type };
         offset += VlanHdr::LEN;
     }

@@ -26,6 +26,7 @@ const ELEM_STRIDE: usize = 2;
 // SAFETY: the mapping is owned by this value and only reached through `&self`
 // / `&mut self`; the kernel side reads it concurrently by design.
 unsafe impl Send for MaglevMap {}
+// SAFETY: as for Send: shared access only reads through `&self`.
 unsafe impl Sync for MaglevMap {}
 
 impl MaglevMap {

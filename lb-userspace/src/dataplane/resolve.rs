@@ -463,6 +463,8 @@ mod tests {
             let ns = File::open(format!("/run/netns/{name}")).expect("opening the namespace");
             // setns moves only this thread; the runtime below and the
             // sockets it opens stay on it.
+            // SAFETY: setns with an open namespace file; it changes only this
+            // thread's namespace.
             let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
             tokio::runtime::Builder::new_current_thread()
@@ -511,6 +513,7 @@ mod tests {
         ip(ns, "route add prohibit 192.0.2.3");
         ip(ns, "-6 route add blackhole fd00:99::1");
         let name = CString::new("rs0").expect("name");
+        // SAFETY: a NUL-terminated name that lives across the call.
         let rs0 = unsafe { libc::if_nametoindex(name.as_ptr()) };
         assert_ne!(rs0, 0, "rs0 has no index");
 
