@@ -8,7 +8,7 @@ use crate::{
     VIP_BLOOM_BITS_LOG2,
 };
 
-/// What the source filter makes of a packet (SPEC 4, `source_filter`).
+/// What the source filter makes of a packet (`source_filter`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FilterVerdict {
     /// Dropped: the filter applies and the source is outside every allowed

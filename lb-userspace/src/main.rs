@@ -1,4 +1,4 @@
-//! `lb`: the load balancer's command line (SPEC section 5).
+//! `lb`: the load balancer's command line.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -181,7 +181,7 @@ mod tests {
 
     use super::Cli;
 
-    /// The commands of SPEC 5 and `detach`.
+    /// The commands, and `detach`.
     const COMMANDS: [&str; 6] = ["run", "check", "status", "explain", "decap", "detach"];
 
     #[test]

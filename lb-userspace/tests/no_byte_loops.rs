@@ -1,4 +1,4 @@
-//! No byte loops on the fast path (issue 12): `xdp_lb` must not call the
+//! No byte loops on the fast path: `xdp_lb` must not call the
 //! compiler's `memset`, `memcpy`, `memmove` or `memcmp`, which the BPF
 //! backend emits as subprograms that move one byte per iteration (slow,
 //! and long for the verifier). Reads the relocations of the embedded

@@ -1,4 +1,4 @@
-//! The embedded object and the agent agree by test, not by hand (issue 9):
+//! The embedded object and the agent agree by test, not by hand:
 //! every map of `lb_common::layout::MAPS` is in the object with its kind,
 //! key and value sizes, flags and capacity. Parses the object with aya-obj;
 //! needs no root and no kernel.

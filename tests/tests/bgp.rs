@@ -1,4 +1,4 @@
-//! BGP announcement (issue 13) with real BIRDs: a router running BIRD 2
+//! BGP announcement with real BIRDs: a router running BIRD 2
 //! with ECMP peers with two nodes running `lb run`. In one lab, in order:
 //!
 //! 1. the router learns each VIP address from both nodes (two next hops in

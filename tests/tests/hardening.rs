@@ -1,5 +1,5 @@
 //! Outside input never stops forwarding nor wipes the running configuration
-//! (issue 8): a flood of idle API clients under a 1024 open-file limit, an
+//!: a flood of idle API clients under a 1024 open-file limit, an
 //! empty, truncated, FIFO or huge configuration file, a ConfigMap-style
 //! symlink swap and a burst of SIGHUPs, and two agents on `eth0` in two
 //! network namespaces. Each test runs the real agent in a namespace lab.

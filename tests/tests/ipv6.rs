@@ -1,4 +1,4 @@
-//! IPv6 and GUE end to end (issue 11), in a dual-stack lab: HTTP to an
+//! IPv6 and GUE end to end, in a dual-stack lab: HTTP to an
 //! IPv6 VIP over three IPv6 backends, an IPv4 VIP over IPv6 backends
 //! (IPv4-in-IPv6), the IPv6 source filter, and the same traffic with GUE
 //! over IPv4 and over IPv6.

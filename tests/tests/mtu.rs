@@ -1,4 +1,4 @@
-//! Real networks (issue 10): full-size traffic through the VIP on links of
+//! Real networks: full-size traffic through the VIP on links of
 //! MTU 1500 (the load balancer answers "fragmentation needed" for what no
 //! longer fits once encapsulated), downloads behind a router whose link
 //! toward the client is narrower (its ICMP reaches the backend that serves

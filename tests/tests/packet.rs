@@ -454,7 +454,7 @@ fn frag_needed(mtu: u16) -> etherparse::Icmpv4Type {
     )
 }
 
-/// The fixtures of `xdp_lb`'s rules (SPEC 6); each new rule is one row.
+/// The fixtures of `xdp_lb`'s rules; each new rule is one row.
 fn rows() -> Vec<Row> {
     let syn = tcp_syn(CLIENT, VIP, 40000, 80);
     let too_big = big_segment(1500, true);
@@ -1369,7 +1369,7 @@ fn explain_and_the_kernel_agree_on_the_source_filter_scope() {
     }
 }
 
-// ---- IPv6 and GUE (issue 11) ----
+// ---- IPv6 and GUE ----
 
 /// A flow of either family, addresses as in map keys.
 struct Flow6 {

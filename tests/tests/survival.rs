@@ -1,4 +1,4 @@
-//! Flows survive every change (issue 3): 50 long-lived TCP connections
+//! Flows survive every change: 50 long-lived TCP connections
 //! through VIP `echo`, each exchanging a line every 100 ms with the echo
 //! servers of the namespace lab, stay open while the configuration is
 //! reloaded in many ways and the agent is killed and restarted. After each

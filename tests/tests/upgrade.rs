@@ -1,4 +1,4 @@
-//! An agent upgrade upgrades the data plane (issue 9): the lab's agent (the
+//! An agent upgrade upgrades the data plane: the lab's agent (the
 //! default build, outer TTL 64) is killed, and an agent of another build
 //! (`$LB_BIN_VARIANT`, whose `xdp_lb` puts TTL 63 on outer headers) adopts
 //! the pinned data plane and swaps its program in on the pinned link. 50

@@ -16,7 +16,7 @@ use crate::parse::{L3, ptr_at, set_ether_type};
 
 /// IPv4 "don't fragment" flag (RFC 791), as the frags field reads.
 const IP_DF: [u8; 2] = [0x40, 0x00];
-/// TTL / hop limit of outer headers (SPEC 6); 63 in the upgrade test's
+/// TTL / hop limit of outer headers; 63 in the upgrade test's
 /// variant build.
 const OUTER_TTL: u8 = if cfg!(feature = "test-outer-ttl-63") {
     63

@@ -1,12 +1,37 @@
-//! The load balancer's path for one packet, in up to three subprograms
-//! called one after the other from the entry (so their stack frames never
-//! add up): parse per family ([`v4`], [`v6`]: source filter, ICMP to a VIP
-//! address, the flow, and the [`shortcut`] of an established flow);
-//! [`choose`] (VIP, the VIP's own sources, the backend by connection table
-//! or Maglev); [`forward`] (encapsulation by the backend's family and the
-//! encapsulation kind, next hop); and, when the packet would not fit, the
-//! "too big" answer. Returns the outcome; the entry point in main.rs counts
-//! it and turns it into an XDP action.
+//! The load balancer's path for one packet (docs/datapath.md tells the
+//! mechanisms at length):
+//!
+//! ```text
+//!  client 10.0.0.10                load balancer 10.0.0.2                 backend 10.0.0.21
+//!  ───────────────                 ──────────────────────                 ─────────────────
+//!  SYN 10.0.0.10 -> VIP:80 ──────► xdp_lb on eth0:
+//!                                   0 VIP-address filter (a bit per VIP address) ── clear? XDP_PASS
+//!                                   1 source filter (LPM trie)  ── outside? XDP_DROP, counted
+//!                                   2 VIP lookup (addr, port, proto; port 0 = any) ── no? XDP_PASS
+//!                                   3 Maglev: flow hash % M -> backend (healthy only)
+//!                                   4 push outer IPv4: 10.0.0.2 -> 10.0.0.21, proto 4, DF, TTL 64
+//!                                   5 next hop cached by the agent (else bpf_fib_lookup); XDP_TX ─► xdp_decap on eth0:
+//!                                                                                       outer dst is mine, inner dst
+//!                                                                                       a served VIP: strip, XDP_PASS
+//!                                                                                       kernel: socket on VIP (lo)
+//!  SYN-ACK VIP:80 -> 10.0.0.10 ◄──────────────────────────────────────────────────────── (direct server return)
+//! ```
+//!
+//! In code, up to three subprograms called one after the other from the
+//! entry (so their stack frames never add up), each answering a [`Step`]
+//! (its module states the convention):
+//!
+//! 1. parse, per family ([`v4`], [`v6`]): filters 0 and 1, ICMP to a VIP
+//!    address, the flow; the IPv4 step ends with the [`shortcut`] of an
+//!    established flow, which may answer for the next two steps;
+//! 2. [`choose`]: 2 and 3 (the VIP, its own sources, the backend by
+//!    connection table or Maglev);
+//! 3. [`forward`]: 4 and 5 (encapsulation by the backend's family and the
+//!    encapsulation kind, next hop);
+//! 4. when the packet would not fit, the "too big" answer ([`too_big`]).
+//!
+//! [`run`] returns the outcome; the entry point in main.rs counts it and
+//! turns it into its XDP action (`Outcome::action`).
 //!
 //! Each subprogram costs its call and return (about 8 ns here: the kernel
 //! returns through its return thunk, a mispredicted return on CPUs that need

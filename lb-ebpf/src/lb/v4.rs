@@ -54,7 +54,7 @@ fn try_parse(
     let hdr: &Ipv4Hdr = unsafe { &*ip.hdr };
     let (src, dst, proto) = (hdr.src_addr, hdr.dst_addr, hdr.proto);
 
-    // Source filter first, so unwanted sources cost the least (SPEC 4). The
+    // Source filter first, so unwanted sources cost the least. The
     // VIP-address filter answers "maybe" for a few other addresses: what
     // drops or answers a packet because it is for a VIP address confirms
     // it (`vip_address` below, and ICMP), the rest needs no confirmation

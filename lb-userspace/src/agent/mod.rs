@@ -566,7 +566,7 @@ impl Agent {
             }
         }
         crate::systemd::stopping();
-        // SPEC 9: the withdraw goes first, while the health checks and the
+        // The withdraw goes first, while the health checks and the
         // next-hop cache still run; withdraw_delay counts from here.
         if !self.options.keep_attached {
             self.bgp.withdraw().await;

@@ -1,4 +1,4 @@
-//! The agent's HTTP API (SPEC 4, 7), read-only, on `api.listen` (loopback
+//! The agent's HTTP API, read-only, on `api.listen` (loopback
 //! by default): `/metrics` ([`metrics`]), `/status` as JSON ([`status`]),
 //! `/healthz`. Counters are read from the per-CPU maps (summed over CPUs)
 //! at each request; the rest comes from what the agent keeps current in

@@ -2,7 +2,7 @@
 //! table region, which backend has which id and health, and the map writes
 //! that keep the kernel's maps equal to it.
 //!
-//! Every change is applied as a difference ([`Balancer::apply`], SPEC 7):
+//! Every change is applied as a difference ([`Balancer::apply`]):
 //! VIPs are matched by address, port and protocol, backends by address
 //! within their VIP; what is unchanged is not written, so untouched VIPs,
 //! their tables and their flows are not disturbed. The same difference
@@ -499,7 +499,7 @@ impl<M: MapWriter> Balancer<M> {
     }
 
     /// Makes the maps say what `config` says, writing only the difference
-    /// from what they say now (SPEC 7). Checks everything that could refuse
+    /// from what they say now. Checks everything that could refuse
     /// the configuration (immutable settings, capacity) before the first
     /// write, so a refused configuration leaves the maps untouched.
     /// Backends new to a VIP start healthy; kept backends keep their

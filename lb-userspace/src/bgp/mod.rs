@@ -1,4 +1,4 @@
-//! BGP announcement of the VIP addresses (SPEC 9), health-aware, through
+//! BGP announcement of the VIP addresses, health-aware, through
 //! BIRD 2, which `lb run` starts, configures and supervises itself:
 //!
 //! - [`rule`]: which addresses are announced (a pure function of the

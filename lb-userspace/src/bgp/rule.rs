@@ -1,4 +1,4 @@
-//! The announcement rule (SPEC 9): a VIP address is announced while at
+//! The announcement rule: a VIP address is announced while at
 //! least one VIP on it has a usable backend, one the data plane would give
 //! new flows (healthy, weight above 0: [`lb_common::rules::maglev_member`]).
 //! Pure: the agent feeds it the balancer's state after every health change

@@ -104,7 +104,7 @@ impl Speaker {
     }
 
     /// The first step of the agent's stop without `--keep-attached`
-    /// (SPEC 9), taken as soon as the signal arrives: withdraws every
+    ///, taken as soon as the signal arrives: withdraws every
     /// announcement (sessions stay up) and starts the `bgp.withdraw_delay`
     /// during which the data plane keeps forwarding while the routers move
     /// flows away. Does nothing without `[bgp]` or when done already.

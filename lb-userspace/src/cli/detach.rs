@@ -69,7 +69,7 @@ fn detach(config: Option<&Path>, iface: Option<String>) -> anyhow::Result<()> {
 /// withdraw this node's VIP addresses at once; then, when a data plane is
 /// still attached (`attached`), it goes on forwarding for `withdraw_delay`
 /// while the routers move the flows to other nodes, as `lb run` does on
-/// SIGTERM (SPEC 9). Removes BIRD's directory.
+/// SIGTERM. Removes BIRD's directory.
 ///
 /// # Errors
 /// No runtime for the BIRD commands could be made.

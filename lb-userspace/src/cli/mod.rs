@@ -1,4 +1,4 @@
-//! The `lb` commands (SPEC 5), one module each; `main.rs` only parses the
+//! The `lb` commands, one module each; `main.rs` only parses the
 //! command line and dispatches here. Each command returns the process's
 //! exit code: 0 on success, 1 with the error printed.
 

@@ -1,4 +1,4 @@
-//! `[bgp]` (SPEC 9): the node's AS, router id, timers and peers, as read
+//! `[bgp]`: the node's AS, router id, timers and peers, as read
 //! and as validated. The agent announces VIP addresses to the peers through
 //! BIRD 2 (see [`crate::bgp`]).
 
@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::validate::Validator;
 
-/// Default `bgp.hold_time`: 9 s, the SPEC's example, so a node that dies
+/// Default `bgp.hold_time`: 9 s, so a node that dies
 /// whole (no agent, no BIRD) leaves the routers' ECMP sets within 9 s;
 /// keepalives go every 3 s.
 pub const DEFAULT_HOLD_TIME: Duration = Duration::from_secs(9);

@@ -1,4 +1,4 @@
-//! Configuration: the TOML schema of SPEC section 4, parsed with serde
+//! Configuration: the TOML schema (docs/configuration.md), parsed with serde
 //! (`deny_unknown_fields`), then validated as a whole into a typed [`Config`].
 //!
 //! Validation collects every error, each naming its key and the reason, so
@@ -305,7 +305,7 @@ pub struct Config {
     pub sizing: Sizing,
     /// VIPs, in file order.
     pub vips: Vec<Vip>,
-    /// BGP announcement of the VIP addresses (`[bgp]`, SPEC 9); `None`:
+    /// BGP announcement of the VIP addresses (`[bgp]`); `None`:
     /// nothing is announced.
     pub bgp: Option<BgpConfig>,
 }

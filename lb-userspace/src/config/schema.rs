@@ -1,4 +1,4 @@
-//! The raw schema of SPEC 4, as serde reads it (`deny_unknown_fields`):
+//! The raw configuration schema (docs/configuration.md), as serde reads it (`deny_unknown_fields`):
 //! every key optional where the specification gives a default, no rule
 //! checked yet (see [`super::validate`]).
 
