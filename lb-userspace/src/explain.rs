@@ -16,9 +16,10 @@ use lb_common::{
 };
 
 use crate::{
+    balancer::MapStoreError,
     balancer::{addr_key, backend_address, backend_name, vip_key},
     config::{Config, FilterScope, Protocol, Vip},
-    dataplane::maps::{MapWriteError, open_pin},
+    dataplane::maps::open_pin,
     maglev::{self, MaglevBackend},
 };
 
@@ -30,7 +31,7 @@ pub enum ExplainError {
     MixedFamilies(SocketAddr, SocketAddr),
     /// Reading the running data plane failed.
     #[error(transparent)]
-    Map(#[from] MapWriteError),
+    Map(#[from] MapStoreError),
 }
 
 /// The VIP of `config` a packet to `dst` with `protocol` matches: exact port

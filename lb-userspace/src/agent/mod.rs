@@ -20,12 +20,14 @@ pub mod watch;
 use crate::{
     api::{self, Shared},
     balancer::{
-        Balancer, BalancerError, Changes, ConnsVerdict, Sources, WALK_MIN_INTERVAL, WalkSchedule,
+        Balancer, BalancerError, Changes, ConnsVerdict, MapStore as _, MapStoreError, Sources,
+        WALK_MIN_INTERVAL, WalkSchedule,
     },
     config::{Config, Loaded},
     dataplane::{
         conns,
-        maps::{self, AyaMaps, MapWriteError, MapWriter as _},
+        error::DataplaneError,
+        maps::{self, AyaMaps},
         nexthops::{self, NextHopTarget, NextHopWriter},
         object::{attach, load_object, xdp_mode},
         pins::{ADOPTED_MAPS, BPFFS, InstanceLock, LINK_PIN, pin_dir, pin_maps, unpin},
@@ -93,30 +95,15 @@ pub enum AgentError {
     /// The object could not be loaded (verifier, permissions, kernel).
     #[error("loading the XDP object: {0}")]
     Load(#[from] aya::EbpfError),
-    /// The program could not be loaded or attached.
-    #[error("{op} program {program}: {source}")]
-    Program {
-        /// Load or attach.
-        op: &'static str,
-        /// Program name.
-        program: &'static str,
-        /// aya's error.
-        source: aya::programs::ProgramError,
-    },
+    /// An operation on the data plane failed (program, pin, lock).
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
     /// Maps could not be taken or written.
     #[error(transparent)]
-    Map(#[from] MapWriteError),
+    Map(#[from] MapStoreError),
     /// The configuration does not fit the data plane.
     #[error(transparent)]
     Balancer(#[from] BalancerError),
-    /// Another agent holds the interface.
-    #[error("another agent is running on {iface} (it holds {lock})")]
-    Running {
-        /// The interface.
-        iface: String,
-        /// The lock file.
-        lock: String,
-    },
     /// A pinned data plane lacks a map the agent needs.
     #[error(
         "the data plane pinned in {dir} has no map {map} (its pin was removed): it cannot be adopted. To recover, run `rm -r {dir}` and start `lb run` again: this detaches xdp_lb until the new agent attaches (about a second without forwarding) and drops the connection table (flows are hashed again; a flow whose backend changes breaks)"
@@ -267,7 +254,7 @@ fn adopt(config: &Config, encap_source: Sources, dir: &Path) -> Result<DataPlane
         return Err(AgentError::EmptyConfig { running });
     }
     let regions = maps.maglev_entries() / config.table_size.max(1);
-    let max_vips = crate::dataplane::sizing::max_vips_of(regions);
+    let max_vips = crate::config::sizing::max_vips_of(regions);
     if max_vips != config.sizing.max_vips {
         warn!(
             "the adopted data plane holds {max_vips} VIPs (maglev.max_vips when it started), the configuration asks {}: the adopted size stays until the agent is stopped without --keep-attached and started again",
@@ -390,12 +377,14 @@ pub async fn run(
             }
         }
     };
-    let shared = Shared::new(&iface, StatsReader::from_pins(&plane.dir)?);
+    // The BGP speaker publishes its state here; the API reads it.
+    let (bgp_status, bgp_status_rx) = tokio::sync::watch::channel(None);
+    let shared = Shared::new(&iface, StatsReader::from_pins(&plane.dir)?, bgp_status_rx);
     shared.set_vips(plane.balancer.vips());
     shared.set_program(plane.program);
     let wanted =
         crate::bgp::wanted(&config, source.v4, plane.balancer.vips()).map_err(AgentError::Bgp)?;
-    let bgp = crate::bgp::Speaker::start(&iface, wanted, shared.clone());
+    let bgp = crate::bgp::Speaker::start(&iface, wanted, bgp_status);
     let mut agent = Agent {
         shared,
         plane,

@@ -16,8 +16,11 @@ use prometheus_client::metrics::{
 };
 
 use super::status::{BackendStatus, ConnsWalks, LastCheck, Reloads, Status, VipStatus};
+use tokio::sync::watch;
+
 use crate::{
     balancer::VipState,
+    bgp::status::BgpStatus,
     dataplane::{stats::StatsReader, upgrade::ProgramId},
     health::probe::{Probe, ProbeFailure},
 };
@@ -62,7 +65,7 @@ pub struct Shared {
     view: Mutex<View>,
     stats: Mutex<StatsReader>,
     program: Mutex<Option<ProgramId>>,
-    bgp: Mutex<Option<crate::bgp::status::BgpStatus>>,
+    bgp: watch::Receiver<Option<BgpStatus>>,
     pub(crate) check_latency: Family<Labels, Histogram, fn() -> Histogram>,
     pub(crate) check_errors: Family<Labels, PromCounter>,
 }
@@ -86,7 +89,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Shared {
     /// State for the data plane on `interface`, whose counters `stats` reads.
-    pub fn new(interface: &str, stats: StatsReader) -> Arc<Self> {
+    pub fn new(
+        interface: &str,
+        stats: StatsReader,
+        bgp: watch::Receiver<Option<BgpStatus>>,
+    ) -> Arc<Self> {
         // Every reason of lb_health_check_errors_total starts at 0, so the
         // series exist (for dashboards and alerts) before the first error.
         let check_errors: Family<Labels, PromCounter> = Family::default();
@@ -102,7 +109,7 @@ impl Shared {
             view: Mutex::new(View::default()),
             stats: Mutex::new(stats),
             program: Mutex::new(None),
-            bgp: Mutex::new(None),
+            bgp,
             check_latency: Family::new_with_constructor(latency_histogram),
             check_errors,
         })
@@ -156,12 +163,6 @@ impl Shared {
     /// Sets the program the data plane runs (after a start or an upgrade).
     pub fn set_program(&self, program: ProgramId) {
         *lock(&self.program) = Some(program);
-    }
-
-    /// Sets the BGP announcement's state (the speaker task, after each
-    /// look at BIRD); `None`: no `[bgp]`.
-    pub fn set_bgp(&self, bgp: Option<crate::bgp::status::BgpStatus>) {
-        *lock(&self.bgp) = bgp;
     }
 
     /// Records a health-check result of backend `backend_id`; a local
@@ -281,7 +282,7 @@ impl Shared {
                 .collect(),
             reloads: view.reloads.clone(),
             conntrack_walks: view.walks.clone(),
-            bgp: lock(&self.bgp).clone(),
+            bgp: self.bgp.borrow().clone(),
         }
     }
 }

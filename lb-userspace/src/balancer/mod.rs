@@ -28,29 +28,41 @@ use lb_common::{
 };
 
 mod conns;
+#[cfg(test)]
+pub mod fake;
 mod ids;
+pub mod store;
 
 pub use conns::{
     CONNS_GRACE, ConnsCheck, ConnsVerdict, WALK_MAX_INTERVAL, WALK_MIN_INTERVAL, WalkSchedule,
 };
 use ids::IdPool;
 use ipnet::IpNet;
+pub use store::{MapStore, MapStoreError};
 
 use crate::{
-    config::{Config, EncapKind, FilterScope, OnNoBackend, Vip},
-    dataplane::{
-        maps::{MapWriteError, MapWriter},
-        sizing,
-    },
+    config::{Config, EncapKind, FilterScope, OnNoBackend, Vip, sizing},
     maglev,
 };
+
+/// A backend entry whose next hop the agent keeps (in `LB_NEXTHOPS`,
+/// written by the data plane's `nexthops` module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextHopTarget {
+    /// Backend id (index of `LB_BACKENDS` and `LB_NEXTHOPS`).
+    pub id: u32,
+    /// Generation of the backend entry; the written next hop carries it.
+    pub generation: u32,
+    /// The backend's address.
+    pub address: IpAddr,
+}
 
 /// Why the balancer could not apply something.
 #[derive(Debug, thiserror::Error)]
 pub enum BalancerError {
     /// A map write failed.
     #[error(transparent)]
-    Map(#[from] MapWriteError),
+    Map(#[from] MapStoreError),
     /// More VIPs, backends or tables than the maps hold.
     #[error("out of {what}: the data plane holds at most {capacity}")]
     Capacity {
@@ -183,8 +195,8 @@ impl fmt::Display for Changes {
     }
 }
 
-/// The agent's state of one data plane, written through a [`MapWriter`].
-pub struct Balancer<M: MapWriter> {
+/// The agent's state of one data plane, written through a [`MapStore`].
+pub struct Balancer<M: MapStore> {
     maps: M,
     table_size: u32,
     vips: Vec<VipState>,
@@ -214,8 +226,8 @@ pub struct Balancer<M: MapWriter> {
 fn write_words<T: Copy + PartialEq>(
     current: &mut [T],
     new: &[T],
-    mut set: impl FnMut(u32, T) -> Result<(), MapWriteError>,
-) -> Result<usize, MapWriteError> {
+    mut set: impl FnMut(u32, T) -> Result<(), MapStoreError>,
+) -> Result<usize, MapStoreError> {
     let mut written = 0;
     for (index, (&word, old)) in new.iter().zip(current.iter_mut()).enumerate() {
         if word != *old {
@@ -313,7 +325,7 @@ fn vip_flags(vip: &Vip) -> u32 {
 /// Clears [`VIP_F_CONNS_MATCH_TABLE`] in the map entry of every port-0 VIP
 /// of `map_vips` that stays in `wanted` while a VIP of a port on its
 /// address and protocol goes; returns the VIPs as they are then.
-fn clear_under_gone_port_vips<M: MapWriter>(
+fn clear_under_gone_port_vips<M: MapStore>(
     maps: &mut M,
     map_vips: Vec<(VipKey, VipValue)>,
     wanted: &HashMap<VipKey, &Vip>,
@@ -343,7 +355,7 @@ fn own_allow(vip: &Vip, id: u32) -> HashSet<(u32, IpNet)> {
     vip.allow.iter().flatten().map(|&n| (id, n)).collect()
 }
 
-impl<M: MapWriter> Balancer<M> {
+impl<M: MapStore> Balancer<M> {
     fn empty(maps: M, table_size: u32, regions: u32) -> Self {
         let none = HashSet::new();
         Self {
@@ -1091,11 +1103,11 @@ impl<M: MapWriter> Balancer<M> {
 
     /// Every backend entry whose next hop the agent keeps in `LB_NEXTHOPS`:
     /// its id, the generation of its entry and its address.
-    pub fn next_hop_targets(&self) -> Vec<crate::dataplane::nexthops::NextHopTarget> {
+    pub fn next_hop_targets(&self) -> Vec<NextHopTarget> {
         self.vips
             .iter()
             .flat_map(|v| &v.backends)
-            .map(|b| crate::dataplane::nexthops::NextHopTarget {
+            .map(|b| NextHopTarget {
                 id: b.id,
                 generation: self.generations[b.id as usize],
                 address: b.address,
@@ -1142,7 +1154,7 @@ impl<M: MapWriter> Balancer<M> {
     /// The first entry of `region` in the Maglev map. Regions are below the
     /// map's capacity in tables, whose product with the table size was
     /// checked to fit a `u32` when the map was sized
-    /// ([`crate::sizing::Sizing::new`]); saturating, so a broken invariant
+    /// ([`crate::config::sizing::Sizing::new`]); saturating, so a broken invariant
     /// gives an out-of-range offset that the map write refuses, never a
     /// wrapped one that overwrites another table.
     fn offset(&self, region: u32) -> u32 {

@@ -5,8 +5,9 @@ use std::time::Instant;
 
 use lb_common::{ConnValue, FlowKey};
 
+use super::fake::FakeMaps;
 use super::*;
-use crate::{config::Config, dataplane::fake::FakeMaps};
+use crate::config::Config;
 
 const CONFIG: &str = r#"
 [maglev]

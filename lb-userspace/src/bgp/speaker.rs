@@ -14,7 +14,6 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
-    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -30,7 +29,6 @@ use super::{
     rule::{Decision, announced},
     status::{AddressStatus, BgpStatus, PeerStatus},
 };
-use crate::api::Shared;
 
 /// Time between two looks at BIRD (alive, sessions, routes).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -67,14 +65,16 @@ pub struct Speaker {
 }
 
 impl Speaker {
-    /// Starts the task for the agent of `iface`, with `wanted` first.
-    pub fn start(iface: &str, wanted: Wanted, shared: Arc<Shared>) -> Self {
+    /// Starts the task for the agent of `iface`, with `wanted` first; the
+    /// task publishes the announcement's state on `status` after each look
+    /// at BIRD (`None`: no `[bgp]`), which the API reads.
+    pub fn start(iface: &str, wanted: Wanted, status: watch::Sender<Option<BgpStatus>>) -> Self {
         let (wanted_tx, wanted_rx) = watch::channel(wanted);
         let (commands, commands_rx) = mpsc::channel(4);
         let task = Task {
             paths: BirdPaths::of(iface),
             iface: iface.to_string(),
-            shared,
+            published: status,
             bird: None,
             applied: None,
             withdrawn: false,
@@ -212,7 +212,8 @@ fn address_status(
 struct Task {
     paths: BirdPaths,
     iface: String,
-    shared: Arc<Shared>,
+    /// Where the announcement's state is published for the API.
+    published: watch::Sender<Option<BgpStatus>>,
     bird: Option<Bird>,
     /// The configuration BIRD runs (as written and configured).
     applied: Option<String>,
@@ -309,7 +310,7 @@ impl Task {
                         let _ = std::fs::remove_dir_all(self.paths.dir());
                         self.status.speaker = "stopped".into();
                         self.status.pid = None;
-                        self.shared.set_bgp(Some(self.status.clone()));
+                        self.published.send_replace(Some(self.status.clone()));
                         let _ = done.send(how);
                         return;
                     }
@@ -349,7 +350,7 @@ impl Task {
                 let _ = std::fs::remove_dir_all(self.paths.dir());
             }
             self.applied = None;
-            self.shared.set_bgp(None);
+            self.published.send_replace(None);
             return;
         }
         let text = self.config_text(wanted);
@@ -571,7 +572,7 @@ impl Task {
         let held = read_all.then_some(&held);
         self.status.addresses =
             address_status(&wanted.decisions, held, [up_v4, up_v6], self.withdrawn);
-        self.shared.set_bgp(Some(self.status.clone()));
+        self.published.send_replace(Some(self.status.clone()));
     }
 
     /// Publishes the status without reading BIRD (it is not running).
@@ -591,7 +592,7 @@ impl Task {
                 reason: format!("BIRD is not running; {}", d.reason),
             })
             .collect();
-        self.shared.set_bgp(Some(self.status.clone()));
+        self.published.send_replace(Some(self.status.clone()));
     }
 }
 

@@ -14,10 +14,11 @@ use log::info;
 
 use crate::{
     agent::AgentError,
+    balancer::MapStoreError,
     balancer::addr_key,
     config::XdpModeConfig,
     dataplane::{
-        maps::{self, MapWriteError},
+        maps,
         object::{attach, object, xdp_mode},
     },
     netif,
@@ -98,7 +99,7 @@ pub async fn run(
     let mut config: Array<MapData, u32> = maps::take(&mut ebpf, MAP_DECAP_CONFIG)?;
     config
         .set(0, u32::from(gue_port), 0)
-        .map_err(|source| MapWriteError {
+        .map_err(|source| MapStoreError {
             map: MAP_DECAP_CONFIG,
             op: "set",
             source,
@@ -106,7 +107,7 @@ pub async fn run(
     for vip in vips {
         vip_map
             .insert(addr_key(*vip), 1, 0)
-            .map_err(|source| MapWriteError {
+            .map_err(|source| MapStoreError {
                 map: MAP_DECAP_VIPS,
                 op: "insert",
                 source,
@@ -115,7 +116,7 @@ pub async fn run(
     for local in locals.iter().take(lb_common::MAX_LOCAL_ADDRS as usize) {
         local_map
             .insert(addr_key(*local), 1, 0)
-            .map_err(|source| MapWriteError {
+            .map_err(|source| MapStoreError {
                 map: MAP_DECAP_LOCAL,
                 op: "insert",
                 source,

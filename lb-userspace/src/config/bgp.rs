@@ -1,6 +1,6 @@
 //! `[bgp]`: the node's AS, router id, timers and peers, as read
 //! and as validated. The agent announces VIP addresses to the peers through
-//! BIRD 2 (see [`crate::bgp`]).
+//! BIRD 2 (the `bgp` module announces).
 
 use std::{
     collections::HashSet,

@@ -15,11 +15,12 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::dataplane::sizing::Sizing;
+use sizing::Sizing;
 
 mod bgp;
 mod read;
 mod schema;
+pub mod sizing;
 mod validate;
 
 pub use bgp::{BgpConfig, BgpPeer, DEFAULT_BGP_PORT, DEFAULT_HOLD_TIME, DEFAULT_WITHDRAW_DELAY};

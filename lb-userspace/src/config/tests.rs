@@ -351,13 +351,13 @@ proptest::proptest! {
         if let Ok(loaded) = Config::parse(&text, "t") {
             let c = loaded.config;
             let s = c.sizing;
-            proptest::prop_assert_eq!(s, crate::dataplane::sizing::Sizing::new(c.table_size, s.max_vips, c.conntrack_entries).unwrap());
+            proptest::prop_assert_eq!(s, crate::config::sizing::Sizing::new(c.table_size, s.max_vips, c.conntrack_entries).unwrap());
             proptest::prop_assert!(c.vips.len() as u32 <= s.max_vips);
             proptest::prop_assert!(s.max_vips <= lb_common::MAX_VIPS);
             proptest::prop_assert!(u64::from(s.table_regions) * u64::from(c.table_size) == u64::from(s.maglev_entries));
-            proptest::prop_assert!(s.maglev_bytes <= crate::dataplane::sizing::MAX_MAGLEV_BYTES);
+            proptest::prop_assert!(s.maglev_bytes <= crate::config::sizing::MAX_MAGLEV_BYTES);
             proptest::prop_assert!(c.backend_count() <= lb_common::MAX_BACKENDS as usize);
-            proptest::prop_assert!(s.conntrack_entries <= crate::dataplane::sizing::MAX_CONNTRACK_ENTRIES);
+            proptest::prop_assert!(s.conntrack_entries <= crate::config::sizing::MAX_CONNTRACK_ENTRIES);
         }
     }
 }

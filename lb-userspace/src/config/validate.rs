@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use lb_common::MAX_TABLE_SIZE;
 
 use super::{schema::*, *};
-use crate::dataplane::sizing::{self, Sizing};
+use crate::config::sizing::{self, Sizing};
 
 #[derive(Default)]
 pub(super) struct Validator {

@@ -12,7 +12,7 @@ use std::{
 use aya::maps::{HashMap, Map, MapData};
 use lb_common::{ConnValue, FlowKey, MAP_CONNS};
 
-use super::maps::{MapWriteError, wrap};
+use crate::balancer::store::{MapStoreError, wrap};
 use crate::balancer::{ConnsCheck, ConnsVerdict};
 
 /// Longest a walk may take per 2^20 entries of the connection table's
@@ -36,7 +36,7 @@ pub fn walk_pinned(
     dir: &Path,
     check: &ConnsCheck,
     stop: &AtomicBool,
-) -> Result<ConnsVerdict, MapWriteError> {
+) -> Result<ConnsVerdict, MapStoreError> {
     let data = MapData::from_pin(dir.join(MAP_CONNS)).map_err(wrap(MAP_CONNS, "open pin"))?;
     let max_entries = data
         .info()

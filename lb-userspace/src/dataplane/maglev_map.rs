@@ -5,7 +5,7 @@ use std::os::fd::{AsFd as _, AsRawFd as _};
 use aya::maps::{MapData, MapError};
 use lb_common::{MAGLEV_MAP_FLAGS, MAP_MAGLEV};
 
-use super::maps::{MapWriteError, wrap};
+use crate::balancer::store::{MapStoreError, wrap};
 
 /// The Maglev map, written and read through a shared memory mapping
 /// (`BPF_F_MMAPABLE`, see [`lb_common::MAGLEV_MAP_FLAGS`]): a table of
@@ -34,9 +34,9 @@ impl MaglevMap {
     ///
     /// # Errors
     /// The map was not created memory-mappable (another layout), or mmap fails.
-    pub fn new(data: MapData) -> Result<Self, MapWriteError> {
+    pub fn new(data: MapData) -> Result<Self, MapStoreError> {
         let info = data.info().map_err(wrap(MAP_MAGLEV, "inspect"))?;
-        let err = |msg: String| MapWriteError {
+        let err = |msg: String| MapStoreError {
             map: MAP_MAGLEV,
             op: "mmap",
             source: MapError::IoError(std::io::Error::other(msg)),
@@ -75,11 +75,11 @@ impl MaglevMap {
         })
     }
 
-    fn range(&self, offset: u32, len: usize) -> Result<std::ops::Range<usize>, MapWriteError> {
+    fn range(&self, offset: u32, len: usize) -> Result<std::ops::Range<usize>, MapStoreError> {
         let start = offset as usize;
         match start.checked_add(len) {
             Some(end) if end <= self.entries => Ok(start..end),
-            _ => Err(MapWriteError {
+            _ => Err(MapStoreError {
                 map: MAP_MAGLEV,
                 op: "index",
                 source: MapError::OutOfBounds {
@@ -105,7 +105,7 @@ impl MaglevMap {
     ///
     /// # Errors
     /// The range is outside the map.
-    pub fn write(&mut self, offset: u32, entries: &[u32]) -> Result<(), MapWriteError> {
+    pub fn write(&mut self, offset: u32, entries: &[u32]) -> Result<(), MapStoreError> {
         let range = self.range(offset, entries.len())?;
         let slots = &mut self.as_mut_slice()[range.start * ELEM_STRIDE..range.end * ELEM_STRIDE];
         for (slot, id) in slots.chunks_exact_mut(ELEM_STRIDE).zip(entries) {
@@ -122,7 +122,7 @@ impl MaglevMap {
     ///
     /// # Errors
     /// The range is outside the map.
-    pub fn read(&self, offset: u32, len: u32) -> Result<Vec<u32>, MapWriteError> {
+    pub fn read(&self, offset: u32, len: u32) -> Result<Vec<u32>, MapStoreError> {
         let range = self.range(offset, len as usize)?;
         Ok(
             self.as_slice()[range.start * ELEM_STRIDE..range.end * ELEM_STRIDE]

@@ -1,6 +1,5 @@
-//! Writing the load balancer's maps: a small trait, so the Maglev and backend
-//! bookkeeping in [`crate::balancer`] is unit-tested without root, and its
-//! implementation over aya's maps (the Maglev map through
+//! The load balancer's maps over aya: [`AyaMaps`], the implementation of
+//! the balancer's [`MapStore`] (the Maglev map through
 //! [`super::maglev_map`]).
 
 use std::{net::IpAddr, path::Path};
@@ -18,81 +17,9 @@ use lb_common::{
 };
 
 use super::maglev_map::MaglevMap;
+use crate::balancer::store::{MapStore, MapStoreError, wrap};
 
-/// A failed map operation.
-#[derive(Debug, thiserror::Error)]
-#[error("{op} on map {map} failed: {source}")]
-pub struct MapWriteError {
-    /// Map name.
-    pub map: &'static str,
-    /// What was being done (`insert`, `remove`, `take`, …).
-    pub op: &'static str,
-    /// aya's error.
-    #[source]
-    pub source: MapError,
-}
-
-/// Maps aya's error of operation `op` on map `map` to a [`MapWriteError`],
-/// for `map_err`.
-pub(crate) fn wrap(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> MapWriteError {
-    move |source| MapWriteError { map, op, source }
-}
-
-/// The writes the agent makes to the load balancer's maps, and the reads it
-/// needs to adopt maps filled by an earlier agent.
-pub trait MapWriter {
-    /// Replaces the single [`Globals`] entry.
-    fn set_globals(&mut self, globals: &Globals) -> Result<(), MapWriteError>;
-    /// Adds an allowed source prefix (host bits clear), of either family.
-    fn allow(&mut self, net: IpNet) -> Result<(), MapWriteError>;
-    /// Removes an allowed source prefix.
-    fn disallow(&mut self, net: IpNet) -> Result<(), MapWriteError>;
-    /// Allows source prefix `net` for VIP `vip_id` (its own list).
-    fn allow_vip(&mut self, vip_id: u32, net: IpNet) -> Result<(), MapWriteError>;
-    /// Removes source prefix `net` from VIP `vip_id`'s own list.
-    fn disallow_vip(&mut self, vip_id: u32, net: IpNet) -> Result<(), MapWriteError>;
-    /// Inserts or replaces a VIP.
-    fn set_vip(&mut self, key: &VipKey, value: &VipValue) -> Result<(), MapWriteError>;
-    /// Removes a VIP.
-    fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapWriteError>;
-    /// Writes VIP id `id`'s entry of [`lb_common::MAP_VIP_FLAGS`].
-    fn set_vip_flags(&mut self, id: u32, flags: u32) -> Result<(), MapWriteError>;
-    /// Every entry of [`lb_common::MAP_VIP_FLAGS`], by VIP id.
-    fn vip_flags(&self) -> Result<Vec<u32>, MapWriteError>;
-    /// Marks an address as carrying `count` VIPs; 0 removes the entry.
-    fn set_vip_addr(&mut self, key: &AddrKey, count: u32) -> Result<(), MapWriteError>;
-    /// Writes word `index` of the VIP-address filter ([`lb_common::MAP_VIP_BLOOM`]).
-    fn set_vip_bloom(&mut self, index: u32, bits: u64) -> Result<(), MapWriteError>;
-    /// Every word of the VIP-address filter, [`lb_common::VIP_BLOOM_WORDS`] of them.
-    fn vip_bloom(&self) -> Result<Vec<u64>, MapWriteError>;
-    /// Writes word `index` of the source filter by /16 of IPv6 (`v6`) or
-    /// IPv4 ([`lb_common::MAP_SRC_ALLOW6_16`], [`lb_common::MAP_SRC_ALLOW4_16`]).
-    fn set_allow16(&mut self, v6: bool, index: u32, bits: u64) -> Result<(), MapWriteError>;
-    /// Every word of the source filter by /16 of IPv6 (`v6`) or IPv4,
-    /// [`lb_common::ALLOW16_WORDS`] of them.
-    fn allow16(&self, v6: bool) -> Result<Vec<u64>, MapWriteError>;
-    /// Writes backend `id`.
-    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapWriteError>;
-    /// Writes `entries` into the Maglev map starting at index `offset`.
-    fn write_table(&mut self, offset: u32, entries: &[u32]) -> Result<(), MapWriteError>;
-
-    /// The [`Globals`] entry.
-    fn globals(&self) -> Result<Globals, MapWriteError>;
-    /// Every allowed source prefix, both families.
-    fn allowed(&self) -> Result<Vec<IpNet>, MapWriteError>;
-    /// Every prefix of every VIP's own list, with its VIP id.
-    fn allowed_vip(&self) -> Result<Vec<(u32, IpNet)>, MapWriteError>;
-    /// Every VIP.
-    fn vips(&self) -> Result<Vec<(VipKey, VipValue)>, MapWriteError>;
-    /// Every VIP address with its VIP count.
-    fn vip_addrs(&self) -> Result<Vec<(AddrKey, u32)>, MapWriteError>;
-    /// Every backend entry, free ones included, by id.
-    fn backends(&self) -> Result<Vec<(u32, Backend)>, MapWriteError>;
-    /// `len` entries of the Maglev map from index `offset`.
-    fn table(&self, offset: u32, len: u32) -> Result<Vec<u32>, MapWriteError>;
-}
-
-/// [`MapWriter`] over the maps of a loaded `xdp_lb` object, or of a pinned one.
+/// [`MapStore`] over the maps of a loaded `xdp_lb` object, or of a pinned one.
 pub struct AyaMaps {
     vips: HashMap<MapData, VipKey, VipValue>,
     vip_addrs: HashMap<MapData, AddrKey, u32>,
@@ -135,11 +62,11 @@ fn net(addr: IpAddr, len: u32) -> Option<IpNet> {
 ///
 /// # Errors
 /// The map is missing or of another type.
-pub fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapWriteError>
+pub fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, MapStoreError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
-    let map = ebpf.take_map(name).ok_or_else(|| MapWriteError {
+    let map = ebpf.take_map(name).ok_or_else(|| MapStoreError {
         map: name,
         op: "take",
         source: MapError::InvalidName {
@@ -153,7 +80,7 @@ where
 ///
 /// # Errors
 /// The pin is missing, or the map is of another type or key/value size.
-pub fn open_pin<T>(dir: &Path, name: &'static str) -> Result<T, MapWriteError>
+pub fn open_pin<T>(dir: &Path, name: &'static str) -> Result<T, MapStoreError>
 where
     T: TryFrom<aya::maps::Map, Error = MapError>,
 {
@@ -167,8 +94,8 @@ impl AyaMaps {
     ///
     /// # Errors
     /// A map is missing or of another type than expected.
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapWriteError> {
-        let maglev = ebpf.take_map(MAP_MAGLEV).ok_or_else(|| MapWriteError {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapStoreError> {
+        let maglev = ebpf.take_map(MAP_MAGLEV).ok_or_else(|| MapStoreError {
             map: MAP_MAGLEV,
             op: "take",
             source: MapError::InvalidName {
@@ -176,7 +103,7 @@ impl AyaMaps {
             },
         })?;
         let aya::maps::Map::Array(maglev) = maglev else {
-            return Err(MapWriteError {
+            return Err(MapStoreError {
                 map: MAP_MAGLEV,
                 op: "take",
                 source: MapError::InvalidMapType { map_type: 0 },
@@ -204,7 +131,7 @@ impl AyaMaps {
     /// # Errors
     /// A pin is missing, or a map is of another type or size than this
     /// agent's (check [`pinned_layout`] first for a clearer message).
-    pub fn from_pins(dir: &Path) -> Result<Self, MapWriteError> {
+    pub fn from_pins(dir: &Path) -> Result<Self, MapStoreError> {
         let maglev =
             MapData::from_pin(dir.join(MAP_MAGLEV)).map_err(wrap(MAP_MAGLEV, "open pin"))?;
         Ok(Self {
@@ -238,7 +165,7 @@ impl AyaMaps {
 ///
 /// # Errors
 /// The globals pin is missing or unreadable.
-pub fn pinned_layout(dir: &Path) -> Result<Option<u32>, MapWriteError> {
+pub fn pinned_layout(dir: &Path) -> Result<Option<u32>, MapStoreError> {
     let data = MapData::from_pin(dir.join(MAP_GLOBALS)).map_err(wrap(MAP_GLOBALS, "open pin"))?;
     let info = data.info().map_err(wrap(MAP_GLOBALS, "inspect"))?;
     if info.value_size() as usize != size_of::<Globals>() {
@@ -250,14 +177,14 @@ pub fn pinned_layout(dir: &Path) -> Result<Option<u32>, MapWriteError> {
     Ok(Some(g.layout_version))
 }
 
-impl MapWriter for AyaMaps {
-    fn set_globals(&mut self, globals: &Globals) -> Result<(), MapWriteError> {
+impl MapStore for AyaMaps {
+    fn set_globals(&mut self, globals: &Globals) -> Result<(), MapStoreError> {
         self.globals
             .set(0, globals, 0)
             .map_err(wrap(MAP_GLOBALS, "set"))
     }
 
-    fn allow(&mut self, net: IpNet) -> Result<(), MapWriteError> {
+    fn allow(&mut self, net: IpNet) -> Result<(), MapStoreError> {
         match net {
             IpNet::V4(n) => self
                 .allow_v4
@@ -278,7 +205,7 @@ impl MapWriter for AyaMaps {
         }
     }
 
-    fn disallow(&mut self, net: IpNet) -> Result<(), MapWriteError> {
+    fn disallow(&mut self, net: IpNet) -> Result<(), MapStoreError> {
         match net {
             IpNet::V4(n) => self
                 .allow_v4
@@ -291,7 +218,7 @@ impl MapWriter for AyaMaps {
         }
     }
 
-    fn allow_vip(&mut self, vip_id: u32, net: IpNet) -> Result<(), MapWriteError> {
+    fn allow_vip(&mut self, vip_id: u32, net: IpNet) -> Result<(), MapStoreError> {
         match net {
             IpNet::V4(n) => self
                 .allow_vip_v4
@@ -304,7 +231,7 @@ impl MapWriter for AyaMaps {
         }
     }
 
-    fn disallow_vip(&mut self, vip_id: u32, net: IpNet) -> Result<(), MapWriteError> {
+    fn disallow_vip(&mut self, vip_id: u32, net: IpNet) -> Result<(), MapStoreError> {
         match net {
             IpNet::V4(n) => self
                 .allow_vip_v4
@@ -317,7 +244,7 @@ impl MapWriter for AyaMaps {
         }
     }
 
-    fn allowed(&self) -> Result<Vec<IpNet>, MapWriteError> {
+    fn allowed(&self) -> Result<Vec<IpNet>, MapStoreError> {
         let mut out = Vec::new();
         for k in self.allow_v4.keys() {
             let k = k.map_err(wrap(MAP_SRC_ALLOW_V4, "iterate"))?;
@@ -330,7 +257,7 @@ impl MapWriter for AyaMaps {
         Ok(out)
     }
 
-    fn allowed_vip(&self) -> Result<Vec<(u32, IpNet)>, MapWriteError> {
+    fn allowed_vip(&self) -> Result<Vec<(u32, IpNet)>, MapStoreError> {
         let mut out = Vec::new();
         for k in self.allow_vip_v4.keys() {
             let k = k.map_err(wrap(MAP_SRC_ALLOW_VIP4, "iterate"))?;
@@ -351,30 +278,30 @@ impl MapWriter for AyaMaps {
         Ok(out)
     }
 
-    fn set_vip(&mut self, key: &VipKey, value: &VipValue) -> Result<(), MapWriteError> {
+    fn set_vip(&mut self, key: &VipKey, value: &VipValue) -> Result<(), MapStoreError> {
         self.vips
             .insert(key, value, 0)
             .map_err(wrap(MAP_VIPS, "insert"))
     }
 
-    fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapWriteError> {
+    fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapStoreError> {
         self.vips.remove(key).map_err(wrap(MAP_VIPS, "remove"))
     }
 
-    fn set_vip_flags(&mut self, id: u32, flags: u32) -> Result<(), MapWriteError> {
+    fn set_vip_flags(&mut self, id: u32, flags: u32) -> Result<(), MapStoreError> {
         self.vip_flags
             .set(id, flags, 0)
             .map_err(wrap(MAP_VIP_FLAGS, "set"))
     }
 
-    fn vip_flags(&self) -> Result<Vec<u32>, MapWriteError> {
+    fn vip_flags(&self) -> Result<Vec<u32>, MapStoreError> {
         self.vip_flags
             .iter()
             .map(|r| r.map_err(wrap(MAP_VIP_FLAGS, "read")))
             .collect()
     }
 
-    fn set_vip_addr(&mut self, key: &AddrKey, count: u32) -> Result<(), MapWriteError> {
+    fn set_vip_addr(&mut self, key: &AddrKey, count: u32) -> Result<(), MapStoreError> {
         if count == 0 {
             return self
                 .vip_addrs
@@ -386,20 +313,20 @@ impl MapWriter for AyaMaps {
             .map_err(wrap(MAP_VIP_ADDRS, "insert"))
     }
 
-    fn set_vip_bloom(&mut self, index: u32, bits: u64) -> Result<(), MapWriteError> {
+    fn set_vip_bloom(&mut self, index: u32, bits: u64) -> Result<(), MapStoreError> {
         self.vip_bloom
             .set(index, bits, 0)
             .map_err(wrap(MAP_VIP_BLOOM, "set"))
     }
 
-    fn vip_bloom(&self) -> Result<Vec<u64>, MapWriteError> {
+    fn vip_bloom(&self) -> Result<Vec<u64>, MapStoreError> {
         self.vip_bloom
             .iter()
             .map(|r| r.map_err(wrap(MAP_VIP_BLOOM, "read")))
             .collect()
     }
 
-    fn set_allow16(&mut self, v6: bool, index: u32, bits: u64) -> Result<(), MapWriteError> {
+    fn set_allow16(&mut self, v6: bool, index: u32, bits: u64) -> Result<(), MapStoreError> {
         let (map, name) = if v6 {
             (&mut self.allow16_v6, MAP_SRC_ALLOW6_16)
         } else {
@@ -408,7 +335,7 @@ impl MapWriter for AyaMaps {
         map.set(index, bits, 0).map_err(wrap(name, "set"))
     }
 
-    fn allow16(&self, v6: bool) -> Result<Vec<u64>, MapWriteError> {
+    fn allow16(&self, v6: bool) -> Result<Vec<u64>, MapStoreError> {
         let (map, name) = if v6 {
             (&self.allow16_v6, MAP_SRC_ALLOW6_16)
         } else {
@@ -417,35 +344,35 @@ impl MapWriter for AyaMaps {
         map.iter().map(|r| r.map_err(wrap(name, "read"))).collect()
     }
 
-    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapWriteError> {
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapStoreError> {
         self.backends
             .set(id, backend, 0)
             .map_err(wrap(MAP_BACKENDS, "set"))
     }
 
-    fn write_table(&mut self, offset: u32, entries: &[u32]) -> Result<(), MapWriteError> {
+    fn write_table(&mut self, offset: u32, entries: &[u32]) -> Result<(), MapStoreError> {
         self.maglev.write(offset, entries)
     }
 
-    fn globals(&self) -> Result<Globals, MapWriteError> {
+    fn globals(&self) -> Result<Globals, MapStoreError> {
         self.globals.get(&0, 0).map_err(wrap(MAP_GLOBALS, "get"))
     }
 
-    fn vips(&self) -> Result<Vec<(VipKey, VipValue)>, MapWriteError> {
+    fn vips(&self) -> Result<Vec<(VipKey, VipValue)>, MapStoreError> {
         self.vips
             .iter()
             .map(|r| r.map_err(wrap(MAP_VIPS, "iterate")))
             .collect()
     }
 
-    fn vip_addrs(&self) -> Result<Vec<(AddrKey, u32)>, MapWriteError> {
+    fn vip_addrs(&self) -> Result<Vec<(AddrKey, u32)>, MapStoreError> {
         self.vip_addrs
             .iter()
             .map(|r| r.map_err(wrap(MAP_VIP_ADDRS, "iterate")))
             .collect()
     }
 
-    fn backends(&self) -> Result<Vec<(u32, Backend)>, MapWriteError> {
+    fn backends(&self) -> Result<Vec<(u32, Backend)>, MapStoreError> {
         self.backends
             .iter()
             .enumerate()
@@ -456,7 +383,7 @@ impl MapWriter for AyaMaps {
             .collect()
     }
 
-    fn table(&self, offset: u32, len: u32) -> Result<Vec<u32>, MapWriteError> {
+    fn table(&self, offset: u32, len: u32) -> Result<Vec<u32>, MapStoreError> {
         self.maglev.read(offset, len)
     }
 }

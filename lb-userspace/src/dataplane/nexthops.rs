@@ -6,6 +6,7 @@
 //! every [`REFRESH`] in case a notification was lost. An entry that cannot
 //! be resolved is emptied, and `xdp_lb` falls back to the FIB lookup.
 
+pub use crate::balancer::NextHopTarget;
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
@@ -30,17 +31,6 @@ pub const SETTLE: Duration = Duration::from_millis(20);
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest time between two resolutions of every backend.
 pub const REFRESH: Duration = Duration::from_secs(10);
-
-/// A backend entry whose next hop is kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NextHopTarget {
-    /// Backend id (index of `LB_BACKENDS` and `LB_NEXTHOPS`).
-    pub id: u32,
-    /// Generation of the backend entry; the written next hop carries it.
-    pub generation: u32,
-    /// The backend's address.
-    pub address: IpAddr,
-}
 
 /// What one [`NextHopWriter::apply`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -7,10 +7,8 @@ use aya::{
 };
 use lb_common::{MAP_CONNS, MAP_MAGLEV};
 
-use crate::{
-    agent::AgentError,
-    config::{Config, XdpModeConfig},
-};
+use super::error::DataplaneError;
+use crate::config::{Config, XdpModeConfig};
 
 /// The embedded object, aligned as aya needs.
 pub fn object() -> &'static [u8] {
@@ -75,33 +73,33 @@ pub fn xdp_mode(mode: XdpModeConfig) -> XdpMode {
 /// Loads and attaches program `name` of `ebpf` to `iface`; returns the link.
 ///
 /// # Errors
-/// [`AgentError::Program`] when the verifier or the attach refuses it.
+/// [`DataplaneError::Program`] when the verifier or the attach refuses it.
 pub fn attach(
     ebpf: &mut Ebpf,
     name: &'static str,
     iface: &str,
     mode: XdpMode,
-) -> Result<XdpLink, AgentError> {
+) -> Result<XdpLink, DataplaneError> {
     let program: &mut Xdp = ebpf
         .program_mut(name)
-        .ok_or(AgentError::Program {
+        .ok_or(DataplaneError::Program {
             op: "find",
             program: name,
             source: aya::programs::ProgramError::NotLoaded,
         })?
         .try_into()
-        .map_err(|source| AgentError::Program {
+        .map_err(|source| DataplaneError::Program {
             op: "find",
             program: name,
             source,
         })?;
-    load_program(program).map_err(|source| AgentError::Program {
+    load_program(program).map_err(|source| DataplaneError::Program {
         op: "load",
         program: name,
         source,
     })?;
     let err = |op| {
-        move |source| AgentError::Program {
+        move |source| DataplaneError::Program {
             op,
             program: name,
             source,

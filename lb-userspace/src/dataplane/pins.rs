@@ -15,7 +15,7 @@ use lb_common::{
 };
 use log::warn;
 
-use crate::agent::{AgentError, io_err};
+use super::error::{DataplaneError, io_err};
 
 /// Root of the agent's pins: `PIN_ROOT/<interface>/<map name>` in the
 /// host's network namespace, `PIN_ROOT/netns-<inode>/<interface>/...` in
@@ -109,10 +109,10 @@ pub fn lock_path_in(netns: Option<&str>, iface: &str) -> PathBuf {
 pub const LINK_PIN: &str = "link";
 
 /// Pins every map of `ebpf` under `dir` (created empty).
-pub fn pin_maps(ebpf: &Ebpf, dir: &Path) -> Result<(), AgentError> {
+pub fn pin_maps(ebpf: &Ebpf, dir: &Path) -> Result<(), DataplaneError> {
     std::fs::create_dir_all(dir).map_err(io_err("create", dir.display().to_string()))?;
     for (name, map) in ebpf.maps() {
-        map.pin(dir.join(name)).map_err(|e| AgentError::Io {
+        map.pin(dir.join(name)).map_err(|e| DataplaneError::Io {
             op: "pin map in",
             path: dir.join(name).display().to_string(),
             source: std::io::Error::other(e.to_string()),
@@ -151,8 +151,8 @@ impl InstanceLock {
     /// Takes the lock of `iface` in this namespace.
     ///
     /// # Errors
-    /// [`AgentError::Running`] when another agent holds it.
-    pub fn take(iface: &str) -> Result<Self, AgentError> {
+    /// [`DataplaneError::Running`] when another agent holds it.
+    pub fn take(iface: &str) -> Result<Self, DataplaneError> {
         let path = lock_path_in(netns_key().as_deref(), iface);
         let dir = path.parent().unwrap_or(Path::new(LOCK_ROOT));
         std::fs::create_dir_all(dir).map_err(io_err("create", dir.display().to_string()))?;
@@ -165,7 +165,7 @@ impl InstanceLock {
         // SAFETY: flock on a file descriptor we own.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
-            return Err(AgentError::Running {
+            return Err(DataplaneError::Running {
                 iface: iface.to_string(),
                 lock: path.display().to_string(),
             });

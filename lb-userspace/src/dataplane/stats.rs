@@ -11,7 +11,8 @@ use lb_common::{
     Outcome, stat_index,
 };
 
-use super::maps::{MapWriteError, open_pin, take};
+use super::maps::{open_pin, take};
+use crate::balancer::MapStoreError;
 
 /// Reads the per-CPU counters of a loaded (or pinned) data plane, summed over CPUs.
 pub struct StatsReader {
@@ -49,7 +50,7 @@ impl StatsReader {
     ///
     /// # Errors
     /// A map is missing or of another type.
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapWriteError> {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapStoreError> {
         Ok(Self {
             outcomes: take(ebpf, MAP_STATS)?,
             vips: take(ebpf, MAP_VIP_STATS)?,
@@ -62,7 +63,7 @@ impl StatsReader {
     ///
     /// # Errors
     /// A pin is missing or not a map of the expected type.
-    pub fn from_pins(dir: &Path) -> Result<Self, MapWriteError> {
+    pub fn from_pins(dir: &Path) -> Result<Self, MapStoreError> {
         Ok(Self {
             outcomes: open_pin(dir, MAP_STATS)?,
             vips: open_pin(dir, MAP_VIP_STATS)?,

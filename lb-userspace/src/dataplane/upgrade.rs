@@ -23,10 +23,8 @@ use aya::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    agent::AgentError,
-    dataplane::{object, pins::LINK_PIN},
-};
+use super::error::DataplaneError;
+use crate::dataplane::{object, pins::LINK_PIN};
 
 /// Name of the balancer's program in the object.
 pub const PROGRAM: &str = "xdp_lb";
@@ -62,17 +60,17 @@ impl Upgrade {
     }
 }
 
-fn program_err(op: &'static str) -> impl FnOnce(ProgramError) -> AgentError {
-    move |source| AgentError::Program {
+fn program_err(op: &'static str) -> impl FnOnce(ProgramError) -> DataplaneError {
+    move |source| DataplaneError::Program {
         op,
         program: PROGRAM,
         source,
     }
 }
 
-fn link_err(op: &'static str, path: &Path) -> impl FnOnce(String) -> AgentError {
+fn link_err(op: &'static str, path: &Path) -> impl FnOnce(String) -> DataplaneError {
     let path = path.display().to_string();
-    move |e| AgentError::Io {
+    move |e| DataplaneError::Io {
         op,
         path,
         source: std::io::Error::other(e),
@@ -83,7 +81,7 @@ fn link_err(op: &'static str, path: &Path) -> impl FnOnce(String) -> AgentError 
 ///
 /// # Errors
 /// The kernel does not answer `BPF_OBJ_GET_INFO_BY_FD`.
-pub fn program_id(program: &Xdp) -> Result<ProgramId, AgentError> {
+pub fn program_id(program: &Xdp) -> Result<ProgramId, DataplaneError> {
     let info = program.info().map_err(program_err("inspect"))?;
     Ok(ProgramId {
         id: info.id(),
@@ -95,10 +93,10 @@ pub fn program_id(program: &Xdp) -> Result<ProgramId, AgentError> {
 ///
 /// # Errors
 /// The program is not in the object or not loaded.
-pub fn loaded_program(ebpf: &aya::Ebpf) -> Result<ProgramId, AgentError> {
+pub fn loaded_program(ebpf: &aya::Ebpf) -> Result<ProgramId, DataplaneError> {
     let program: &Xdp = ebpf
         .program(PROGRAM)
-        .ok_or(AgentError::Program {
+        .ok_or(DataplaneError::Program {
             op: "find",
             program: PROGRAM,
             source: ProgramError::NotLoaded,
@@ -113,7 +111,7 @@ pub fn loaded_program(ebpf: &aya::Ebpf) -> Result<ProgramId, AgentError> {
 /// # Errors
 /// The pin cannot be opened, or the kernel does not describe the link or
 /// its program.
-pub fn linked_program(pin: &Path) -> Result<ProgramId, AgentError> {
+pub fn linked_program(pin: &Path) -> Result<ProgramId, DataplaneError> {
     let link: FdLink = PinnedLink::from_pin(pin)
         .map_err(|e| e.to_string())
         .map_err(link_err("open pinned link", pin))?
@@ -121,7 +119,7 @@ pub fn linked_program(pin: &Path) -> Result<ProgramId, AgentError> {
     program_of_link(&link, pin)
 }
 
-fn program_of_link(link: &FdLink, pin: &Path) -> Result<ProgramId, AgentError> {
+fn program_of_link(link: &FdLink, pin: &Path) -> Result<ProgramId, DataplaneError> {
     let id = link
         .info()
         .map_err(|e| e.to_string())
@@ -143,7 +141,7 @@ fn program_of_link(link: &FdLink, pin: &Path) -> Result<ProgramId, AgentError> {
 /// # Errors
 /// Loading (the verifier), inspecting or updating fails; the link then
 /// keeps its program.
-pub fn upgrade(dir: &Path) -> Result<Upgrade, AgentError> {
+pub fn upgrade(dir: &Path) -> Result<Upgrade, DataplaneError> {
     let pin = dir.join(LINK_PIN);
     let link: FdLink = PinnedLink::from_pin(&pin)
         .map_err(|e| e.to_string())
@@ -163,7 +161,7 @@ pub fn upgrade(dir: &Path) -> Result<Upgrade, AgentError> {
     let mut ebpf = loader.load(object::object())?;
     let program: &mut Xdp = ebpf
         .program_mut(PROGRAM)
-        .ok_or(AgentError::Program {
+        .ok_or(DataplaneError::Program {
             op: "find",
             program: PROGRAM,
             source: ProgramError::NotLoaded,

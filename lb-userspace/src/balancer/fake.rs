@@ -1,4 +1,4 @@
-//! An in-memory [`MapWriter`] for unit tests (compiled for tests only).
+//! An in-memory [`MapStore`] for unit tests (compiled for tests only).
 
 use std::collections::HashMap as StdHashMap;
 
@@ -6,9 +6,9 @@ use ipnet::IpNet;
 
 use lb_common::{AddrKey, Backend, Globals, VipKey, VipValue};
 
-use super::maps::{MapWriteError, MapWriter};
+use super::store::{MapStore, MapStoreError};
 
-/// In-memory [`MapWriter`] for tests: what the maps would hold, and how
+/// In-memory [`MapStore`] for tests: what the maps would hold, and how
 /// many writes were made.
 #[derive(Debug, Default, Clone)]
 pub struct FakeMaps {
@@ -36,55 +36,55 @@ pub struct FakeMaps {
     pub writes: usize,
 }
 
-impl MapWriter for FakeMaps {
-    fn allow(&mut self, net: IpNet) -> Result<(), MapWriteError> {
+impl MapStore for FakeMaps {
+    fn allow(&mut self, net: IpNet) -> Result<(), MapStoreError> {
         self.writes += 1;
         self.allow.push(net);
         Ok(())
     }
 
-    fn disallow(&mut self, net: IpNet) -> Result<(), MapWriteError> {
+    fn disallow(&mut self, net: IpNet) -> Result<(), MapStoreError> {
         self.writes += 1;
         self.allow.retain(|&n| n != net);
         Ok(())
     }
 
-    fn allow_vip(&mut self, vip_id: u32, net: IpNet) -> Result<(), MapWriteError> {
+    fn allow_vip(&mut self, vip_id: u32, net: IpNet) -> Result<(), MapStoreError> {
         self.writes += 1;
         self.allow_vip.push((vip_id, net));
         Ok(())
     }
 
-    fn disallow_vip(&mut self, vip_id: u32, net: IpNet) -> Result<(), MapWriteError> {
+    fn disallow_vip(&mut self, vip_id: u32, net: IpNet) -> Result<(), MapStoreError> {
         self.writes += 1;
         self.allow_vip.retain(|&p| p != (vip_id, net));
         Ok(())
     }
 
-    fn allowed(&self) -> Result<Vec<IpNet>, MapWriteError> {
+    fn allowed(&self) -> Result<Vec<IpNet>, MapStoreError> {
         Ok(self.allow.clone())
     }
 
-    fn allowed_vip(&self) -> Result<Vec<(u32, IpNet)>, MapWriteError> {
+    fn allowed_vip(&self) -> Result<Vec<(u32, IpNet)>, MapStoreError> {
         Ok(self.allow_vip.clone())
     }
 
-    fn set_globals(&mut self, globals: &Globals) -> Result<(), MapWriteError> {
+    fn set_globals(&mut self, globals: &Globals) -> Result<(), MapStoreError> {
         self.writes += 1;
         self.globals = *globals;
         Ok(())
     }
-    fn set_vip(&mut self, key: &VipKey, value: &VipValue) -> Result<(), MapWriteError> {
+    fn set_vip(&mut self, key: &VipKey, value: &VipValue) -> Result<(), MapStoreError> {
         self.writes += 1;
         self.vips.insert(*key, *value);
         Ok(())
     }
-    fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapWriteError> {
+    fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapStoreError> {
         self.writes += 1;
         self.vips.remove(key);
         Ok(())
     }
-    fn set_vip_addr(&mut self, key: &AddrKey, count: u32) -> Result<(), MapWriteError> {
+    fn set_vip_addr(&mut self, key: &AddrKey, count: u32) -> Result<(), MapStoreError> {
         self.writes += 1;
         if count == 0 {
             self.vip_addrs.remove(key);
@@ -93,7 +93,7 @@ impl MapWriter for FakeMaps {
         }
         Ok(())
     }
-    fn set_vip_bloom(&mut self, index: u32, bits: u64) -> Result<(), MapWriteError> {
+    fn set_vip_bloom(&mut self, index: u32, bits: u64) -> Result<(), MapStoreError> {
         self.writes += 1;
         if bits == 0 {
             self.vip_bloom.remove(&index);
@@ -102,12 +102,12 @@ impl MapWriter for FakeMaps {
         }
         Ok(())
     }
-    fn vip_bloom(&self) -> Result<Vec<u64>, MapWriteError> {
+    fn vip_bloom(&self) -> Result<Vec<u64>, MapStoreError> {
         Ok((0..lb_common::VIP_BLOOM_WORDS)
             .map(|i| self.vip_bloom.get(&i).copied().unwrap_or(0))
             .collect())
     }
-    fn set_vip_flags(&mut self, id: u32, flags: u32) -> Result<(), MapWriteError> {
+    fn set_vip_flags(&mut self, id: u32, flags: u32) -> Result<(), MapStoreError> {
         self.writes += 1;
         if flags == 0 {
             self.vip_flags.remove(&id);
@@ -116,12 +116,12 @@ impl MapWriter for FakeMaps {
         }
         Ok(())
     }
-    fn vip_flags(&self) -> Result<Vec<u32>, MapWriteError> {
+    fn vip_flags(&self) -> Result<Vec<u32>, MapStoreError> {
         Ok((0..lb_common::MAX_VIPS)
             .map(|i| self.vip_flags.get(&i).copied().unwrap_or(0))
             .collect())
     }
-    fn set_allow16(&mut self, v6: bool, index: u32, bits: u64) -> Result<(), MapWriteError> {
+    fn set_allow16(&mut self, v6: bool, index: u32, bits: u64) -> Result<(), MapStoreError> {
         self.writes += 1;
         if bits == 0 {
             self.allow16.remove(&(v6, index));
@@ -130,38 +130,38 @@ impl MapWriter for FakeMaps {
         }
         Ok(())
     }
-    fn allow16(&self, v6: bool) -> Result<Vec<u64>, MapWriteError> {
+    fn allow16(&self, v6: bool) -> Result<Vec<u64>, MapStoreError> {
         Ok((0..lb_common::ALLOW16_WORDS)
             .map(|i| self.allow16.get(&(v6, i)).copied().unwrap_or(0))
             .collect())
     }
-    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapWriteError> {
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapStoreError> {
         self.writes += 1;
         self.backends.insert(id, *backend);
         Ok(())
     }
-    fn write_table(&mut self, offset: u32, entries: &[u32]) -> Result<(), MapWriteError> {
+    fn write_table(&mut self, offset: u32, entries: &[u32]) -> Result<(), MapStoreError> {
         self.writes += 1;
         for (i, id) in entries.iter().enumerate() {
             self.maglev.insert(offset + i as u32, *id);
         }
         Ok(())
     }
-    fn globals(&self) -> Result<Globals, MapWriteError> {
+    fn globals(&self) -> Result<Globals, MapStoreError> {
         Ok(self.globals)
     }
-    fn vips(&self) -> Result<Vec<(VipKey, VipValue)>, MapWriteError> {
+    fn vips(&self) -> Result<Vec<(VipKey, VipValue)>, MapStoreError> {
         Ok(self.vips.iter().map(|(k, v)| (*k, *v)).collect())
     }
-    fn vip_addrs(&self) -> Result<Vec<(AddrKey, u32)>, MapWriteError> {
+    fn vip_addrs(&self) -> Result<Vec<(AddrKey, u32)>, MapStoreError> {
         Ok(self.vip_addrs.iter().map(|(k, v)| (*k, *v)).collect())
     }
-    fn backends(&self) -> Result<Vec<(u32, Backend)>, MapWriteError> {
+    fn backends(&self) -> Result<Vec<(u32, Backend)>, MapStoreError> {
         Ok((0..lb_common::MAX_BACKENDS)
             .map(|id| (id, self.backends.get(&id).copied().unwrap_or_default()))
             .collect())
     }
-    fn table(&self, offset: u32, len: u32) -> Result<Vec<u32>, MapWriteError> {
+    fn table(&self, offset: u32, len: u32) -> Result<Vec<u32>, MapStoreError> {
         Ok((offset..offset + len)
             .map(|i| self.maglev.get(&i).copied().unwrap_or(0))
             .collect())
