@@ -49,6 +49,7 @@ use lb_tests::{netns::Netns, xdp::xdp_md};
 use lb_userspace::dataplane::{object, stats::StatsReader};
 
 use crate::{
+    host::set_affinity,
     lab::{CLIENT_ADDR, CLIENT_MAC, LB_MAC, Lab, UDP_PORT, VIP},
     report::Report,
 };
@@ -226,16 +227,6 @@ impl Generator {
             .map_err(|_| anyhow::anyhow!("the generator thread panicked"))?
         })
     }
-}
-
-/// Pins thread or process `pid` (0: the calling thread) to `cpu`
-/// ([`lb_tests::pin_to_cpu`]).
-///
-/// # Errors
-/// `sched_setaffinity` fails (no such CPU, no such task).
-pub fn set_affinity(pid: i32, cpu: usize) -> anyhow::Result<()> {
-    lb_tests::pin_to_cpu(pid, cpu)
-        .map_err(|e| anyhow::anyhow!("sched_setaffinity(pid {pid}, cpu {cpu}): {e}"))
 }
 
 /// Real-time priority (SCHED_FIFO 50) for thread `pid` (0: the calling
@@ -529,14 +520,14 @@ pub fn bench(
         cpus > RX_CPU,
         "the veth rows need CPUs {GEN_CPU} and {RX_CPU}; {cpus} available"
     );
-    crate::net::ensure_programs(&[("ethtool", "ethtool")])?;
+    crate::host::ensure_programs(&[("ethtool", "ethtool")])?;
     lab.stop_peer_pass();
     let mut generator = Generator::load()?;
 
     // 1. xdp_lb, attached by the agent; UDP to the VIP, XDP_TX back to p.
     // Its rate: the forwarded (XDP_TX) counter of its pinned stats.
     let read_lb = || {
-        let (runs, run_time) = crate::net::prog_stats(lb_prog)?;
+        let (runs, run_time) = crate::host::prog_stats(lb_prog)?;
         Ok(Seen {
             runs,
             run_time,
@@ -574,7 +565,7 @@ pub fn bench(
         let id = prog.info()?.id();
         // Its rate: BPF stats' run count.
         let read = || {
-            let (runs, run_time) = crate::net::prog_stats(id)?;
+            let (runs, run_time) = crate::host::prog_stats(id)?;
             Ok(Seen {
                 runs,
                 run_time,

@@ -10,6 +10,7 @@
 //!    live-frames generator ([`livegen`]).
 
 mod apply;
+mod host;
 mod lab;
 mod livegen;
 mod net;

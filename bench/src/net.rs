@@ -5,15 +5,14 @@
 
 use std::{
     path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
-use aya::programs::loaded_programs;
+use anyhow::Context as _;
 use lb_userspace::dataplane::stats::StatsReader;
 
 use crate::{
+    host::{ensure_programs, prog_stats},
     lab::{BACKENDS, HAPROXY_PORT, LB_ADDR, Lab, VIP},
     livegen,
     report::Report,
@@ -29,49 +28,6 @@ pub struct Durations {
     pub wrk: Duration,
     /// wrk connections.
     pub connections: u32,
-}
-
-/// (run count, run time) of program `id`; needs BPF stats enabled.
-///
-/// # Errors
-/// No loaded program has that id.
-pub fn prog_stats(id: u32) -> anyhow::Result<(u64, Duration)> {
-    for info in loaded_programs() {
-        let info = info?;
-        if info.id() == id {
-            return Ok((info.run_count(), info.run_time()));
-        }
-    }
-    bail!("no program with id {id}")
-}
-
-/// Installs the Debian packages of `programs` that are missing.
-///
-/// # Errors
-/// apt-get fails.
-pub fn ensure_programs(programs: &[(&str, &str)]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = programs
-        .iter()
-        .filter(|(p, _)| {
-            !Command::new("sh")
-                .args(["-c", &format!("command -v {p}")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .map(|(_, pkg)| *pkg)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    println!("installing {missing:?} from the distribution's packages (the bench uses them)");
-    crate::lab::output(Command::new("apt-get").args(["update", "-q"]))?;
-    crate::lab::output(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
-    Ok(())
 }
 
 /// What a wrk run cost on the LB side.

@@ -428,7 +428,7 @@ pub fn bench(prefix: &str, plan: Plan, report: &mut Report) -> anyhow::Result<()
     let prefix = prefix.to_string();
     let cpu = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) - 1;
     let rows = std::thread::spawn(move || -> anyhow::Result<Vec<Row>> {
-        crate::livegen::set_affinity(0, cpu)?;
+        crate::host::set_affinity(0, cpu)?;
         run_cases(&prefix, plan)
     })
     .join()

@@ -9,6 +9,7 @@
 
 mod decap;
 mod encap;
+mod icmp;
 mod lb;
 mod maps;
 mod nexthop;

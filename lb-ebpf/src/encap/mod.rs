@@ -1,27 +1,15 @@
 //! Outer headers toward a backend: IP-in-IP and GUE over IPv4 or IPv6
-//! ([`outer`]), their checksums ([`csum`]), the answers when a packet would
-//! not fit (ICMP [`too_big`], ICMPv6 [`ptb`]), and the Ethernet addresses
-//! of the frame sent.
+//! ([`outer`]), their checksums ([`csum`]), and the Ethernet headers of
+//! the frame sent.
 
-use aya_ebpf::{
-    helpers::{
-        bpf_ktime_get_ns,
-        generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
-    },
-    programs::XdpContext,
-};
-use lb_common::{Outcome, rules::take_token};
+use aya_ebpf::programs::XdpContext;
+use lb_common::Outcome;
 use network_types::{eth::EthHdr, vlan::VlanHdr};
 
-use crate::{
-    maps::LB_ICMP_BUCKET,
-    parse::{ptr_at, ptr_at_fresh},
-};
+use crate::parse::{ptr_at, ptr_at_fresh};
 
 pub mod csum;
 pub mod outer;
-pub mod ptb;
-pub mod too_big;
 
 pub use outer::{Outer, push};
 
@@ -35,60 +23,6 @@ pub fn set_macs(ctx: &XdpContext, src: [u8; 6], dst: [u8; 6]) -> Result<(), Outc
         (*eth).dst_addr = dst;
     }
     Ok(())
-}
-
-/// Takes a token from this CPU's bucket of "too big" answers (`per_second`
-/// is `icmp.too_big_per_cpu`, [`take_token`]); `Err(TooBigSuppressed)`
-/// when it is empty.
-#[inline(always)]
-pub fn too_big_token(per_second: u32) -> Result<(), Outcome> {
-    let bucket = LB_ICMP_BUCKET
-        .get_ptr_mut(0)
-        .ok_or(Outcome::TooBigSuppressed)?;
-    // SAFETY: the per-CPU value has no other writer on this CPU while we run.
-    let bucket = unsafe { &mut *bucket };
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if take_token(bucket, now, per_second) {
-        Ok(())
-    } else {
-        Err(Outcome::TooBigSuppressed)
-    }
-}
-
-/// Makes the frame room for an answer to its sender, in place: `pushed`
-/// bytes in front of the IP header at `l3` (so the offending packet starts
-/// at `l3 + pushed`, where the quote goes), the frame cut to
-/// `l3 + pushed + quote_len` bytes, and the Ethernet header (and 802.1Q
-/// tag) written back in front with the MACs swapped. `Err(DropMalformed)`
-/// when the L2 headers cannot be read, `Err(DropEncap)` when the frame
-/// cannot grow or is shorter than the quote. Every packet pointer taken
-/// before is invalid after: copy what the answer needs first.
-#[inline(always)]
-pub fn reply_room(
-    ctx: &XdpContext,
-    l3: usize,
-    pushed: usize,
-    quote_len: usize,
-) -> Result<(), Outcome> {
-    let (eth, vlan) = l2_headers(ctx, l3)?;
-    // SAFETY: plain helper calls on our context; every packet pointer is
-    // taken again below.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(pushed as i32)) } != 0 {
-        return Err(Outcome::DropEncap);
-    }
-    let len = ctx.data_end() - ctx.data();
-    let want = l3 + pushed + quote_len;
-    // SAFETY: the context's own frame; the helper checks the new length.
-    if len < want || unsafe { bpf_xdp_adjust_tail(ctx.ctx, want as i32 - len as i32) } != 0 {
-        return Err(Outcome::DropEncap);
-    }
-    let swapped = EthHdr {
-        dst_addr: eth.src_addr,
-        src_addr: eth.dst_addr,
-        ether_type: eth.ether_type,
-    };
-    write_l2_headers(ctx, swapped, vlan)
 }
 
 /// The frame's L2 headers, copied out before the frame moves: Ethernet,

@@ -50,8 +50,6 @@ use lb_common::{
 };
 
 pub mod filter;
-pub mod icmp;
-pub mod icmp6;
 pub mod select;
 mod step;
 mod v4;
@@ -65,6 +63,7 @@ use select::{
 use self::step::Step;
 use crate::{
     encap::{self, Outer},
+    icmp,
     maps::{LB_BE_STATS, LB_GLOBALS, LB_VIP_DROPS, LB_VIP_FLAGS, LB_VIP_STATS, count},
     nexthop::{self, Route},
     parse::{L3, l3_offset},
@@ -542,8 +541,8 @@ fn too_big(ctx: &XdpContext, inner: &Inner, mtu: u16, per_second: u32) -> Outcom
     match inner.family {
         L3::V4 if !inner.df => Outcome::DropTooBigNoDf,
         L3::V4 if inner.options => Outcome::DropEncap,
-        L3::V4 => encap::too_big::reply(ctx, inner.l3, mtu, per_second),
-        L3::V6 => encap::ptb::reply(ctx, inner.l3, u32::from(mtu), per_second),
+        L3::V4 => icmp::too_big_v4::reply(ctx, inner.l3, mtu, per_second),
+        L3::V6 => icmp::too_big_v6::reply(ctx, inner.l3, u32::from(mtu), per_second),
     }
 }
 

@@ -8,11 +8,10 @@ use network_types::ip::Ipv4Hdr;
 use super::{
     Choice, Inner, Packet,
     filter::{screen, source_allowed_v4},
-    icmp,
-    icmp::Icmp,
     step::Step,
 };
 use crate::{
+    icmp::{self, Icmp},
     maps::is_vip_address,
     parse::{L3, flow_ports_at, ipv4_at, is_fragment},
 };
@@ -92,11 +91,11 @@ fn vip_address(
     }
     let l4 = l3 + ip_len;
     let (flow, icmp_error, syn) = if proto == PROTO_ICMP {
-        match icmp::classify(ctx, l4)? {
-            Icmp::EchoRequest => return icmp::echo_reply(ctx, l3, ip_len).map(Step::verdict),
+        match icmp::v4::classify(ctx, l4)? {
+            Icmp::EchoRequest => return icmp::v4::echo_reply(ctx, l3, ip_len).map(Step::verdict),
             Icmp::Other => return Ok(Step::verdict(Outcome::Passed)),
             Icmp::Error => {
-                let q = icmp::quoted_flow(ctx, l4, dst)?;
+                let q = icmp::v4::quoted_flow(ctx, l4, dst)?;
                 let flow = FlowKey::v4(q.client, dst, q.client_port, q.vip_port, q.proto);
                 (flow, true, false)
             }

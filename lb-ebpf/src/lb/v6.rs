@@ -8,11 +8,10 @@ use network_types::ip::Ipv6Hdr;
 use super::{
     Inner, Packet,
     filter::{screen, source_allowed_v6},
-    icmp::Icmp,
-    icmp6,
     step::Step,
 };
 use crate::{
+    icmp::{Icmp, v6 as icmp6},
     maps::is_vip_address,
     parse::{L3, flow_ports_at, ipv6_at},
 };

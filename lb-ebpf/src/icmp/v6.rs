@@ -1,16 +1,16 @@
 //! ICMPv6 to a VIP address (RFC 4443): echo requests answered here, and
 //! errors about a VIP flow (destination unreachable, packet too big, time
 //! exceeded) traced back to the client's flow, as for IPv4 in
-//! [`super::icmp`]. Everything else (neighbour discovery first of all)
+//! [`super::v4`]. Everything else (neighbour discovery first of all)
 //! passes to the kernel.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{Outcome, PROTO_TCP, PROTO_UDP};
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
-use super::icmp::{Icmp, IcmpHdr, TTL};
+use super::{Icmp, IcmpHdr, TTL, too_big_v6::IPV6_MIN_MTU};
 use crate::{
-    encap::{csum, ptb::IPV6_MIN_MTU},
+    encap::csum,
     parse::{ptr_at, ptr_at_fresh},
 };
 

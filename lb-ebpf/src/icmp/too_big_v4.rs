@@ -6,11 +6,8 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{Outcome, PROTO_ICMP};
 use network_types::ip::Ipv4Hdr;
 
-use super::csum;
-use crate::{
-    lb::icmp::{IcmpHdr, TTL},
-    parse::ptr_at,
-};
+use super::{IcmpHdr, TTL};
+use crate::{encap::csum, parse::ptr_at};
 
 /// Bytes of the offending packet quoted: its IPv4 header (20, without
 /// options) and the first 8 bytes of its payload (RFC 792).

@@ -7,6 +7,7 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{Outcome, PROTO_TCP, PROTO_UDP};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
+use super::{Icmp, IcmpHdr, TTL};
 use crate::{
     encap::csum,
     parse::{ptr_at, ptr_at_fresh},
@@ -21,36 +22,6 @@ const TIME_EXCEEDED: u8 = 11;
 const FRAG_NEEDED: u8 = 4;
 /// The smallest MTU an IPv4 link may have (RFC 791).
 const MIN_MTU: u16 = 68;
-/// TTL of packets the load balancer sends itself.
-pub const TTL: u8 = 64;
-
-/// An ICMP header: type, code, checksum, then 4 bytes that depend on the
-/// type (echo: identifier and sequence; "fragmentation needed": unused and
-/// next-hop MTU). 8 bytes.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct IcmpHdr {
-    /// Type.
-    pub kind: u8,
-    /// Code.
-    pub code: u8,
-    /// Checksum over the ICMP message.
-    pub check: [u8; 2],
-    /// Type-specific: for "fragmentation needed", 2 unused bytes.
-    pub rest_hi: [u8; 2],
-    /// Type-specific: for "fragmentation needed", the next-hop MTU.
-    pub rest_lo: [u8; 2],
-}
-
-/// What an ICMP message to a VIP address is.
-pub enum Icmp {
-    /// An echo request: answer it.
-    EchoRequest,
-    /// An error about a flow: forward it to the flow's backend.
-    Error,
-    /// Anything else: passed to the kernel as before.
-    Other,
-}
 
 /// The kind of the ICMP message at `l4`.
 #[inline(always)]

@@ -7,11 +7,8 @@ use aya_ebpf::{helpers::generated::bpf_csum_diff, programs::XdpContext};
 use lb_common::{Outcome, PROTO_ICMPV6};
 use network_types::ip::Ipv6Hdr;
 
-use super::csum;
-use crate::{
-    lb::icmp::{IcmpHdr, TTL},
-    parse::ptr_at,
-};
+use super::{IcmpHdr, TTL};
+use crate::{encap::csum, parse::ptr_at};
 
 /// The minimum IPv6 MTU (RFC 8200 section 5): the smallest MTU announced.
 pub const IPV6_MIN_MTU: u32 = 1280;
