@@ -1,5 +1,23 @@
-//! `lb run`: load and attach `xdp_lb`, fill its maps, pin them, health-check
-//! every backend and feed the results back, until shut down.
+//! `lb run`: load and attach `xdp_lb` (or adopt the one pinned), fill its
+//! maps, health-check every backend and feed the results back, reload as a
+//! difference, announce over BGP, until shut down ([`run`]).
+//!
+//! Its files: [`start`] (a fresh or an adopted data plane), [`serve`] (the
+//! event loop), [`health`], [`reload`], [`walks`], [`watch`] (the
+//! configuration file).
+//!
+//! The agent's tasks, what they say to the event loop, and who writes what:
+//!
+//! | task | work | to / from the loop | writes |
+//! |---|---|---|---|
+//! | event loop ([`serve`], one task) | applies every event below | - | the maps, through `Balancer`; `Shared` (VIPs, checks, reloads, walks) |
+//! | health checkers (`health::Checkers`, a task per backend) | probe backends by rise and fall | `mpsc<CheckResult>` (1024) to the loop | nothing |
+//! | file watcher ([`watch`], notify's thread) | changes of the configuration file | `mpsc<()>` (16) to the loop | nothing |
+//! | configuration reader ([`reload::read_config`], a blocking thread) | reads and validates the file, within 5 s | `mpsc<ReadConfig>` (1) to the loop | nothing |
+//! | connection-table walk ([`walks`], a blocking thread) | reads `LB_CONNS` | `mpsc<ConnsWalk>` (1) to the loop; stops when `walk_stop` is set | nothing |
+//! | next hops (`dataplane::nexthops::maintain`) | resolves next hops over netlink | `watch<Vec<NextHopTarget>>` from the loop | `LB_NEXTHOPS` |
+//! | BGP speaker (`bgp::Speaker`) | drives BIRD | `watch<Wanted>` and commands from the loop | `watch<Option<BgpStatus>>`, which `Shared` reads |
+//! | API server (`api::serve`, a task per client) | `/metrics`, `/status` | - | nothing: reads `Shared` and the counters |
 
 use std::{
     future::Future,
@@ -11,19 +29,23 @@ use std::{
 
 use aya::programs::links::{FdLink, PinnedLink};
 use lb_common::{LAYOUT_FINGERPRINT, Outcome};
-use log::{debug, error, info, warn};
+use log::{debug, info, warn};
 use tokio::{sync::mpsc, time};
 
+mod health;
 pub mod reload;
+mod serve;
+mod start;
+mod walks;
 pub mod watch;
 
 use crate::{
     api::{self, Shared},
     balancer::{
-        Balancer, BalancerError, Changes, ConnsVerdict, MapStore as _, MapStoreError, Sources,
+        Balancer, BalancerError, ConnsVerdict, MapStore as _, MapStoreError, Sources,
         WALK_MIN_INTERVAL, WalkSchedule,
     },
-    config::{Config, Loaded},
+    config::Config,
     dataplane::{
         conns,
         error::DataplaneError,
@@ -39,6 +61,8 @@ use crate::{
     netif,
 };
 use reload::{Debounce, ReadConfig, read_config};
+use start::{DataPlane, adopt, encap_source, start_fresh};
+use walks::{ConnsWalk, StopOnDrop};
 use watch::watch;
 
 /// Raises this process's soft limit of open files to its hard limit, so
@@ -125,9 +149,9 @@ pub enum AgentError {
     /// `lb decap` was given an address that cannot be a VIP, or one twice.
     #[error("--vip {0}")]
     BadVip(String),
-    /// `[bgp]` cannot be announced (no router id).
-    #[error("{0}")]
-    Bgp(String),
+    /// `[bgp]` cannot be announced.
+    #[error(transparent)]
+    Bgp(#[from] crate::bgp::BgpError),
     /// The pinned maps were made by an agent with another map layout.
     #[error(
         "the data plane pinned in {dir} has map layout {found}, this agent's is {LAYOUT_FINGERPRINT:#010x}: refusing to adopt maps it would misread. Run the agent that made them, or remove {dir} (this detaches the data plane and drops its connection table) and start again"
@@ -159,158 +183,6 @@ pub struct RunOptions {
     pub iface: Option<String>,
     /// Leave the data plane attached and pinned on exit.
     pub keep_attached: bool,
-}
-
-/// The data plane the agent drives: its maps, counters and XDP link.
-struct DataPlane {
-    balancer: Balancer<AyaMaps>,
-    stats: StatsReader,
-    link: PinnedLink,
-    dir: PathBuf,
-    /// The program the link runs.
-    program: upgrade::ProgramId,
-}
-
-/// Loads, fills, attaches and pins a new data plane.
-fn start_fresh(
-    config: &Config,
-    iface: &str,
-    encap_source: Sources,
-    dir: &Path,
-) -> Result<DataPlane, AgentError> {
-    let sizing = config.sizing;
-    let mut ebpf = load_object(config)?;
-    pin_maps(&ebpf, dir)?;
-    let stats = StatsReader::take(&mut ebpf)?;
-    let balancer = Balancer::new(
-        AyaMaps::take(&mut ebpf)?,
-        config,
-        encap_source,
-        sizing.table_regions,
-    )?;
-    let link = attach(
-        &mut ebpf,
-        upgrade::PROGRAM,
-        iface,
-        xdp_mode(config.xdp_mode),
-    )?;
-    let program = upgrade::loaded_program(&ebpf)?;
-    let link: FdLink = link.try_into().map_err(|e| AgentError::Io {
-        op: "pin the XDP link (a netlink attachment cannot be pinned; kernel 5.9+ needed) on",
-        path: iface.to_string(),
-        source: std::io::Error::other(format!("{e}")),
-    })?;
-    let link = link.pin(dir.join(LINK_PIN)).map_err(|e| AgentError::Io {
-        op: "pin link in",
-        path: dir.display().to_string(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    info!(
-        "xdp_lb attached to {iface} ({:?} mode), pinned in {}: {} VIPs, {} backends, outer sources {} and {}; {sizing}",
-        config.xdp_mode,
-        dir.display(),
-        config.vips.len(),
-        config.backend_count(),
-        encap_source.v4,
-        encap_source.v6,
-    );
-    Ok(DataPlane {
-        balancer,
-        stats,
-        link,
-        dir: dir.to_path_buf(),
-        program,
-    })
-}
-
-/// Adopts the data plane pinned in `dir`: no program load, no map reset;
-/// `config` is applied as a difference.
-fn adopt(config: &Config, encap_source: Sources, dir: &Path) -> Result<DataPlane, AgentError> {
-    match maps::pinned_layout(dir)? {
-        Some(LAYOUT_FINGERPRINT) => {}
-        found => {
-            return Err(AgentError::Layout {
-                dir: dir.display().to_string(),
-                found: found
-                    .map_or_else(|| "unknown (other sizes)".into(), |v| format!("{v:#010x}")),
-            });
-        }
-    }
-    if let Some(map) = ADOPTED_MAPS.iter().find(|m| !dir.join(m).exists()) {
-        return Err(AgentError::MissingPin {
-            dir: dir.display().to_string(),
-            map,
-        });
-    }
-    let link = PinnedLink::from_pin(dir.join(LINK_PIN)).map_err(|e| AgentError::Io {
-        op: "open pinned link",
-        path: dir.join(LINK_PIN).display().to_string(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    let maps = AyaMaps::from_pins(dir)?;
-    let stats = StatsReader::from_pins(dir)?;
-    let running = maps.vips()?.len();
-    if config.vips.is_empty() && !config.allow_empty && running > 0 {
-        return Err(AgentError::EmptyConfig { running });
-    }
-    let regions = maps.maglev_entries() / config.table_size.max(1);
-    let max_vips = crate::config::sizing::max_vips_of(regions);
-    if max_vips != config.sizing.max_vips {
-        warn!(
-            "the adopted data plane holds {max_vips} VIPs (maglev.max_vips when it started), the configuration asks {}: the adopted size stays until the agent is stopped without --keep-attached and started again",
-            config.sizing.max_vips
-        );
-    }
-    let (balancer, changes) = Balancer::adopt(maps, config, encap_source, regions)?;
-    let swap = upgrade::upgrade(dir)?;
-    info!(
-        "adopted the data plane pinned in {} (link, maps and connection table kept): {changes}",
-        dir.display()
-    );
-    if swap.replaced() {
-        info!(
-            "xdp_lb upgraded on the pinned link in one update: program {} -> {}; maps, counters and connection table kept",
-            swap.old, swap.new
-        );
-    } else {
-        info!(
-            "xdp_lb kept: the running program ({}) is this build's",
-            swap.old
-        );
-    }
-    Ok(DataPlane {
-        balancer,
-        stats,
-        link,
-        dir: dir.to_path_buf(),
-        program: swap.new,
-    })
-}
-
-/// The outer source addresses for `config` on `iface`: the configured ones,
-/// else the interface's first IPv4 and first global IPv6 address; each is
-/// required only when a backend of its family needs it.
-fn encap_source(config: &Config, iface: &str) -> Result<Sources, AgentError> {
-    let backends = || config.vips.iter().flat_map(|v| &v.backends);
-    let v4 = match config.encap_source_v4 {
-        Some(a) => a,
-        None => netif::ipv4_addresses(Some(iface))
-            .map_err(io_err("list addresses of", iface.to_string()))?
-            .first()
-            .copied()
-            .or_else(|| (!backends().any(|b| b.address.is_ipv4())).then_some(Ipv4Addr::UNSPECIFIED))
-            .ok_or_else(|| AgentError::NoSourceAddress(iface.to_string()))?,
-    };
-    let v6 = match config.encap_source_v6 {
-        Some(a) => a,
-        None => netif::ipv6_addresses(Some(iface))
-            .map_err(io_err("list addresses of", iface.to_string()))?
-            .first()
-            .copied()
-            .or_else(|| (!backends().any(|b| b.address.is_ipv6())).then_some(Ipv6Addr::UNSPECIFIED))
-            .ok_or_else(|| AgentError::NoSourceAddressV6(iface.to_string()))?,
-    };
-    Ok(Sources { v4, v6 })
 }
 
 /// Runs the agent for `config` until `shutdown` completes: adopts the data
@@ -432,10 +304,6 @@ pub async fn run(
     result
 }
 
-/// Least time between two log lines about health checks that failed for a
-/// local reason.
-const LOCAL_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
 /// The running agent.
 struct Agent {
     shared: Arc<Shared>,
@@ -453,18 +321,6 @@ struct Agent {
     walks: WalkSchedule,
 }
 
-/// A walk of the connection table as it ended, with how long it took.
-type ConnsWalk = (Result<ConnsVerdict, String>, Duration);
-
-/// Sets a stop flag when dropped.
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -475,263 +331,6 @@ impl Drop for AbortOnDrop {
 }
 
 impl Agent {
-    async fn serve(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-        let listen = self.config.api_listen;
-        let server = api::serve(listen, self.shared.clone(), self.config.api_max_connections)
-            .await
-            .map_err(io_err("serve the API on", listen.to_string()))?;
-        info!(
-            "API on http://{listen}: /metrics, /status, /healthz (at most {} connections)",
-            self.config.api_max_connections
-        );
-        let _server = AbortOnDrop(server);
-        let (tx, mut rx) = mpsc::channel(1024);
-        let mut checkers = Checkers::new();
-        checkers.sync(self.health_targets(), &tx);
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .map_err(io_err("install handler for", "SIGHUP"))?;
-        let (file_tx, mut file_rx) = mpsc::channel(16);
-        let _watcher = match watch(&self.options.config_path, file_tx) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                warn!(
-                    "cannot watch {} ({e}); reload with SIGHUP",
-                    self.options.config_path.display()
-                );
-                None
-            }
-        };
-        let (read_tx, mut read_rx) = mpsc::channel::<ReadConfig>(1);
-        let mut debounce = Debounce::default();
-        let mut reading = false;
-        let (targets_tx, targets_rx) =
-            tokio::sync::watch::channel(self.plane.balancer.next_hop_targets());
-        let next_hops = self.start_next_hops(targets_rx);
-        let (walk_tx, mut walk_rx) = mpsc::channel::<ConnsWalk>(1);
-        // Walks of the connection table for VIPs whose TCP SYNs look their
-        // flows up (see `balancer::ConnsCheck`), every 10 s at most.
-        let mut walk_tick = time::interval(WALK_MIN_INTERVAL);
-        walk_tick.set_missed_tick_behavior(time::MissedTickBehavior::Delay);
-        let mut walking = false;
-        // Set when serving ends, so a walk does not hold the runtime's
-        // shutdown (which waits for blocking tasks).
-        let walk_stop = Arc::new(AtomicBool::new(false));
-        let _walk_stop = StopOnDrop(walk_stop.clone());
-        // Attached (or adopted), maps filled, API serving: ready.
-        crate::systemd::ready(&self.status_line());
-        tokio::pin!(shutdown);
-        loop {
-            let due = debounce.due();
-            tokio::select! {
-                () = &mut shutdown => break,
-                Some(result) = rx.recv() => {
-                    if checkers.is_current(&result) {
-                        self.on_check(&result);
-                    }
-                }
-                _ = hangup.recv() => debounce.trigger("SIGHUP"),
-                _ = walk_tick.tick(), if !walking => walking = self.start_conns_walk(&walk_tx, &walk_stop),
-                Some(walk) = walk_rx.recv() => {
-                    walking = false;
-                    self.on_conns_walk(walk);
-                }
-                Some(()) = file_rx.recv() => debounce.trigger("file changed"),
-                () = time::sleep_until(due.unwrap_or_else(time::Instant::now)), if due.is_some() && !reading => {
-                    reading = true;
-                    crate::systemd::reloading();
-                    read_config(self.options.config_path.clone(), debounce.take(), read_tx.clone());
-                }
-                Some((why, loaded)) = read_rx.recv() => {
-                    reading = false;
-                    self.reload(&why, loaded, &mut checkers, &tx).await;
-                    crate::systemd::ready(&self.status_line());
-                    let now = self.plane.balancer.next_hop_targets();
-                    targets_tx.send_if_modified(|targets| {
-                        let changed = *targets != now;
-                        *targets = now;
-                        changed
-                    });
-                }
-            }
-        }
-        crate::systemd::stopping();
-        // The withdraw goes first, while the health checks and the
-        // next-hop cache still run; withdraw_delay counts from here.
-        if !self.options.keep_attached {
-            self.bgp.withdraw().await;
-        }
-        checkers.stop();
-        // Closing the targets ends the next-hop task, which empties the
-        // cache: no stale next hop outlives the agent that kept it.
-        drop(targets_tx);
-        if let Some(task) = next_hops
-            && time::timeout(Duration::from_secs(2), task).await.is_err()
-        {
-            warn!(
-                "the next-hop task did not end in 2 s; cached next hops may stay in the pinned map"
-            );
-        }
-        Ok(())
-    }
-
-    /// Starts the task keeping `LB_NEXTHOPS` current from the kernel's
-    /// routes and neighbours; `None` (with a warning) when netlink or the
-    /// pinned map cannot be opened, and xdp_lb then looks next hops up per
-    /// packet.
-    fn start_next_hops(
-        &self,
-        targets: tokio::sync::watch::Receiver<Vec<NextHopTarget>>,
-    ) -> Option<tokio::task::JoinHandle<()>> {
-        let started = NextHopWriter::from_pin(&self.plane.dir).and_then(|mut writer| {
-            match resolve::connect() {
-                Ok((handle, notifications)) => Ok((handle, notifications, writer)),
-                Err(e) => {
-                    // Entries a killed agent left would be used unwatched.
-                    writer.clear();
-                    Err(e)
-                }
-            }
-        });
-        match started {
-            Ok((handle, notifications, writer)) => Some(tokio::spawn(nexthops::maintain(
-                handle,
-                notifications,
-                writer,
-                targets,
-            ))),
-            Err(e) => {
-                warn!(
-                    "next-hop cache off ({e:#}): xdp_lb looks next hops up per packet (bpf_fib_lookup)"
-                );
-                None
-            }
-        }
-    }
-
-    /// Applies one health-check result.
-    fn on_check(&mut self, result: &CheckResult) {
-        self.shared.record_check(result.backend_id, &result.probe);
-        if let Err(failure) = &result.probe
-            && failure.is_local()
-        {
-            let now = time::Instant::now();
-            if self
-                .last_local_error
-                .is_none_or(|t| now.duration_since(t) >= LOCAL_ERROR_LOG_INTERVAL)
-            {
-                self.last_local_error = Some(now);
-                warn!(
-                    "a health check of backend id {} could not be made ({failure}); backends keep their state (counted in lb_health_check_errors_total, logged at most every {}s)",
-                    result.backend_id,
-                    LOCAL_ERROR_LOG_INTERVAL.as_secs()
-                );
-            }
-        }
-        // The checker owns the backend's health; the maps follow it. A
-        // failed write leaves them apart until the next result retries.
-        let healthy = result.healthy;
-        let balancer = &mut self.plane.balancer;
-        let Some((v, b)) = balancer.find_backend(result.backend_id) else {
-            return;
-        };
-        let vip = &balancer.vips()[v];
-        if vip.backends[b].healthy == healthy {
-            return;
-        }
-        let (name, address) = (vip.config.name.clone(), vip.backends[b].address);
-        let reason = match &result.probe {
-            Ok(latency) => format!(
-                "check succeeded in {}",
-                humantime::format_duration(*latency)
-            ),
-            Err(failure) => failure.to_string(),
-        };
-        let retried = if result.change.is_none() {
-            " (applied on a retry of the map write)"
-        } else {
-            ""
-        };
-        match balancer.set_health(v, b, healthy) {
-            Ok(_) if healthy => {
-                info!("backend {address} of VIP {name:?} is healthy: {reason}{retried}");
-            }
-            Ok(_) => warn!("backend {address} of VIP {name:?} is unhealthy: {reason}{retried}"),
-            Err(e) => warn!(
-                "applying health ({}) of backend {address} of VIP {name:?}: {e}; retried on its next check",
-                if healthy { "healthy" } else { "unhealthy" }
-            ),
-        }
-        self.shared.set_vips(self.plane.balancer.vips());
-        self.announce();
-    }
-
-    /// Starts a walk of the connection table in a blocking thread when a
-    /// VIP waits for one; whether it started.
-    fn start_conns_walk(&mut self, done: &mpsc::Sender<ConnsWalk>, stop: &Arc<AtomicBool>) -> bool {
-        let now = std::time::Instant::now();
-        let waiting = self.plane.balancer.conns_waiting(now);
-        if waiting.is_empty() || !self.walks.due(&waiting, now) {
-            return false;
-        }
-        let Some(check) = self.plane.balancer.conns_check(now) else {
-            return false;
-        };
-        self.walks.started(waiting, now);
-        let (dir, done, stop) = (self.plane.dir.clone(), done.clone(), stop.clone());
-        // A task that always reports, so a walk that failed in any way
-        // never leaves the agent waiting for it.
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let verdict = tokio::task::spawn_blocking(move || {
-                conns::walk_pinned(&dir, &check, &stop).map_err(|e| e.to_string())
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("the walk's thread ended: {e}")));
-            let _ = done.send((verdict, started.elapsed())).await;
-        });
-        true
-    }
-
-    /// Sets the flag of the VIPs a walk found in agreement.
-    fn on_conns_walk(&mut self, (verdict, took): ConnsWalk) {
-        let verdict = match verdict {
-            Ok(verdict) => verdict,
-            Err(e) => {
-                self.walks.finished(false);
-                self.shared.record_walk(None, took);
-                warn!("walking the connection table: {e}");
-                return;
-            }
-        };
-        let checked = self.plane.balancer.conns_checked(&verdict);
-        let set = checked.as_ref().map_or(0, Vec::len);
-        self.walks.finished(set > 0);
-        self.shared
-            .record_walk(Some((verdict.entries, verdict.complete, set)), took);
-        match checked {
-            Ok(set) if !set.is_empty() => {
-                self.shared.set_vips(self.plane.balancer.vips());
-                info!(
-                    "recorded flows agree with the Maglev table again ({} connection-table entries read in {} ms): TCP SYNs take the table's choice without a connection-table lookup for VIP {}",
-                    verdict.entries,
-                    took.as_millis(),
-                    set.join(", ")
-                );
-            }
-            Ok(_) => debug!(
-                "connection-table walk: {} entries in {} ms, {}",
-                verdict.entries,
-                took.as_millis(),
-                if verdict.complete {
-                    "no VIP in agreement yet"
-                } else {
-                    "stopped early"
-                }
-            ),
-            Err(e) => warn!("setting the SYN flag of VIPs after a connection-table walk: {e}"),
-        }
-    }
-
     /// Tells the BGP speaker what to announce now.
     fn announce(&self) {
         match crate::bgp::wanted(&self.config, self.source.v4, self.plane.balancer.vips()) {
@@ -747,116 +346,6 @@ impl Agent {
             self.plane.balancer.vips().len(),
             self.iface
         )
-    }
-
-    /// Applies a configuration read for a reload, as a difference; a
-    /// configuration with any error is rejected whole and nothing changes.
-    async fn reload(
-        &mut self,
-        why: &str,
-        loaded: Result<Loaded, String>,
-        checkers: &mut Checkers,
-        events: &mpsc::Sender<CheckResult>,
-    ) {
-        let path = self.options.config_path.clone();
-        let (vips_before, backends_before) = (
-            self.plane.balancer.vips().len(),
-            self.plane
-                .balancer
-                .vips()
-                .iter()
-                .map(|v| v.backends.len())
-                .sum::<usize>(),
-        );
-        let result = match loaded {
-            Ok(loaded) => self.try_reload(&path, loaded).await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(None) => {
-                self.shared.record_reload(Ok(()));
-                info!(
-                    "configuration reloaded ({why}): {} unchanged",
-                    path.display()
-                );
-            }
-            Ok(Some(changes)) => {
-                self.shared.record_reload(Ok(()));
-                self.shared.set_vips(self.plane.balancer.vips());
-                self.announce();
-                let (started, stopped) = checkers.sync(self.health_targets(), events);
-                info!(
-                    "configuration reloaded ({why}) from {}: {changes}; health checkers +{started} -{stopped}",
-                    path.display()
-                );
-                if changes.vips_removed * 2 > vips_before
-                    || changes.backends_removed * 2 > backends_before
-                {
-                    warn!(
-                        "this reload removed more than half of the data plane: {} of {vips_before} VIPs and {} of {backends_before} backends",
-                        changes.vips_removed, changes.backends_removed
-                    );
-                }
-            }
-            Err(e) => {
-                self.shared.record_reload(Err(e.clone()));
-                // A map write that failed part way leaves what was written:
-                // the API shows the balancer's state as it is.
-                self.shared.set_vips(self.plane.balancer.vips());
-                error!("configuration rejected ({why}), the running one stays in force: {e}");
-            }
-        }
-    }
-
-    async fn try_reload(&mut self, path: &Path, loaded: Loaded) -> Result<Option<Changes>, String> {
-        for warning in &loaded.warnings {
-            warn!("{}: warning: {warning}", path.display());
-        }
-        let new = loaded.config;
-        if new == self.config {
-            return Ok(None);
-        }
-        let running = self.plane.balancer.vips().len();
-        if new.vips.is_empty() && !new.allow_empty && running > 0 {
-            return Err(AgentError::EmptyConfig { running }.to_string());
-        }
-        if let Some(change) = reload::immutable_change(
-            &self.config,
-            &new,
-            &self.iface,
-            self.options.iface.is_some(),
-        ) {
-            return Err(change);
-        }
-        let source = encap_source(&new, &self.iface).map_err(|e| e.to_string())?;
-        // Checked before anything changes: BIRD refusing it rejects the
-        // whole configuration.
-        crate::bgp::check(&new, source.v4, &self.iface).await?;
-        let changes = self
-            .plane
-            .balancer
-            .apply(&new, source)
-            .map_err(|e| e.to_string())?;
-        self.config = new;
-        self.source = source;
-        Ok(Some(changes))
-    }
-
-    /// One health-check target per backend of every VIP, with the
-    /// backend's current state as the checker's starting point.
-    fn health_targets(&self) -> Vec<Target> {
-        let mut targets = Vec::new();
-        for vip in self.plane.balancer.vips() {
-            for b in &vip.backends {
-                targets.push(Target {
-                    backend_id: b.id,
-                    addr: SocketAddr::new(b.address, vip.config.health_check.port),
-                    check: vip.config.health_check.clone(),
-                    healthy: b.healthy,
-                });
-            }
-        }
-        targets
     }
 
     /// Logs every non-zero counter: outcomes, then per VIP and per backend.

@@ -2,11 +2,52 @@
 //! configuration off the event loop, and every rule of what cannot change
 //! by reload.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
+use log::{error, info, warn};
 use tokio::{sync::mpsc, time};
 
-use crate::config::{Config, Loaded};
+use super::{Agent, AgentError, encap_source};
+use crate::{
+    balancer::{BalancerError, Changes},
+    bgp::BgpError,
+    config::{Config, Loaded},
+    health::{CheckResult, Checkers},
+};
+
+/// Why a reload was refused: the running configuration stays in force, and
+/// `/status` shows the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file could not be read in time, or its configuration is invalid
+    /// (every error, with its key).
+    #[error("{0}")]
+    Read(String),
+    /// The configuration has no VIP while VIPs run, without `allow_empty`.
+    #[error(
+        "the configuration has no VIP and would remove the {running} VIPs of the running data plane: refused (set allow_empty = true if that is meant)"
+    )]
+    Empty {
+        /// VIPs running.
+        running: usize,
+    },
+    /// A setting that sizes the maps or the API changed
+    /// ([`immutable_change`]'s message).
+    #[error("{0}")]
+    Immutable(String),
+    /// No outer source address can be chosen for the new configuration.
+    #[error(transparent)]
+    Source(Box<AgentError>),
+    /// BIRD refuses what the new `[bgp]` gives it.
+    #[error(transparent)]
+    Bgp(#[from] BgpError),
+    /// The data plane cannot take the difference (capacity, a map write).
+    #[error(transparent)]
+    Balancer(#[from] BalancerError),
+}
 
 /// Quiet time after a change of the configuration file or a SIGHUP before
 /// the file is read: several quick writes or signals give one reload.
@@ -126,6 +167,102 @@ pub fn immutable_change(
         .map(|(key, _, change)| {
             format!("{key} cannot change by reload ({change}): restart the agent")
         })
+}
+
+impl Agent {
+    /// Applies a configuration read for a reload, as a difference; a
+    /// configuration with any error is rejected whole and nothing changes.
+    pub(super) async fn reload(
+        &mut self,
+        why: &str,
+        loaded: Result<Loaded, String>,
+        checkers: &mut Checkers,
+        events: &mpsc::Sender<CheckResult>,
+    ) {
+        let path = self.options.config_path.clone();
+        let (vips_before, backends_before) = (
+            self.plane.balancer.vips().len(),
+            self.plane
+                .balancer
+                .vips()
+                .iter()
+                .map(|v| v.backends.len())
+                .sum::<usize>(),
+        );
+        let result = match loaded {
+            Ok(loaded) => self.try_reload(&path, loaded).await,
+            Err(e) => Err(ReloadError::Read(e)),
+        };
+        match result {
+            Ok(None) => {
+                self.shared.record_reload(Ok(()));
+                info!(
+                    "configuration reloaded ({why}): {} unchanged",
+                    path.display()
+                );
+            }
+            Ok(Some(changes)) => {
+                self.shared.record_reload(Ok(()));
+                self.shared.set_vips(self.plane.balancer.vips());
+                self.announce();
+                let (started, stopped) = checkers.sync(self.health_targets(), events);
+                info!(
+                    "configuration reloaded ({why}) from {}: {changes}; health checkers +{started} -{stopped}",
+                    path.display()
+                );
+                if changes.vips_removed * 2 > vips_before
+                    || changes.backends_removed * 2 > backends_before
+                {
+                    warn!(
+                        "this reload removed more than half of the data plane: {} of {vips_before} VIPs and {} of {backends_before} backends",
+                        changes.vips_removed, changes.backends_removed
+                    );
+                }
+            }
+            Err(e) => {
+                self.shared.record_reload(Err(e.to_string()));
+                // A map write that failed part way leaves what was written:
+                // the API shows the balancer's state as it is.
+                self.shared.set_vips(self.plane.balancer.vips());
+                error!("configuration rejected ({why}), the running one stays in force: {e}");
+            }
+        }
+    }
+
+    pub(super) async fn try_reload(
+        &mut self,
+        path: &Path,
+        loaded: Loaded,
+    ) -> Result<Option<Changes>, ReloadError> {
+        for warning in &loaded.warnings {
+            warn!("{}: warning: {warning}", path.display());
+        }
+        let new = loaded.config;
+        if new == self.config {
+            return Ok(None);
+        }
+        let running = self.plane.balancer.vips().len();
+        if new.vips.is_empty() && !new.allow_empty && running > 0 {
+            return Err(ReloadError::Empty { running });
+        }
+        if let Some(change) = immutable_change(
+            &self.config,
+            &new,
+            &self.iface,
+            self.options.iface.is_some(),
+        ) {
+            return Err(ReloadError::Immutable(change));
+        }
+        let source =
+            encap_source(&new, &self.iface).map_err(|e| ReloadError::Source(Box::new(e)))?;
+        // Checked before anything changes: BIRD refusing it rejects the
+        // whole configuration.
+        crate::bgp::check(&new, source.v4, &self.iface).await?;
+        let changes = self.plane.balancer.apply(&new, source)?;
+        self.config = new;
+        self.source = source;
+        Ok(Some(changes))
+    }
 }
 
 #[cfg(test)]

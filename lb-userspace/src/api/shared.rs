@@ -59,14 +59,35 @@ struct View {
 pub(crate) type Labels = Vec<(&'static str, String)>;
 
 /// What the API shows, shared by the agent (writer) and the server.
+///
+/// The locks are `std::sync::Mutex`, not tokio's, as mini-redis's `Db` is:
+/// every critical section is a short copy in or out with no `.await`
+/// inside, so a blocking lock is cheaper than an async one and cannot be
+/// held across a suspension. None is taken while another is held, so no
+/// order between them matters. A poisoned lock is taken as it is (a panic
+/// elsewhere must not stop the API).
 pub struct Shared {
     started: Instant,
     interface: String,
+    /// VIPs, backends, health, reload and walk figures. Written by the
+    /// agent's event loop (start, reload, health change, walk); read by
+    /// each `/status` and `/metrics` request.
     view: Mutex<View>,
+    /// The pinned counter maps' reader. Locked by each request that reads
+    /// counters (a per-CPU map read, well under a millisecond), and by
+    /// nothing else.
     stats: Mutex<StatsReader>,
+    /// The program the link runs. Written by the agent after a start or an
+    /// upgrade; read by `/status`.
     program: Mutex<Option<ProgramId>>,
+    /// The BGP speaker's state, published on a watch channel by the speaker
+    /// task (no lock here: `borrow` holds the channel's own read lock for
+    /// the copy).
     bgp: watch::Receiver<Option<BgpStatus>>,
+    /// Health-check latency by VIP and backend; prometheus-client's
+    /// families lock internally.
     pub(crate) check_latency: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Health checks that failed for a local reason, by reason.
     pub(crate) check_errors: Family<Labels, PromCounter>,
 }
 

@@ -29,22 +29,32 @@ pub use speaker::{Speaker, Wanted};
 
 use crate::{balancer::VipState, config::Config};
 
+/// Why `[bgp]` cannot be announced.
+#[derive(Debug, thiserror::Error)]
+pub enum BgpError {
+    /// No router id: none configured and the interface has no IPv4 address.
+    #[error(
+        "bgp.router_id is not set and the interface has no IPv4 address to take it from: set bgp.router_id"
+    )]
+    NoRouterId,
+    /// `bird -p` refuses the configuration made from `[bgp]` (its message).
+    #[error("[bgp]: BIRD refuses the configuration made from it: {0}")]
+    Refused(String),
+}
+
 /// What the agent wants announced for `config`, whose encapsulation source
 /// is `source_v4` (the router id's default), with the balancer's `vips`.
 ///
 /// # Errors
 /// `[bgp]` has no router id and `source_v4` is unspecified (the interface
 /// has no IPv4 address).
-pub fn wanted(config: &Config, source_v4: Ipv4Addr, vips: &[VipState]) -> Result<Wanted, String> {
+pub fn wanted(config: &Config, source_v4: Ipv4Addr, vips: &[VipState]) -> Result<Wanted, BgpError> {
     let Some(bgp) = &config.bgp else {
         return Ok(Wanted::default());
     };
     let router_id = bgp.router_id.unwrap_or(source_v4);
     if router_id.is_unspecified() {
-        return Err(
-            "bgp.router_id is not set and the interface has no IPv4 address to take it from: set bgp.router_id"
-                .into(),
-        );
+        return Err(BgpError::NoRouterId);
     }
     Ok(Wanted {
         settings: Some(conf::Settings {
@@ -63,7 +73,7 @@ pub fn wanted(config: &Config, source_v4: Ipv4Addr, vips: &[VipState]) -> Result
 /// # Errors
 /// As [`wanted`]; BIRD's message when it refuses the configuration, or
 /// why `bird -p` could not run.
-pub async fn check(config: &Config, source_v4: Ipv4Addr, iface: &str) -> Result<(), String> {
+pub async fn check(config: &Config, source_v4: Ipv4Addr, iface: &str) -> Result<(), BgpError> {
     let Some(settings) = wanted(config, source_v4, &[])?.settings else {
         return Ok(());
     };
@@ -77,5 +87,5 @@ pub async fn check(config: &Config, source_v4: Ipv4Addr, iface: &str) -> Result<
     let text = conf::render(&settings, &addresses, iface);
     bird::check_config(&paths::BirdPaths::of(iface), &text)
         .await
-        .map_err(|e| format!("[bgp]: BIRD refuses the configuration made from it: {e}"))
+        .map_err(BgpError::Refused)
 }
