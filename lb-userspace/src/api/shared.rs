@@ -63,8 +63,10 @@ pub(crate) type Labels = Vec<(&'static str, String)>;
 /// The locks are `std::sync::Mutex`, not tokio's, as mini-redis's `Db` is:
 /// every critical section is a short copy in or out with no `.await`
 /// inside, so a blocking lock is cheaper than an async one and cannot be
-/// held across a suspension. None is taken while another is held, so no
-/// order between them matters. A poisoned lock is taken as it is (a panic
+/// held across a suspension. Only [`Shared::status`] holds several at once,
+/// and takes them in field order (`view`, `stats`, `program`); everything
+/// else takes one at a time, so they cannot deadlock: keep that order. A
+/// poisoned lock is taken as it is (a panic
 /// elsewhere must not stop the API).
 pub struct Shared {
     started: Instant,
