@@ -40,11 +40,11 @@ use aya::{
     maps::{Array, MapData},
     programs::{TestRun, TestRunOptions, Xdp, XdpMode},
 };
-use etherparse::PacketBuilder;
 use lb_common::{
     BENCH_FRAME_LEN, BENCH_SPORT_OFFSET, BENCH_TX_FLOWS, BenchTemplate, MAP_BENCH_TEMPLATE,
     Outcome, PROG_BENCH_DROP, PROG_BENCH_TX,
 };
+use lb_tests::frames::Frame;
 use lb_tests::{netns::Netns, xdp::xdp_md};
 use lb_userspace::dataplane::{object, stats::StatsReader};
 
@@ -117,12 +117,11 @@ pub fn template(flow: u16) -> [u8; BENCH_FRAME_LEN] {
             .expect("lab address")
             .octets()
     };
-    let mut f = Vec::with_capacity(BENCH_FRAME_LEN);
-    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
-        .ipv4(v4(CLIENT_ADDR), v4(VIP), 64)
+    let f = Frame::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(v4(CLIENT_ADDR), v4(VIP))
         .udp(FIRST_SPORT + flow, UDP_PORT)
-        .write(&mut f, &[0u8; BENCH_FRAME_LEN - 14 - 20 - 8])
-        .expect("UDP frame");
+        .padded_to(BENCH_FRAME_LEN)
+        .build();
     let mut frame = [0u8; BENCH_FRAME_LEN];
     frame.copy_from_slice(&f);
     // UDP checksum: 6 bytes after the source and destination ports.

@@ -21,13 +21,13 @@ use aya::{
     maps::{Array, HashMap, MapData, ProgramArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
-use etherparse::PacketBuilder;
 use lb_common::{
     BENCH_F_VARY_FLOW, BENCH_FRAME_LEN, BenchBackend, BenchTemplate, BenchVipKey, ConnEvent,
     ConnValue, FLOW_CACHE_REFRESH, FlowKey, MAP_BENCH_PROGS, MAP_BENCH_TEMPLATE, MAP_BENCH_VIPS,
     MAP_CONNS, Outcome, PROG_BENCH_DROP, PROG_BENCH_LOOKUP_ENCAP, PROG_BENCH_PARSE_DROP,
     PROG_BENCH_RESTORE, PROTO_TCP, PROTO_UDP,
 };
+use lb_tests::frames::Frame;
 use lb_tests::xdp::{LbNamespace, lb_namespace, xdp_md};
 use lb_userspace::{
     balancer::Balancer,
@@ -123,39 +123,39 @@ protocol = "tcp"
 fn tcp6(sport: u16) -> [u8; BENCH_FRAME_LEN] {
     let client: [u8; 16] = [0xfd, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
     let vip: [u8; 16] = [0xfd, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0];
-    let payload = [0u8; BENCH_FRAME_LEN - 14 - 40 - 20];
-    let mut frame = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
-        .ipv6(client, vip, 64)
-        .tcp(sport, 80, 1000, 65535)
-        .ack(1)
-        .write(&mut frame, &payload)
-        .expect("build");
-    frame.try_into().expect("frame of BENCH_FRAME_LEN bytes")
+    Frame::eth(CLIENT_MAC, LB_MAC)
+        .ipv6(client, vip)
+        .tcp_ack(sport, 80)
+        .padded_to(BENCH_FRAME_LEN)
+        .build()
+        .try_into()
+        .expect("frame of BENCH_FRAME_LEN bytes")
 }
 
 /// A TCP segment padded to [`BENCH_FRAME_LEN`] bytes with payload.
 fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, syn: bool) -> [u8; BENCH_FRAME_LEN] {
-    let builder = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
-        .ipv4(src, dst, 64)
-        .tcp(sport, dport, 1000, 65535);
-    let builder = if syn { builder.syn() } else { builder.ack(1) };
-    let payload = [0u8; BENCH_FRAME_LEN - 14 - 20 - 20];
-    let mut frame = Vec::new();
-    builder.write(&mut frame, &payload).expect("build");
-    frame.try_into().expect("frame of BENCH_FRAME_LEN bytes")
+    let frame = Frame::eth(CLIENT_MAC, LB_MAC).ipv4(src, dst);
+    let frame = if syn {
+        frame.tcp_syn(sport, dport)
+    } else {
+        frame.tcp_ack(sport, dport)
+    };
+    frame
+        .padded_to(BENCH_FRAME_LEN)
+        .build()
+        .try_into()
+        .expect("frame of BENCH_FRAME_LEN bytes")
 }
 
 /// A UDP datagram padded to [`BENCH_FRAME_LEN`] bytes with payload.
 fn udp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> [u8; BENCH_FRAME_LEN] {
-    let payload = [0u8; BENCH_FRAME_LEN - 14 - 20 - 8];
-    let mut frame = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
-        .ipv4(src, dst, 64)
+    Frame::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(src, dst)
         .udp(sport, dport)
-        .write(&mut frame, &payload)
-        .expect("build");
-    frame.try_into().expect("frame of BENCH_FRAME_LEN bytes")
+        .padded_to(BENCH_FRAME_LEN)
+        .build()
+        .try_into()
+        .expect("frame of BENCH_FRAME_LEN bytes")
 }
 
 /// The production object and the benchmark's own, loaded in the bench's

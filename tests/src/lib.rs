@@ -5,6 +5,7 @@
 pub mod bgp_lab;
 pub mod dashboard;
 pub mod flows;
+pub mod frames;
 pub mod lab;
 pub mod netns;
 pub mod proc;

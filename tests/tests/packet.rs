@@ -11,12 +11,15 @@ use aya::{
     Ebpf,
     programs::{TestRun, TestRunOptions, Xdp},
 };
-use etherparse::{IpHeaders, Ipv4Header, PacketBuilder, VlanId};
+use etherparse::{IpHeaders, Ipv4Header, PacketBuilder};
 use lb_common::{
     ConnEvent, ConnValue, FLOW_CACHE_REFRESH, FlowKey, MAP_CONNS, Outcome, flow_hash_v4,
     maglev_slot,
 };
-use lb_tests::xdp::{LbNamespace, lb_namespace, xdp_md};
+use lb_tests::{
+    frames::Frame,
+    xdp::{LbNamespace, lb_namespace, xdp_md},
+};
 use lb_userspace::{
     balancer::{Balancer, CONNS_GRACE, ConnsCheck, ConnsVerdict},
     config::Config,
@@ -222,38 +225,29 @@ impl Fixture {
     }
 }
 
+/// A TCP SYN from the client's MAC to the load balancer's.
 fn tcp_syn(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-    let mut frame = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
-        .ipv4(src, dst, 64)
-        .tcp(sport, dport, 1000, 65535)
-        .syn()
-        .write(&mut frame, &[])
-        .expect("build");
-    frame
+    Frame::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(src, dst)
+        .tcp_syn(sport, dport)
+        .build()
 }
 
 /// A TCP segment of an established connection (ACK): the first such
 /// packet of a flow records it in the connection table.
 fn tcp_ack(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-    let mut frame = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
-        .ipv4(src, dst, 64)
-        .tcp(sport, dport, 1000, 65535)
-        .ack(1)
-        .write(&mut frame, &[])
-        .expect("build");
-    frame
+    Frame::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(src, dst)
+        .tcp_ack(sport, dport)
+        .build()
 }
 
 fn udp_datagram(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
-        .ipv4(src, dst, 64)
+    Frame::eth(CLIENT_MAC, LB_MAC)
+        .ipv4(src, dst)
         .udp(sport, dport)
-        .write(&mut frame, payload)
-        .expect("build");
-    frame
+        .payload(payload)
+        .build()
 }
 
 /// Checks an encapsulated frame: L2 header of `l2_len` bytes with the given
@@ -368,28 +362,21 @@ fn fragment(more: bool, offset: u16) -> Vec<u8> {
 }
 
 fn tagged_syn(vid: u16, sport: u16) -> Vec<u8> {
-    let mut frame = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
-        .single_vlan(VlanId::try_new(vid).expect("vid"))
-        .ipv4(CLIENT, VIP, 64)
-        .tcp(sport, 80, 1, 1000)
-        .syn()
-        .write(&mut frame, &[])
-        .expect("build");
-    frame
+    Frame::eth(CLIENT_MAC, LB_MAC)
+        .vlan(vid)
+        .ipv4(CLIENT, VIP)
+        .tcp_syn(sport, 80)
+        .build()
 }
 
 /// An ICMP echo request (TTL 30) or reply (TTL 64), id 7, sequence 1.
 fn echo(src: [u8; 4], dst: [u8; 4], macs: ([u8; 6], [u8; 6]), request: bool) -> Vec<u8> {
-    let ip = PacketBuilder::ethernet2(macs.0, macs.1).ipv4(src, dst, if request { 30 } else { 64 });
-    let builder = if request {
-        ip.icmpv4_echo_request(7, 1)
-    } else {
-        ip.icmpv4_echo_reply(7, 1)
-    };
-    let mut frame = Vec::new();
-    builder.write(&mut frame, b"ping-payload").expect("build");
-    frame
+    Frame::eth(macs.0, macs.1)
+        .ipv4(src, dst)
+        .ttl(if request { 30 } else { 64 })
+        .echo(7, 1, request)
+        .payload(b"ping-payload")
+        .build()
 }
 
 /// A TCP segment client -> VIP:80 of `total` bytes of IPv4, with or
@@ -986,12 +973,10 @@ fn unhealthy_backends_are_skipped_and_no_backend_drops() {
 }
 
 fn ipip(outer_dst: [u8; 4], inner: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::new();
-    PacketBuilder::ethernet2(LB_MAC, [0x02, 0, 0, 0, 0, 0x21])
-        .ipv4(LB_ADDR, outer_dst, 64)
-        .write(&mut frame, etherparse::IpNumber::IPV4, inner)
-        .expect("build");
-    frame
+    Frame::eth(LB_MAC, [0x02, 0, 0, 0, 0, 0x21])
+        .ipv4(LB_ADDR, outer_dst)
+        .ip_in_ip(inner)
+        .build()
 }
 
 #[test]
@@ -1449,25 +1434,17 @@ fn v6_frame(
 
 /// An IPv6 TCP ACK to the IPv6 VIP.
 fn ack6(src: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
-    v6_frame(src, VIP_V6, |b| {
-        let mut f = Vec::new();
-        b.tcp(sport, dport, 1000, 65535)
-            .ack(1)
-            .write(&mut f, &[])
-            .expect("build");
-        f
-    })
+    Frame::eth(CLIENT_MAC, LB_MAC)
+        .ipv6(src, VIP_V6)
+        .tcp_ack(sport, dport)
+        .build()
 }
 
 fn syn6(src: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
-    v6_frame(src, VIP_V6, |b| {
-        let mut f = Vec::new();
-        b.tcp(sport, dport, 1000, 65535)
-            .syn()
-            .write(&mut f, &[])
-            .expect("build");
-        f
-    })
+    Frame::eth(CLIENT_MAC, LB_MAC)
+        .ipv6(src, VIP_V6)
+        .tcp_syn(sport, dport)
+        .build()
 }
 
 /// The frame `xdp_lb` must send for `frame` (its IP packet from `l3`)
