@@ -687,16 +687,10 @@ impl Lab {
     /// Waits (at most `limit`) until the agent's log has at least `count`
     /// lines containing `needle`; returns whether it did.
     pub fn wait_for_log(&self, needle: &str, count: usize, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        loop {
-            if self.log_count(needle) >= count {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+        crate::wait_until(limit, Duration::from_millis(50), || {
+            (self.log_count(needle) >= count).then_some(())
+        })
+        .is_some()
     }
 
     /// The agent's log so far.
@@ -862,20 +856,15 @@ pub fn tcp_out_segments(ns: &Netns) -> anyhow::Result<u64> {
 /// small, so no backend learns a path MTU toward the client here (the
 /// router lab's downloads must learn theirs through the VIP).
 pub fn wait_for_http(from: &Netns, url: &str, deadline: Instant) -> bool {
-    loop {
-        let ok = from
-            .command("curl")
+    let limit = deadline.saturating_duration_since(Instant::now());
+    crate::wait_until(limit, Duration::from_millis(100), || {
+        from.command("curl")
             .args(["-s", "-I", "-o", "/dev/null", "--max-time", "1", url])
             .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+            .is_ok_and(|s| s.success())
+            .then_some(())
+    })
+    .is_some()
 }
 
 /// Sends `count` HTTP requests for `/whoami` to `vip` (`host` or `[v6]`)

@@ -49,3 +49,24 @@ pub fn pin_to_cpu(pid: i32, cpu: usize) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Polls `check` every `every` until it answers `Some`, for at most `limit`
+/// (and once more when the time is up): the tests' one bounded polling
+/// loop, bounded in time and so in count. `None` when time runs out.
+pub fn wait_until<T>(
+    limit: std::time::Duration,
+    every: std::time::Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(found) = check() {
+            return Some(found);
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        std::thread::sleep(every.min(left));
+    }
+}

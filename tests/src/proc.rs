@@ -5,8 +5,7 @@ use std::{
     fs,
     path::Path,
     process::{Child, ExitStatus, Stdio},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -71,14 +70,12 @@ impl Proc {
         }
         // SAFETY: signalling our own child by its pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if self.exited() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
+        let exited = crate::wait_until(limit, Duration::from_millis(20), || {
+            self.exited().then_some(())
+        });
+        if exited.is_none() {
+            self.kill();
         }
-        self.kill();
     }
 }
 

@@ -74,18 +74,14 @@ fn nodes_announce_vips_health_aware_and_leave_without_breaking_connections() {
     ));
     // What the nodes show of it.
     // (The agents read BIRD every second: wait for both to have read it.)
-    let deadline = Instant::now() + Duration::from_secs(5);
     let mut metrics = String::new();
-    while Instant::now() < deadline {
+    lb_tests::wait_until(Duration::from_secs(5), Duration::from_millis(200), || {
         metrics = lab.api_get(0, "/metrics").unwrap_or_default();
         let second = lab
             .status(1)
             .is_some_and(|s| s["bgp"]["peers"][0]["state"] == "Established");
-        if second && metrics.contains("lb_bgp_session_up{peer=\"10.30.0.1\"} 1") {
-            break;
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
+        (second && metrics.contains("lb_bgp_session_up{peer=\"10.30.0.1\"} 1")).then_some(())
+    });
     for line in [
         format!("lb_bgp_session_up{{peer=\"{ROUTER_ADDR}\"}} 1"),
         format!("lb_bgp_announced{{address=\"{VIP}\"}} 1"),
@@ -216,19 +212,18 @@ fn nodes_announce_vips_health_aware_and_leave_without_breaking_connections() {
     );
     assert!(kept, "{VIP} (healthy VIPs) kept both next hops throughout");
     // (The agent publishes its state after BIRD has taken the change.)
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let solo = loop {
+    let solo_now = || {
         let status = lab.status(0).unwrap_or_default();
-        let solo = status["bgp"]["addresses"]
+        status["bgp"]["addresses"]
             .as_array()
             .and_then(|a| a.iter().find(|a| a["address"] == SOLO_VIP))
             .cloned()
-            .unwrap_or_default();
-        if solo["announced"] == false || Instant::now() > deadline {
-            break solo;
-        }
-        thread::sleep(Duration::from_millis(100));
+            .unwrap_or_default()
     };
+    let solo = lb_tests::wait_until(Duration::from_secs(3), Duration::from_millis(100), || {
+        Some(solo_now()).filter(|solo| solo["announced"] == false)
+    })
+    .unwrap_or_else(solo_now);
     assert_eq!(solo["announced"], false, "{solo}");
     assert!(
         solo["reason"]

@@ -67,11 +67,10 @@ fn ipv6_vips_ipv4_over_ipv6_and_gue() {
     .expect("lab starts");
     let v6 = format!("[{VIP_V6}]");
     // Wait until the IPv6 VIP serves (neighbours of the IPv6 backends).
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while lab.requests_to(&v6, 1, None)[0].is_none() {
-        assert!(std::time::Instant::now() < deadline, "{}", lab.agent_log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let served = lb_tests::wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+        lab.requests_to(&v6, 1, None)[0].clone()
+    });
+    assert!(served.is_some(), "{}", lab.agent_log());
 
     // IPv6 VIP over IPv6 backends; replies bypass the load balancer.
     let before = if_counters(lab.lb(), &lab.lb_iface).expect("counters");

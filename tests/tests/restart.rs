@@ -133,12 +133,12 @@ impl Rig {
     }
 
     fn wait_exit(&self, child: &mut Child) -> Option<i32> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.code();
-            }
-            thread::sleep(Duration::from_millis(50));
+        let exited =
+            lb_tests::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+                child.try_wait().ok().flatten()
+            });
+        if let Some(status) = exited {
+            return status.code();
         }
         let _ = child.kill();
         let _ = child.wait();
