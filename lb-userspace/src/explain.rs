@@ -180,6 +180,23 @@ pub fn explain(
         vip.backends.len()
     );
     let _ = writeln!(out, "flow hash {hash:#010x}; Maglev slot {slot} of {m}");
+    configured_choice(&mut out, vip, hash, m);
+    let Some(pins) = pins else {
+        let _ = writeln!(
+            out,
+            "no running data plane found: connection table not consulted"
+        );
+        return Ok(out);
+    };
+    let flow = FlowKey::new(family, s, d, sport, dport, proto);
+    running_choice(&mut out, pins, vip, &flow, hash)?;
+    Ok(out)
+}
+
+/// The backend the configuration gives flow hash `hash` of `vip` with
+/// every backend healthy (a Maglev table of `m` slots), written to `out`.
+fn configured_choice(out: &mut String, vip: &Vip, hash: u32, m: u32) {
+    let slot = maglev_slot(hash, m);
     let names: Vec<Vec<u8>> = vip
         .backends
         .iter()
@@ -214,13 +231,21 @@ pub fn explain(
             );
         }
     }
-    let Some(pins) = pins else {
-        let _ = writeln!(
-            out,
-            "no running data plane found: connection table not consulted"
-        );
-        return Ok(out);
-    };
+}
+
+/// What the running data plane pinned in `pins` does with `flow` of `vip`
+/// (hash `hash`): its Maglev table with live health, and the connection
+/// table's entry, written to `out`.
+///
+/// # Errors
+/// A pinned map cannot be opened.
+fn running_choice(
+    out: &mut String,
+    pins: &Path,
+    vip: &Vip,
+    flow: &FlowKey,
+    hash: u32,
+) -> Result<(), ExplainError> {
     let vips: HashMap<MapData, VipKey, VipValue> = open_pin(pins, MAP_VIPS)?;
     let backends: Array<MapData, Backend> = open_pin(pins, MAP_BACKENDS)?;
     let maglev: Array<MapData, u32> = open_pin(pins, MAP_MAGLEV)?;
@@ -232,7 +257,7 @@ pub fn explain(
             out,
             "  the VIP is not in the running data plane (reload pending?)"
         );
-        return Ok(out);
+        return Ok(());
     };
     let describe = |id: u32| -> String {
         match backends.get(&id, 0) {
@@ -262,7 +287,7 @@ pub fn explain(
             }
         }
     }
-    match conns.get(&FlowKey::new(family, s, d, sport, dport, proto), 0) {
+    match conns.get(flow, 0) {
         Ok(entry) => {
             let current = backends.get(&entry.backend_id, 0).ok();
             let usable = current
@@ -289,7 +314,7 @@ pub fn explain(
             );
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

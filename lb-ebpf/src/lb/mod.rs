@@ -43,13 +43,13 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{helpers::generated::bpf_redirect, programs::XdpContext};
 use lb_common::{
-    AddrKey, Backend, ConnEvent, ConnValue, FAMILY_V6, FlowKey, GLOBAL_F_GUE, GLOBAL_F_READY,
-    Globals, NO_CONN_EVENT, Outcome, VIP_F_CONNS_MATCH_TABLE, VIP_F_OWN_ALLOW,
-    VIP_F_PASS_ON_NO_BACKEND, VIP_LIVE, VIP_SHADOWED, VipValue, rules::vip_source_allowed,
-    stat_index,
+    AddrKey, Backend, ConnEvent, FAMILY_V6, FlowKey, GLOBAL_F_GUE, GLOBAL_F_READY, Globals,
+    NO_CONN_EVENT, Outcome, VIP_F_CONNS_MATCH_TABLE, VIP_F_OWN_ALLOW, VIP_F_PASS_ON_NO_BACKEND,
+    VIP_LIVE, VIP_SHADOWED, VipValue, rules::vip_source_allowed, stat_index,
 };
 
 pub mod filter;
+mod packet;
 pub mod select;
 mod step;
 mod v4;
@@ -60,7 +60,10 @@ use select::{
     lookup_backend, maglev_backend,
 };
 
-use self::step::Step;
+use self::{
+    packet::{Choice, ConnLookup, Inner, Packet},
+    step::Step,
+};
 use crate::{
     encap::{self, Outer},
     icmp,
@@ -183,131 +186,6 @@ fn established_choice(p: &Packet, epoch: u32, c: *mut Choice) -> Result<Step, Lo
     count(&LB_VIP_STATS, vip_id, p.bytes);
     write_choice(c, backend_id, backend, hash, event as u32);
     Ok(Step::FORWARD)
-}
-
-/// What the connection table said of a packet's flow before [`choose`]:
-/// whether the [`shortcut`] looked it up, and the entry it found. The
-/// entry itself, or an id no backend has (backend ids are below
-/// `lb_common::MAX_BACKENDS`) for "not looked up" and "missing": written
-/// with word stores of constants that differ (zeroed fields side by side
-/// become a `memset` call).
-#[derive(Clone, Copy)]
-struct ConnLookup(ConnValue);
-
-impl ConnLookup {
-    /// Not looked up yet.
-    const NOT_LOOKED_UP: Self = ConnLookup(ConnValue {
-        backend_id: u32::MAX,
-        generation: 1,
-    });
-    /// Looked up, not there.
-    const MISSING: Self = ConnLookup(ConnValue {
-        backend_id: u32::MAX - 1,
-        generation: 1,
-    });
-
-    /// Looked up: `entry`, if any.
-    #[inline(always)]
-    fn of(entry: Option<ConnValue>) -> Self {
-        entry.map_or(Self::MISSING, ConnLookup)
-    }
-
-    /// Whether the shortcut looked the flow up.
-    #[inline(always)]
-    fn done(self) -> bool {
-        self.0.backend_id != Self::NOT_LOOKED_UP.0.backend_id
-    }
-
-    /// The entry found (once looked up).
-    #[inline(always)]
-    fn entry(self) -> Option<ConnValue> {
-        // then_some, not then: the payload is defined on both branches (a
-        // None with an undefined payload is refused by 6.1's verifier).
-        (self.0.backend_id != Self::MISSING.0.backend_id).then_some(self.0)
-    }
-}
-
-/// The packet as it is forwarded (the inner packet once encapsulated).
-struct Inner {
-    /// Offset of its IP header.
-    l3: usize,
-    family: L3,
-    /// Its length in bytes (IPv4 total length; IPv6 header plus payload).
-    len: u16,
-    /// DSCP/ECN byte.
-    tos: u8,
-    /// IPv4: DF set. IPv6 packets are never fragmented on the way.
-    df: bool,
-    /// IPv4: options present (the "too big" answer does not quote them).
-    options: bool,
-}
-
-/// A packet of a VIP flow, as the parse step leaves it.
-struct Packet {
-    /// The flow, client to VIP, as the connection table's key (aligned to
-    /// 8: read by words, and used as the key where it stands).
-    flow: FlowKey,
-    inner: Inner,
-    /// The packet's own source (the client, or for an ICMP error the router
-    /// that sent it).
-    source: [u8; 16],
-    /// An ICMP error about the flow (a router's, about a DSR reply): it
-    /// follows the flow to its backend without touching the connection
-    /// table, and only the global source filter applies to it.
-    icmp_error: bool,
-    /// A TCP SYN without ACK: its flow is not recorded yet.
-    syn: bool,
-    /// The frame's length, for the counters.
-    bytes: u64,
-    /// `lb_common::flow_hash` of the flow, once the [`shortcut`] looked
-    /// the flow up (`conn`); 0 before.
-    hash: u32,
-    /// What the [`shortcut`] found in the connection table.
-    conn: ConnLookup,
-}
-
-impl Packet {
-    /// The packet of `flow` as a parse step writes it, before [`shortcut`].
-    #[inline(always)]
-    fn new(
-        flow: FlowKey,
-        inner: Inner,
-        source: [u8; 16],
-        icmp_error: bool,
-        syn: bool,
-        bytes: u64,
-    ) -> Self {
-        Packet {
-            flow,
-            inner,
-            source,
-            icmp_error,
-            syn,
-            bytes,
-            hash: 0,
-            conn: ConnLookup::NOT_LOOKED_UP,
-        }
-    }
-}
-
-/// The backend [`choose`] picked, for [`forward`].
-struct Choice {
-    backend_id: u32,
-    hash: u32,
-    /// The backend's address as in its map entry (IPv4 in the first 4
-    /// bytes), copied by words: a map value's address kept on the stack
-    /// across subprograms is lost by 6.1's verifier, and a byte copy would
-    /// cost a memmove call.
-    backend_addr: [u32; 4],
-    /// The backend's family ([`lb_common::FAMILY_V4`] or [`FAMILY_V6`]).
-    backend_family: u8,
-    /// The backend entry's generation, which a cached next hop must match.
-    backend_generation: u32,
-    /// What the connection table did (a [`lb_common::ConnEvent`]'s index, or
-    /// [`NO_CONN_EVENT`]), counted with the packet's outcome.
-    conn_event: u32,
-    /// With `TOO_BIG`: the bytes the inner packet may have.
-    mtu_left: u16,
 }
 
 /// The backend choice of a packet the [`shortcut`] left (a new flow, a

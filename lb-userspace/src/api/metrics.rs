@@ -80,156 +80,176 @@ impl Collector for LbCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = self.0.status();
         let e = &mut encoder;
-        let each = |f: fn(&Traffic) -> u64| -> Vec<(Labels, u64)> {
-            s.outcomes
-                .iter()
-                .map(|(o, t)| (vec![("outcome", o.clone())], f(t)))
-                .collect()
-        };
-        counters(
-            e,
-            "lb_packets",
-            "Packets by outcome in xdp_lb, summed over CPUs.",
-            &each(|t| t.packets),
-        )?;
-        counters(
-            e,
-            "lb_bytes",
-            "Bytes by outcome in xdp_lb, summed over CPUs.",
-            &each(|t| t.bytes),
-        )?;
-        let conn: Vec<(Labels, u64)> = s
-            .conntrack
-            .iter()
-            .map(|(ev, t)| (vec![("event", ev.clone())], t.packets))
-            .collect();
-        counters(
-            e,
-            "lb_conntrack_events",
-            "What the connection table did for VIP packets: hit, miss, rehash, syn, limited, syn_direct, hit_cached (a hit served by the CPU's flow cache).",
-            &conn,
-        )?;
-        let vip = |f: fn(&Traffic) -> u64| -> Vec<(Labels, u64)> {
-            s.vips
-                .iter()
-                .map(|v| (vec![("vip", v.name.clone())], f(&v.traffic)))
-                .collect()
-        };
-        counters(
-            e,
-            "lb_vip_packets",
-            "Packets forwarded per VIP.",
-            &vip(|t| t.packets),
-        )?;
-        counters(
-            e,
-            "lb_vip_bytes",
-            "Bytes forwarded per VIP.",
-            &vip(|t| t.bytes),
-        )?;
-        counters(
-            e,
-            "lb_vip_dropped_packets",
-            "Packets to a VIP refused by its own allow list, by reason.",
-            &s.vips
-                .iter()
-                .map(|v| {
-                    let labels = vec![
-                        ("vip", v.name.clone()),
-                        ("reason", "source_filter".to_string()),
-                    ];
-                    (labels, v.refused.packets)
-                })
-                .collect::<Vec<_>>(),
-        )?;
-        counters(
-            e,
-            "lb_backend_packets",
-            "Packets sent per backend.",
-            &per_backend(&s, |b| b.traffic.packets),
-        )?;
-        counters(
-            e,
-            "lb_backend_bytes",
-            "Bytes sent per backend.",
-            &per_backend(&s, |b| b.traffic.bytes),
-        )?;
-        gauges(
-            e,
-            "lb_vip_syn_direct",
-            "1 while the VIP's TCP SYNs take the Maglev choice without a connection-table lookup (its recorded flows agree with its table).",
-            &s.vips
-                .iter()
-                .map(|v| (vec![("vip", v.name.clone())], i64::from(v.syn_direct)))
-                .collect::<Vec<_>>(),
-        )?;
-        gauges(
-            e,
-            "lb_backend_healthy",
-            "1 when the backend passes its health check.",
-            &per_backend(&s, |b| i64::from(b.state != "unhealthy")),
-        )?;
-        gauges(
-            e,
-            "lb_backend_weight",
-            "Configured weight (0: draining).",
-            &per_backend(&s, |b| i64::from(b.weight)),
-        )?;
-        counters(
-            e,
-            "lb_reloads",
-            "Configuration reloads by result.",
-            &[
-                (vec![("result", "applied".into())], s.reloads.applied),
-                (vec![("result", "rejected".into())], s.reloads.rejected),
-            ],
-        )?;
-        let w = &s.conntrack_walks;
-        counters(
-            e,
-            "lb_conntrack_walks",
-            "Walks of the connection table for VIPs whose TCP SYNs look their flows up, by result.",
-            &[
-                (vec![("result", "complete".into())], w.complete),
-                (vec![("result", "stopped".into())], w.stopped),
-                (vec![("result", "failed".into())], w.failed),
-            ],
-        )?;
-        counter(
-            e,
-            "lb_conntrack_walk_entries",
-            "Connection-table entries read by walks.",
-            &ConstCounter::new(w.entries),
-        )?;
-        counter(
-            e,
-            "lb_conntrack_walk_flags_set",
-            "VIPs whose TCP SYNs a walk let skip the connection table again.",
-            &ConstCounter::new(w.flags_set),
-        )?;
-        counter(
-            e,
-            "lb_conntrack_walk_seconds",
-            "Time spent walking the connection table.",
-            &ConstCounter::new(w.seconds),
-        )?;
-        gauges(
-            e,
-            "lb_uptime_seconds",
-            "Seconds since the agent started.",
-            &[(vec![], s.uptime_seconds as i64)],
-        )?;
-        gauges(
-            e,
-            "lb_build_info",
-            "The agent's version.",
-            &[(vec![("version", s.version.clone())], 1)],
-        )?;
+        data_plane(e, &s)?;
+        vips_and_backends(e, &s)?;
+        agent(e, &s)?;
         if let Some(bgp) = &s.bgp {
             super::bgp::metrics(e, bgp)?;
         }
         Ok(())
     }
+}
+
+/// The data plane's counters: packets and bytes by outcome, connection-table
+/// events.
+fn data_plane(e: &mut DescriptorEncoder, s: &Status) -> Result<(), std::fmt::Error> {
+    let each = |f: fn(&Traffic) -> u64| -> Vec<(Labels, u64)> {
+        s.outcomes
+            .iter()
+            .map(|(o, t)| (vec![("outcome", o.clone())], f(t)))
+            .collect()
+    };
+    counters(
+        e,
+        "lb_packets",
+        "Packets by outcome in xdp_lb, summed over CPUs.",
+        &each(|t| t.packets),
+    )?;
+    counters(
+        e,
+        "lb_bytes",
+        "Bytes by outcome in xdp_lb, summed over CPUs.",
+        &each(|t| t.bytes),
+    )?;
+    let conn: Vec<(Labels, u64)> = s
+        .conntrack
+        .iter()
+        .map(|(ev, t)| (vec![("event", ev.clone())], t.packets))
+        .collect();
+    counters(
+        e,
+        "lb_conntrack_events",
+        "What the connection table did for VIP packets: hit, miss, rehash, syn, limited, syn_direct, hit_cached (a hit served by the CPU's flow cache).",
+        &conn,
+    )?;
+    Ok(())
+}
+
+/// Per VIP and per backend: traffic, refusals, the SYN shortcut, health and
+/// weight.
+fn vips_and_backends(e: &mut DescriptorEncoder, s: &Status) -> Result<(), std::fmt::Error> {
+    let vip = |f: fn(&Traffic) -> u64| -> Vec<(Labels, u64)> {
+        s.vips
+            .iter()
+            .map(|v| (vec![("vip", v.name.clone())], f(&v.traffic)))
+            .collect()
+    };
+    counters(
+        e,
+        "lb_vip_packets",
+        "Packets forwarded per VIP.",
+        &vip(|t| t.packets),
+    )?;
+    counters(
+        e,
+        "lb_vip_bytes",
+        "Bytes forwarded per VIP.",
+        &vip(|t| t.bytes),
+    )?;
+    counters(
+        e,
+        "lb_vip_dropped_packets",
+        "Packets to a VIP refused by its own allow list, by reason.",
+        &s.vips
+            .iter()
+            .map(|v| {
+                let labels = vec![
+                    ("vip", v.name.clone()),
+                    ("reason", "source_filter".to_string()),
+                ];
+                (labels, v.refused.packets)
+            })
+            .collect::<Vec<_>>(),
+    )?;
+    counters(
+        e,
+        "lb_backend_packets",
+        "Packets sent per backend.",
+        &per_backend(s, |b| b.traffic.packets),
+    )?;
+    counters(
+        e,
+        "lb_backend_bytes",
+        "Bytes sent per backend.",
+        &per_backend(s, |b| b.traffic.bytes),
+    )?;
+    gauges(
+        e,
+        "lb_vip_syn_direct",
+        "1 while the VIP's TCP SYNs take the Maglev choice without a connection-table lookup (its recorded flows agree with its table).",
+        &s.vips
+            .iter()
+            .map(|v| (vec![("vip", v.name.clone())], i64::from(v.syn_direct)))
+            .collect::<Vec<_>>(),
+    )?;
+    gauges(
+        e,
+        "lb_backend_healthy",
+        "1 when the backend passes its health check.",
+        &per_backend(s, |b| i64::from(b.state != "unhealthy")),
+    )?;
+    gauges(
+        e,
+        "lb_backend_weight",
+        "Configured weight (0: draining).",
+        &per_backend(s, |b| i64::from(b.weight)),
+    )?;
+    Ok(())
+}
+
+/// The agent's own figures: reloads, connection-table walks, uptime, build.
+fn agent(e: &mut DescriptorEncoder, s: &Status) -> Result<(), std::fmt::Error> {
+    counters(
+        e,
+        "lb_reloads",
+        "Configuration reloads by result.",
+        &[
+            (vec![("result", "applied".into())], s.reloads.applied),
+            (vec![("result", "rejected".into())], s.reloads.rejected),
+        ],
+    )?;
+    let w = &s.conntrack_walks;
+    counters(
+        e,
+        "lb_conntrack_walks",
+        "Walks of the connection table for VIPs whose TCP SYNs look their flows up, by result.",
+        &[
+            (vec![("result", "complete".into())], w.complete),
+            (vec![("result", "stopped".into())], w.stopped),
+            (vec![("result", "failed".into())], w.failed),
+        ],
+    )?;
+    counter(
+        e,
+        "lb_conntrack_walk_entries",
+        "Connection-table entries read by walks.",
+        &ConstCounter::new(w.entries),
+    )?;
+    counter(
+        e,
+        "lb_conntrack_walk_flags_set",
+        "VIPs whose TCP SYNs a walk let skip the connection table again.",
+        &ConstCounter::new(w.flags_set),
+    )?;
+    counter(
+        e,
+        "lb_conntrack_walk_seconds",
+        "Time spent walking the connection table.",
+        &ConstCounter::new(w.seconds),
+    )?;
+    gauges(
+        e,
+        "lb_uptime_seconds",
+        "Seconds since the agent started.",
+        &[(vec![], s.uptime_seconds as i64)],
+    )?;
+    gauges(
+        e,
+        "lb_build_info",
+        "The agent's version.",
+        &[(vec![("version", s.version.clone())], 1)],
+    )?;
+    Ok(())
 }
 
 /// Content type of the OpenMetrics text format (OpenMetrics 1.0).
