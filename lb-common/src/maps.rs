@@ -99,6 +99,19 @@ pub const MAP_ICMP_BUCKET: &str = "LB_ICMP_BUCKET";
 /// Per-CPU token bucket of connection-table inserts (new flows recorded,
 /// [`Globals::max_new_per_cpu`] per second): array of one [`TokenBucket`].
 pub const MAP_CONN_BUCKET: &str = "LB_CONN_BUCKET";
+/// The programs `xdp_lb` hands packets to by tail call: a program array
+/// of [`PROG_SLOTS`] slots. [`PROG_LB_V6`] holds `xdp_lb_v6`, which takes
+/// every IPv6 packet, so that each program is verified for one family
+/// (the verifier's work on Debian 12's 6.1 stays within its budget).
+/// Pinned with the other maps (a pin keeps a program array's entries after
+/// the agent exits) and filled by the agent before it attaches or upgrades.
+pub const MAP_PROGS: &str = "LB_PROGS";
+/// The slot of [`MAP_PROGS`] that holds `xdp_lb_v6`.
+pub const PROG_LB_V6: u32 = 0;
+/// Slots of [`MAP_PROGS`].
+pub const PROG_SLOTS: u32 = 1;
+/// The program of IPv6 packets, in [`MAP_PROGS`] at [`PROG_LB_V6`].
+pub const PROGRAM_LB_V6: &str = "xdp_lb_v6";
 
 /// Per-CPU array of [`FLOW_CACHE_SLOTS`] [`FlowCacheEntry`]: each CPU's
 /// direct-mapped copies of the connection-table entries it used lately, so

@@ -28,7 +28,21 @@ use crate::maps::{LB_STATS, count};
 )]
 pub fn xdp_lb(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let (outcome, counter) = lb::run(&ctx);
+    let (outcome, counter) = lb::run::<false>(&ctx);
+    count(&LB_STATS, counter, bytes);
+    outcome.action()
+}
+
+/// The load balancer's IPv6 packets: `xdp_lb` hands them over by tail call
+/// (`LB_PROGS`), so that each program is verified for one family.
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "#[xdp] entry points take the context by value"
+)]
+pub fn xdp_lb_v6(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let (outcome, counter) = lb::run::<true>(&ctx);
     count(&LB_STATS, counter, bytes);
     outcome.action()
 }

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     ALLOW16_WORDS, AddrKey, Backend, CachedNextHop, ConnValue, Counter, FLOW_CACHE_SLOTS,
@@ -11,6 +11,11 @@ use lb_common::{
     MAX_VIP_SOURCE_PREFIXES, MAX_VIPS, STAT_ENTRIES, TokenBucket, VIP_BLOOM_WORDS, VipKey,
     VipSourceKey, VipSourceKey6, VipValue, rules::vip_bloom_bit,
 };
+
+/// The programs `xdp_lb` tail-calls (`lb_common::MAP_PROGS`): `xdp_lb_v6`
+/// at `lb_common::PROG_LB_V6`. Filled by the agent.
+#[map]
+pub static LB_PROGS: ProgramArray = ProgramArray::with_max_entries(lb_common::PROG_SLOTS, 0);
 
 /// VIP (address, port, protocol) -> its id, Maglev table and flags.
 #[map]

@@ -27,7 +27,7 @@ fn every_map_the_agent_uses_is_in_the_object_as_declared() {
             assert_eq!(map.max_entries(), entries, "{}: capacity", spec.name);
         }
     }
-    for program in ["xdp_lb", "xdp_decap"] {
+    for program in ["xdp_lb", lb_common::PROGRAM_LB_V6, "xdp_decap"] {
         assert!(
             object.programs.contains_key(program),
             "program {program} in the object"

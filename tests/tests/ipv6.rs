@@ -56,7 +56,7 @@ fn outcome(lab: &Lab, outcome: &str) -> u64 {
 #[ignore = "needs root: cargo xtask test"]
 fn ipv6_vips_ipv4_over_ipv6_and_gue() {
     lb_tests::require_root();
-    let lab = Lab::start_with(
+    let mut lab = Lab::start_with(
         "lbv6",
         Mode::Generic,
         Options {
@@ -148,4 +148,20 @@ fn ipv6_vips_ipv4_over_ipv6_and_gue() {
     );
     spread(&lab, "IPv4 VIP, GUE over IPv4", lb_tests::lab::VIP);
     spread(&lab, "IPv6 VIP, GUE over IPv6", &v6);
+
+    // The data plane outlives its agent: killed (SIGKILL leaves the pins),
+    // xdp_lb still hands IPv6 packets to xdp_lb_v6 through the pinned
+    // program array; a new agent adopts the data plane, and fills the
+    // array with its own xdp_lb_v6 before anything else.
+    lab.kill_agent();
+    spread(&lab, "IPv6 VIP, no agent running", &v6);
+    let adopted = lab.log_count("adopted the data plane");
+    lab.start_agent(&[]).expect("the agent starts again");
+    assert!(
+        lab.wait_for_log("adopted the data plane", adopted + 1, Duration::from_secs(10)),
+        "{}",
+        lab.agent_log()
+    );
+    spread(&lab, "IPv6 VIP, adopted", &v6);
+    spread(&lab, "IPv4 VIP, adopted", lb_tests::lab::VIP);
 }

@@ -30,8 +30,11 @@
 //!    encapsulation kind, next hop);
 //! 4. when the packet would not fit, the "too big" answer ([`too_big`]).
 //!
-//! [`run`] returns the outcome; the entry point in main.rs counts it and
-//! turns it into its XDP action (`Outcome::action`).
+//! Two programs run this path, one per family (`run::<V6>`): `xdp_lb`
+//! takes IPv4 and hands IPv6 to `xdp_lb_v6` by tail call (`LB_PROGS`), so
+//! the verifier walks each program for one family. [`run`] returns the
+//! outcome; the entry point in main.rs counts it and turns it into its XDP
+//! action (`Outcome::action`).
 //!
 //! Each subprogram costs its call and return (about 8 ns here: the kernel
 //! returns through its return thunk, a mispredicted return on CPUs that need
@@ -44,8 +47,9 @@ use core::mem::MaybeUninit;
 use aya_ebpf::{helpers::generated::bpf_redirect, programs::XdpContext};
 use lb_common::{
     AddrKey, Backend, ConnEvent, FAMILY_V6, FlowKey, GLOBAL_F_GUE, GLOBAL_F_READY, Globals,
-    NO_CONN_EVENT, Outcome, VIP_F_CONNS_MATCH_TABLE, VIP_F_OWN_ALLOW, VIP_F_PASS_ON_NO_BACKEND,
-    VIP_LIVE, VIP_SHADOWED, VipValue, rules::vip_source_allowed, stat_index,
+    NO_CONN_EVENT, Outcome, PROG_LB_V6, VIP_F_CONNS_MATCH_TABLE, VIP_F_OWN_ALLOW,
+    VIP_F_PASS_ON_NO_BACKEND, VIP_LIVE, VIP_SHADOWED, VipValue, rules::vip_source_allowed,
+    stat_index,
 };
 
 pub mod filter;
@@ -67,18 +71,21 @@ use self::{
 use crate::{
     encap::{self, Outer},
     icmp,
-    maps::{LB_BE_STATS, LB_GLOBALS, LB_VIP_DROPS, LB_VIP_FLAGS, LB_VIP_STATS, count},
+    maps::{LB_BE_STATS, LB_GLOBALS, LB_PROGS, LB_VIP_DROPS, LB_VIP_FLAGS, LB_VIP_STATS, count},
     nexthop::{self, Route},
     parse::{L3, l3_offset},
 };
 
 /// Processes one frame: its outcome, and the entry of `LB_STATS` that
 /// counts it (`lb_common::stat_index` of the outcome and the
-/// connection-table event, if the packet reached one).
+/// connection-table event, if the packet reached one). `V6`: the program
+/// of IPv6 packets (`xdp_lb_v6`); else `xdp_lb`, which takes IPv4 and hands
+/// IPv6 to `xdp_lb_v6` by tail call, so that each program holds, and the
+/// verifier walks, one family's path.
 #[inline(always)]
-pub fn run(ctx: &XdpContext) -> (Outcome, u32) {
+pub fn run<const V6: bool>(ctx: &XdpContext) -> (Outcome, u32) {
     let mut conn_event = NO_CONN_EVENT;
-    let outcome = match try_lb(ctx, &mut conn_event) {
+    let outcome = match try_lb::<V6>(ctx, &mut conn_event) {
         Ok(outcome) | Err(outcome) => outcome,
     };
     (outcome, stat_index(outcome as u32, conn_event))
@@ -87,7 +94,7 @@ pub fn run(ctx: &XdpContext) -> (Outcome, u32) {
 /// [`run`]: `Ok` and `Err` both carry the outcome; `Err` is taken by `?` on
 /// a parse or lookup failure. `conn_event` is set once a backend is chosen.
 #[inline(always)]
-fn try_lb(ctx: &XdpContext, conn_event: &mut u32) -> Result<Outcome, Outcome> {
+fn try_lb<const V6: bool>(ctx: &XdpContext, conn_event: &mut u32) -> Result<Outcome, Outcome> {
     let Some(globals) = LB_GLOBALS.get(0) else {
         return Ok(Outcome::Passed);
     };
@@ -105,8 +112,18 @@ fn try_lb(ctx: &XdpContext, conn_event: &mut u32) -> Result<Outcome, Outcome> {
     let mut p = MaybeUninit::<Packet>::uninit();
     let mut c = MaybeUninit::<Choice>::uninit();
     let mut step = match family {
-        L3::V4 => v4::parse(ctx, globals, l3, p.as_mut_ptr(), c.as_mut_ptr()),
-        L3::V6 => v6::parse(ctx, globals, l3, p.as_mut_ptr()),
+        L3::V4 if !V6 => v4::parse(ctx, globals, l3, p.as_mut_ptr(), c.as_mut_ptr()),
+        L3::V6 if V6 => v6::parse(ctx, globals, l3, p.as_mut_ptr()),
+        L3::V6 => {
+            // SAFETY: our own context and program array; on success the
+            // call does not return.
+            unsafe { LB_PROGS.tail_call(ctx, PROG_LB_V6) };
+            // No xdp_lb_v6 in the array (the agent fills it before it
+            // attaches xdp_lb): the packet goes to the kernel untouched.
+            return Ok(Outcome::Passed);
+        }
+        // xdp_lb_v6 is only ever handed IPv6 packets.
+        L3::V4 => return Ok(Outcome::Passed),
     };
     if step == Step::CHOOSE {
         // SAFETY: the parse step wrote the whole packet before CHOOSE.
@@ -129,7 +146,12 @@ fn try_lb(ctx: &XdpContext, conn_event: &mut u32) -> Result<Outcome, Outcome> {
         step = forward(ctx, globals, p, c);
     }
     match step {
-        Step::TOO_BIG => Ok(too_big(ctx, &p.inner, c.mtu_left, globals.too_big_per_cpu)),
+        Step::TOO_BIG => Ok(too_big::<V6>(
+            ctx,
+            &p.inner,
+            c.mtu_left,
+            globals.too_big_per_cpu,
+        )),
         step => Ok(step.outcome()),
     }
 }
@@ -415,12 +437,17 @@ fn try_forward<const FIB: bool>(
 /// answered ("fragmentation needed", "packet too big"); IPv4 without DF is
 /// dropped (XDP cannot fragment).
 #[inline(always)]
-fn too_big(ctx: &XdpContext, inner: &Inner, mtu: u16, per_second: u32) -> Outcome {
-    match inner.family {
-        L3::V4 if !inner.df => Outcome::DropTooBigNoDf,
-        L3::V4 if inner.options => Outcome::DropEncap,
-        L3::V4 => icmp::too_big_v4::reply(ctx, inner.l3, mtu, per_second),
-        L3::V6 => icmp::too_big_v6::reply(ctx, inner.l3, u32::from(mtu), per_second),
+fn too_big<const V6: bool>(ctx: &XdpContext, inner: &Inner, mtu: u16, per_second: u32) -> Outcome {
+    // The family is the program's: each program holds one answer.
+    if V6 {
+        return icmp::too_big_v6::reply(ctx, inner.l3, u32::from(mtu), per_second);
+    }
+    if !inner.df {
+        Outcome::DropTooBigNoDf
+    } else if inner.options {
+        Outcome::DropEncap
+    } else {
+        icmp::too_big_v4::reply(ctx, inner.l3, mtu, per_second)
     }
 }
 

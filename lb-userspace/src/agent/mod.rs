@@ -51,7 +51,7 @@ use crate::{
         error::DataplaneError,
         maps::{self, AyaMaps},
         nexthops::{self, NextHopTarget, NextHopWriter},
-        object::{attach, load_object, xdp_mode},
+        object::{attach, load_lb_v6, load_object, xdp_mode},
         pins::{ADOPTED_MAPS, BPFFS, InstanceLock, LINK_PIN, pin_dir, pin_maps, unpin},
         resolve,
         stats::StatsReader,

@@ -31,6 +31,7 @@ pub(super) fn start_fresh(
         encap_source,
         sizing.table_regions,
     )?;
+    load_lb_v6(&mut ebpf)?;
     let link = attach(
         &mut ebpf,
         upgrade::PROGRAM,

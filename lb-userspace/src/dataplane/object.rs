@@ -3,9 +3,10 @@
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::ProgramArray,
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLink},
 };
-use lb_common::{MAP_CONNS, MAP_MAGLEV};
+use lb_common::{MAP_CONNS, MAP_MAGLEV, MAP_PROGS, PROG_LB_V6, PROGRAM_LB_V6};
 
 use super::error::DataplaneError;
 use crate::config::{Config, XdpModeConfig};
@@ -33,6 +34,67 @@ pub fn load_object(config: &Config) -> Result<Ebpf, aya::EbpfError> {
         .map_max_entries(MAP_MAGLEV, config.sizing.maglev_entries)
         .map_max_entries(MAP_CONNS, config.sizing.conntrack_entries)
         .load(object())
+}
+
+/// Loads `xdp_lb_v6` (the program of IPv6 packets) and puts it in
+/// `LB_PROGS`, where `xdp_lb` tail-calls it: done before `xdp_lb` is
+/// attached or swapped in, so that no IPv6 packet meets an empty slot.
+/// Replacing the slot's program is one map update: a packet runs the old
+/// program or the new one.
+///
+/// # Errors
+/// The program is missing or refused by the verifier, or the map update
+/// fails.
+pub fn load_lb_v6(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    let program: &mut Xdp = ebpf
+        .program_mut(PROGRAM_LB_V6)
+        .ok_or(DataplaneError::Program {
+            op: "find",
+            program: PROGRAM_LB_V6,
+            source: ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(|source| DataplaneError::Program {
+            op: "find",
+            program: PROGRAM_LB_V6,
+            source,
+        })?;
+    load_program(program).map_err(|source| DataplaneError::Program {
+        op: "load",
+        program: PROGRAM_LB_V6,
+        source,
+    })?;
+    let fd = program
+        .fd()
+        .map_err(|source| DataplaneError::Program {
+            op: "take the fd of",
+            program: PROGRAM_LB_V6,
+            source,
+        })?
+        .try_clone()
+        .map_err(|source| DataplaneError::Io {
+            op: "duplicate the fd of",
+            path: PROGRAM_LB_V6.to_string(),
+            source,
+        })?;
+    let map = ebpf.map_mut(MAP_PROGS).ok_or(DataplaneError::Io {
+        op: "find map",
+        path: MAP_PROGS.to_string(),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })?;
+    let mut progs: ProgramArray<_> =
+        ProgramArray::try_from(map).map_err(|e| DataplaneError::Io {
+            op: "open map",
+            path: MAP_PROGS.to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    progs
+        .set(PROG_LB_V6, &fd, 0)
+        .map_err(|e| DataplaneError::Io {
+            op: "set xdp_lb_v6 in",
+            path: MAP_PROGS.to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })
 }
 
 /// Times a program load is tried when the verifier gives up with `EAGAIN`,

@@ -9,7 +9,7 @@ use std::{
 use aya::Ebpf;
 use lb_common::{
     MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONN_BUCKET, MAP_CONNS, MAP_GLOBALS, MAP_ICMP_BUCKET,
-    MAP_MAGLEV, MAP_NEXTHOPS, MAP_SRC_ALLOW_V4, MAP_SRC_ALLOW_V6, MAP_SRC_ALLOW_VIP4,
+    MAP_MAGLEV, MAP_NEXTHOPS, MAP_PROGS, MAP_SRC_ALLOW_V4, MAP_SRC_ALLOW_V6, MAP_SRC_ALLOW_VIP4,
     MAP_SRC_ALLOW_VIP6, MAP_SRC_ALLOW4_16, MAP_SRC_ALLOW6_16, MAP_STATS, MAP_VIP_ADDRS,
     MAP_VIP_BLOOM, MAP_VIP_DROPS, MAP_VIP_FLAGS, MAP_VIP_STATS, MAP_VIPS,
 };
@@ -27,7 +27,7 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 pub const LOCK_ROOT: &str = "/run/lb";
 
 /// Every map the agent opens when it adopts a pinned data plane.
-pub const ADOPTED_MAPS: [&str; 21] = [
+pub const ADOPTED_MAPS: [&str; 22] = [
     MAP_VIPS,
     MAP_VIP_ADDRS,
     MAP_MAGLEV,
@@ -49,6 +49,7 @@ pub const ADOPTED_MAPS: [&str; 21] = [
     MAP_SRC_ALLOW_VIP6,
     MAP_NEXTHOPS,
     MAP_CONN_BUCKET,
+    MAP_PROGS,
 ];
 
 /// The network namespace this process runs in, as a path component:

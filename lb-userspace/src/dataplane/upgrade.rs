@@ -159,6 +159,9 @@ pub fn upgrade(dir: &Path) -> Result<Upgrade, DataplaneError> {
         loader.map_pin_path(name, dir.join(name));
     }
     let mut ebpf = loader.load(object::object())?;
+    // xdp_lb_v6 first, in the pinned program array: the running xdp_lb
+    // hands IPv6 packets to it from now on, as the new xdp_lb will.
+    super::object::load_lb_v6(&mut ebpf)?;
     let program: &mut Xdp = ebpf
         .program_mut(PROGRAM)
         .ok_or(DataplaneError::Program {

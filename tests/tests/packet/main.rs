@@ -120,6 +120,7 @@ impl Fixture {
             regions,
         )
         .expect("fill maps");
+        object::load_lb_v6(&mut ebpf).expect("xdp_lb_v6 in LB_PROGS");
         for name in ["xdp_lb", "xdp_decap"] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
