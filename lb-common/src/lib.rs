@@ -9,6 +9,7 @@
 #![no_std]
 
 pub mod bench;
+pub mod csum;
 pub mod hash;
 pub mod layout;
 pub mod maps;

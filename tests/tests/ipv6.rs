@@ -158,7 +158,11 @@ fn ipv6_vips_ipv4_over_ipv6_and_gue() {
     let adopted = lab.log_count("adopted the data plane");
     lab.start_agent(&[]).expect("the agent starts again");
     assert!(
-        lab.wait_for_log("adopted the data plane", adopted + 1, Duration::from_secs(10)),
+        lab.wait_for_log(
+            "adopted the data plane",
+            adopted + 1,
+            Duration::from_secs(10)
+        ),
         "{}",
         lab.agent_log()
     );

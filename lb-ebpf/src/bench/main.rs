@@ -23,7 +23,11 @@ mod parse;
 
 // The production checksum, so the reference encapsulates as xdp_lb does.
 #[path = "../encap/csum.rs"]
-#[allow(dead_code, reason = "the bench uses part of the checksums")]
+#[allow(
+    dead_code,
+    unused_imports,
+    reason = "the bench uses part of the checksums"
+)]
 mod csum;
 
 use aya_ebpf::{

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use sizing::Sizing;
 
 mod bgp;
+mod mode;
 mod read;
 mod schema;
 pub mod sizing;
@@ -231,6 +232,33 @@ pub enum OnNoBackend {
     Pass,
 }
 
+/// How a VIP reaches its backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VipMode {
+    /// Direct server return: packets are encapsulated toward the backend,
+    /// which carries the VIP and answers clients directly.
+    #[default]
+    Dsr,
+    /// Full NAT: client -> VIP:port becomes SNAT address -> backend:port,
+    /// and the reply is translated back (backends need nothing).
+    Nat,
+    /// Destination NAT: client -> backend:port, the client's address kept;
+    /// backends route replies through the load balancer.
+    Dnat,
+}
+
+impl VipMode {
+    /// The name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            VipMode::Dsr => "dsr",
+            VipMode::Nat => "nat",
+            VipMode::Dnat => "dnat",
+        }
+    }
+}
+
 /// Kind of a health check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -324,6 +352,8 @@ pub struct Vip {
     pub protocol: Protocol,
     /// Rule when no backend is usable.
     pub on_no_backend: OnNoBackend,
+    /// How the VIP reaches its backends.
+    pub mode: VipMode,
     /// The VIP's own source prefixes (`allow`), each inside a global one;
     /// `None`: the global list alone.
     pub allow: Option<Vec<IpNet>>,
@@ -367,6 +397,10 @@ pub struct BackendConfig {
     pub address: IpAddr,
     /// Relative share of the Maglev table; 0 drains.
     pub weight: u32,
+    /// The port the backend serves the VIP on: the VIP's own port unless
+    /// the configuration maps it (NAT modes only; 0 with a VIP of every
+    /// port: each packet keeps its port).
+    pub port: u16,
 }
 
 /// A configuration and the warnings its validation produced.

@@ -6,7 +6,9 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use super::{EncapKind, FilterScope, HealthCheckKind, OnNoBackend, Protocol, XdpModeConfig};
+use super::{
+    EncapKind, FilterScope, HealthCheckKind, OnNoBackend, Protocol, VipMode, XdpModeConfig,
+};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -90,6 +92,8 @@ pub(super) struct RawVip {
     pub(super) protocol: Protocol,
     #[serde(default)]
     pub(super) on_no_backend: OnNoBackend,
+    #[serde(default)]
+    pub(super) mode: VipMode,
     pub(super) allow: Option<Vec<String>>,
     pub(super) health_check: Option<RawHealthCheck>,
     #[serde(default, rename = "backend")]
@@ -115,4 +119,5 @@ pub(super) struct RawHealthCheck {
 pub(super) struct RawBackend {
     pub(super) address: IpAddr,
     pub(super) weight: Option<u32>,
+    pub(super) port: Option<u16>,
 }

@@ -391,12 +391,14 @@ impl Validator {
             let health_check = self.health_check(&key, &vip);
             let backends = self.backends(&key, &vip, table_size);
             let own_allow = self.vip_allow(&key, &vip, allow);
+            self.mode(&key, &vip);
             out.push(Vip {
                 name: vip.name,
                 address: vip.address,
                 port: vip.port,
                 protocol: vip.protocol,
                 on_no_backend: vip.on_no_backend,
+                mode: vip.mode,
                 allow: own_allow,
                 health_check,
                 backends,
@@ -623,9 +625,11 @@ impl Validator {
                     format!("{weight} is out of range (0 to {MAX_WEIGHT})"),
                 );
             }
+            let port = self.backend_port(&key, vip, backend);
             out.push(BackendConfig {
                 address: backend.address,
                 weight,
+                port,
             });
         }
         if out.len() > MAX_BACKENDS_PER_VIP {
