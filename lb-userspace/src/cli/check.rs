@@ -3,7 +3,35 @@
 
 use std::{path::Path, process::ExitCode};
 
-use crate::config::Config;
+use crate::config::{
+    Config,
+    nat::{is_local_address, local_port_range, snat_ports},
+};
+
+/// The host's rule for configured SNAT ports (`nat.ports`): outside
+/// `net.ipv4.ip_local_port_range` while a SNAT address is one this host's
+/// own connections may use as their source (the default, the interface's
+/// address, always is).
+///
+/// # Errors
+/// The ports overlap the host's range, or the range cannot be read.
+fn snat_ports_here(c: &Config) -> Result<(), String> {
+    let Some(ports) = c.nat.ports else {
+        return Ok(());
+    };
+    let addresses: Vec<std::net::IpAddr> = c
+        .nat
+        .source_v4
+        .iter()
+        .map(|&a| a.into())
+        .chain(c.nat.source_v6.iter().map(|&a| a.into()))
+        .collect();
+    let shared = addresses.is_empty() || addresses.iter().any(|&a| is_local_address(a));
+    if !shared {
+        return Ok(());
+    }
+    snat_ports(Some(ports), local_port_range()?).map(|_| ())
+}
 
 /// Runs `lb check --config PATH`.
 pub fn command(path: &Path) -> ExitCode {
@@ -21,6 +49,10 @@ pub fn command(path: &Path) -> ExitCode {
                 c.table_size
             );
             println!("data plane memory: {}", c.sizing);
+            if let Err(e) = snat_ports_here(c) {
+                eprintln!("{}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
             if let Some(bgp) = &c.bgp {
                 println!(
                     "BGP: AS {} announcing the VIP addresses to {} peers (BIRD 2, started by lb run)",

@@ -19,6 +19,7 @@ use sizing::Sizing;
 
 mod bgp;
 mod mode;
+pub mod nat;
 mod read;
 mod schema;
 pub mod sizing;
@@ -334,6 +335,8 @@ pub struct Config {
     pub sizing: Sizing,
     /// VIPs, in file order.
     pub vips: Vec<Vip>,
+    /// `[nat]`: SNAT addresses and ports, NAT table size, TCP idle timeout.
+    pub nat: nat::NatConfig,
     /// BGP announcement of the VIP addresses (`[bgp]`); `None`:
     /// nothing is announced.
     pub bgp: Option<BgpConfig>,

@@ -32,6 +32,8 @@ pub(super) struct RawConfig {
     pub(super) icmp: RawIcmp,
     #[serde(default, rename = "vip")]
     pub(super) vips: Vec<RawVip>,
+    #[serde(default)]
+    pub(super) nat: super::nat::RawNat,
     pub(super) bgp: Option<super::bgp::RawBgp>,
 }
 

@@ -56,6 +56,7 @@ impl Validator {
         }
         let sizing = self.sizing(&raw.maglev, table_size, conntrack_entries, raw.vips.len());
         self.no_effect(&raw);
+        let nat = self.nat(&raw.nat);
         let vips = self.vips(raw.vips, &allow, table_size);
         let backends: usize = vips.iter().map(|v| v.backends.len()).sum();
         if backends > lb_common::MAX_BACKENDS as usize {
@@ -138,6 +139,7 @@ impl Validator {
             max_new_per_cpu,
             sizing,
             vips,
+            nat,
             bgp,
         }
     }
@@ -568,7 +570,12 @@ impl Validator {
         }
     }
 
-    fn duration(&mut self, key: &str, text: Option<&str>, default: Duration) -> Duration {
+    pub(super) fn duration(
+        &mut self,
+        key: &str,
+        text: Option<&str>,
+        default: Duration,
+    ) -> Duration {
         let Some(text) = text else { return default };
         match humantime::parse_duration(text) {
             Ok(d) if d < Duration::from_millis(10) => {
