@@ -100,15 +100,6 @@ pub fn enable_ipv4_forwarding(name: &str) -> io::Result<bool> {
     enable_forwarding(&format!("/proc/sys/net/ipv4/conf/{name}/forwarding"))
 }
 
-/// [`enable_ipv4_forwarding`] for IPv6 (`bpf_fib_lookup` with `AF_INET6`
-/// needs it likewise).
-///
-/// # Errors
-/// The sysctl file cannot be read or written (no IPv6 on the host).
-pub fn enable_ipv6_forwarding(name: &str) -> io::Result<bool> {
-    enable_forwarding(&format!("/proc/sys/net/ipv6/conf/{name}/forwarding"))
-}
-
 fn enable_forwarding(path: &str) -> io::Result<bool> {
     if std::fs::read_to_string(path)?.trim() == "1" {
         return Ok(false);

@@ -60,6 +60,17 @@ impl Netns {
         ip(&all)
     }
 
+    /// A sysctl's value in the namespace (`KEY` as `sysctl -n` names it,
+    /// for example `net.ipv6.conf.eth0.forwarding`); empty when it cannot
+    /// be read.
+    pub fn sysctl_value(&self, key: &str) -> String {
+        self.command("sysctl")
+            .args(["-n", key])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    }
+
     /// Sets a sysctl in the namespace (`KEY=VALUE`).
     ///
     /// # Errors

@@ -86,6 +86,16 @@ fn end_to_end(prefix: &str, mode: Mode) {
         Some(1.0)
     );
 
+    // The host's IPv6 is left alone: with no IPv6 VIP or backend the agent
+    // has no use for IPv6 forwarding, which makes the kernel ignore Router
+    // Advertisements (accept_ra = 1) and lose its RA-learned routes.
+    let v6_forwarding = format!("net.ipv6.conf.{}.forwarding", lab.lb_iface);
+    assert_eq!(
+        lab.lb().sysctl_value(&v6_forwarding),
+        "0",
+        "{v6_forwarding}"
+    );
+
     // 1. Spread: 300 requests, each a new connection (a new flow).
     let client_before = lab::if_counters(lab.client(), "eth0").expect("client counters");
     let lb_before = lab::if_counters(lab.lb(), &lab.lb_iface).expect("lb counters");

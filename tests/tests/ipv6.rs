@@ -71,6 +71,12 @@ fn ipv6_vips_ipv4_over_ipv6_and_gue() {
         lab.requests_to(&v6, 1, None)[0].clone()
     });
     assert!(served.is_some(), "{}", lab.agent_log());
+    // IPv6 backends need IPv6 forwarding for the next-hop lookups; the
+    // agent turns it on with Router Advertisements still accepted.
+    let lb_iface = lab.lb_iface.clone();
+    let conf = |key: &str| format!("net.ipv6.conf.{lb_iface}.{key}");
+    assert_eq!(lab.lb().sysctl_value(&conf("forwarding")), "1");
+    assert_eq!(lab.lb().sysctl_value(&conf("accept_ra")), "2");
 
     // IPv6 VIP over IPv6 backends; replies bypass the load balancer.
     let before = if_counters(lab.lb(), &lab.lb_iface).expect("counters");
@@ -168,4 +174,15 @@ fn ipv6_vips_ipv4_over_ipv6_and_gue() {
     );
     spread(&lab, "IPv6 VIP, adopted", &v6);
     spread(&lab, "IPv4 VIP, adopted", lb_tests::lab::VIP);
+
+    // Detached (SIGTERM), the agent puts back the IPv6 settings the first
+    // agent found, across the kill and the adoption in between.
+    lab.stop_agent();
+    assert_eq!(lab.lb().sysctl_value(&conf("forwarding")), "0");
+    assert_eq!(lab.lb().sysctl_value(&conf("accept_ra")), "1");
+    assert!(
+        lab.agent_log().contains("restored net.ipv6.conf"),
+        "{}",
+        lab.agent_log()
+    );
 }

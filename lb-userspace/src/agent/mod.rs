@@ -36,6 +36,7 @@ mod health;
 pub mod reload;
 mod serve;
 mod start;
+pub mod sysctl;
 mod walks;
 pub mod watch;
 
@@ -220,15 +221,7 @@ pub async fn run(
     {
         info!("enabled IPv4 forwarding on {iface}: next-hop lookups (bpf_fib_lookup) need it");
     }
-    // IPv6 next-hop lookups need IPv6 forwarding likewise; a host without
-    // IPv6 simply has no such sysctl.
-    match netif::enable_ipv6_forwarding(&iface) {
-        Ok(true) => info!("enabled IPv6 forwarding on {iface}: next-hop lookups need it"),
-        Ok(false) => {}
-        Err(e) => {
-            warn!("cannot enable IPv6 forwarding on {iface} ({e}): IPv6 VIPs will not be forwarded")
-        }
-    }
+    ipv6_forwarding_if_needed(&config, &iface);
     netif::ensure_bpffs(Path::new(BPFFS)).map_err(io_err("mount bpffs on", BPFFS))?;
     let dir = pin_dir(&iface);
     let plane = if dir.join(LINK_PIN).exists() {
@@ -299,9 +292,29 @@ pub async fn run(
             Err(e) => warn!("unpinning the link: {e}"),
         }
         unpin(&dir);
+        sysctl::restore(&iface);
         info!("detached from {iface}");
     }
     result
+}
+
+/// Turns IPv6 forwarding on for `iface` when `config` has an IPv6 VIP or
+/// backend (IPv6 next-hop lookups need it), keeping Router Advertisements;
+/// leaves the host's IPv6 alone otherwise ([`sysctl`]). Logs what changed.
+fn ipv6_forwarding_if_needed(config: &Config, iface: &str) {
+    if !config.uses_ipv6() {
+        return;
+    }
+    match sysctl::enable_ipv6_forwarding(iface) {
+        Ok(changes) if changes.is_empty() => {}
+        Ok(changes) => info!(
+            "IPv6 next-hop lookups need forwarding on {iface}: net.ipv6.conf.{iface}: {} (restored when the data plane is detached)",
+            changes.join(", ")
+        ),
+        Err(e) => {
+            warn!("cannot enable IPv6 forwarding on {iface} ({e}): IPv6 VIPs will not be forwarded")
+        }
+    }
 }
 
 /// The running agent.

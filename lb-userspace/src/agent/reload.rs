@@ -259,6 +259,9 @@ impl Agent {
         // whole configuration.
         crate::bgp::check(&new, source.v4, &self.iface).await?;
         let changes = self.plane.balancer.apply(&new, source)?;
+        if new.uses_ipv6() && !self.config.uses_ipv6() {
+            super::ipv6_forwarding_if_needed(&new, &self.iface);
+        }
         self.config = new;
         self.source = source;
         Ok(Some(changes))

@@ -53,6 +53,7 @@ fn detach(config: Option<&Path>, iface: Option<String>) -> anyhow::Result<()> {
         return Ok(());
     }
     unpin(&dir);
+    crate::agent::sysctl::restore(&iface);
     if dir.exists() {
         bail!("could not remove every pin in {}", dir.display());
     }

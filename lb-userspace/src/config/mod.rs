@@ -452,6 +452,14 @@ impl Config {
         }
     }
 
+    /// Whether a VIP or a backend is IPv6 (the data plane then needs IPv6
+    /// forwarding for its next-hop lookups).
+    pub fn uses_ipv6(&self) -> bool {
+        self.vips
+            .iter()
+            .any(|v| v.address.is_ipv6() || v.backends.iter().any(|b| b.address.is_ipv6()))
+    }
+
     /// Number of backends over all VIPs.
     pub fn backend_count(&self) -> usize {
         self.vips.iter().map(|v| v.backends.len()).sum()
