@@ -116,8 +116,9 @@ pub const PROGRAM_LB_V6: &str = "xdp_lb_v6";
 /// Per-CPU array of [`FLOW_CACHE_SLOTS`] [`FlowCacheEntry`]: each CPU's
 /// direct-mapped copies of the connection-table entries it used lately, so
 /// an established flow's packet costs an array read instead of a hash
-/// lookup of its 40-byte key. Not pinned and not adopted: a new program
-/// starts with empty caches.
+/// lookup of its 40-byte key. Pinned with the other maps, and kept by an
+/// agent that adopts or upgrades the data plane when its pin is there (not
+/// required for adoption).
 pub const MAP_FLOW_CACHE: &str = "LB_FLOW_CACHE";
 /// Allowed IPv6 source prefixes: LPM trie `[u8; 16]` -> `u32` (unused value
 /// 1), [`MAX_SOURCE_PREFIXES`] entries.

@@ -95,6 +95,11 @@ fn end_to_end(prefix: &str, mode: Mode) {
         "0",
         "{v6_forwarding}"
     );
+    // Every map is pinned, the flow caches and the program array too (the
+    // documents say so).
+    for map in [lb_common::MAP_FLOW_CACHE, lb_common::MAP_PROGS] {
+        assert!(lab.pin_dir().join(map).exists(), "{map} pinned");
+    }
 
     // 1. Spread: 300 requests, each a new connection (a new flow).
     let client_before = lab::if_counters(lab.client(), "eth0").expect("client counters");
