@@ -137,15 +137,12 @@ pub fn unpin(dir: &Path) {
 
 /// Holds the interface's lock ([`lock_path_in`]) while the agent runs, so
 /// two agents never drive one data plane.
+///
+/// The lock file is never removed: a holder that unlinked it on exit would
+/// let the next agent lock a new file of the same name while a third, which
+/// had opened the old one, locks that one too (two holders).
 pub struct InstanceLock {
     _file: std::fs::File,
-    path: PathBuf,
-}
-
-impl Drop for InstanceLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 impl InstanceLock {
@@ -154,7 +151,12 @@ impl InstanceLock {
     /// # Errors
     /// [`DataplaneError::Running`] when another agent holds it.
     pub fn take(iface: &str) -> Result<Self, DataplaneError> {
-        let path = lock_path_in(netns_key().as_deref(), iface);
+        Self::take_at(&lock_path_in(netns_key().as_deref(), iface), iface)
+    }
+
+    /// [`InstanceLock::take`] with the lock file at `path`.
+    fn take_at(path: &Path, iface: &str) -> Result<Self, DataplaneError> {
+        let path = path.to_path_buf();
         let dir = path.parent().unwrap_or(Path::new(LOCK_ROOT));
         std::fs::create_dir_all(dir).map_err(io_err("create", dir.display().to_string()))?;
         let file = std::fs::OpenOptions::new()
@@ -171,13 +173,38 @@ impl InstanceLock {
                 lock: path.display().to_string(),
             });
         }
-        Ok(Self { _file: file, path })
+        Ok(Self { _file: file })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_holder_at_a_time_and_the_lock_file_stays() {
+        /// Removes the test's directory, even when an assertion fails.
+        struct Dir(PathBuf);
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let dir = Dir(std::env::temp_dir().join(format!("lb-lock-test-{}", std::process::id())));
+        let path = dir.0.join("eth9.lock");
+        let first = InstanceLock::take_at(&path, "eth9").expect("the first takes it");
+        assert!(
+            matches!(
+                InstanceLock::take_at(&path, "eth9"),
+                Err(DataplaneError::Running { .. })
+            ),
+            "a second is refused while the first holds it"
+        );
+        drop(first);
+        assert!(path.exists(), "the lock file stays after its holder");
+        let again = InstanceLock::take_at(&path, "eth9").expect("free again");
+        drop(again);
+    }
 
     #[test]
     fn pins_and_locks_are_keyed_by_namespace() {
