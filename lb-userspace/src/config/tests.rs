@@ -846,3 +846,28 @@ fn new_flow_rate_is_checked() {
         "conntrack.max_new_per_cpu: 0 is out of range (1 to 100000000)",
     );
 }
+
+#[test]
+fn scope_all_without_link_local_ipv6_sources_is_warned() {
+    let warnings = |allow: &str| {
+        let text = GOOD.replace("scope = \"vip\"", "scope = \"all\"").replace(
+            "allow = [\"10.0.0.0/8\", \"192.168.0.0/16\"]",
+            &format!("allow = [\"10.0.0.0/8\", \"192.168.0.0/16\"{allow}]"),
+        );
+        Config::parse(&text, "t")
+            .expect("valid")
+            .warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    let without = warnings("");
+    assert_eq!(
+        without,
+        vec!["source_filter.allow: scope = \"all\" drops IPv6 neighbour discovery and Router Advertisements, which come from link-local sources (fe80::/10) that the list misses: add \"fe80::/10\" unless the interface carries no IPv6".to_string()]
+    );
+    assert!(warnings(", \"fe80::/10\"").is_empty());
+    // scope = "vip" filters traffic to VIPs only: nothing to warn.
+    let vip_scope = Config::parse(GOOD, "t").expect("valid");
+    assert!(vip_scope.warnings.is_empty());
+}

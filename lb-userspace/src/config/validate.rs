@@ -282,6 +282,16 @@ impl Validator {
                 ),
             );
         }
+        // With scope = "all" the filter takes every packet on the interface,
+        // IPv6 neighbour discovery and Router Advertisements included, and
+        // those come from link-local addresses.
+        let link_local: IpAddr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1).into();
+        if filter.scope == FilterScope::All && !out.iter().any(|net| net.contains(&link_local)) {
+            self.warn(
+                "source_filter.allow",
+                "scope = \"all\" drops IPv6 neighbour discovery and Router Advertisements, which come from link-local sources (fe80::/10) that the list misses: add \"fe80::/10\" unless the interface carries no IPv6",
+            );
+        }
         out
     }
 
