@@ -408,6 +408,11 @@ fn try_forward<const FIB: bool>(
         Route::Resolved | Route::NoNeighbour => None,
     };
     if let Some(mtu) = mtu {
+        // An ICMP error is never answered with an ICMP error (RFC 1122
+        // 3.2.2): one that would not fit toward its backend is dropped.
+        if p.icmp_error {
+            return Err(Outcome::DropEncap);
+        }
         c.mtu_left = mtu.saturating_sub(outer.overhead());
         return Ok(Step::TOO_BIG);
     }

@@ -497,3 +497,34 @@ fn too_big_is_rate_limited_per_cpu_and_follows_encap_mtu() {
     assert_eq!(action, XDP_TX);
     assert_eq!(fx.count(Outcome::Forwarded), 1);
 }
+
+/// An ICMP error is never answered with an ICMP error (RFC 1122 3.2.2): a
+/// router's error about a VIP flow that would not fit toward its backend
+/// once encapsulated is dropped and counted, not answered with
+/// "fragmentation needed".
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn an_icmp_error_too_big_to_forward_is_dropped_not_answered() {
+    lb_tests::require_root();
+    pin_to_cpu0();
+    let config = format!("[encap]\nmtu = 576\n{CONFIG}");
+    let fx = Fixture::with_config("icmperr", &config);
+    // A 548-byte DSR reply quoted whole: a 576-byte ICMP error (DF set),
+    // 596 bytes once encapsulated.
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv4(VIP, CLIENT, 64)
+        .tcp(80, 40300, 1, 65535)
+        .ack(1)
+        .write(&mut quoted, &[0u8; 508])
+        .expect("build");
+    let error = icmp_error(frag_needed(1400), &quoted, quoted.len());
+    assert_eq!(error.len(), 14 + 576);
+    let (action, out) = fx.run("xdp_lb", &error);
+    assert_eq!(action, XDP_DROP, "no ICMP answer: {out:?}");
+    assert_eq!(fx.count(Outcome::TooBigSent), 0);
+    assert_eq!(fx.count(Outcome::DropEncap), 1);
+    // The same error with a short quote fits and follows the flow.
+    let small = icmp_error(frag_needed(1400), &quoted, 100);
+    assert_eq!(fx.run("xdp_lb", &small).0, XDP_TX);
+    assert_eq!(fx.count(Outcome::IcmpForwarded), 1);
+}
