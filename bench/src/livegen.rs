@@ -30,11 +30,10 @@
 
 use std::{
     collections::HashMap,
-    process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData},
@@ -49,7 +48,7 @@ use lb_tests::{netns::Netns, xdp::xdp_md};
 use lb_userspace::dataplane::{object, stats::StatsReader};
 
 use crate::{
-    host::set_affinity,
+    host::{delta, ethtool_stats, pin_napi, schedstat, set_affinity, set_fifo, thread_cpu},
     lab::{CLIENT_ADDR, CLIENT_MAC, LB_MAC, Lab, UDP_PORT, VIP},
     report::Report,
 };
@@ -226,110 +225,6 @@ impl Generator {
             .map_err(|_| anyhow::anyhow!("the generator thread panicked"))?
         })
     }
-}
-
-/// Real-time priority (SCHED_FIFO 50) for thread `pid` (0: the calling
-/// thread) so that other work on the machine does not share its CPU while a
-/// row runs; the kernel's RT throttling still leaves 5% of each CPU to
-/// others.
-///
-/// # Errors
-/// `sched_setscheduler` fails.
-pub fn set_fifo(pid: i32) -> anyhow::Result<()> {
-    let param = libc::sched_param { sched_priority: 50 };
-    // SAFETY: valid sched_param.
-    if unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &param) } != 0 {
-        bail!(
-            "sched_setscheduler(pid {pid}, SCHED_FIFO): {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
-}
-
-/// Turns on threaded NAPI for `iface` of `ns` (its receive work then runs in
-/// kthreads named `napi/IFACE-ID` instead of the softirq of whichever CPU
-/// scheduled it) and pins those kthreads to `cpu`. A veth has NAPI only while
-/// an XDP program is attached, so call this after attaching, again after
-/// each re-attach. Returns the kthreads' pids.
-///
-/// # Errors
-/// The sysfs write fails, or no such kthread is found.
-pub fn pin_napi(ns: &Netns, iface: &str, cpu: usize) -> anyhow::Result<Vec<i32>> {
-    // `ip netns exec` mounts the namespace's own sysfs.
-    crate::lab::output(Command::new("ip").args([
-        "netns",
-        "exec",
-        &ns.name,
-        "sh",
-        "-c",
-        &format!("echo 1 > /sys/class/net/{iface}/threaded"),
-    ]))
-    .with_context(|| format!("threaded NAPI on {iface}"))?;
-    // The kernel names them "napi/IFACE-ID", cut to 15 bytes.
-    let full = format!("napi/{iface}-");
-    let want = &full[..full.len().min(15)];
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc")?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-            continue;
-        };
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if comm.trim_end().starts_with(want) {
-            set_affinity(pid, cpu)?;
-            set_fifo(pid)?;
-            pids.push(pid);
-        }
-    }
-    ensure!(!pids.is_empty(), "no NAPI kthread {want}* for {iface}");
-    Ok(pids)
-}
-
-/// Time thread `pid` has run on a CPU (`/proc/PID/schedstat`, first field,
-/// ns).
-///
-/// # Errors
-/// The file cannot be read or parsed.
-pub fn thread_cpu(pid: i32) -> anyhow::Result<Duration> {
-    Ok(schedstat(pid)?.0)
-}
-
-/// `/proc/PID/schedstat`: time on a CPU, time runnable but waiting for one.
-///
-/// # Errors
-/// The file cannot be read or parsed.
-pub fn schedstat(pid: i32) -> anyhow::Result<(Duration, Duration)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))?;
-    let v: Vec<u64> = text
-        .split_whitespace()
-        .map(|f| f.parse().context("schedstat"))
-        .collect::<anyhow::Result<_>>()?;
-    ensure!(v.len() >= 2, "schedstat of {pid}: {text}");
-    Ok((Duration::from_nanos(v[0]), Duration::from_nanos(v[1])))
-}
-
-/// `ethtool -S iface` in `ns`: veth's per-queue XDP counters by name.
-///
-/// # Errors
-/// ethtool fails.
-pub fn ethtool_stats(ns: &Netns, iface: &str) -> anyhow::Result<HashMap<String, u64>> {
-    let text = crate::lab::output(ns.command("ethtool").args(["-S", iface]))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            Some((k.trim().to_string(), v.trim().parse().ok()?))
-        })
-        .collect())
-}
-
-/// Change of counter `key` between two `ethtool -S` readings (0 if absent).
-pub fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>, key: &str) -> u64 {
-    after
-        .get(key)
-        .copied()
-        .unwrap_or(0)
-        .saturating_sub(before.get(key).copied().unwrap_or(0))
 }
 
 /// Rates of one measurement, from its points.

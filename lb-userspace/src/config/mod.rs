@@ -24,6 +24,7 @@ mod read;
 mod schema;
 pub mod sizing;
 mod validate;
+mod vips;
 
 pub use bgp::{BgpConfig, BgpPeer, DEFAULT_BGP_PORT, DEFAULT_HOLD_TIME, DEFAULT_WITHDRAW_DELAY};
 pub use read::read_file;
