@@ -12,13 +12,14 @@ use core::mem::{offset_of, size_of};
 use crate::{
     ALLOW16_WORDS, AddrKey, Backend, CachedNextHop, ConnEvent, ConnValue, Counter,
     FLOW_CACHE_SLOTS, FlowCacheEntry, FlowKey, Globals, MAGLEV_MAP_FLAGS, MAP_BACKEND_STATS,
-    MAP_BACKENDS, MAP_CONN_BUCKET, MAP_CONNS, MAP_DECAP_CONFIG, MAP_DECAP_LOCAL, MAP_DECAP_VIPS,
-    MAP_FLOW_CACHE, MAP_GLOBALS, MAP_ICMP_BUCKET, MAP_MAGLEV, MAP_NEXTHOPS, MAP_PROGS,
-    MAP_SRC_ALLOW_V4, MAP_SRC_ALLOW_V6, MAP_SRC_ALLOW_VIP4, MAP_SRC_ALLOW_VIP6, MAP_SRC_ALLOW4_16,
-    MAP_SRC_ALLOW6_16, MAP_STATS, MAP_VIP_ADDRS, MAP_VIP_BLOOM, MAP_VIP_DROPS, MAP_VIP_FLAGS,
-    MAP_VIP_STATS, MAP_VIPS, MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES,
-    MAX_VIP_SOURCE_PREFIXES, MAX_VIPS, Outcome, PROG_SLOTS, STAT_ENTRIES, TokenBucket,
-    VIP_BLOOM_WORDS, VipKey, VipSourceKey, VipSourceKey6, VipValue,
+    MAP_BACKENDS, MAP_CONN_BUCKET, MAP_CONNS, MAP_DECAP_CONFIG, MAP_DECAP_LOCAL,
+    MAP_DECAP_SOURCES4, MAP_DECAP_SOURCES6, MAP_DECAP_VIPS, MAP_FLOW_CACHE, MAP_GLOBALS,
+    MAP_ICMP_BUCKET, MAP_MAGLEV, MAP_NEXTHOPS, MAP_PROGS, MAP_SRC_ALLOW_V4, MAP_SRC_ALLOW_V6,
+    MAP_SRC_ALLOW_VIP4, MAP_SRC_ALLOW_VIP6, MAP_SRC_ALLOW4_16, MAP_SRC_ALLOW6_16, MAP_STATS,
+    MAP_VIP_ADDRS, MAP_VIP_BLOOM, MAP_VIP_DROPS, MAP_VIP_FLAGS, MAP_VIP_STATS, MAP_VIPS,
+    MAX_BACKENDS, MAX_DECAP_SOURCES, MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES, MAX_VIP_SOURCE_PREFIXES,
+    MAX_VIPS, Outcome, PROG_SLOTS, STAT_ENTRIES, TokenBucket, VIP_BLOOM_WORDS, VipKey,
+    VipSourceKey, VipSourceKey6, VipValue,
 };
 
 /// Kind of a BPF map: its `bpf_map_type` number (include/uapi/linux/bpf.h).
@@ -80,7 +81,7 @@ pub const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Every map of `xdp_lb` and `xdp_decap` (the benchmark's own maps are not
 /// part of the layout).
-pub const MAPS: [MapSpec; 26] = [
+pub const MAPS: [MapSpec; 28] = [
     spec(
         MAP_VIPS,
         MapKind::Hash,
@@ -261,6 +262,22 @@ pub const MAPS: [MapSpec; 26] = [
         Some(FLOW_CACHE_SLOTS),
     ),
     spec(MAP_PROGS, MapKind::ProgArray, 4, 4, 0, Some(PROG_SLOTS)),
+    spec(
+        MAP_DECAP_SOURCES4,
+        MapKind::LpmTrie,
+        8,
+        4,
+        BPF_F_NO_PREALLOC,
+        Some(MAX_DECAP_SOURCES),
+    ),
+    spec(
+        MAP_DECAP_SOURCES6,
+        MapKind::LpmTrie,
+        20,
+        4,
+        BPF_F_NO_PREALLOC,
+        Some(MAX_DECAP_SOURCES),
+    ),
 ];
 
 /// FNV-1a (32 bits) of `bytes`, continuing from `hash`.

@@ -86,6 +86,14 @@ pub const MAP_DECAP_LOCAL: &str = "DECAP_LOCAL";
 /// Backend side: `lb decap`'s settings, array of one `u32`: the GUE port
 /// (0: GUE not decapsulated).
 pub const MAP_DECAP_CONFIG: &str = "DECAP_CONFIG";
+/// Outer IPv4 sources `xdp_decap` takes tunnels from (the load balancers'
+/// addresses): LPM trie `[u8; 4]` -> `u32` (unused value). Filled by `lb
+/// decap` (`--lb PREFIX`; by default the private ranges).
+pub const MAP_DECAP_SOURCES4: &str = "DECAP_SOURCES4";
+/// Likewise for outer IPv6 sources: LPM trie `[u8; 16]` -> `u32`.
+pub const MAP_DECAP_SOURCES6: &str = "DECAP_SOURCES6";
+/// Prefixes each of [`MAP_DECAP_SOURCES4`] and [`MAP_DECAP_SOURCES6`] holds.
+pub const MAX_DECAP_SOURCES: u32 = 256;
 /// Per-VIP source lists: LPM trie keyed by [`VipSourceKey`] (VIP id, then
 /// IPv4 source) -> `u32` (unused value 1), [`MAX_VIP_SOURCE_PREFIXES`]
 /// entries. One lookup tells whether a source is in a VIP's own `allow`.

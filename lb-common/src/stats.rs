@@ -159,6 +159,11 @@ counter_enum! {
         /// `xdp_lb` does not walk (more than 4, or others than hop-by-hop,
         /// routing and destination options before the transport header).
         DropIpv6Ext = 21 => "drop_ipv6_ext", DROP;
+        /// Backend side: a tunnelled packet for a served VIP whose outer
+        /// source is not a load balancer's (`lb decap --lb`; by default the
+        /// private ranges): dropped, so no one who reaches a backend can
+        /// inject traffic past the load balancer's filters.
+        DropDecapSource = 22 => "drop_decap_source", DROP;
     }
 }
 

@@ -2,9 +2,14 @@
 //! host for a VIP it serves: IPv4 or IPv6 outer header, then the inner
 //! packet directly (IP-in-IP: protocol 4 or 41) or after a UDP header to
 //! the GUE port (GUE variant 1, the inner IP version read from its first
-//! nibble). Everything else passes untouched.
+//! nibble). Only tunnels from the load balancers' addresses are taken
+//! (`DECAP_SOURCES4`, `DECAP_SOURCES6`): one for a served VIP from any
+//! other outer source is dropped and counted. Everything else passes
+//! untouched.
 
-use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::{
+    helpers::generated::bpf_xdp_adjust_head, maps::lpm_trie::Key, programs::XdpContext,
+};
 use lb_common::{AddrKey, Outcome, PROTO_IPIP, PROTO_IPV6, PROTO_UDP};
 use network_types::{
     eth::EthHdr,
@@ -14,17 +19,19 @@ use network_types::{
 };
 
 use crate::{
-    maps::{DECAP_CONFIG, DECAP_LOCAL, DECAP_VIPS},
+    maps::{DECAP_CONFIG, DECAP_LOCAL, DECAP_SOURCES4, DECAP_SOURCES6, DECAP_VIPS},
     parse::{L3, ipv4_at, is_fragment, l3_offset, ptr_at, ptr_at_fresh, set_ether_type},
 };
 
-/// Decapsulates the frame when it is tunnelled to a local address and
-/// carries a packet for a served VIP: `Decapsulated`. Otherwise `Passed`,
-/// with the frame unchanged (this program never drops).
+/// Decapsulates the frame when it is tunnelled to a local address from a
+/// load balancer and carries a packet for a served VIP: `Decapsulated`.
+/// Such a tunnel from any other outer source: `DropDecapSource`.
+/// Otherwise `Passed`, with the frame unchanged.
 #[inline(always)]
 pub fn try_decap(ctx: &XdpContext) -> Outcome {
     match decap(ctx) {
-        Some(()) => Outcome::Decapsulated,
+        Some(true) => Outcome::Decapsulated,
+        Some(false) => Outcome::DropDecapSource,
         None => Outcome::Passed,
     }
 }
@@ -58,10 +65,13 @@ fn inner_of(ctx: &XdpContext, at: usize, proto: u8) -> Option<(usize, L3)> {
     }
 }
 
+/// [`try_decap`]: `None` when the frame is not a tunnel to this host for a
+/// served VIP; `Some(false)` when it is, from an outer source that is no
+/// load balancer's; `Some(true)` once decapsulated.
 #[inline(always)]
-fn decap(ctx: &XdpContext) -> Option<()> {
+fn decap(ctx: &XdpContext) -> Option<bool> {
     let (l3, outer_family) = l3_offset(ctx).ok()??;
-    let (inner_at, inner_family) = match outer_family {
+    let (inner_at, inner_family, from_lb) = match outer_family {
         L3::V4 => {
             let outer = ipv4_at(ctx, l3).ok()?;
             // SAFETY: bounds checked by ipv4_at.
@@ -70,14 +80,18 @@ fn decap(ctx: &XdpContext) -> Option<()> {
                 return None;
             }
             DECAP_LOCAL.get_ptr(AddrKey::v4(hdr.dst_addr))?;
-            inner_of(ctx, l3 + outer.len, hdr.proto)?
+            let from_lb = DECAP_SOURCES4.get(Key::new(32, hdr.src_addr)).is_some();
+            let (at, family) = inner_of(ctx, l3 + outer.len, hdr.proto)?;
+            (at, family, from_lb)
         }
         L3::V6 => {
             let hdr: *const Ipv6Hdr = ptr_at(ctx, l3)?;
             // SAFETY: bounds checked by ptr_at.
-            let (next, dst) = unsafe { ((*hdr).next_hdr, (*hdr).dst_addr) };
+            let (next, src, dst) = unsafe { ((*hdr).next_hdr, (*hdr).src_addr, (*hdr).dst_addr) };
             DECAP_LOCAL.get_ptr(AddrKey::v6(dst))?;
-            inner_of(ctx, l3 + Ipv6Hdr::LEN, next)?
+            let from_lb = DECAP_SOURCES6.get(Key::new(128, src)).is_some();
+            let (at, family) = inner_of(ctx, l3 + Ipv6Hdr::LEN, next)?;
+            (at, family, from_lb)
         }
     };
     let vip = match inner_family {
@@ -93,6 +107,9 @@ fn decap(ctx: &XdpContext) -> Option<()> {
         }
     };
     DECAP_VIPS.get_ptr(vip)?;
+    if !from_lb {
+        return Some(false);
+    }
 
     let eth: *const EthHdr = ptr_at_fresh(ctx, 0)?;
     // SAFETY: bounds checked; copied before the frame moves.
@@ -117,5 +134,6 @@ fn decap(ctx: &XdpContext) -> Option<()> {
         // SAFETY: bounds checked by ptr_at.
         unsafe { *new_vlan = vlan };
     }
-    set_ether_type(ctx, l3, inner_family).ok()
+    set_ether_type(ctx, l3, inner_family).ok()?;
+    Some(true)
 }

@@ -42,6 +42,16 @@ pub static LB_BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0
 #[map]
 pub static LB_NEXTHOPS: Array<CachedNextHop> = Array::with_max_entries(MAX_BACKENDS, 0);
 
+/// Outer IPv4 sources `xdp_decap` takes tunnels from (`lb_common::MAP_DECAP_SOURCES4`).
+#[map]
+pub static DECAP_SOURCES4: LpmTrie<[u8; 4], u32> =
+    LpmTrie::with_max_entries(lb_common::MAX_DECAP_SOURCES, 0);
+
+/// Outer IPv6 sources `xdp_decap` takes tunnels from (`lb_common::MAP_DECAP_SOURCES6`).
+#[map]
+pub static DECAP_SOURCES6: LpmTrie<[u8; 16], u32> =
+    LpmTrie::with_max_entries(lb_common::MAX_DECAP_SOURCES, 0);
+
 /// Allowed IPv4 source prefixes.
 #[map]
 pub static LB_SRC_ALLOW4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(MAX_SOURCE_PREFIXES, 0);

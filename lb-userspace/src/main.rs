@@ -91,6 +91,13 @@ enum Command {
         /// With none, every packet passes untouched.
         #[arg(long = "vip")]
         vips: Vec<IpAddr>,
+        /// A prefix the load balancers' outer source addresses are in;
+        /// repeatable. Tunnels from other sources are dropped and counted
+        /// (`drop_decap_source`). Default: the private ranges
+        /// (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10,
+        /// fc00::/7).
+        #[arg(long = "lb")]
+        lbs: Vec<ipnet::IpNet>,
         /// UDP port of GUE packets to decapsulate (the load balancer's
         /// `encap.gue_port`); 0 decapsulates no GUE.
         #[arg(long, default_value_t = lb_userspace::config::DEFAULT_GUE_PORT)]
@@ -167,9 +174,10 @@ fn main() -> ExitCode {
         Command::Decap {
             iface,
             vips,
+            lbs,
             gue_port,
             xdp_mode,
-        } => cli::decap::command(&iface, &vips, gue_port, xdp_mode.into()),
+        } => cli::decap::command(&iface, &vips, &lbs, gue_port, xdp_mode.into()),
         Command::Detach { config, iface } => cli::detach::command(config.as_deref(), iface),
     }
 }

@@ -150,6 +150,9 @@ pub enum AgentError {
     /// `lb decap` was given an address that cannot be a VIP, or one twice.
     #[error("--vip {0}")]
     BadVip(String),
+    /// `lb decap` was given more load-balancer prefixes than it holds.
+    #[error("--lb: {0}")]
+    BadLb(String),
     /// `[bgp]` cannot be announced.
     #[error(transparent)]
     Bgp(#[from] crate::bgp::BgpError),

@@ -9,7 +9,11 @@ use aya::{
     EbpfLoader,
     maps::{Array, HashMap, MapData},
 };
-use lb_common::{AddrKey, MAP_DECAP_CONFIG, MAP_DECAP_LOCAL, MAP_DECAP_VIPS};
+use ipnet::IpNet;
+use lb_common::{
+    AddrKey, MAP_DECAP_CONFIG, MAP_DECAP_LOCAL, MAP_DECAP_SOURCES4, MAP_DECAP_SOURCES6,
+    MAP_DECAP_VIPS, MAX_DECAP_SOURCES,
+};
 use log::info;
 
 use crate::{
@@ -32,10 +36,16 @@ fn addr_map(
 }
 
 /// Runs `lb decap --iface IFACE --vip ADDR... [--xdp-mode MODE]`.
-pub fn command(iface: &str, vips: &[IpAddr], gue_port: u16, mode: XdpModeConfig) -> ExitCode {
+pub fn command(
+    iface: &str,
+    vips: &[IpAddr],
+    lbs: &[IpNet],
+    gue_port: u16,
+    mode: XdpModeConfig,
+) -> ExitCode {
     super::report(super::block_on(|| async {
         let shutdown = super::shutdown_signal();
-        run(iface, vips, gue_port, mode, shutdown)
+        run(iface, vips, lbs, gue_port, mode, shutdown)
             .await
             .context("lb decap")
     }))
@@ -70,6 +80,7 @@ pub fn check_vips(vips: &[IpAddr]) -> Result<(), AgentError> {
 pub async fn run(
     iface: &str,
     vips: &[IpAddr],
+    lbs: &[IpNet],
     gue_port: u16,
     mode: XdpModeConfig,
     shutdown: impl Future<Output = ()>,
@@ -122,15 +133,98 @@ pub async fn run(
                 source,
             })?;
     }
+    let lbs = if lbs.is_empty() {
+        default_sources()
+    } else {
+        lbs.to_vec()
+    };
+    allow_tunnels_from(&mut ebpf, &lbs)?;
     let link = attach(&mut ebpf, "xdp_decap", iface, xdp_mode(mode))?;
     info!(
-        "xdp_decap attached to {iface} ({mode:?} mode) for VIPs {vips:?}; outer destinations {locals:?}"
+        "xdp_decap attached to {iface} ({mode:?} mode) for VIPs {vips:?}; outer destinations {locals:?}; tunnels taken from {lbs:?}"
     );
     shutdown.await;
     drop(link);
     drop(ebpf);
     info!("detached from {iface}");
     Ok(())
+}
+
+/// The outer sources `xdp_decap` takes tunnels from when `--lb` gives
+/// none: the private ranges, as `source_filter.allow` defaults to
+/// (`crate::config::DEFAULT_ALLOW`).
+pub fn default_sources() -> Vec<IpNet> {
+    crate::config::DEFAULT_ALLOW
+        .iter()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Fills `DECAP_SOURCES4` and `DECAP_SOURCES6` of `ebpf` (an object not
+/// attached yet) with `prefixes` (host bits cleared).
+///
+/// # Errors
+/// More than `MAX_DECAP_SOURCES` prefixes of a family, or a map write fails.
+pub fn allow_tunnels_from(ebpf: &mut aya::Ebpf, prefixes: &[IpNet]) -> Result<(), AgentError> {
+    use aya::maps::{LpmTrie, lpm_trie::Key};
+    let count = |v4: bool| {
+        prefixes
+            .iter()
+            .filter(|p| matches!(p, IpNet::V4(_)) == v4)
+            .count()
+    };
+    if count(true).max(count(false)) > MAX_DECAP_SOURCES as usize {
+        return Err(AgentError::BadLb(format!(
+            "at most {MAX_DECAP_SOURCES} prefixes of each family"
+        )));
+    }
+    let err = |map, source| MapStoreError {
+        map,
+        op: "insert",
+        source,
+    };
+    let mut v4: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(
+        ebpf.map_mut(MAP_DECAP_SOURCES4)
+            .ok_or_else(|| missing(MAP_DECAP_SOURCES4))?,
+    )
+    .map_err(|e| err(MAP_DECAP_SOURCES4, e))?;
+    for net in prefixes.iter().filter_map(|p| match p.trunc() {
+        IpNet::V4(n) => Some(n),
+        IpNet::V6(_) => None,
+    }) {
+        v4.insert(
+            &Key::new(u32::from(net.prefix_len()), net.addr().octets()),
+            1,
+            0,
+        )
+        .map_err(|e| err(MAP_DECAP_SOURCES4, e))?;
+    }
+    let mut v6: LpmTrie<_, [u8; 16], u32> = LpmTrie::try_from(
+        ebpf.map_mut(MAP_DECAP_SOURCES6)
+            .ok_or_else(|| missing(MAP_DECAP_SOURCES6))?,
+    )
+    .map_err(|e| err(MAP_DECAP_SOURCES6, e))?;
+    for net in prefixes.iter().filter_map(|p| match p.trunc() {
+        IpNet::V6(n) => Some(n),
+        IpNet::V4(_) => None,
+    }) {
+        v6.insert(
+            &Key::new(u32::from(net.prefix_len()), net.addr().octets()),
+            1,
+            0,
+        )
+        .map_err(|e| err(MAP_DECAP_SOURCES6, e))?;
+    }
+    Ok(())
+}
+
+/// The error of a map the object lacks.
+fn missing(map: &'static str) -> AgentError {
+    AgentError::Io {
+        op: "find map",
+        path: map.to_string(),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    }
 }
 
 #[cfg(test)]

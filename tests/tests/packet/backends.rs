@@ -81,6 +81,8 @@ fn decap_strips_the_outer_header_for_served_vips_only() {
     locals
         .insert(lb_common::AddrKey::v4(LB_ADDR), 1, 0)
         .expect("insert");
+    // The fixture takes tunnels from the private ranges, as `lb decap`
+    // does by default: the load balancer's 10.20.0.2 is in them.
 
     let inner = tcp_syn(CLIENT, VIP, 40000, 80);
     let frame = ipip(LB_ADDR, &inner[14..]);
@@ -98,6 +100,16 @@ fn decap_strips_the_outer_header_for_served_vips_only() {
     let frame = ipip([10, 20, 0, 99], &inner[14..]);
     let (action, out) = fx.run("xdp_decap", &frame);
     assert_eq!((action, out), (XDP_PASS, frame));
+    assert_eq!(fx.count(Outcome::Decapsulated), 1);
+    // The same tunnel from a host outside (198.51.100.10, which reaches the
+    // backend directly) would inject a private client's SYN past every
+    // filter of the load balancer: dropped and counted.
+    let spoofed = Frame::eth(CLIENT_MAC, LB_MAC)
+        .ipv4([198, 51, 100, 10], LB_ADDR)
+        .ip_in_ip(&inner[14..])
+        .build();
+    assert_eq!(fx.run("xdp_decap", &spoofed).0, XDP_DROP);
+    assert_eq!(fx.count(Outcome::DropDecapSource), 1);
     assert_eq!(fx.count(Outcome::Decapsulated), 1);
 }
 

@@ -121,6 +121,13 @@ impl Fixture {
         )
         .expect("fill maps");
         object::load_lb_v6(&mut ebpf).expect("xdp_lb_v6 in LB_PROGS");
+        // xdp_decap takes tunnels from the outer sources `lb decap` takes
+        // by default: the private ranges, which hold the lab's addresses.
+        lb_userspace::cli::decap::allow_tunnels_from(
+            &mut ebpf,
+            &lb_userspace::cli::decap::default_sources(),
+        )
+        .expect("outer sources");
         for name in ["xdp_lb", "xdp_decap"] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
