@@ -54,8 +54,11 @@ impl<M: MapStore> Balancer<M> {
                 be.flags & BACKEND_F_ACTIVE != 0 && u32::from(be.vip_id) == value.vip_id
             });
             let Some(vip) = wanted.get(&key) else {
-                // Gone from the configuration: remove it now.
+                // Gone from the configuration: remove it now, with its own
+                // source list, so that a VIP given its id later does not
+                // inherit those prefixes.
                 b.maps.remove_vip(&key)?;
+                b.drop_own_allow(value.vip_id, &HashSet::new())?;
                 for (id, be) in members {
                     b.maps.set_backend(*id, &Backend { flags: 0, ..*be })?;
                     changes.backends_removed += 1;

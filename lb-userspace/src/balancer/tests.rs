@@ -687,3 +687,51 @@ fn adoption_that_drops_a_port_vip_clears_the_port_0_vips_flag() {
     .unwrap();
     assert!(conns_match(&kept, "any"));
 }
+
+/// Adoption removes a VIP gone from the configuration with its own `allow`
+/// list: a new VIP that takes its id must not inherit those prefixes (a
+/// VIP's list only ever narrows who reaches it).
+#[test]
+fn a_vip_gone_at_adoption_takes_its_own_allow_list_with_it() {
+    let with_allow = CONFIG.replace(
+        "on_no_backend = \"pass\"",
+        "on_no_backend = \"pass\"\nallow = [\"10.9.0.0/16\"]",
+    );
+    let regions = config(CONFIG).sizing.table_regions;
+    let before = Balancer::new(
+        FakeMaps::default(),
+        &config(&with_allow),
+        Ipv4Addr::new(10, 0, 0, 2),
+        regions,
+    )
+    .unwrap();
+    let dns = VipKey::v4([10, 0, 0, 100], 53, 17);
+    let dns_id = before.maps().vips[&dns].vip_id;
+    let nine: IpNet = "10.9.0.0/16".parse().unwrap();
+    assert!(before.maps().allow_vip.contains(&(dns_id, nine)));
+    // dns gone; a new VIP with its own list takes the freed id.
+    let text = CONFIG
+        .split("[[vip]]\nname = \"dns\"")
+        .next()
+        .unwrap()
+        .to_string()
+        + "[[vip]]\nname = \"ntp\"\naddress = \"10.0.0.100\"\nport = 123\nprotocol = \"udp\"\nallow = [\"10.8.0.0/16\"]\n  [[vip.backend]]\n  address = \"10.0.0.31\"\n";
+    let (adopted, _) = Balancer::adopt(
+        before.maps().clone(),
+        &config(&text),
+        Ipv4Addr::new(10, 0, 0, 2),
+        regions,
+    )
+    .unwrap();
+    let ntp = VipKey::v4([10, 0, 0, 100], 123, 17);
+    let ntp_id = adopted.maps().vips[&ntp].vip_id;
+    assert_eq!(ntp_id, dns_id, "the freed id is given out again");
+    let list: Vec<IpNet> = adopted
+        .maps()
+        .allow_vip
+        .iter()
+        .filter(|(id, _)| *id == ntp_id)
+        .map(|(_, net)| *net)
+        .collect();
+    assert_eq!(list, vec!["10.8.0.0/16".parse::<IpNet>().unwrap()]);
+}
