@@ -114,6 +114,17 @@ impl<M: MapStore> Balancer<M> {
         self.addr_counts = counts;
         changes.other_writes += self.write_vip_bloom()?;
         changes.other_writes += self.write_vip_flags()?;
+        // Prefixes a VIP no longer lists, now that its flags by id (which
+        // established flows read) say whether it has a list at all: the
+        // other order would refuse its flows in between.
+        let lists: Vec<(u32, HashSet<(u32, IpNet)>)> = self
+            .vips
+            .iter()
+            .map(|v| (v.id, own_allow(&v.config, v.id)))
+            .collect();
+        for (id, keep) in lists {
+            changes.other_writes += self.drop_own_allow(id, &keep)?;
+        }
 
         let wanted: Vec<IpNet> = allow.iter().copied().collect();
         changes.other_writes += self.write_allow16(wanted.iter())?;
@@ -349,8 +360,8 @@ impl<M: MapStore> Balancer<M> {
             self.retire_backend(b, id)?;
             changes.backends_removed += 1;
         }
-        // Prefixes the VIP no longer lists, once its entry says so.
-        changes.other_writes += self.drop_own_allow(id, &own_allow(vip, id))?;
+        // Prefixes the VIP no longer lists go in `apply`, once both of its
+        // entries (the VIP's and its flags by id) say so.
         Ok(())
     }
 

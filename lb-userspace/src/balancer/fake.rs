@@ -34,6 +34,9 @@ pub struct FakeMaps {
     pub maglev: StdHashMap<u32, u32>,
     /// Number of write calls of any kind so far.
     pub writes: usize,
+    /// The writes to VIPs' own source lists and flags, in order: the map
+    /// name and the VIP id, with the flags written for `LB_VIP_FLAGS`.
+    pub vip_log: Vec<(&'static str, u32, u32)>,
 }
 
 impl MapStore for FakeMaps {
@@ -57,6 +60,7 @@ impl MapStore for FakeMaps {
 
     fn disallow_vip(&mut self, vip_id: u32, net: IpNet) -> Result<(), MapStoreError> {
         self.writes += 1;
+        self.vip_log.push(("disallow_vip", vip_id, 0));
         self.allow_vip.retain(|&p| p != (vip_id, net));
         Ok(())
     }
@@ -109,6 +113,7 @@ impl MapStore for FakeMaps {
     }
     fn set_vip_flags(&mut self, id: u32, flags: u32) -> Result<(), MapStoreError> {
         self.writes += 1;
+        self.vip_log.push(("set_vip_flags", id, flags));
         if flags == 0 {
             self.vip_flags.remove(&id);
         } else {

@@ -735,3 +735,39 @@ fn a_vip_gone_at_adoption_takes_its_own_allow_list_with_it() {
         .collect();
     assert_eq!(list, vec!["10.8.0.0/16".parse::<IpNet>().unwrap()]);
 }
+
+/// A reload that removes a VIP's own `allow` list clears the VIP's flag
+/// (in `LB_VIP_FLAGS`, which established flows read) before it removes the
+/// prefixes: the other order refuses the VIP's established flows for the
+/// rest of the reload.
+#[test]
+fn removing_a_vip_s_own_list_clears_its_flag_before_its_prefixes() {
+    let with_allow = CONFIG.replace(
+        "on_no_backend = \"pass\"",
+        "on_no_backend = \"pass\"\nallow = [\"10.9.0.0/16\"]",
+    );
+    let mut b = Balancer::new(
+        FakeMaps::default(),
+        &config(&with_allow),
+        Ipv4Addr::new(10, 0, 0, 2),
+        config(CONFIG).sizing.table_regions,
+    )
+    .unwrap();
+    let dns_id = b.maps().vips[&VipKey::v4([10, 0, 0, 100], 53, 17)].vip_id;
+    let start = b.maps().vip_log.len();
+    b.apply(&config(CONFIG), Ipv4Addr::new(10, 0, 0, 2))
+        .unwrap();
+    let log = &b.maps().vip_log[start..];
+    let flag_cleared = log
+        .iter()
+        .position(|&(op, id, flags)| {
+            op == "set_vip_flags" && id == dns_id && flags & VIP_F_OWN_ALLOW == 0
+        })
+        .expect("the VIP's flag written without its own list");
+    let prefix_gone = log
+        .iter()
+        .position(|&(op, id, _)| op == "disallow_vip" && id == dns_id)
+        .expect("the VIP's prefix removed");
+    assert!(flag_cleared < prefix_gone, "{log:?}");
+    assert!(b.maps().allow_vip.iter().all(|&(id, _)| id != dns_id));
+}
