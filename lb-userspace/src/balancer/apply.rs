@@ -229,6 +229,36 @@ impl<M: MapStore> Balancer<M> {
                 capacity: self.regions.capacity,
             });
         }
+        self.check_own_allow_fits(config)
+    }
+
+    /// The VIPs' own source prefixes fit their tries at the change's peak:
+    /// a VIP's new prefixes go in before its old ones go (so no source it
+    /// keeps is refused on the way), so kept VIPs hold both lists for a
+    /// moment. Refused before anything is written, so a change never stops
+    /// part way with both lists in place, wider than either.
+    fn check_own_allow_fits(&self, config: &Config) -> Result<(), BalancerError> {
+        let mut peak: HashSet<(u32, IpNet)> = HashSet::new();
+        let mut new_vips = 0;
+        for vip in &config.vips {
+            match self
+                .vips
+                .iter()
+                .find(|v| vip_key(&v.config) == vip_key(vip))
+            {
+                Some(old) => {
+                    peak.extend(self.vip_allow.iter().filter(|e| e.0 == old.id));
+                    peak.extend(own_allow(vip, old.id));
+                }
+                None => new_vips += vip.allow.as_ref().map_or(0, Vec::len),
+            }
+        }
+        if peak.len() + new_vips > MAX_VIP_SOURCE_PREFIXES as usize {
+            return Err(BalancerError::Capacity {
+                what: "VIP source prefixes while old and new lists are both in place",
+                capacity: MAX_VIP_SOURCE_PREFIXES,
+            });
+        }
         Ok(())
     }
 

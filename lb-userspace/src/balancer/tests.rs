@@ -771,3 +771,54 @@ fn removing_a_vip_s_own_list_clears_its_flag_before_its_prefixes() {
     assert!(flag_cleared < prefix_gone, "{log:?}");
     assert!(b.maps().allow_vip.iter().all(|&(id, _)| id != dns_id));
 }
+
+/// A reload that swaps a VIP's own list for another whose union with it
+/// does not fit the tries is refused before anything is written: stopping
+/// part way would leave both lists in place, wider than either.
+#[test]
+fn a_swap_of_own_lists_that_cannot_fit_side_by_side_is_refused_whole() {
+    // 9,000 /32s each: either list fits (16,384), both together do not.
+    let list = |second: u8| {
+        let prefixes: Vec<String> = (0..9000u32)
+            .map(|i| format!("\"10.{second}.{}.{}/32\"", i / 250, i % 250))
+            .collect();
+        CONFIG.replace(
+            "on_no_backend = \"pass\"",
+            &format!(
+                "on_no_backend = \"pass\"\nallow = [{}]",
+                prefixes.join(", ")
+            ),
+        )
+    };
+    let mut b = Balancer::new(
+        FakeMaps::default(),
+        &config(&list(1)),
+        Ipv4Addr::new(10, 0, 0, 2),
+        config(CONFIG).sizing.table_regions,
+    )
+    .unwrap();
+    let before = b.maps().clone();
+    let refused = b.apply(&config(&list(2)), Ipv4Addr::new(10, 0, 0, 2));
+    assert!(
+        matches!(refused, Err(BalancerError::Capacity { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(b.maps().allow_vip, before.allow_vip, "no prefix written");
+    assert_eq!(b.maps().writes, before.writes, "nothing written");
+    // A swap that fits side by side goes through.
+    let small = CONFIG.replace(
+        "on_no_backend = \"pass\"",
+        "on_no_backend = \"pass\"\nallow = [\"10.3.0.0/16\"]",
+    );
+    b.apply(&config(&small), Ipv4Addr::new(10, 0, 0, 2))
+        .unwrap();
+    let dns_id = b.maps().vips[&VipKey::v4([10, 0, 0, 100], 53, 17)].vip_id;
+    let list_now: Vec<IpNet> = b
+        .maps()
+        .allow_vip
+        .iter()
+        .filter(|(id, _)| *id == dns_id)
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(list_now, vec!["10.3.0.0/16".parse::<IpNet>().unwrap()]);
+}
