@@ -71,7 +71,9 @@ fn inner_of(ctx: &XdpContext, at: usize, proto: u8) -> Option<(usize, L3)> {
 #[inline(always)]
 fn decap(ctx: &XdpContext) -> Option<bool> {
     let (l3, outer_family) = l3_offset(ctx).ok()??;
-    let (inner_at, inner_family, from_lb) = match outer_family {
+    // The outer source, looked up only for a packet this host would
+    // decapsulate (after the VIP check below).
+    let (inner_at, inner_family, outer_src) = match outer_family {
         L3::V4 => {
             let outer = ipv4_at(ctx, l3).ok()?;
             // SAFETY: bounds checked by ipv4_at.
@@ -80,18 +82,16 @@ fn decap(ctx: &XdpContext) -> Option<bool> {
                 return None;
             }
             DECAP_LOCAL.get_ptr(AddrKey::v4(hdr.dst_addr))?;
-            let from_lb = DECAP_SOURCES4.get(Key::new(32, hdr.src_addr)).is_some();
             let (at, family) = inner_of(ctx, l3 + outer.len, hdr.proto)?;
-            (at, family, from_lb)
+            (at, family, AddrKey::v4(hdr.src_addr).addr)
         }
         L3::V6 => {
             let hdr: *const Ipv6Hdr = ptr_at(ctx, l3)?;
             // SAFETY: bounds checked by ptr_at.
             let (next, src, dst) = unsafe { ((*hdr).next_hdr, (*hdr).src_addr, (*hdr).dst_addr) };
             DECAP_LOCAL.get_ptr(AddrKey::v6(dst))?;
-            let from_lb = DECAP_SOURCES6.get(Key::new(128, src)).is_some();
             let (at, family) = inner_of(ctx, l3 + Ipv6Hdr::LEN, next)?;
-            (at, family, from_lb)
+            (at, family, src)
         }
     };
     let vip = match inner_family {
@@ -107,7 +107,12 @@ fn decap(ctx: &XdpContext) -> Option<bool> {
         }
     };
     DECAP_VIPS.get_ptr(vip)?;
-    if !from_lb {
+    let s = outer_src;
+    let from_lb = match outer_family {
+        L3::V4 => DECAP_SOURCES4.get(Key::new(32, [s[0], s[1], s[2], s[3]])),
+        L3::V6 => DECAP_SOURCES6.get(Key::new(128, s)),
+    };
+    if from_lb.is_none() {
         return Some(false);
     }
 

@@ -238,21 +238,25 @@ impl<M: MapStore> Balancer<M> {
     /// moment. Refused before anything is written, so a change never stops
     /// part way with both lists in place, wider than either.
     fn check_own_allow_fits(&self, config: &Config) -> Result<(), BalancerError> {
+        let ids: HashMap<VipKey, u32> = self
+            .vips
+            .iter()
+            .map(|v| (vip_key(&v.config), v.id))
+            .collect();
+        let mut kept = HashSet::new();
         let mut peak: HashSet<(u32, IpNet)> = HashSet::new();
         let mut new_vips = 0;
         for vip in &config.vips {
-            match self
-                .vips
-                .iter()
-                .find(|v| vip_key(&v.config) == vip_key(vip))
-            {
-                Some(old) => {
-                    peak.extend(self.vip_allow.iter().filter(|e| e.0 == old.id));
-                    peak.extend(own_allow(vip, old.id));
+            match ids.get(&vip_key(vip)) {
+                Some(&id) => {
+                    kept.insert(id);
+                    peak.extend(own_allow(vip, id));
                 }
                 None => new_vips += vip.allow.as_ref().map_or(0, Vec::len),
             }
         }
+        // The kept VIPs' current prefixes stay until the end of the change.
+        peak.extend(self.vip_allow.iter().filter(|e| kept.contains(&e.0)));
         if peak.len() + new_vips > MAX_VIP_SOURCE_PREFIXES as usize {
             return Err(BalancerError::Capacity {
                 what: "VIP source prefixes while old and new lists are both in place",

@@ -5,8 +5,9 @@ use std::{path::Path, process::ExitCode};
 
 use crate::config::{
     Config,
-    nat::{is_local_address, local_port_range, snat_ports},
+    nat::{local_port_range, snat_ports},
 };
+use crate::netif;
 
 /// The host's rule for configured SNAT ports (`nat.ports`): outside
 /// `net.ipv4.ip_local_port_range` while a SNAT address is one this host's
@@ -26,7 +27,21 @@ fn snat_ports_here(c: &Config) -> Result<(), String> {
         .map(|&a| a.into())
         .chain(c.nat.source_v6.iter().map(|&a| a.into()))
         .collect();
-    let shared = addresses.is_empty() || addresses.iter().any(|&a| is_local_address(a));
+    // The host's own addresses; unreadable ones count as the host's.
+    let local: Option<Vec<std::net::IpAddr>> = netif::ipv4_addresses(None)
+        .and_then(|v4| {
+            let v6 = netif::ipv6_addresses(None)?;
+            Ok(v4
+                .into_iter()
+                .map(Into::into)
+                .chain(v6.into_iter().map(Into::into))
+                .collect())
+        })
+        .ok();
+    let shared = addresses.is_empty()
+        || addresses
+            .iter()
+            .any(|a| local.as_ref().is_none_or(|l| l.contains(a)));
     if !shared {
         return Ok(());
     }

@@ -161,12 +161,13 @@ pub fn default_sources() -> Vec<IpNet> {
 }
 
 /// Fills `DECAP_SOURCES4` and `DECAP_SOURCES6` of `ebpf` (an object not
-/// attached yet) with `prefixes` (host bits cleared).
+/// attached yet) with `prefixes`. The maps are borrowed, not taken: the
+/// programs not loaded yet refer to them.
 ///
 /// # Errors
-/// More than `MAX_DECAP_SOURCES` prefixes of a family, or a map write fails.
+/// More than `MAX_DECAP_SOURCES` prefixes of a family, or a map is
+/// missing or refuses an insert.
 pub fn allow_tunnels_from(ebpf: &mut aya::Ebpf, prefixes: &[IpNet]) -> Result<(), AgentError> {
-    use aya::maps::{LpmTrie, lpm_trie::Key};
     let count = |v4: bool| {
         prefixes
             .iter()
@@ -178,53 +179,44 @@ pub fn allow_tunnels_from(ebpf: &mut aya::Ebpf, prefixes: &[IpNet]) -> Result<()
             "at most {MAX_DECAP_SOURCES} prefixes of each family"
         )));
     }
-    let err = |map, source| MapStoreError {
-        map,
-        op: "insert",
-        source,
-    };
-    let mut v4: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(
-        ebpf.map_mut(MAP_DECAP_SOURCES4)
-            .ok_or_else(|| missing(MAP_DECAP_SOURCES4))?,
-    )
-    .map_err(|e| err(MAP_DECAP_SOURCES4, e))?;
-    for net in prefixes.iter().filter_map(|p| match p.trunc() {
-        IpNet::V4(n) => Some(n),
-        IpNet::V6(_) => None,
-    }) {
-        v4.insert(
-            &Key::new(u32::from(net.prefix_len()), net.addr().octets()),
-            1,
-            0,
-        )
-        .map_err(|e| err(MAP_DECAP_SOURCES4, e))?;
+    let (mut v4, mut v6) = (None, None);
+    for (name, map) in ebpf.maps_mut() {
+        match name {
+            MAP_DECAP_SOURCES4 => v4 = Some(map),
+            MAP_DECAP_SOURCES6 => v6 = Some(map),
+            _ => {}
+        }
     }
-    let mut v6: LpmTrie<_, [u8; 16], u32> = LpmTrie::try_from(
-        ebpf.map_mut(MAP_DECAP_SOURCES6)
-            .ok_or_else(|| missing(MAP_DECAP_SOURCES6))?,
-    )
-    .map_err(|e| err(MAP_DECAP_SOURCES6, e))?;
-    for net in prefixes.iter().filter_map(|p| match p.trunc() {
-        IpNet::V6(n) => Some(n),
-        IpNet::V4(_) => None,
-    }) {
-        v6.insert(
-            &Key::new(u32::from(net.prefix_len()), net.addr().octets()),
-            1,
-            0,
-        )
-        .map_err(|e| err(MAP_DECAP_SOURCES6, e))?;
+    let mut v4 = trie::<[u8; 4]>(v4, MAP_DECAP_SOURCES4)?;
+    let mut v6 = trie::<[u8; 16]>(v6, MAP_DECAP_SOURCES6)?;
+    for net in prefixes {
+        maps::insert_prefix(
+            &mut v4,
+            &mut v6,
+            net.trunc(),
+            [MAP_DECAP_SOURCES4, MAP_DECAP_SOURCES6],
+        )?;
     }
     Ok(())
 }
 
-/// The error of a map the object lacks.
-fn missing(map: &'static str) -> AgentError {
-    AgentError::Io {
-        op: "find map",
-        path: map.to_string(),
-        source: std::io::Error::from(std::io::ErrorKind::NotFound),
-    }
+/// `map` (named `name`, found in the object) as an LPM trie keyed by `K`.
+fn trie<'a, K: aya::Pod>(
+    map: Option<&'a mut aya::maps::Map>,
+    name: &'static str,
+) -> Result<aya::maps::LpmTrie<&'a mut aya::maps::MapData, K, u32>, MapStoreError> {
+    let map = map.ok_or(MapStoreError {
+        map: name,
+        op: "find",
+        source: aya::maps::MapError::InvalidName {
+            name: name.to_string(),
+        },
+    })?;
+    aya::maps::LpmTrie::try_from(map).map_err(|source| MapStoreError {
+        map: name,
+        op: "open",
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -131,12 +131,6 @@ pub fn local_port_range() -> Result<PortRange, String> {
     }
 }
 
-/// Whether this host owns `addr` (a socket can be bound to it), so its own
-/// connections may use it as a source.
-pub fn is_local_address(addr: IpAddr) -> bool {
-    std::net::UdpSocket::bind((addr, 0)).is_ok()
-}
-
 /// `[nat]` as serde reads it.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

@@ -2,7 +2,7 @@
 //! the balancer's [`MapStore`] (the Maglev map through
 //! [`super::maglev_map`]).
 
-use std::{net::IpAddr, path::Path};
+use std::{borrow::BorrowMut, net::IpAddr, path::Path};
 
 use aya::{
     Ebpf,
@@ -51,6 +51,36 @@ fn vip_source_key6(vip_id: u32, net: Ipv6Net) -> Key<VipSourceKey6> {
         32 + u32::from(net.prefix_len()),
         VipSourceKey6::new(vip_id, net.network().octets()),
     )
+}
+
+/// Inserts prefix `net` (host bits cleared) into the trie of its family:
+/// `v4` or `v6`, named `names` for errors (the source filter's, and
+/// `xdp_decap`'s outer sources).
+///
+/// # Errors
+/// The kernel refuses the insert (the trie is full).
+pub fn insert_prefix<T4: BorrowMut<MapData>, T6: BorrowMut<MapData>>(
+    v4: &mut LpmTrie<T4, [u8; 4], u32>,
+    v6: &mut LpmTrie<T6, [u8; 16], u32>,
+    net: IpNet,
+    names: [&'static str; 2],
+) -> Result<(), MapStoreError> {
+    match net {
+        IpNet::V4(n) => v4
+            .insert(
+                &Key::new(u32::from(n.prefix_len()), n.network().octets()),
+                1,
+                0,
+            )
+            .map_err(wrap(names[0], "insert")),
+        IpNet::V6(n) => v6
+            .insert(
+                &Key::new(u32::from(n.prefix_len()), n.network().octets()),
+                1,
+                0,
+            )
+            .map_err(wrap(names[1], "insert")),
+    }
 }
 
 /// A prefix read back from a trie (lengths come from the map: in range).
@@ -185,24 +215,12 @@ impl MapStore for AyaMaps {
     }
 
     fn allow(&mut self, net: IpNet) -> Result<(), MapStoreError> {
-        match net {
-            IpNet::V4(n) => self
-                .allow_v4
-                .insert(
-                    &Key::new(u32::from(n.prefix_len()), n.network().octets()),
-                    1,
-                    0,
-                )
-                .map_err(wrap(MAP_SRC_ALLOW_V4, "insert")),
-            IpNet::V6(n) => self
-                .allow_v6
-                .insert(
-                    &Key::new(u32::from(n.prefix_len()), n.network().octets()),
-                    1,
-                    0,
-                )
-                .map_err(wrap(MAP_SRC_ALLOW_V6, "insert")),
-        }
+        insert_prefix(
+            &mut self.allow_v4,
+            &mut self.allow_v6,
+            net,
+            [MAP_SRC_ALLOW_V4, MAP_SRC_ALLOW_V6],
+        )
     }
 
     fn disallow(&mut self, net: IpNet) -> Result<(), MapStoreError> {
