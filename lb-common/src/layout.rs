@@ -81,7 +81,7 @@ pub const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Every map of `xdp_lb` and `xdp_decap` (the benchmark's own maps are not
 /// part of the layout).
-pub const MAPS: [MapSpec; 28] = [
+pub const MAPS: [MapSpec; 35] = [
     spec(
         MAP_VIPS,
         MapKind::Hash,
@@ -278,6 +278,62 @@ pub const MAPS: [MapSpec; 28] = [
         BPF_F_NO_PREALLOC,
         Some(MAX_DECAP_SOURCES),
     ),
+    spec(
+        crate::MAP_NAT,
+        MapKind::LruHash,
+        size_of::<FlowKey>(),
+        size_of::<crate::NatEntry>(),
+        0,
+        None,
+    ),
+    spec(
+        crate::MAP_NAT_SOURCES,
+        MapKind::Array,
+        4,
+        size_of::<crate::NatSources>(),
+        0,
+        Some(1),
+    ),
+    spec(
+        crate::MAP_BACKEND_PORTS,
+        MapKind::Array,
+        4,
+        4,
+        0,
+        Some(MAX_BACKENDS),
+    ),
+    spec(
+        crate::MAP_NAT_HANDOFF,
+        MapKind::PerCpuArray,
+        4,
+        size_of::<crate::NatHandoff>(),
+        0,
+        Some(1),
+    ),
+    spec(
+        crate::MAP_NAT_STATS,
+        MapKind::PerCpuArray,
+        4,
+        size_of::<Counter>(),
+        0,
+        Some(crate::NatEvent::COUNT),
+    ),
+    spec(
+        crate::MAP_VIP_REPLY_STATS,
+        MapKind::PerCpuArray,
+        4,
+        size_of::<Counter>(),
+        0,
+        Some(MAX_VIPS),
+    ),
+    spec(
+        crate::MAP_BACKEND_REPLY_STATS,
+        MapKind::PerCpuArray,
+        4,
+        size_of::<Counter>(),
+        0,
+        Some(MAX_BACKENDS),
+    ),
 ];
 
 /// FNV-1a (32 bits) of `bytes`, continuing from `hash`.
@@ -301,7 +357,7 @@ const fn fnv_u32s(mut hash: u32, values: &[usize]) -> u32 {
 }
 
 /// Sizes and field offsets of every shared map type, in a fixed order.
-const SHAPES: [usize; 67] = [
+const SHAPES: [usize; 93] = [
     size_of::<VipKey>(),
     offset_of!(VipKey, addr),
     offset_of!(VipKey, port),
@@ -370,6 +426,32 @@ const SHAPES: [usize; 67] = [
     crate::GLOBAL_F_READY as usize,
     crate::GLOBAL_F_GUE as usize,
     crate::FAMILY_V4 as usize,
+    size_of::<crate::NatEntry>(),
+    offset_of!(crate::NatEntry, src),
+    offset_of!(crate::NatEntry, dst),
+    offset_of!(crate::NatEntry, sport),
+    offset_of!(crate::NatEntry, dport),
+    offset_of!(crate::NatEntry, flags),
+    offset_of!(crate::NatEntry, vip_id),
+    offset_of!(crate::NatEntry, backend_id),
+    offset_of!(crate::NatEntry, generation),
+    offset_of!(crate::NatEntry, last_seen),
+    size_of::<crate::NatSources>(),
+    offset_of!(crate::NatSources, v4),
+    offset_of!(crate::NatSources, v6),
+    offset_of!(crate::NatSources, v4_count),
+    offset_of!(crate::NatSources, port_first),
+    offset_of!(crate::NatSources, port_count),
+    crate::VIP_F_NAT as usize,
+    crate::VIP_F_DNAT as usize,
+    crate::GLOBAL_F_NAT as usize,
+    crate::GLOBAL_F_DNAT as usize,
+    crate::NAT_F_REPLY as usize,
+    crate::NAT_F_CLOSING as usize,
+    crate::NAT_F_DNAT as usize,
+    crate::NAT_F_ANSWERED as usize,
+    crate::NAT_CLOCK_SHIFT as usize,
+    crate::PROG_SLOTS as usize,
 ];
 
 const fn fingerprint() -> u32 {
@@ -400,6 +482,12 @@ const fn fingerprint() -> u32 {
     while i < ConnEvent::ALL.len() {
         hash = fnv(hash, ConnEvent::ALL[i].name().as_bytes());
         hash = fnv_u32s(hash, &[ConnEvent::ALL[i] as usize]);
+        i += 1;
+    }
+    let mut i = 0;
+    while i < crate::NatEvent::ALL.len() {
+        hash = fnv(hash, crate::NatEvent::ALL[i].name().as_bytes());
+        hash = fnv_u32s(hash, &[crate::NatEvent::ALL[i] as usize]);
         i += 1;
     }
     hash

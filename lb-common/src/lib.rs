@@ -13,6 +13,7 @@ pub mod csum;
 pub mod hash;
 pub mod layout;
 pub mod maps;
+pub mod nat;
 pub mod rules;
 pub mod stats;
 
@@ -20,8 +21,10 @@ pub use bench::*;
 pub use hash::{flow_hash, flow_hash_v4, flow_hash_v6, maglev_permutation, maglev_slot};
 pub use layout::LAYOUT_FINGERPRINT;
 pub use maps::*;
+pub use nat::*;
 pub use stats::{
-    ConnEvent, Counter, NO_CONN_EVENT, Outcome, STAT_ENTRIES, STAT_SLOTS, stat_index, xdp_action,
+    ConnEvent, Counter, NO_CONN_EVENT, NatEvent, Outcome, STAT_ENTRIES, STAT_SLOTS, stat_index,
+    xdp_action,
 };
 
 /// Address family code used in map keys and values for IPv4.

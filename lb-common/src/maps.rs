@@ -116,10 +116,29 @@ pub const MAP_CONN_BUCKET: &str = "LB_CONN_BUCKET";
 pub const MAP_PROGS: &str = "LB_PROGS";
 /// The slot of [`MAP_PROGS`] that holds `xdp_lb_v6`.
 pub const PROG_LB_V6: u32 = 0;
+/// The slot of `xdp_nat_v4`: IPv4 packets of NAT VIPs' flows, toward
+/// their backends ([`crate::MAP_NAT_HANDOFF`] says which).
+pub const PROG_NAT_V4: u32 = 1;
+/// The slot of `xdp_nat_v6`: likewise for IPv6.
+pub const PROG_NAT_V6: u32 = 2;
+/// The slot of `xdp_nat_reply_v4`: IPv4 packets `xdp_lb` would pass, looked
+/// up as replies to NAT translations (with [`GLOBAL_F_NAT`]).
+pub const PROG_NAT_REPLY_V4: u32 = 3;
+/// The slot of `xdp_nat_reply_v6`: likewise for IPv6.
+pub const PROG_NAT_REPLY_V6: u32 = 4;
 /// Slots of [`MAP_PROGS`].
-pub const PROG_SLOTS: u32 = 1;
+pub const PROG_SLOTS: u32 = 5;
 /// The program of IPv6 packets, in [`MAP_PROGS`] at [`PROG_LB_V6`].
 pub const PROGRAM_LB_V6: &str = "xdp_lb_v6";
+/// The programs `xdp_lb` and `xdp_lb_v6` tail-call, with their slots in
+/// [`MAP_PROGS`].
+pub const TAIL_PROGRAMS: [(&str, u32); 5] = [
+    (PROGRAM_LB_V6, PROG_LB_V6),
+    ("xdp_nat_v4", PROG_NAT_V4),
+    ("xdp_nat_v6", PROG_NAT_V6),
+    ("xdp_nat_reply_v4", PROG_NAT_REPLY_V4),
+    ("xdp_nat_reply_v6", PROG_NAT_REPLY_V6),
+];
 
 /// Per-CPU array of [`FLOW_CACHE_SLOTS`] [`FlowCacheEntry`]: each CPU's
 /// direct-mapped copies of the connection-table entries it used lately, so
@@ -245,6 +264,15 @@ pub const VIP_F_OWN_ALLOW: u32 = 2;
 /// client that reuses the 5-tuple of a finished flow recorded before the
 /// table changed is not split between two backends.
 pub const VIP_F_CONNS_MATCH_TABLE: u32 = 4;
+/// [`VipValue::flags`]: `mode = "nat"` (SPEC 10): the VIP's packets are
+/// translated (SNAT address and port -> backend:port) by `xdp_nat_v4` or
+/// `xdp_nat_v6`, not encapsulated.
+pub const VIP_F_NAT: u32 = 8;
+/// [`VipValue::flags`]: `mode = "dnat"`: client -> backend:port, the
+/// client's address kept.
+pub const VIP_F_DNAT: u32 = 16;
+/// Either NAT mode.
+pub const VIP_F_NAT_MODES: u32 = VIP_F_NAT | VIP_F_DNAT;
 
 /// Data of an LPM key of [`MAP_SRC_ALLOW_VIP4`]: the VIP id (big-endian, so
 /// it is the leading 32 bits of every prefix) then the IPv4 source. A
@@ -599,6 +627,13 @@ pub const GLOBAL_F_READY: u32 = 2;
 /// [`Globals::flags`]: encapsulate in GUE (UDP to [`Globals::gue_port`],
 /// the inner IP packet directly after the UDP header) instead of IP-in-IP.
 pub const GLOBAL_F_GUE: u32 = 4;
+/// [`Globals::flags`]: a VIP is in a NAT mode: packets `xdp_lb` would pass
+/// are looked up as replies to translations (`xdp_nat_reply_v4`/`_v6`).
+pub const GLOBAL_F_NAT: u32 = 8;
+/// [`Globals::flags`]: a VIP is in `dnat` mode: replies come addressed to
+/// clients, on any port; without it only packets to a SNAT port are
+/// looked up.
+pub const GLOBAL_F_DNAT: u32 = 16;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -626,5 +661,8 @@ mod pod {
         super::VipSourceKey,
         super::TokenBucket,
         super::VipSourceKey6,
+        crate::NatEntry,
+        crate::NatSources,
+        crate::NatHandoff,
     );
 }

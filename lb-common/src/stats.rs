@@ -164,6 +164,42 @@ counter_enum! {
         /// private ranges): dropped, so no one who reaches a backend can
         /// inject traffic past the load balancer's filters.
         DropDecapSource = 22 => "drop_decap_source", DROP;
+        /// A packet of a NAT VIP's flow, translated toward its backend
+        /// (`nat`: SNAT address and port -> backend:port; `dnat`: client ->
+        /// backend:port) and sent back out of the ingress interface.
+        NatForwarded = 23 => "nat_forwarded_tx", TX;
+        /// A backend's reply to a NAT translation, translated back to VIP:port
+        /// -> client and sent back out of the ingress interface.
+        NatReplied = 24 => "nat_replied_tx", TX;
+        /// Dropped: a new flow of a `nat` VIP found no free SNAT port in
+        /// [`crate::SNAT_PORT_TRIES`] tries (or, in `dnat`, its reply's
+        /// 5-tuple is another translation's).
+        DropNatNoPort = 25 => "drop_nat_no_port", DROP;
+        /// Dropped: a packet of a NAT VIP, or an ICMP error about one, that the
+        /// NAT program could not take (not in `LB_PROGS`, or an ICMP error
+        /// about a NAT flow, which this version does not translate).
+        DropNatUnavailable = 26 => "drop_nat_unavailable", DROP;
+    }
+}
+
+counter_enum! {
+    /// What the NAT table did for a packet: the rows of
+    /// [`crate::MAP_NAT_STATS`].
+    pub enum NatEvent {
+        /// A forward packet found its translation.
+        Hit = 0 => "nat_hit";
+        /// A new flow got a translation (and, in `nat`, a SNAT port).
+        Allocated = 1 => "nat_allocated";
+        /// A flow whose backend changed (its old one unusable) was translated
+        /// anew toward its new backend.
+        Moved = 2 => "nat_moved";
+        /// A reply found its translation.
+        ReplyHit = 3 => "nat_reply_hit";
+        /// A packet the NAT program looked up as a reply found none: passed to
+        /// the kernel untouched (it may be the host's own connection).
+        ReplyMiss = 4 => "nat_reply_miss";
+        /// A TCP FIN or RST shortened a translation's life.
+        Closing = 5 => "nat_closing";
     }
 }
 

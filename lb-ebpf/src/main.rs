@@ -12,6 +12,7 @@ mod encap;
 mod icmp;
 mod lb;
 mod maps;
+mod nat;
 mod nexthop;
 mod parse;
 
@@ -44,6 +45,60 @@ pub fn xdp_lb_v6(ctx: XdpContext) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let (outcome, counter) = lb::run::<true>(&ctx);
     count(&LB_STATS, counter, bytes);
+    outcome.action()
+}
+
+/// IPv4 packets of NAT VIPs' flows toward their backends: `xdp_lb` hands
+/// them over by tail call (`LB_PROGS`, `LB_NAT_HANDOFF`).
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "#[xdp] entry points take the context by value"
+)]
+pub fn xdp_nat_v4(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let (outcome, event) = nat::forward::<false>(&ctx);
+    count(&LB_STATS, stat_index(outcome as u32, event), bytes);
+    outcome.action()
+}
+
+/// IPv6 packets of NAT VIPs' flows toward their backends.
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "#[xdp] entry points take the context by value"
+)]
+pub fn xdp_nat_v6(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let (outcome, event) = nat::forward::<true>(&ctx);
+    count(&LB_STATS, stat_index(outcome as u32, event), bytes);
+    outcome.action()
+}
+
+/// IPv4 packets `xdp_lb` would pass while a VIP is in a NAT mode: replies
+/// of backends to translations are translated back, the rest passed.
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "#[xdp] entry points take the context by value"
+)]
+pub fn xdp_nat_reply_v4(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let outcome = nat::reply::<false>(&ctx);
+    count(&LB_STATS, stat_index(outcome as u32, NO_CONN_EVENT), bytes);
+    outcome.action()
+}
+
+/// IPv6 packets `xdp_lb_v6` would pass while a VIP is in a NAT mode.
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "#[xdp] entry points take the context by value"
+)]
+pub fn xdp_nat_reply_v6(ctx: XdpContext) -> u32 {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let outcome = nat::reply::<true>(&ctx);
+    count(&LB_STATS, stat_index(outcome as u32, NO_CONN_EVENT), bytes);
     outcome.action()
 }
 

@@ -8,8 +8,9 @@ use aya_ebpf::{
 use lb_common::{
     ALLOW16_WORDS, AddrKey, Backend, CachedNextHop, ConnValue, Counter, FLOW_CACHE_SLOTS,
     FlowCacheEntry, FlowKey, Globals, MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_SOURCE_PREFIXES,
-    MAX_VIP_SOURCE_PREFIXES, MAX_VIPS, STAT_ENTRIES, TokenBucket, VIP_BLOOM_WORDS, VipKey,
-    VipSourceKey, VipSourceKey6, VipValue, rules::vip_bloom_bit,
+    MAX_VIP_SOURCE_PREFIXES, MAX_VIPS, NatEntry, NatEvent, NatHandoff, NatSources, STAT_ENTRIES,
+    TokenBucket, VIP_BLOOM_WORDS, VipKey, VipSourceKey, VipSourceKey6, VipValue,
+    rules::vip_bloom_bit,
 };
 
 /// The programs `xdp_lb` tail-calls (`lb_common::MAP_PROGS`): `xdp_lb_v6`
@@ -134,6 +135,35 @@ pub static LB_CONN_BUCKET: PerCpuArray<TokenBucket> = PerCpuArray::with_max_entr
 #[map]
 pub static LB_FLOW_CACHE: PerCpuArray<FlowCacheEntry> =
     PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
+
+/// The NAT table (`lb_common::MAP_NAT`): both directions of every
+/// translation. Size set at load.
+#[map]
+pub static LB_NAT: LruHashMap<FlowKey, NatEntry> = LruHashMap::with_max_entries(1, 0);
+
+/// This node's SNAT addresses and ports (one entry).
+#[map]
+pub static LB_NAT_SOURCES: Array<NatSources> = Array::with_max_entries(1, 0);
+
+/// Backend id -> the port it serves its VIP on (host order; 0: the VIP's).
+#[map]
+pub static LB_BE_PORTS: Array<u32> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// What `xdp_lb` hands the NAT programs (one per-CPU entry).
+#[map]
+pub static LB_NAT_HANDOFF: PerCpuArray<NatHandoff> = PerCpuArray::with_max_entries(1, 0);
+
+/// NAT events, indexed by `NatEvent`.
+#[map]
+pub static LB_NAT_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(NatEvent::COUNT, 0);
+
+/// Reply-direction counters of NAT VIPs, by VIP id.
+#[map]
+pub static LB_VIP_REPLY_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+/// Reply-direction counters of NAT VIPs, by backend id.
+#[map]
+pub static LB_BE_REPLY_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// Whether `key` may carry a VIP: its bit in `LB_VIP_BLOOM` is set. One
 /// array read (inlined by the verifier), no hash lookup; `false` is exact,

@@ -27,11 +27,12 @@ enum Ip {
 #[derive(Clone, Copy, Debug)]
 enum L4 {
     /// TCP with SYN (no ACK) or ACK (acknowledgement 1), sequence 1000,
-    /// window 65535.
+    /// window 65535; `end`: with FIN (`Some(false)`) or RST (`Some(true)`).
     Tcp {
         sport: u16,
         dport: u16,
         syn: bool,
+        end: Option<bool>,
     },
     Udp {
         sport: u16,
@@ -117,6 +118,7 @@ impl Frame {
             sport,
             dport,
             syn: true,
+            end: None,
         });
         self
     }
@@ -128,6 +130,19 @@ impl Frame {
             sport,
             dport,
             syn: false,
+            end: None,
+        });
+        self
+    }
+
+    /// A TCP segment that ends a connection, ACK with FIN (`rst` false) or
+    /// RST (`rst` true), from `sport` to `dport`.
+    pub fn tcp_end(mut self, sport: u16, dport: u16, rst: bool) -> Self {
+        self.l4 = Some(L4::Tcp {
+            sport,
+            dport,
+            syn: false,
+            end: Some(rst),
         });
         self
     }
@@ -237,9 +252,19 @@ impl Frame {
         let mut frame = Vec::new();
         let payload = &self.payload;
         match l4 {
-            L4::Tcp { sport, dport, syn } => {
+            L4::Tcp {
+                sport,
+                dport,
+                syn,
+                end,
+            } => {
                 let tcp = step.tcp(sport, dport, 1000, 65535);
                 let tcp = if syn { tcp.syn() } else { tcp.ack(1) };
+                let tcp = match end {
+                    Some(true) => tcp.rst(),
+                    Some(false) => tcp.fin(),
+                    None => tcp,
+                };
                 tcp.write(&mut frame, payload)
             }
             L4::Udp { sport, dport } => step.udp(sport, dport).write(&mut frame, payload),

@@ -1,11 +1,12 @@
-//! The verifier's work on each XDP program: loads `xdp_lb` and `xdp_decap`
-//! into the running kernel and prints how many instructions the verifier
+//! The verifier's work on each XDP program: loads `xdp_lb`, the programs
+//! it tail-calls (`xdp_lb_v6`, the NAT programs) and `xdp_decap` into the
+//! running kernel and prints how many instructions the verifier
 //! processed (the kernel's `verified_insns`, the `processed N insns` of its
 //! log; the limit is 1,000,000). `cargo xtask test-kernel` runs it on Debian
 //! 12's 6.1 kernel, whose verifier is older than the host's.
 
 use aya::programs::Xdp;
-use lb_common::PROGRAM_LB_V6;
+use lb_common::TAIL_PROGRAMS;
 use lb_userspace::{config::Config, dataplane::object};
 
 /// The most instructions the verifier may process for one program: half
@@ -36,7 +37,8 @@ fn programs_pass_the_verifier_and_report_its_instruction_count() {
         .expect("valid")
         .config;
     let mut ebpf = object::load_object(&config).expect("load object");
-    for name in ["xdp_lb", PROGRAM_LB_V6, "xdp_decap"] {
+    let tail = TAIL_PROGRAMS.iter().map(|(name, _)| *name);
+    for name in std::iter::once("xdp_lb").chain(tail).chain(["xdp_decap"]) {
         let prog: &mut Xdp = ebpf
             .program_mut(name)
             .expect("program")

@@ -202,9 +202,10 @@ impl Bench {
         let balancer = Balancer::new(
             AyaMaps::take(&mut ebpf)?,
             &config,
-            lb_userspace::balancer::Sources {
-                v4: Ipv4Addr::from(LB_ADDR),
-                v6: "fd00:20::2".parse().expect("address"),
+            {
+                let mut s = lb_userspace::balancer::Sources::from(Ipv4Addr::from(LB_ADDR));
+                s.v6 = "fd00:20::2".parse().expect("address");
+                s
             },
             regions,
         )?;
@@ -228,7 +229,7 @@ impl Bench {
             "next hops: {applied:?} for {} backends",
             targets.len()
         );
-        object::load_lb_v6(&mut ebpf).context("xdp_lb_v6 in LB_PROGS")?;
+        object::load_tail_programs(&mut ebpf).context("xdp_lb_v6 in LB_PROGS")?;
         let mut bench = EbpfLoader::new()
             .load(object::bench_object())
             .context("loading the bench object")?;

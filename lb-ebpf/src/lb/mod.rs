@@ -46,8 +46,9 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{helpers::generated::bpf_redirect, programs::XdpContext};
 use lb_common::{
-    AddrKey, Backend, ConnEvent, FAMILY_V6, FlowKey, GLOBAL_F_GUE, GLOBAL_F_READY, Globals,
-    NO_CONN_EVENT, Outcome, PROG_LB_V6, VIP_F_CONNS_MATCH_TABLE, VIP_F_OWN_ALLOW,
+    AddrKey, Backend, ConnEvent, FAMILY_V6, FlowKey, GLOBAL_F_GUE, GLOBAL_F_NAT, GLOBAL_F_READY,
+    Globals, NO_CONN_EVENT, Outcome, PROG_LB_V6, PROG_NAT_REPLY_V4, PROG_NAT_REPLY_V6, PROG_NAT_V4,
+    PROG_NAT_V6, VIP_F_CONNS_MATCH_TABLE, VIP_F_NAT_MODES, VIP_F_OWN_ALLOW,
     VIP_F_PASS_ON_NO_BACKEND, VIP_LIVE, VIP_SHADOWED, VipValue, rules::vip_source_allowed,
     stat_index,
 };
@@ -71,7 +72,10 @@ use self::{
 use crate::{
     encap::{self, Outer},
     icmp,
-    maps::{LB_BE_STATS, LB_GLOBALS, LB_PROGS, LB_VIP_DROPS, LB_VIP_FLAGS, LB_VIP_STATS, count},
+    maps::{
+        LB_BE_STATS, LB_GLOBALS, LB_NAT_HANDOFF, LB_PROGS, LB_VIP_DROPS, LB_VIP_FLAGS,
+        LB_VIP_STATS, count,
+    },
     nexthop::{self, Route},
     parse::{L3, l3_offset},
 };
@@ -135,13 +139,29 @@ fn try_lb<const V6: bool>(ctx: &XdpContext, conn_event: &mut u32) -> Result<Outc
         );
     }
     if !step.has_choice() {
-        return Ok(step.outcome());
+        let outcome = step.outcome();
+        if outcome == Outcome::Passed && globals.flags & GLOBAL_F_NAT != 0 {
+            // Maybe a backend's reply to a NAT translation: the reply
+            // program translates it, or passes it untouched.
+            let slot = if V6 {
+                PROG_NAT_REPLY_V6
+            } else {
+                PROG_NAT_REPLY_V4
+            };
+            // SAFETY: our own context and program array; on success the
+            // call does not return.
+            unsafe { LB_PROGS.tail_call(ctx, slot) };
+        }
+        return Ok(outcome);
     }
     // SAFETY: the packet and the whole choice are written before an answer
     // with the choice.
     let (p, c) = unsafe { (p.assume_init_ref(), c.assume_init_mut()) };
     *conn_event = c.conn_event;
     let mut step = step.without_choice();
+    if step == Step::FORWARD && c.nat != 0 {
+        return Err(nat_handoff::<V6>(ctx, p, c));
+    }
     if step == Step::FORWARD {
         step = forward(ctx, globals, p, c);
     }
@@ -154,6 +174,36 @@ fn try_lb<const V6: bool>(ctx: &XdpContext, conn_event: &mut u32) -> Result<Outc
         )),
         step => Ok(step.outcome()),
     }
+}
+
+/// Hands a packet of a NAT VIP's flow, its backend chosen, to the NAT
+/// program of its family (`xdp_nat_v4`, `xdp_nat_v6`), which translates
+/// and sends it and counts its outcome. Returns only when it cannot:
+/// `DropNatUnavailable` (no program in the slot, or an ICMP error about a
+/// NAT flow, which this version does not translate).
+#[inline(always)]
+fn nat_handoff<const V6: bool>(ctx: &XdpContext, p: &Packet, c: &Choice) -> Outcome {
+    if p.icmp_error {
+        return Outcome::DropNatUnavailable;
+    }
+    let Some(h) = LB_NAT_HANDOFF.get_ptr_mut(0) else {
+        return Outcome::DropNatUnavailable;
+    };
+    // SAFETY: this CPU's entry, written field by field in place (a whole
+    // struct would be built on the stack first); the NAT program reads it
+    // on this CPU before any other packet runs here.
+    unsafe {
+        (*h).flow = p.flow;
+        (*h).backend_id = c.backend_id;
+        (*h).hash = c.hash;
+        (*h).conn_event = c.conn_event;
+        (*h).vip_flags = c.nat;
+    }
+    let slot = if V6 { PROG_NAT_V6 } else { PROG_NAT_V4 };
+    // SAFETY: our own context and program array; on success the call does
+    // not return.
+    unsafe { LB_PROGS.tail_call(ctx, slot) };
+    Outcome::DropNatUnavailable
 }
 
 /// The established-flow shortcut, the last part of the IPv4 parse step (in
@@ -173,6 +223,8 @@ fn shortcut(ctx: &XdpContext, globals: &Globals, p: *mut Packet, c: *mut Choice)
         return Step::CHOOSE;
     }
     match established_choice(p, globals.conns_epoch, c) {
+        // SAFETY: written whole by established_choice before FORWARD.
+        Ok(Step::FORWARD) if unsafe { (*c).nat } != 0 => Step::FORWARD.with_choice(),
         Ok(Step::FORWARD) => {
             // SAFETY: written whole by established_choice before FORWARD.
             let c = unsafe { &mut *c };
@@ -206,7 +258,7 @@ fn established_choice(p: &Packet, epoch: u32, c: *mut Choice) -> Result<Step, Lo
         return Ok(refused(vip_id, p.bytes));
     }
     count(&LB_VIP_STATS, vip_id, p.bytes);
-    write_choice(c, backend_id, backend, hash, event as u32);
+    write_choice(c, backend_id, backend, hash, event as u32, flags);
     Ok(Step::FORWARD)
 }
 
@@ -305,7 +357,7 @@ fn backend_of_vip(
     let Some((backend_id, backend, conn_event)) = chosen else {
         return Step::of(no_backend(vip));
     };
-    write_choice(c, backend_id, backend, hash, conn_event);
+    write_choice(c, backend_id, backend, hash, conn_event, vip.flags);
     Step::FORWARD.with_choice()
 }
 
@@ -330,9 +382,17 @@ fn refused(vip_id: u32, bytes: u64) -> Step {
     Step::verdict(Outcome::DropVipSourceFilter)
 }
 
-/// Writes the whole choice of backend `id` for [`forward`].
+/// Writes the whole choice of backend `id` of a VIP with flags
+/// `vip_flags` for [`forward`] (or the NAT program).
 #[inline(always)]
-fn write_choice(c: *mut Choice, id: u32, backend: &Backend, hash: u32, conn_event: u32) {
+fn write_choice(
+    c: *mut Choice,
+    id: u32,
+    backend: &Backend,
+    hash: u32,
+    conn_event: u32,
+    vip_flags: u32,
+) {
     // SAFETY: the caller's choice, written whole.
     unsafe {
         c.write(Choice {
@@ -343,6 +403,7 @@ fn write_choice(c: *mut Choice, id: u32, backend: &Backend, hash: u32, conn_even
             backend_generation: backend.generation,
             conn_event,
             mtu_left: 0,
+            nat: vip_flags & VIP_F_NAT_MODES,
         });
     }
 }

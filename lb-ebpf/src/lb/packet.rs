@@ -130,4 +130,7 @@ pub(super) struct Choice {
     pub(super) conn_event: u32,
     /// With `TOO_BIG`: the bytes the inner packet may have.
     pub(super) mtu_left: u16,
+    /// The VIP's NAT mode bits (`lb_common::VIP_F_NAT_MODES` of its
+    /// flags): non-zero hands the packet to the NAT program of its family.
+    pub(super) nat: u32,
 }

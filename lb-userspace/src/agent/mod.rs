@@ -52,7 +52,7 @@ use crate::{
         error::DataplaneError,
         maps::{self, AyaMaps},
         nexthops::{self, NextHopTarget, NextHopWriter},
-        object::{attach, load_lb_v6, load_object, xdp_mode},
+        object::{attach, load_object, load_tail_programs, xdp_mode},
         pins::{ADOPTED_MAPS, BPFFS, InstanceLock, LINK_PIN, pin_dir, pin_maps, unpin},
         resolve,
         stats::StatsReader,
@@ -107,6 +107,9 @@ pub enum AgentError {
     /// No outer IPv6 source address could be chosen for IPv6 backends.
     #[error("interface {0} has no global IPv6 address: set encap.source_v6")]
     NoSourceAddressV6(String),
+    /// The SNAT addresses or ports of the NAT modes cannot be chosen.
+    #[error("NAT: {0}")]
+    Nat(String),
     /// A system call or file operation failed.
     #[error("{op} {path}: {source}")]
     Io {

@@ -141,6 +141,15 @@ pub fn immutable_change(
             format!("{} -> {}", old.conntrack_entries, new.conntrack_entries),
         ),
         (
+            "the NAT table's size (nat.max_entries, or a first NAT VIP: the table is preallocated when the data plane starts)",
+            new.sizing.nat_entries != old.sizing.nat_entries,
+            format!(
+                "{} -> {} translations",
+                old.sizing.nat_entries / 2,
+                new.sizing.nat_entries / 2
+            ),
+        ),
+        (
             "api.listen",
             new.api_listen != old.api_listen,
             format!("{} -> {}", old.api_listen, new.api_listen),

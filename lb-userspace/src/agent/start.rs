@@ -31,7 +31,7 @@ pub(super) fn start_fresh(
         encap_source,
         sizing.table_regions,
     )?;
-    load_lb_v6(&mut ebpf)?;
+    load_tail_programs(&mut ebpf)?;
     let link = attach(
         &mut ebpf,
         upgrade::PROGRAM,
@@ -158,5 +158,67 @@ pub(super) fn encap_source(config: &Config, iface: &str) -> Result<Sources, Agen
             .or_else(|| (!backends().any(|b| b.address.is_ipv6())).then_some(Ipv6Addr::UNSPECIFIED))
             .ok_or_else(|| AgentError::NoSourceAddressV6(iface.to_string()))?,
     };
-    Ok(Sources { v4, v6 })
+    let nat = nat_sources(config, iface)?;
+    Ok(Sources { v4, v6, nat })
+}
+
+/// The SNAT addresses and ports of `config`'s `mode = "nat"` VIPs on
+/// `iface`: `nat.source_v4`/`source_v6`, else the interface's first
+/// address of the family (required only when a `nat` VIP of that family
+/// exists); the ports `nat.ports`, else those outside the host's
+/// `ip_local_port_range` (`config::nat::snat_ports`).
+fn nat_sources(config: &Config, iface: &str) -> Result<lb_common::NatSources, AgentError> {
+    use crate::config::{
+        VipMode,
+        nat::{local_port_range, snat_ports},
+    };
+    let nat_vips = || config.vips.iter().filter(|v| v.mode == VipMode::Nat);
+    let mut out = lb_common::NatSources::default();
+    if nat_vips().next().is_none() {
+        return Ok(out);
+    }
+    let v4: Vec<Ipv4Addr> = if config.nat.source_v4.is_empty() {
+        netif::ipv4_addresses(Some(iface))
+            .map_err(io_err("list addresses of", iface.to_string()))?
+            .into_iter()
+            .take(1)
+            .collect()
+    } else {
+        config.nat.source_v4.clone()
+    };
+    let v6: Vec<Ipv6Addr> = if config.nat.source_v6.is_empty() {
+        netif::ipv6_addresses(Some(iface))
+            .map_err(io_err("list addresses of", iface.to_string()))?
+            .into_iter()
+            .take(1)
+            .collect()
+    } else {
+        config.nat.source_v6.clone()
+    };
+    if v4.is_empty() && nat_vips().any(|v| v.address.is_ipv4()) {
+        return Err(AgentError::Nat(format!(
+            "interface {iface} has no IPv4 address for SNAT: set nat.source_v4"
+        )));
+    }
+    if v6.is_empty() && nat_vips().any(|v| v.address.is_ipv6()) {
+        return Err(AgentError::Nat(format!(
+            "interface {iface} has no global IPv6 address for SNAT: set nat.source_v6"
+        )));
+    }
+    for (slot, a) in out.v4.iter_mut().zip(&v4) {
+        *slot = a.octets();
+    }
+    for (slot, a) in out.v6.iter_mut().zip(&v6) {
+        *slot = a.octets();
+    }
+    out.v4_count = v4.len().min(lb_common::MAX_NAT_SOURCES) as u32;
+    out.v6_count = v6.len().min(lb_common::MAX_NAT_SOURCES) as u32;
+    let ports = snat_ports(
+        config.nat.ports,
+        local_port_range().map_err(AgentError::Nat)?,
+    )
+    .map_err(AgentError::Nat)?;
+    out.port_first = u32::from(ports.first);
+    out.port_count = ports.len();
+    Ok(out)
 }

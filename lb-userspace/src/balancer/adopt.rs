@@ -39,6 +39,7 @@ impl<M: MapStore> Balancer<M> {
         b.addr_counts = b.maps.vip_addrs()?.into_iter().collect();
         b.vip_bloom = b.maps.vip_bloom()?;
         b.vip_flags = b.maps.vip_flags()?;
+        b.nat_sources = b.maps.nat_sources()?;
         b.allow16 = [b.maps.allow16(false)?, b.maps.allow16(true)?];
         for (id, backend) in &backends {
             b.generations[*id as usize] = backend.generation;
@@ -82,6 +83,8 @@ impl<M: MapStore> Balancer<M> {
                             .map_or(0, |c| c.weight),
                         id: *id,
                         healthy: be.flags & BACKEND_F_HEALTHY != 0,
+                        // Unreadable: written again by the apply below.
+                        port: b.maps.backend_port(*id).unwrap_or(u32::MAX),
                     }
                 })
                 .collect();

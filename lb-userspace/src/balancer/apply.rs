@@ -52,6 +52,12 @@ impl<M: MapStore> Balancer<M> {
         let sources = sources.into();
         self.check_fits(config)?;
         let mut changes = Changes::default();
+        // The SNAT addresses and ports before any NAT VIP can take a flow.
+        if sources.nat != self.nat_sources {
+            self.maps.set_nat_sources(&sources.nat)?;
+            self.nat_sources = sources.nat;
+            changes.other_writes += 1;
+        }
 
         let allow: HashSet<IpNet> = config.allow.iter().copied().collect();
         for &net in allow.difference(&self.allow) {
@@ -141,6 +147,12 @@ impl<M: MapStore> Balancer<M> {
         }
         if config.encap == EncapKind::Gue {
             flags |= GLOBAL_F_GUE;
+        }
+        if config.vips.iter().any(|v| v.mode != VipMode::Dsr) {
+            flags |= lb_common::GLOBAL_F_NAT;
+        }
+        if config.vips.iter().any(|v| v.mode == VipMode::Dnat) {
+            flags |= lb_common::GLOBAL_F_DNAT;
         }
         let globals = Globals {
             encap_src_v4: sources.v4.octets(),
@@ -271,8 +283,15 @@ impl<M: MapStore> Balancer<M> {
         address: IpAddr,
         weight: u32,
         vip_id: u32,
+        port: u32,
     ) -> Result<BackendState, BalancerError> {
         let id = self.backend_ids.take("backend ids")?;
+        // Its port before its entry and table: the first NAT packet to
+        // reach it goes to the right port.
+        if let Err(e) = self.maps.set_backend_port(id, port) {
+            self.backend_ids.give(id);
+            return Err(e.into());
+        }
         let generation = self.generations[id as usize].wrapping_add(1);
         self.generations[id as usize] = generation;
         let value = backend_value(
@@ -290,6 +309,7 @@ impl<M: MapStore> Balancer<M> {
             weight,
             id,
             healthy: true,
+            port,
         })
     }
 
@@ -313,7 +333,7 @@ impl<M: MapStore> Balancer<M> {
         self.add_own_allow(vip, id)?;
         let mut backends = Vec::with_capacity(vip.backends.len());
         for b in &vip.backends {
-            backends.push(self.new_backend(b.address, b.weight, id)?);
+            backends.push(self.new_backend(b.address, b.weight, id, backend_port(vip, b))?);
         }
         // Its backends are new (new generations), so no recorded flow can
         // name them: its flows agree with its first table. Except a VIP of
@@ -360,13 +380,24 @@ impl<M: MapStore> Balancer<M> {
             match old.iter().position(|o| o.address == b.address) {
                 Some(p) => {
                     let mut kept = old.remove(p);
+                    let port = backend_port(vip, b);
+                    if kept.port != port {
+                        if let Err(e) = self.maps.set_backend_port(kept.id, port) {
+                            backends.push(kept);
+                            backends.append(&mut old);
+                            self.vips[i].backends = backends;
+                            return Err(e.into());
+                        }
+                        kept.port = port;
+                        changes.other_writes += 1;
+                    }
                     if kept.weight != b.weight {
                         kept.weight = b.weight;
                         changes.weights_changed += 1;
                     }
                     backends.push(kept);
                 }
-                None => match self.new_backend(b.address, b.weight, id) {
+                None => match self.new_backend(b.address, b.weight, id, backend_port(vip, b)) {
                     Ok(state) => {
                         backends.push(state);
                         changes.backends_added += 1;

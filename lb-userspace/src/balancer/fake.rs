@@ -32,6 +32,10 @@ pub struct FakeMaps {
     pub backends: StdHashMap<u32, Backend>,
     /// Maglev map entries by index.
     pub maglev: StdHashMap<u32, u32>,
+    /// Non-zero backend ports by backend id.
+    pub backend_ports: StdHashMap<u32, u32>,
+    /// The SNAT addresses and ports.
+    pub nat_sources: lb_common::NatSources,
     /// Number of write calls of any kind so far.
     pub writes: usize,
     /// The writes to VIPs' own source lists and flags, in order: the map
@@ -143,6 +147,26 @@ impl MapStore for FakeMaps {
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapStoreError> {
         self.writes += 1;
         self.backends.insert(id, *backend);
+        Ok(())
+    }
+    fn set_backend_port(&mut self, id: u32, port: u32) -> Result<(), MapStoreError> {
+        self.writes += 1;
+        if port == 0 {
+            self.backend_ports.remove(&id);
+        } else {
+            self.backend_ports.insert(id, port);
+        }
+        Ok(())
+    }
+    fn backend_port(&self, id: u32) -> Result<u32, MapStoreError> {
+        Ok(self.backend_ports.get(&id).copied().unwrap_or(0))
+    }
+    fn nat_sources(&self) -> Result<lb_common::NatSources, MapStoreError> {
+        Ok(self.nat_sources)
+    }
+    fn set_nat_sources(&mut self, sources: &lb_common::NatSources) -> Result<(), MapStoreError> {
+        self.writes += 1;
+        self.nat_sources = *sources;
         Ok(())
     }
     fn write_table(&mut self, offset: u32, entries: &[u32]) -> Result<(), MapStoreError> {

@@ -49,11 +49,11 @@ pub use state::{
     BackendState, Changes, NextHopTarget, Sources, VipState, addr_key, backend_address,
     backend_name, vip_key,
 };
-use state::{backend_value, own_allow, vip_flags};
+use state::{backend_port, backend_value, own_allow, vip_flags};
 pub use store::{MapStore, MapStoreError};
 
 use crate::{
-    config::{Config, EncapKind, FilterScope, OnNoBackend, Vip, sizing},
+    config::{Config, EncapKind, FilterScope, OnNoBackend, Vip, VipMode, sizing},
     maglev,
 };
 
@@ -107,6 +107,8 @@ pub struct Balancer<M: MapStore> {
     /// Every VIP's own prefixes with the VIP id, as in the maps.
     vip_allow: HashSet<(u32, IpNet)>,
     globals: Globals,
+    /// `LB_NAT_SOURCES`, as in the map.
+    nat_sources: lb_common::NatSources,
     /// Changes counted for [`VipState::epoch`].
     epochs: u64,
 }
@@ -132,6 +134,7 @@ impl<M: MapStore> Balancer<M> {
             allow: HashSet::new(),
             vip_allow: HashSet::new(),
             globals: Globals::default(),
+            nat_sources: lb_common::NatSources::default(),
             epochs: 0,
         }
     }

@@ -27,6 +27,10 @@ pub struct BackendState {
     pub id: u32,
     /// Result of its health checks.
     pub healthy: bool,
+    /// What its entry of `LB_BE_PORTS` holds ([`backend_port`]);
+    /// `u32::MAX` when not known (unreadable at adoption), so the next
+    /// apply writes it.
+    pub port: u32,
 }
 
 /// A VIP as the agent tracks it.
@@ -150,13 +154,26 @@ pub struct Sources {
     pub v4: Ipv4Addr,
     /// Toward IPv6 backends.
     pub v6: Ipv6Addr,
+    /// The SNAT addresses and ports of `mode = "nat"` VIPs, as
+    /// `LB_NAT_SOURCES` holds them.
+    pub nat: lb_common::NatSources,
 }
 
 impl From<Ipv4Addr> for Sources {
+    /// `v4` for encapsulation and as the one IPv4 SNAT address, the SNAT
+    /// ports outside Linux's default `ip_local_port_range` (1024-32767).
     fn from(v4: Ipv4Addr) -> Self {
+        let mut nat = lb_common::NatSources {
+            v4_count: 1,
+            port_first: 1024,
+            port_count: 32767 - 1024 + 1,
+            ..lb_common::NatSources::default()
+        };
+        nat.v4[0] = v4.octets();
         Self {
             v4,
             v6: Ipv6Addr::UNSPECIFIED,
+            nat,
         }
     }
 }
@@ -198,8 +215,22 @@ pub(super) fn backend_value(addr: IpAddr, flags: u8, generation: u32, vip_id: u3
     b
 }
 
+/// The value of backend `b`'s entry of `LB_BE_PORTS` in `vip`: its port
+/// in the NAT modes, 0 in DSR (unused).
+pub(super) fn backend_port(vip: &Vip, b: &crate::config::BackendConfig) -> u32 {
+    if vip.mode == VipMode::Dsr {
+        0
+    } else {
+        u32::from(b.port)
+    }
+}
+
 pub(super) fn vip_flags(vip: &Vip) -> u32 {
-    let mut flags = 0;
+    let mut flags = match vip.mode {
+        VipMode::Dsr => 0,
+        VipMode::Nat => lb_common::VIP_F_NAT,
+        VipMode::Dnat => lb_common::VIP_F_DNAT,
+    };
     if vip.on_no_backend == OnNoBackend::Pass {
         flags |= VIP_F_PASS_ON_NO_BACKEND;
     }

@@ -61,6 +61,16 @@ pub trait MapStore {
     fn allow16(&self, v6: bool) -> Result<Vec<u64>, MapStoreError>;
     /// Writes backend `id`.
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapStoreError>;
+    /// Writes the port backend `id` serves its NAT VIP on
+    /// ([`lb_common::MAP_BACKEND_PORTS`], host order; 0 in DSR).
+    fn set_backend_port(&mut self, id: u32, port: u32) -> Result<(), MapStoreError>;
+    /// What backend `id`'s entry of [`lb_common::MAP_BACKEND_PORTS`] holds.
+    fn backend_port(&self, id: u32) -> Result<u32, MapStoreError>;
+    /// This node's SNAT addresses and ports as the map holds them.
+    fn nat_sources(&self) -> Result<lb_common::NatSources, MapStoreError>;
+    /// Writes this node's SNAT addresses and ports
+    /// ([`lb_common::MAP_NAT_SOURCES`]).
+    fn set_nat_sources(&mut self, sources: &lb_common::NatSources) -> Result<(), MapStoreError>;
     /// Writes `entries` into the Maglev map starting at index `offset`.
     fn write_table(&mut self, offset: u32, entries: &[u32]) -> Result<(), MapStoreError>;
 

@@ -57,16 +57,6 @@ impl Validator {
                 );
             }
         }
-        // The configuration of the NAT modes is read and checked whole, but
-        // their data path (the NAT table, SNAT ports, the reply direction)
-        // is not in this version: refused rather than half served.
-        self.error(
-            format!("{key}.mode"),
-            format!(
-                "mode = \"{}\" is not available in this version of the data plane yet; use mode = \"dsr\"",
-                vip.mode.name()
-            ),
-        );
     }
 }
 
@@ -119,7 +109,7 @@ mod tests {
     }
 
     #[test]
-    fn nat_modes_translate_within_one_family_and_are_refused_until_their_data_path_lands() {
+    fn nat_modes_translate_within_one_family_and_map_ports() {
         let text = config(
             "mode = \"nat\"",
             &[
@@ -127,23 +117,30 @@ mod tests {
                 "address = \"fd00::21\"\n  port = 8080",
             ],
         );
-        let found = problems(&text);
-        assert!(
-            found.contains(&"vip[0].backend[1].address: fd00::21 is not of the VIP's family: mode = \"nat\" translates within one family (NAT44, NAT66)".to_string()),
-            "{found:?}"
-        );
-        assert!(
-            found.contains(&"vip[0].mode: mode = \"nat\" is not available in this version of the data plane yet; use mode = \"dsr\"".to_string()),
-            "{found:?}"
-        );
-        // A mapped port is no error in a NAT mode.
         rejects(
-            &config(
-                "mode = \"dnat\"",
-                &["address = \"10.0.0.21\"\n  port = 8080"],
-            ),
-            "vip[0].mode: mode = \"dnat\" is not available in this version of the data plane yet; use mode = \"dsr\"",
+            &text,
+            "vip[0].backend[1].address: fd00::21 is not of the VIP's family: mode = \"nat\" translates within one family (NAT44, NAT66)",
         );
+        // A mapped port is no error in a NAT mode; the NAT table is sized
+        // only when a VIP translates.
+        for mode in ["nat", "dnat"] {
+            let c = Config::parse(
+                &config(
+                    &format!("mode = \"{mode}\""),
+                    &["address = \"10.0.0.21\"\n  port = 8080"],
+                ),
+                "t",
+            )
+            .expect("valid")
+            .config;
+            assert_eq!(c.vips[0].mode.name(), mode);
+            assert_eq!(c.vips[0].backends[0].port, 8080);
+            assert_eq!(c.sizing.nat_entries, 2 * c.nat.max_entries);
+        }
+        let dsr = Config::parse(&config("", &["address = \"10.0.0.21\""]), "t")
+            .expect("valid")
+            .config;
+        assert_eq!(dsr.sizing.nat_entries, 2);
         let unknown = problems(&config("mode = \"fullnat\"", &["address = \"10.0.0.21\""]));
         assert_eq!(unknown.len(), 1, "{unknown:?}");
         assert!(unknown[0].contains("fullnat"), "{unknown:?}");

@@ -173,6 +173,16 @@ impl Validator {
             ("nat.source_v4", &raw.source_v4, true),
             ("nat.source_v6", &raw.source_v6, false),
         ] {
+            if list.len() > lb_common::MAX_NAT_SOURCES {
+                self.error(
+                    key,
+                    format!(
+                        "{} addresses: at most {} per family",
+                        list.len(),
+                        lb_common::MAX_NAT_SOURCES
+                    ),
+                );
+            }
             for (i, addr) in list.iter().enumerate() {
                 let key = format!("{key}[{i}]");
                 if list[..i].contains(addr) {

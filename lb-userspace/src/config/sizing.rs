@@ -56,6 +56,11 @@ pub struct Sizing {
     pub conntrack_entries: u32,
     /// Bytes of the connection table (key, value and kernel overhead per flow).
     pub conntrack_bytes: u64,
+    /// Entries of the NAT table (`LB_NAT`): two per translation
+    /// ([`Sizing::with_nat`]).
+    pub nat_entries: u32,
+    /// Bytes of the NAT table (key, value and kernel overhead per entry).
+    pub nat_bytes: u64,
 }
 
 /// Why a configuration does not fit the data plane.
@@ -159,13 +164,34 @@ impl Sizing {
             maglev_bytes: bytes,
             conntrack_entries,
             conntrack_bytes: u64::from(conntrack_entries) * per_flow,
+            nat_entries: 2,
+            nat_bytes: 2 * nat_entry_bytes(),
         })
+    }
+
+    /// These sizes with a NAT table of `translations` translations (two
+    /// entries each; at most `config::nat::MAX_NAT_ENTRIES`, checked by
+    /// the configuration). A configuration with no NAT VIP takes 1: the
+    /// table is preallocated, so its size is set when the data plane is
+    /// created, and a reload cannot change it.
+    pub fn with_nat(self, translations: u32) -> Self {
+        let entries = translations.max(1).saturating_mul(2);
+        Self {
+            nat_entries: entries,
+            nat_bytes: u64::from(entries) * nat_entry_bytes(),
+            ..self
+        }
     }
 
     /// Most backends (over all VIPs) the data plane holds.
     pub const fn max_backends(&self) -> u32 {
         MAX_BACKENDS
     }
+}
+
+/// Bytes of one NAT table entry: key, value and kernel overhead.
+fn nat_entry_bytes() -> u64 {
+    (size_of::<FlowKey>() + size_of::<lb_common::NatEntry>()) as u64 + HASH_ELEM_OVERHEAD
 }
 
 /// `bytes` in the largest binary unit that keeps it above 1 (`128.0 MiB`).
@@ -188,7 +214,7 @@ impl fmt::Display for Sizing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "Maglev tables {} regions ({} VIPs + {} spare) x {} entries x {MAGLEV_ENTRY_BYTES} B = {}; connection table {} flows x {} B = {}; flow caches {FLOW_CACHE_SLOTS} slots x {} B = {} per CPU",
+            "Maglev tables {} regions ({} VIPs + {} spare) x {} entries x {MAGLEV_ENTRY_BYTES} B = {}; connection table {} flows x {} B = {}; flow caches {FLOW_CACHE_SLOTS} slots x {} B = {} per CPU; NAT table {} translations x 2 entries x {} B = {}",
             self.table_regions,
             self.max_vips,
             self.table_regions - self.max_vips,
@@ -199,6 +225,9 @@ impl fmt::Display for Sizing {
             human_bytes(self.conntrack_bytes),
             size_of::<FlowCacheEntry>(),
             human_bytes(FLOW_CACHE_BYTES_PER_CPU),
+            self.nat_entries / 2,
+            nat_entry_bytes(),
+            human_bytes(self.nat_bytes),
         )
     }
 }

@@ -120,6 +120,14 @@ impl Validator {
             );
         }
         let bgp = raw.bgp.as_ref().map(|b| self.bgp(b, encap_source_v4));
+        // The NAT table is preallocated (an LRU hash): sized only when a
+        // VIP translates.
+        let translations = if vips.iter().any(|v| v.mode != super::VipMode::Dsr) {
+            nat.max_entries
+        } else {
+            1
+        };
+        let sizing = sizing.with_nat(translations);
         Config {
             interface: raw.interface,
             xdp_mode: raw.xdp_mode,

@@ -14,6 +14,7 @@ use lb_common::{
     MAP_SRC_ALLOW_V6, MAP_SRC_ALLOW_VIP4, MAP_SRC_ALLOW_VIP6, MAP_SRC_ALLOW4_16, MAP_SRC_ALLOW6_16,
     MAP_VIP_ADDRS, MAP_VIP_BLOOM, MAP_VIP_FLAGS, MAP_VIPS, VipKey, VipSourceKey, VipSourceKey6,
     VipValue,
+    nat::{MAP_BACKEND_PORTS, MAP_NAT_SOURCES, NatSources},
 };
 
 use super::maglev_map::MaglevMap;
@@ -34,6 +35,8 @@ pub struct AyaMaps {
     allow_vip_v4: LpmTrie<MapData, VipSourceKey, u32>,
     allow_vip_v6: LpmTrie<MapData, VipSourceKey6, u32>,
     globals: Array<MapData, Globals>,
+    backend_ports: Array<MapData, u32>,
+    nat_sources: Array<MapData, NatSources>,
 }
 
 /// The LPM key of IPv4 prefix `net` in VIP `vip_id`'s own list: the VIP
@@ -153,6 +156,8 @@ impl AyaMaps {
             allow_vip_v4: take(ebpf, MAP_SRC_ALLOW_VIP4)?,
             allow_vip_v6: take(ebpf, MAP_SRC_ALLOW_VIP6)?,
             globals: take(ebpf, MAP_GLOBALS)?,
+            backend_ports: take(ebpf, MAP_BACKEND_PORTS)?,
+            nat_sources: take(ebpf, MAP_NAT_SOURCES)?,
         })
     }
 
@@ -178,6 +183,8 @@ impl AyaMaps {
             allow_vip_v4: open_pin(dir, MAP_SRC_ALLOW_VIP4)?,
             allow_vip_v6: open_pin(dir, MAP_SRC_ALLOW_VIP6)?,
             globals: open_pin(dir, MAP_GLOBALS)?,
+            backend_ports: open_pin(dir, MAP_BACKEND_PORTS)?,
+            nat_sources: open_pin(dir, MAP_NAT_SOURCES)?,
         })
     }
 
@@ -366,6 +373,30 @@ impl MapStore for AyaMaps {
         self.backends
             .set(id, backend, 0)
             .map_err(wrap(MAP_BACKENDS, "set"))
+    }
+
+    fn set_backend_port(&mut self, id: u32, port: u32) -> Result<(), MapStoreError> {
+        self.backend_ports
+            .set(id, port, 0)
+            .map_err(wrap(MAP_BACKEND_PORTS, "set"))
+    }
+
+    fn backend_port(&self, id: u32) -> Result<u32, MapStoreError> {
+        self.backend_ports
+            .get(&id, 0)
+            .map_err(wrap(MAP_BACKEND_PORTS, "get"))
+    }
+
+    fn nat_sources(&self) -> Result<NatSources, MapStoreError> {
+        self.nat_sources
+            .get(&0, 0)
+            .map_err(wrap(MAP_NAT_SOURCES, "get"))
+    }
+
+    fn set_nat_sources(&mut self, sources: &NatSources) -> Result<(), MapStoreError> {
+        self.nat_sources
+            .set(0, sources, 0)
+            .map_err(wrap(MAP_NAT_SOURCES, "set"))
     }
 
     fn write_table(&mut self, offset: u32, entries: &[u32]) -> Result<(), MapStoreError> {

@@ -6,7 +6,7 @@ use aya::{
     maps::ProgramArray,
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLink},
 };
-use lb_common::{MAP_CONNS, MAP_MAGLEV, MAP_PROGS, PROG_LB_V6, PROGRAM_LB_V6};
+use lb_common::{MAP_CONNS, MAP_MAGLEV, MAP_NAT, MAP_PROGS, TAIL_PROGRAMS};
 
 use super::error::DataplaneError;
 use crate::config::{Config, XdpModeConfig};
@@ -24,7 +24,8 @@ pub fn bench_object() -> &'static [u8] {
 }
 
 /// Loads the embedded object with its maps sized for `config`
-/// ([`Config::sizing`]: the Maglev map and the connection table); programs
+/// ([`Config::sizing`]: the Maglev map, the connection table and the NAT
+/// table); programs
 /// are not loaded into the kernel yet.
 ///
 /// # Errors
@@ -33,50 +34,55 @@ pub fn load_object(config: &Config) -> Result<Ebpf, aya::EbpfError> {
     EbpfLoader::new()
         .map_max_entries(MAP_MAGLEV, config.sizing.maglev_entries)
         .map_max_entries(MAP_CONNS, config.sizing.conntrack_entries)
+        .map_max_entries(MAP_NAT, config.sizing.nat_entries)
         .load(object())
 }
 
-/// Loads `xdp_lb_v6` (the program of IPv6 packets) and puts it in
-/// `LB_PROGS`, where `xdp_lb` tail-calls it: done before `xdp_lb` is
-/// attached or swapped in, so that no IPv6 packet meets an empty slot.
-/// Replacing the slot's program is one map update: a packet runs the old
-/// program or the new one.
+/// Loads the programs `xdp_lb` and `xdp_lb_v6` tail-call
+/// (`lb_common::TAIL_PROGRAMS`: `xdp_lb_v6`, the NAT programs) and puts
+/// each in its slot of `LB_PROGS`: done before `xdp_lb` is attached or
+/// swapped in, so that no packet meets an empty slot. Replacing a slot's
+/// program is one map update: a packet runs the old program or the new one.
 ///
 /// # Errors
-/// The program is missing or refused by the verifier, or the map update
+/// A program is missing or refused by the verifier, or the map update
 /// fails.
-pub fn load_lb_v6(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
-    let program: &mut Xdp = ebpf
-        .program_mut(PROGRAM_LB_V6)
-        .ok_or(DataplaneError::Program {
-            op: "find",
-            program: PROGRAM_LB_V6,
-            source: ProgramError::NotLoaded,
-        })?
-        .try_into()
-        .map_err(|source| DataplaneError::Program {
-            op: "find",
-            program: PROGRAM_LB_V6,
+pub fn load_tail_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    let mut fds = Vec::with_capacity(TAIL_PROGRAMS.len());
+    for (name, slot) in TAIL_PROGRAMS {
+        let program: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::Program {
+                op: "find",
+                program: name,
+                source: ProgramError::NotLoaded,
+            })?
+            .try_into()
+            .map_err(|source| DataplaneError::Program {
+                op: "find",
+                program: name,
+                source,
+            })?;
+        load_program(program).map_err(|source| DataplaneError::Program {
+            op: "load",
+            program: name,
             source,
         })?;
-    load_program(program).map_err(|source| DataplaneError::Program {
-        op: "load",
-        program: PROGRAM_LB_V6,
-        source,
-    })?;
-    let fd = program
-        .fd()
-        .map_err(|source| DataplaneError::Program {
-            op: "take the fd of",
-            program: PROGRAM_LB_V6,
-            source,
-        })?
-        .try_clone()
-        .map_err(|source| DataplaneError::Io {
-            op: "duplicate the fd of",
-            path: PROGRAM_LB_V6.to_string(),
-            source,
-        })?;
+        let fd = program
+            .fd()
+            .map_err(|source| DataplaneError::Program {
+                op: "take the fd of",
+                program: name,
+                source,
+            })?
+            .try_clone()
+            .map_err(|source| DataplaneError::Io {
+                op: "duplicate the fd of",
+                path: name.to_string(),
+                source,
+            })?;
+        fds.push((name, slot, fd));
+    }
     let map = ebpf.map_mut(MAP_PROGS).ok_or(DataplaneError::Io {
         op: "find map",
         path: MAP_PROGS.to_string(),
@@ -88,13 +94,14 @@ pub fn load_lb_v6(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
             path: MAP_PROGS.to_string(),
             source: std::io::Error::other(e.to_string()),
         })?;
-    progs
-        .set(PROG_LB_V6, &fd, 0)
-        .map_err(|e| DataplaneError::Io {
-            op: "set xdp_lb_v6 in",
-            path: MAP_PROGS.to_string(),
+    for (name, slot, fd) in &fds {
+        progs.set(*slot, fd, 0).map_err(|e| DataplaneError::Io {
+            op: "set a program in",
+            path: format!("{MAP_PROGS} (slot {slot}, {name})"),
             source: std::io::Error::other(e.to_string()),
-        })
+        })?;
+    }
+    Ok(())
 }
 
 /// Times a program load is tried when the verifier gives up with `EAGAIN`,

@@ -27,7 +27,7 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 pub const LOCK_ROOT: &str = "/run/lb";
 
 /// Every map the agent opens when it adopts a pinned data plane.
-pub const ADOPTED_MAPS: [&str; 22] = [
+pub const ADOPTED_MAPS: [&str; 25] = [
     MAP_VIPS,
     MAP_VIP_ADDRS,
     MAP_MAGLEV,
@@ -50,6 +50,9 @@ pub const ADOPTED_MAPS: [&str; 22] = [
     MAP_NEXTHOPS,
     MAP_CONN_BUCKET,
     MAP_PROGS,
+    lb_common::MAP_NAT,
+    lb_common::MAP_NAT_SOURCES,
+    lb_common::MAP_BACKEND_PORTS,
 ];
 
 /// The network namespace this process runs in, as a path component:

@@ -161,7 +161,7 @@ pub fn upgrade(dir: &Path) -> Result<Upgrade, DataplaneError> {
     let mut ebpf = loader.load(object::object())?;
     // xdp_lb_v6 first, in the pinned program array: the running xdp_lb
     // hands IPv6 packets to it from now on, as the new xdp_lb will.
-    super::object::load_lb_v6(&mut ebpf)?;
+    super::object::load_tail_programs(&mut ebpf)?;
     let program: &mut Xdp = ebpf
         .program_mut(PROGRAM)
         .ok_or(DataplaneError::Program {

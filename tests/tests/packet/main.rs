@@ -68,6 +68,17 @@ protocol = "tcp"
   address = "10.20.0.23"
 "#;
 
+/// The load balancer's addresses: outer sources, and SNAT addresses
+/// (10.20.0.2, fd00:20::2) with the ports outside Linux's default
+/// `ip_local_port_range` (1024-32767).
+fn sources() -> lb_userspace::balancer::Sources {
+    let mut s = lb_userspace::balancer::Sources::from(Ipv4Addr::from(LB_ADDR));
+    s.v6 = std::net::Ipv6Addr::from(LB_V6);
+    s.nat.v6[0] = LB_V6;
+    s.nat.v6_count = 1;
+    s
+}
+
 fn backend_mac(addr: [u8; 4]) -> [u8; 6] {
     [0x02, 0, 0, 0, 0, addr[3]]
 }
@@ -86,15 +97,17 @@ impl Fixture {
 
     /// A fixture whose maps are filled from `config` (TOML).
     fn with_config(test: &str, config: &str) -> Self {
-        // .21, .22, .24 and the disruption test's .31 to .41; not .23.
+        // The client (.10, where NAT replies go), .21, .22, .24 and the
+        // disruption test's .31 to .41; not .23.
         let mut neighbours: Vec<(String, String)> = [21u8, 22, 24]
             .into_iter()
             .chain(31..=41)
             .map(|b| (format!("10.20.0.{b}"), format!("02:00:00:00:00:{b:02x}")))
             .collect();
+        neighbours.push(("10.20.0.10".into(), "02:00:00:00:00:10".into()));
         // fd00:20::21 and ::22 (0x21 = 33) and the IPv6 disruption test's
         // ::1f to ::29.
-        for b in 31u8..=41 {
+        for b in std::iter::once(0x10).chain(31u8..=41) {
             neighbours.push((format!("fd00:20::{b:x}"), format!("02:00:00:00:00:{b:02x}")));
         }
         let lb = lb_namespace(
@@ -113,14 +126,11 @@ impl Fixture {
         let balancer = Balancer::new(
             AyaMaps::take(&mut ebpf).expect("maps"),
             &config,
-            lb_userspace::balancer::Sources {
-                v4: Ipv4Addr::from(LB_ADDR),
-                v6: std::net::Ipv6Addr::from(LB_V6),
-            },
+            sources(),
             regions,
         )
         .expect("fill maps");
-        object::load_lb_v6(&mut ebpf).expect("xdp_lb_v6 in LB_PROGS");
+        object::load_tail_programs(&mut ebpf).expect("xdp_lb_v6 in LB_PROGS");
         // xdp_decap takes tunnels from the outer sources `lb decap` takes
         // by default: the private ranges, which hold the lab's addresses.
         lb_userspace::cli::decap::allow_tunnels_from(
@@ -166,15 +176,7 @@ impl Fixture {
     /// Applies `config` (TOML) to the maps as a reload does.
     fn reload(&mut self, config: &str) {
         let config = Config::parse(config, "packet-test").expect("valid").config;
-        self.balancer
-            .apply(
-                &config,
-                lb_userspace::balancer::Sources {
-                    v4: Ipv4Addr::from(LB_ADDR),
-                    v6: std::net::Ipv6Addr::from(LB_V6),
-                },
-            )
-            .expect("reload");
+        self.balancer.apply(&config, sources()).expect("reload");
     }
 
     fn count(&self, outcome: Outcome) -> u64 {
@@ -414,4 +416,5 @@ mod conntrack;
 mod filters;
 mod fixtures;
 mod ipv6_gue;
+mod nat;
 mod nexthops;
