@@ -264,7 +264,7 @@ pub const VIP_F_OWN_ALLOW: u32 = 2;
 /// client that reuses the 5-tuple of a finished flow recorded before the
 /// table changed is not split between two backends.
 pub const VIP_F_CONNS_MATCH_TABLE: u32 = 4;
-/// [`VipValue::flags`]: `mode = "nat"` (SPEC 10): the VIP's packets are
+/// [`VipValue::flags`]: `mode = "nat"` (docs/datapath.md, "NAT modes"): the VIP's packets are
 /// translated (SNAT address and port -> backend:port) by `xdp_nat_v4` or
 /// `xdp_nat_v6`, not encapsulated.
 pub const VIP_F_NAT: u32 = 8;

@@ -1,4 +1,4 @@
-//! The NAT modes (SPEC 10): the NAT table's maps and entries, the SNAT
+//! The NAT modes (docs/datapath.md, "NAT modes"): the NAT table's maps and entries, the SNAT
 //! port rule, the clock of the entries and the rule of their expiry,
 //! written once for the XDP programs and the agent.
 //!
@@ -242,14 +242,14 @@ pub const fn expired(
         f.last_seen
     };
     let idle = now.wrapping_sub(last);
-    let limit = if r.flags & NAT_F_ANSWERED == 0 {
+    // Closing first: a FIN or RST ends a flow whether or not the backend
+    // ever answered.
+    let limit = if proto == crate::PROTO_TCP && (f.flags | r.flags) & NAT_F_CLOSING != 0 {
+        t.tcp_closing
+    } else if r.flags & NAT_F_ANSWERED == 0 {
         t.unanswered
     } else if proto == crate::PROTO_TCP {
-        if (f.flags | r.flags) & NAT_F_CLOSING != 0 {
-            t.tcp_closing
-        } else {
-            t.tcp
-        }
+        t.tcp
     } else {
         t.udp
     };

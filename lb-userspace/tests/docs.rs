@@ -86,6 +86,21 @@ fn the_reference_lists_every_connection_table_event_and_nothing_else() {
 }
 
 #[test]
+fn the_reference_lists_every_nat_event_and_nothing_else() {
+    let doc = repo_file("docs/reference.md");
+    let rows = table_rows(&doc, "NAT events");
+    let listed: Vec<(String, String)> = rows.iter().map(|r| (r[0].clone(), r[1].clone())).collect();
+    let code: Vec<(String, String)> = lb_common::NatEvent::ALL
+        .iter()
+        .map(|e| ((*e as u32).to_string(), e.name().to_string()))
+        .collect();
+    assert_eq!(
+        listed, code,
+        "docs/reference.md's NAT events differ from NatEvent"
+    );
+}
+
+#[test]
 fn links_between_documents_lead_to_files_and_nothing_cites_outside_documents() {
     let mut docs = vec!["README.md".to_string()];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");

@@ -1,4 +1,4 @@
-//! The NAT modes' data path (SPEC 10; the table, the SNAT port rule and
+//! The NAT modes' data path (docs/datapath.md, "NAT modes"; the table, the SNAT port rule and
 //! the expiry rule are `lb_common::nat`'s):
 //!
 //! ```text
@@ -245,7 +245,7 @@ fn translation<const V6: bool>(
         }
         // The flow's backend changed (its old one is no longer usable):
         // the old translation's reply entry goes, a new one is made.
-        let _ = LB_NAT.remove(&e.peer_key(key));
+        let _ = LB_NAT.remove(e.peer_key(key));
         nat_event(NatEvent::Moved);
     } else {
         nat_event(NatEvent::Allocated);
@@ -320,7 +320,7 @@ fn new_translation<const V6: bool>(
     if let Err(outcome) = made {
         return outcome as u32;
     }
-    match LB_NAT.insert(key, &fwd, BPF_ANY) {
+    match LB_NAT.insert(key, fwd, BPF_ANY) {
         Ok(()) => TRANSLATED,
         Err(_) => Outcome::DropNatNoPort as u32,
     }
@@ -358,10 +358,7 @@ fn allocate_snat<const V6: bool>(
     };
     for attempt in 0..SNAT_PORT_TRIES {
         fwd.sport = snat_port(sources.port_first, sources.port_count, hash, attempt).to_be_bytes();
-        if LB_NAT
-            .insert(&fwd.peer_key(key), reply, BPF_NOEXIST)
-            .is_ok()
-        {
+        if LB_NAT.insert(fwd.peer_key(key), reply, BPF_NOEXIST).is_ok() {
             return Ok(());
         }
     }
@@ -375,18 +372,18 @@ fn allocate_snat<const V6: bool>(
 #[inline(always)]
 fn insert_dnat_reply(key: &FlowKey, fwd: &NatEntry, reply: &NatEntry) -> Result<(), Outcome> {
     let reply_key = fwd.peer_key(key);
-    if LB_NAT.insert(&reply_key, reply, BPF_NOEXIST).is_ok() {
+    if LB_NAT.insert(reply_key, reply, BPF_NOEXIST).is_ok() {
         return Ok(());
     }
     // SAFETY: a map value, read while the program runs.
     let same_flow = LB_NAT
-        .get_ptr(&reply_key)
+        .get_ptr(reply_key)
         .is_some_and(|old| unsafe { (*old).src == key.dst && (*old).sport == key.dport });
     if !same_flow {
         return Err(Outcome::DropNatNoPort);
     }
     LB_NAT
-        .insert(&reply_key, reply, BPF_ANY)
+        .insert(reply_key, reply, BPF_ANY)
         .map_err(|_| Outcome::DropNatNoPort)
 }
 
@@ -414,7 +411,7 @@ fn try_reply<const V6: bool>(ctx: &XdpContext) -> Result<Outcome, Outcome> {
             return Ok(Outcome::Passed);
         }
     }
-    let Some(e) = LB_NAT.get_ptr_mut(&f.key) else {
+    let Some(e) = LB_NAT.get_ptr_mut(f.key) else {
         nat_event(NatEvent::ReplyMiss);
         return Ok(Outcome::Passed);
     };

@@ -66,14 +66,26 @@ impl Agent {
     }
 
     /// One health-check target per backend of every VIP, with the
-    /// backend's current state as the checker's starting point.
+    /// backend's current state as the checker's starting point. The port
+    /// checked is `health_check.port` when it differs from the VIP's, else
+    /// the backend's own (`[[vip.backend]] port`, which the NAT modes map:
+    /// a NAT backend serves on its port, not the VIP's).
     pub(super) fn health_targets(&self) -> Vec<Target> {
         let mut targets = Vec::new();
         for vip in self.plane.balancer.vips() {
+            let c = &vip.config;
             for b in &vip.backends {
+                let port = if c.health_check.port != c.port {
+                    c.health_check.port
+                } else {
+                    c.backends
+                        .iter()
+                        .find(|cb| cb.address == b.address)
+                        .map_or(c.port, |cb| cb.port)
+                };
                 targets.push(Target {
                     backend_id: b.id,
-                    addr: SocketAddr::new(b.address, vip.config.health_check.port),
+                    addr: SocketAddr::new(b.address, port),
                     check: vip.config.health_check.clone(),
                     healthy: b.healthy,
                 });

@@ -252,6 +252,7 @@ pub async fn run(
     let (bgp_status, bgp_status_rx) = tokio::sync::watch::channel(None);
     let shared = Shared::new(&iface, StatsReader::from_pins(&plane.dir)?, bgp_status_rx);
     shared.set_vips(plane.balancer.vips());
+    shared.set_snat_capacity(&source.nat);
     shared.set_program(plane.program);
     let wanted =
         crate::bgp::wanted(&config, source.v4, plane.balancer.vips()).map_err(AgentError::Bgp)?;

@@ -271,6 +271,7 @@ impl Agent {
         if new.uses_ipv6() && !self.config.uses_ipv6() {
             super::ipv6_forwarding_if_needed(&new, &self.iface);
         }
+        self.shared.set_snat_capacity(&source.nat);
         self.config = new;
         self.source = source;
         Ok(Some(changes))

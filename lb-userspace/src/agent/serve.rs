@@ -7,6 +7,7 @@ use std::pin::Pin;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::*;
+use crate::dataplane::nat::{self, NatSweep};
 
 /// What woke the agent.
 enum Event {
@@ -27,6 +28,10 @@ enum Event {
     WalkDue,
     /// A connection-table walk ended.
     WalkDone(ConnsWalk),
+    /// Time to sweep the NAT table (when a VIP is in a NAT mode).
+    SweepDue,
+    /// A sweep of the NAT table ended.
+    SweepDone(Result<NatSweep, String>),
 }
 
 /// The agent's inputs: channels, the SIGHUP stream and timers, with the
@@ -40,6 +45,10 @@ struct Inputs<S> {
     reads: mpsc::Receiver<ReadConfig>,
     walks: mpsc::Receiver<ConnsWalk>,
     walk_tick: time::Interval,
+    sweeps: mpsc::Receiver<Result<NatSweep, String>>,
+    sweep_tick: time::Interval,
+    /// A sweep of the NAT table is under way.
+    sweeping: bool,
     /// Reload triggers waiting out their quiet time.
     debounce: Debounce,
     /// A configuration read is under way.
@@ -59,6 +68,8 @@ impl<S: Future<Output = ()>> Inputs<S> {
             _ = self.hangup.recv() => Event::Hangup,
             _ = self.walk_tick.tick(), if !self.walking => Event::WalkDue,
             Some(walk) = self.walks.recv() => Event::WalkDone(walk),
+            _ = self.sweep_tick.tick(), if !self.sweeping => Event::SweepDue,
+            Some(sweep) = self.sweeps.recv() => Event::SweepDone(sweep),
             Some(()) = self.files.recv() => Event::FileChanged,
             () = time::sleep_until(due.unwrap_or_else(time::Instant::now)), if due.is_some() && !self.reading => Event::ReloadDue,
             Some(read) = self.reads.recv() => Event::ConfigRead(Box::new(read)),
@@ -67,6 +78,35 @@ impl<S: Future<Output = ()>> Inputs<S> {
 }
 
 impl Agent {
+    /// Starts a sweep of the NAT table in a blocking thread when a VIP is
+    /// in a NAT mode (`tcp_timeout` from the configuration); whether it
+    /// started.
+    fn start_nat_sweep(
+        &self,
+        done: &mpsc::Sender<Result<NatSweep, String>>,
+        stop: &Arc<AtomicBool>,
+    ) -> bool {
+        if !self
+            .config
+            .vips
+            .iter()
+            .any(|v| v.mode != crate::config::VipMode::Dsr)
+        {
+            return false;
+        }
+        let timeouts = lb_common::NatTimeouts::new(self.config.nat.tcp_timeout.as_secs());
+        let (dir, done, stop) = (self.plane.dir.clone(), done.clone(), stop.clone());
+        tokio::spawn(async move {
+            let sweep = tokio::task::spawn_blocking(move || {
+                nat::sweep_pinned(&dir, &timeouts, &stop).map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("the sweep's thread ended: {e}")));
+            let _ = done.send(sweep).await;
+        });
+        true
+    }
+
     /// Serves until `shutdown` completes: the API, health checks, reloads,
     /// next hops and connection-table walks; then withdraws the BGP
     /// announcements (unless `--keep-attached`), stops the checks and
@@ -116,6 +156,9 @@ impl Agent {
         // shutdown (which waits for blocking tasks).
         let walk_stop = Arc::new(AtomicBool::new(false));
         let _walk_stop = StopOnDrop(walk_stop.clone());
+        let (sweep_tx, sweeps) = mpsc::channel(1);
+        let mut sweep_tick = time::interval(nat::SWEEP_INTERVAL);
+        sweep_tick.set_missed_tick_behavior(time::MissedTickBehavior::Delay);
         let mut inputs = Inputs {
             shutdown: Box::pin(shutdown),
             checks,
@@ -124,6 +167,9 @@ impl Agent {
             reads,
             walks,
             walk_tick,
+            sweeps,
+            sweep_tick,
+            sweeping: false,
             debounce: Debounce::default(),
             reading: false,
             walking: false,
@@ -162,6 +208,22 @@ impl Agent {
                 Event::WalkDone(walk) => {
                     inputs.walking = false;
                     self.on_conns_walk(walk);
+                }
+                Event::SweepDue => inputs.sweeping = self.start_nat_sweep(&sweep_tx, &walk_stop),
+                Event::SweepDone(sweep) => {
+                    inputs.sweeping = false;
+                    match sweep {
+                        Ok(sweep) => {
+                            if sweep.expired > 0 {
+                                debug!(
+                                    "NAT sweep: {} entries read, {} expired translations removed",
+                                    sweep.entries, sweep.expired
+                                );
+                            }
+                            self.shared.record_nat_sweep(sweep);
+                        }
+                        Err(e) => warn!("sweeping the NAT table: {e}"),
+                    }
                 }
             }
         }

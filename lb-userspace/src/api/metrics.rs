@@ -83,6 +83,7 @@ impl Collector for LbCollector {
         data_plane(e, &s)?;
         vips_and_backends(e, &s)?;
         agent(e, &s)?;
+        nat(e, &s)?;
         if let Some(bgp) = &s.bgp {
             super::bgp::metrics(e, bgp)?;
         }
@@ -121,6 +122,75 @@ fn data_plane(e: &mut DescriptorEncoder, s: &Status) -> Result<(), std::fmt::Err
         "lb_conntrack_events",
         "What the connection table did for VIP packets: hit, miss, rehash, syn, limited, syn_direct, hit_cached (a hit served by the CPU's flow cache).",
         &conn,
+    )?;
+    Ok(())
+}
+
+/// The NAT modes: translations and SNAT ports per VIP (from the agent's
+/// last sweep of the NAT table), NAT events and expiries, and the reply
+/// direction's traffic per VIP and backend. Only when a VIP is in a NAT
+/// mode.
+fn nat(e: &mut DescriptorEncoder, s: &Status) -> Result<(), std::fmt::Error> {
+    let Some(nat) = &s.nat else {
+        return Ok(());
+    };
+    let nat_vips = || s.vips.iter().filter_map(|v| v.nat.as_ref().map(|n| (v, n)));
+    let label = |v: &super::status::VipStatus| vec![("vip", v.name.clone())];
+    gauges(
+        e,
+        "lb_nat_translations",
+        "Live NAT translations (flows) per VIP, as the agent's last sweep of the NAT table counted them (every 5 s).",
+        &nat_vips()
+            .map(|(v, n)| (label(v), n.translations as i64))
+            .collect::<Vec<_>>(),
+    )?;
+    gauges(
+        e,
+        "lb_nat_snat_ports_left",
+        "mode = \"nat\": SNAT address and port pairs left toward the VIP's busiest backend.",
+        &nat_vips()
+            .filter_map(|(v, n)| n.snat_ports_left.map(|p| (label(v), p as i64)))
+            .collect::<Vec<_>>(),
+    )?;
+    counters(
+        e,
+        "lb_nat_reply_packets",
+        "Replies of backends translated back to clients, per VIP.",
+        &nat_vips()
+            .map(|(v, n)| (label(v), n.replies.packets))
+            .collect::<Vec<_>>(),
+    )?;
+    counters(
+        e,
+        "lb_nat_reply_bytes",
+        "Bytes of replies translated back to clients, per VIP.",
+        &nat_vips()
+            .map(|(v, n)| (label(v), n.replies.bytes))
+            .collect::<Vec<_>>(),
+    )?;
+    counters(
+        e,
+        "lb_nat_backend_reply_packets",
+        "Replies translated back to clients, per VIP and backend.",
+        &per_backend(s, |b| b.replies.as_ref().map(|r| r.packets))
+            .into_iter()
+            .filter_map(|(l, p)| p.map(|p| (l, p)))
+            .collect::<Vec<_>>(),
+    )?;
+    counters(
+        e,
+        "lb_nat_events",
+        "What the NAT table did: hit, allocated (a new translation), moved (a flow's backend changed), reply_hit, reply_miss (passed untouched), closing (FIN or RST).",
+        &nat.events
+            .iter()
+            .map(|(ev, n)| (vec![("event", ev.clone())], *n))
+            .collect::<Vec<_>>(),
+    )?;
+    counters(
+        e,
+        "lb_nat_expired",
+        "NAT translations removed by the agent's sweeps as idle past their timeout.",
+        &[(Vec::new(), nat.expired)],
     )?;
     Ok(())
 }

@@ -15,7 +15,9 @@ use prometheus_client::metrics::{
     histogram::{Histogram, exponential_buckets},
 };
 
-use super::status::{BackendStatus, ConnsWalks, LastCheck, Reloads, Status, VipStatus};
+use super::status::{
+    BackendStatus, ConnsWalks, LastCheck, NatSummary, Reloads, Status, VipNat, VipStatus,
+};
 use tokio::sync::watch;
 
 use crate::{
@@ -31,6 +33,7 @@ struct BackendView {
     address: String,
     weight: u32,
     healthy: bool,
+    port: u16,
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +46,20 @@ struct VipView {
     allow: Option<Vec<String>>,
     backends: Vec<BackendView>,
     syn_direct: bool,
+    mode: crate::config::VipMode,
+    v6: bool,
+}
+
+/// The NAT table as the agent's sweeps saw it.
+#[derive(Debug, Default)]
+struct NatView {
+    /// The last sweep.
+    last: Option<crate::dataplane::nat::NatSweep>,
+    /// Translations removed as expired, over every sweep.
+    expired: u64,
+    sweeps: u64,
+    /// SNAT address x port pairs of each family (IPv4, IPv6).
+    capacity: [u64; 2],
 }
 
 #[derive(Debug, Default)]
@@ -53,6 +70,7 @@ struct View {
     checks: HashMap<u32, (Probe, Instant)>,
     reloads: Reloads,
     walks: ConnsWalks,
+    nat: NatView,
 }
 
 /// Metric labels of one backend: (name, value) pairs, `vip` then `backend`.
@@ -163,9 +181,17 @@ impl Shared {
                         address: b.address.to_string(),
                         weight: b.weight,
                         healthy: b.healthy,
+                        port: v
+                            .config
+                            .backends
+                            .iter()
+                            .find(|c| c.address == b.address)
+                            .map_or(v.config.port, |c| c.port),
                     })
                     .collect(),
                 syn_direct: v.conns_match,
+                mode: v.config.mode,
+                v6: v.config.address.is_ipv6(),
             })
             .collect();
         let labels: HashMap<u32, Labels> = views
@@ -227,6 +253,24 @@ impl Shared {
         }
     }
 
+    /// Sets the SNAT capacity of each family: addresses x ports
+    /// (`lb_common::NatSources`).
+    pub fn set_snat_capacity(&self, sources: &lb_common::NatSources) {
+        let ports = u64::from(sources.port_count);
+        lock(&self.view).nat.capacity = [
+            u64::from(sources.v4_count) * ports,
+            u64::from(sources.v6_count) * ports,
+        ];
+    }
+
+    /// Records a sweep of the NAT table.
+    pub fn record_nat_sweep(&self, sweep: crate::dataplane::nat::NatSweep) {
+        let nat = &mut lock(&self.view).nat;
+        nat.sweeps += 1;
+        nat.expired += sweep.expired;
+        nat.last = Some(sweep);
+    }
+
     /// Counts a reload: `Ok` applied, `Err(errors)` rejected.
     pub fn record_reload(&self, result: Result<(), String>) {
         let mut view = lock(&self.view);
@@ -263,10 +307,15 @@ impl Shared {
                 traffic: stats.vip(v.id).into(),
                 refused: stats.vip_refused(v.id).into(),
                 syn_direct: v.syn_direct,
+                mode: v.mode.name().to_string(),
+                nat: nat_of(v, &view.nat, &stats),
                 backends: v
                     .backends
                     .iter()
                     .map(|b| BackendStatus {
+                        port: b.port,
+                        replies: (v.mode != crate::config::VipMode::Dsr)
+                            .then(|| stats.backend_replies(b.id).into()),
                         address: b.address.clone(),
                         weight: b.weight,
                         state: match (b.healthy, b.weight) {
@@ -306,6 +355,54 @@ impl Shared {
             reloads: view.reloads.clone(),
             conntrack_walks: view.walks.clone(),
             bgp: self.bgp.borrow().clone(),
+            nat: view
+                .vips
+                .iter()
+                .any(|v| v.mode != crate::config::VipMode::Dsr)
+                .then(|| NatSummary {
+                    events: lb_common::NatEvent::ALL
+                        .iter()
+                        .map(|&e| (e.name().to_string(), stats.nat_event(e)))
+                        .collect(),
+                    expired: view.nat.expired,
+                    sweeps: view.nat.sweeps,
+                    last_complete: view.nat.last.as_ref().is_some_and(|l| l.complete),
+                    entries: view.nat.last.as_ref().map_or(0, |l| l.entries),
+                }),
         }
     }
+}
+
+/// The NAT side of VIP `v` (`None` in DSR) from the last sweep: its
+/// translations, and in `nat` the SNAT ports left toward its busiest
+/// backend (a SNAT address and port serve one flow per backend address
+/// and port).
+fn nat_of(v: &VipView, nat: &NatView, stats: &StatsReader) -> Option<VipNat> {
+    use crate::config::VipMode;
+    if v.mode == VipMode::Dsr {
+        return None;
+    }
+    let last = nat.last.as_ref();
+    let translations = last
+        .and_then(|l| l.by_vip.get(&(v.id as u16)))
+        .copied()
+        .unwrap_or(0);
+    let snat_ports_left = (v.mode == VipMode::Nat).then(|| {
+        let busiest = v
+            .backends
+            .iter()
+            .map(|b| {
+                last.and_then(|l| l.by_backend.get(&b.id))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .max()
+            .unwrap_or(0);
+        nat.capacity[usize::from(v.v6)].saturating_sub(busiest)
+    });
+    Some(VipNat {
+        translations,
+        snat_ports_left,
+        replies: stats.vip_replies(v.id).into(),
+    })
 }

@@ -53,6 +53,12 @@ pub struct BackendStatus {
     pub last_check: Option<LastCheck>,
     /// Traffic sent to it.
     pub traffic: Traffic,
+    /// The port it serves the VIP on (NAT modes map it; DSR: the VIP's).
+    #[serde(default)]
+    pub port: u16,
+    /// NAT modes: its replies translated back to clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replies: Option<Traffic>,
 }
 
 /// A VIP on `/status`.
@@ -79,6 +85,45 @@ pub struct VipStatus {
     /// (`lb_common::VIP_F_CONNS_MATCH_TABLE`).
     #[serde(default)]
     pub syn_direct: bool,
+    /// `dsr`, `nat` or `dnat`.
+    #[serde(default = "dsr")]
+    pub mode: String,
+    /// NAT modes: its translations, SNAT ports and replies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<VipNat>,
+}
+
+fn dsr() -> String {
+    "dsr".to_string()
+}
+
+/// The NAT side of a VIP in a NAT mode, as the last sweep of the NAT table
+/// counted it (every `dataplane::nat::SWEEP_INTERVAL`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct VipNat {
+    /// Live translations (flows) of the VIP.
+    pub translations: u64,
+    /// `nat` mode: the fewest SNAT ports left toward any of its backends
+    /// (addresses x ports, less the translations to that backend);
+    /// `None` in `dnat`, which takes none.
+    pub snat_ports_left: Option<u64>,
+    /// Replies translated back to its clients.
+    pub replies: Traffic,
+}
+
+/// The NAT table as a whole.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NatSummary {
+    /// Packets by NAT event (`lb_common::NatEvent`'s names).
+    pub events: BTreeMap<String, u64>,
+    /// Translations the agent's sweeps removed as expired.
+    pub expired: u64,
+    /// Sweeps so far, and whether the last read the whole table.
+    pub sweeps: u64,
+    /// The last sweep read the whole table.
+    pub last_complete: bool,
+    /// Entries the last sweep read (two per translation).
+    pub entries: u64,
 }
 
 /// Reloads so far.
@@ -138,6 +183,9 @@ pub struct Status {
     /// without `[bgp]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bgp: Option<crate::bgp::status::BgpStatus>,
+    /// The NAT table, when a VIP is in a NAT mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<NatSummary>,
 }
 
 /// Fetches `/status` from an agent's API at `api` (for `lb status`).
@@ -192,9 +240,25 @@ pub fn render_table(s: &Status) -> String {
     for v in &s.vips {
         let _ = writeln!(
             out,
-            "\nVIP {} {} {} (check {}): {} packets, {} bytes",
-            v.name, v.address, v.protocol, v.health_check, v.traffic.packets, v.traffic.bytes
+            "\nVIP {} {} {} mode {} (check {}): {} packets, {} bytes",
+            v.name,
+            v.address,
+            v.protocol,
+            v.mode,
+            v.health_check,
+            v.traffic.packets,
+            v.traffic.bytes
         );
+        if let Some(n) = &v.nat {
+            let ports = n
+                .snat_ports_left
+                .map_or_else(String::new, |p| format!(", {p} SNAT ports left"));
+            let _ = writeln!(
+                out,
+                "  NAT: {} translations{ports}; {} replies, {} bytes back to clients",
+                n.translations, n.replies.packets, n.replies.bytes
+            );
+        }
         if let Some(allow) = &v.allow {
             let _ = writeln!(
                 out,
@@ -216,10 +280,18 @@ pub fn render_table(s: &Status) -> String {
                     None => c.reason.clone(),
                 },
             );
+            // A NAT VIP's backends with their port (the port they serve on).
+            let address = if v.mode == "dsr" {
+                b.address.clone()
+            } else if b.address.contains(':') {
+                format!("[{}]:{}", b.address, b.port)
+            } else {
+                format!("{}:{}", b.address, b.port)
+            };
             let _ = writeln!(
                 out,
                 "  {:<40} {:<10} {:>6} {:>12} {:>14}  {check}",
-                b.address, b.state, b.weight, b.traffic.packets, b.traffic.bytes
+                address, b.state, b.weight, b.traffic.packets, b.traffic.bytes
             );
         }
     }
@@ -241,6 +313,19 @@ pub fn render_table(s: &Status) -> String {
         c("syn_direct"),
         c("limited")
     );
+    if let Some(nat) = &s.nat {
+        let e = |k: &str| nat.events.get(k).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "NAT table: {} translations made, {} moved to another backend, {} closing; replies: {} translated, {} passed untranslated; {} expired by the agent's sweeps",
+            e("nat_allocated"),
+            e("nat_moved"),
+            e("nat_closing"),
+            e("nat_reply_hit"),
+            e("nat_reply_miss"),
+            nat.expired
+        );
+    }
     if let Some(bgp) = &s.bgp {
         out.push_str(&super::bgp::table(bgp));
     }

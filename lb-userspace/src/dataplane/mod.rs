@@ -5,12 +5,13 @@
 //! ([`upgrade`]), and the backends' next hops resolved from the kernel's
 //! routes and neighbours ([`resolve`]) and kept in the data plane
 //! ([`nexthops`]), and the walk of the connection table that lets a VIP's
-//! SYNs skip it ([`conns`]).
+//! SYNs skip it ([`conns`]), and the sweep of the NAT table ([`nat`]).
 
 pub mod conns;
 pub mod error;
 pub mod maglev_map;
 pub mod maps;
+pub mod nat;
 pub mod nexthops;
 pub mod object;
 pub mod pins;

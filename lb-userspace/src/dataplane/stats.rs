@@ -7,8 +7,9 @@ use aya::{
     maps::{MapData, PerCpuArray},
 };
 use lb_common::{
-    ConnEvent, Counter, MAP_BACKEND_STATS, MAP_STATS, MAP_VIP_DROPS, MAP_VIP_STATS, NO_CONN_EVENT,
-    Outcome, stat_index,
+    ConnEvent, Counter, MAP_BACKEND_REPLY_STATS, MAP_BACKEND_STATS, MAP_NAT_STATS, MAP_STATS,
+    MAP_VIP_DROPS, MAP_VIP_REPLY_STATS, MAP_VIP_STATS, NO_CONN_EVENT, NatEvent, Outcome,
+    stat_index,
 };
 
 use super::maps::{open_pin, take};
@@ -21,6 +22,11 @@ pub struct StatsReader {
     vips: PerCpuArray<MapData, Counter>,
     vip_drops: PerCpuArray<MapData, Counter>,
     backends: PerCpuArray<MapData, Counter>,
+    /// NAT events by [`NatEvent`].
+    nat_events: PerCpuArray<MapData, Counter>,
+    /// Reply-direction traffic of NAT VIPs, by VIP id and by backend id.
+    vip_replies: PerCpuArray<MapData, Counter>,
+    backend_replies: PerCpuArray<MapData, Counter>,
 }
 
 fn sum(map: &PerCpuArray<MapData, Counter>, index: u32) -> Counter {
@@ -56,6 +62,9 @@ impl StatsReader {
             vips: take(ebpf, MAP_VIP_STATS)?,
             vip_drops: take(ebpf, MAP_VIP_DROPS)?,
             backends: take(ebpf, MAP_BACKEND_STATS)?,
+            nat_events: take(ebpf, MAP_NAT_STATS)?,
+            vip_replies: take(ebpf, MAP_VIP_REPLY_STATS)?,
+            backend_replies: take(ebpf, MAP_BACKEND_REPLY_STATS)?,
         })
     }
 
@@ -69,6 +78,9 @@ impl StatsReader {
             vips: open_pin(dir, MAP_VIP_STATS)?,
             vip_drops: open_pin(dir, MAP_VIP_DROPS)?,
             backends: open_pin(dir, MAP_BACKEND_STATS)?,
+            nat_events: open_pin(dir, MAP_NAT_STATS)?,
+            vip_replies: open_pin(dir, MAP_VIP_REPLY_STATS)?,
+            backend_replies: open_pin(dir, MAP_BACKEND_REPLY_STATS)?,
         })
     }
 
@@ -104,5 +116,20 @@ impl StatsReader {
     /// Counter of backend id `id`.
     pub fn backend(&self, id: u32) -> Counter {
         sum(&self.backends, id)
+    }
+
+    /// Packets that met NAT event `event`.
+    pub fn nat_event(&self, event: NatEvent) -> u64 {
+        sum(&self.nat_events, event as u32).packets
+    }
+
+    /// Reply-direction traffic of NAT VIP id `id` (backends to clients).
+    pub fn vip_replies(&self, id: u32) -> Counter {
+        sum(&self.vip_replies, id)
+    }
+
+    /// Reply-direction traffic from backend id `id` of a NAT VIP.
+    pub fn backend_replies(&self, id: u32) -> Counter {
+        sum(&self.backend_replies, id)
     }
 }

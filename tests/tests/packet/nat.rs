@@ -1,9 +1,11 @@
-//! The NAT modes (SPEC 10) through `xdp_lb` and its NAT programs: exact
+//! The NAT modes through `xdp_lb` and its NAT programs: exact
 //! frames both ways for TCP and UDP over IPv4 and IPv6 (checksums are
 //! etherparse's: the expected frames are built by it), the same client
 //! port on every reply, a reply with no translation passed untouched, SNAT
 //! port exhaustion, FIN/RST shortening, `dnat`, and a DSR VIP beside NAT
 //! VIPs.
+
+use std::sync::atomic::AtomicBool;
 
 use aya::maps::HashMap as AyaHashMap;
 use lb_common::{
@@ -488,4 +490,52 @@ fn a_dsr_vip_beside_nat_vips_still_encapsulates() {
     );
     assert_eq!(fx.count(Outcome::Forwarded), 1);
     assert_eq!(fx.count(Outcome::NatForwarded), 0);
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn the_agent_s_sweep_counts_live_translations_and_removes_expired_ones_whole() {
+    lb_tests::require_root();
+    let mut fx = Fixture::with_config("nat-sweep", NAT_CONFIG);
+    // Two open flows and one closed by the client's FIN.
+    for sport in [40100u16, 40101, 40102] {
+        let (action, _) = fx.run("xdp_lb", &tcp_syn(CLIENT, VIP, sport, 80));
+        assert_eq!(action, XDP_TX);
+    }
+    let closed = FlowKey::v4(CLIENT, VIP, 40102u16.to_be_bytes(), 80u16.to_be_bytes(), 6);
+    fx.run(
+        "xdp_lb",
+        &Frame::eth(CLIENT_MAC, LB_MAC)
+            .ipv4(CLIENT, VIP)
+            .tcp_end(40102, 80, false)
+            .build(),
+    );
+    let last = nat_entry(&fx, &closed).expect("forward entry").last_seen;
+    let t = NatTimeouts::new(3600);
+    let stop = AtomicBool::new(false);
+    let web = u16::try_from(fx.balancer.vips()[0].id).expect("VIP id");
+    let sweep = |fx: &mut Fixture, now: u32| {
+        let mut map: AyaHashMap<_, FlowKey, NatEntry> =
+            AyaHashMap::try_from(fx.ebpf.map_mut("LB_NAT").expect("LB_NAT")).expect("hash map");
+        lb_userspace::dataplane::nat::sweep_map(&mut map, &t, now, 2048, &stop)
+    };
+    // Soon after: every translation lives (unanswered ones for 60 s).
+    let s = sweep(&mut fx, last + 1);
+    assert!(s.complete);
+    assert_eq!((s.entries, s.expired), (6, 0));
+    assert_eq!(s.by_vip.get(&web), Some(&3));
+    // 11 units on: the closing one is gone, both of its entries.
+    let s = sweep(&mut fx, last + 11);
+    assert_eq!(s.expired, 1);
+    assert_eq!(s.by_vip.get(&web), Some(&2));
+    assert!(nat_entry(&fx, &closed).is_none());
+    let s = sweep(&mut fx, last + 12);
+    assert_eq!(
+        s.entries, 4,
+        "the closed translation's reply entry went with it"
+    );
+    // 60 s on, never answered: the rest go too.
+    let s = sweep(&mut fx, last + 60);
+    assert_eq!((s.expired, s.by_vip.get(&web)), (2, None));
+    assert_eq!(sweep(&mut fx, last + 61).entries, 0);
 }
