@@ -148,7 +148,17 @@ pub struct Options {
     /// Name of the load balancer's interface (default `PREFIX0`); two labs
     /// may both use `eth0`, each in its own namespace.
     pub lb_iface: Option<&'static str>,
+    /// Backends that need nothing: no VIP on loopback, no `lb decap`, the
+    /// kernel's strict reverse-path filter (`rp_filter` 1), servers on
+    /// their own address and [`NAT_PORT`] only; VIP `web` (port 80) in
+    /// this mode (`"nat"` or `"dnat"`; with `"dnat"` each backend routes
+    /// the client's address via the load balancer).
+    pub nat: Option<&'static str>,
 }
+
+/// The port backends serve on in a NAT lab ([`Options::nat`]): VIP:80 maps
+/// to it.
+pub const NAT_PORT: u16 = 8080;
 
 /// Size of the `/whoami` body: large enough that replies outweigh requests,
 /// so a test can tell they did not cross the load balancer.
@@ -337,7 +347,18 @@ impl Lab {
             if self.options.router {
                 be.ip(&["route", "add", "10.31.0.0/24", "via", ROUTER_ADDR])?;
             }
-            topology::vip_on_loopback(be, VIP)?;
+            match self.options.nat {
+                None => topology::vip_on_loopback(be, VIP)?,
+                Some(mode) => {
+                    // Stock settings: the strict reverse-path filter.
+                    be.sysctl("net.ipv4.conf.all.rp_filter=1")?;
+                    be.sysctl("net.ipv4.conf.eth0.rp_filter=1")?;
+                    if mode == "dnat" {
+                        // Replies to clients go back through the LB.
+                        be.ip(&["route", "add", &format!("{CLIENT_ADDR}/32"), "via", LB_ADDR])?;
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -440,6 +461,20 @@ impl Lab {
         fs::write(root.join("whoami"), body)?;
         fs::write(root.join("big"), vec![b'x'; BIG_LEN])?;
         let idx = self.ns_index(name);
+        if self.options.nat.is_some() {
+            // Replies cross the load balancer's XDP program, which updates
+            // checksums as they stand in the frame: a veth's partial
+            // checksum (tx offload) would stay partial. Real NICs send
+            // full checksums; only the lab needs this.
+            crate::netns::disable_tx_checksum(&self.ns[idx], "eth0")?;
+        } else {
+            self.start_decap(idx, name, mode)?;
+        }
+        self.start_servers(i)
+    }
+
+    /// Starts `lb decap` on backend `name` (namespace `idx`).
+    fn start_decap(&mut self, idx: usize, name: &str, mode: Mode) -> anyhow::Result<()> {
         let decap = self.spawn(
             idx,
             &self.lb_bin.clone(),
@@ -456,6 +491,13 @@ impl Lab {
             &format!("decap-{name}"),
         )?;
         self.procs.push(decap);
+        Ok(())
+    }
+
+    /// Starts backend `i`'s servers: sink and echo when asked, and HTTP.
+    fn start_servers(&mut self, i: usize) -> anyhow::Result<()> {
+        let (name, _) = self.backends()[i];
+        let idx = self.ns_index(name);
         if self.options.sink {
             let script = self.dir.join("sink.py");
             fs::write(&script, SINK_SERVER)?;
@@ -481,24 +523,30 @@ impl Lab {
         self.start_server(i)
     }
 
-    /// Starts backend `i`'s HTTP server (port 80, every address).
+    /// Starts backend `i`'s HTTP server (port 80, every address; in a NAT
+    /// lab [`NAT_PORT`] on the backend's own address only).
     ///
     /// # Errors
     /// The process cannot be started.
     pub fn start_server(&mut self, i: usize) -> anyhow::Result<()> {
-        let (name, _) = self.backends()[i];
+        let (name, addr) = self.backends()[i];
         let root = self.dir.join(format!("www-{name}"));
         let idx = self.ns_index(name);
         let python = which("python3")?;
+        let (port, bind) = if self.options.nat.is_some() {
+            (NAT_PORT.to_string(), addr)
+        } else {
+            ("80".to_string(), "::")
+        };
         let server = self.spawn(
             idx,
             &python,
             &[
                 "-m",
                 "http.server",
-                "80",
+                &port,
                 "--bind",
-                "::",
+                bind,
                 "--directory",
                 &root.display().to_string(),
             ],
@@ -511,8 +559,20 @@ impl Lab {
     /// Waits until every backend's server answers on its own address.
     fn wait_for_servers(&self, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
+        let port = if self.options.nat.is_some() {
+            NAT_PORT
+        } else {
+            80
+        };
+        // From the load balancer in a NAT lab: a `dnat` backend routes the
+        // client's address through it, which does not forward yet.
+        let from = if self.options.nat.is_some() {
+            self.lb()
+        } else {
+            self.client()
+        };
         for (name, addr) in self.backends() {
-            if !wait_for_http(self.client(), &format!("http://{addr}/whoami"), deadline) {
+            if !wait_for_http(from, &format!("http://{addr}:{port}/whoami"), deadline) {
                 bail!("the HTTP server of {name} did not start within {limit:?}");
             }
         }
@@ -533,16 +593,24 @@ impl Lab {
     pub fn config_text(&self, echo_backends: &[(&str, u32)], extra: &str) -> String {
         let check = "\n  [vip.health_check]\n  kind = \"tcp\"\n  interval = \"500ms\"\n  timeout = \"250ms\"\n  rise = 2\n  fall = 2\n";
         let mut text = format!(
-            "interface = \"{}\"\nxdp_mode = \"{}\"\n\n[maglev]\ntable_size = 65537\n\n[[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\n{check}",
+            "interface = \"{}\"\nxdp_mode = \"{}\"\n\n[maglev]\ntable_size = 65537\n\n[[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\nmode = \"{}\"\n{check}",
             self.lb_iface,
-            self.mode.as_str()
+            self.mode.as_str(),
+            self.options.nat.unwrap_or("dsr"),
         );
+        let port = self
+            .options
+            .nat
+            .map_or_else(String::new, |_| format!("  port = {NAT_PORT}\n"));
         for (_, addr) in BACKENDS {
-            text.push_str(&format!("\n  [[vip.backend]]\n  address = \"{addr}\"\n"));
+            text.push_str(&format!(
+                "\n  [[vip.backend]]\n  address = \"{addr}\"\n{port}"
+            ));
         }
         if self.options.echo {
             text.push_str(&format!(
-                "\n[[vip]]\nname = \"echo\"\naddress = \"{VIP}\"\nport = {ECHO_PORT}\nprotocol = \"tcp\"\n{check}"
+                "\n[[vip]]\nname = \"echo\"\naddress = \"{VIP}\"\nport = {ECHO_PORT}\nprotocol = \"tcp\"\nmode = \"{}\"\n{check}",
+                self.options.nat.unwrap_or("dsr")
             ));
             for (name, weight) in echo_backends {
                 let (_, addr) = self
@@ -721,8 +789,10 @@ impl Lab {
             thread::sleep(Duration::from_millis(200));
         }
         bail!(
-            "no request through the VIP succeeded within {limit:?}; agent log:\n{}",
-            self.agent_log()
+            "no request through the VIP succeeded within {limit:?}; agent log:\n{}\nstatus:\n{}",
+            self.agent_log(),
+            self.api_get("/status", Duration::from_secs(2))
+                .unwrap_or_default()
         )
     }
 
