@@ -59,6 +59,10 @@ enum Task {
         /// the VIP over BGP; one node stops in the middle.
         #[arg(long)]
         ha: bool,
+        /// The VIP in `mode = "nat"`: backends need nothing (no VIP, no
+        /// decapsulation, no sysctl), servers on port 8080.
+        #[arg(long, conflicts_with = "ha")]
+        nat: bool,
     },
     /// Set up, build in release mode, then run the benchmark as root; prints
     /// one table and writes it to target/bench/report.md, its chart to
@@ -114,15 +118,20 @@ fn main() -> anyhow::Result<()> {
         Task::TestKernel { timeout_minutes } => {
             vm::test_kernel(&root, &target, Duration::from_secs(timeout_minutes * 60))
         }
-        Task::Demo { ha: true } => {
+        Task::Demo { ha: true, .. } => {
             setup()?;
             build(&root)?;
             demo_ha::run(&target)
         }
-        Task::Demo { ha: false } => {
+        Task::Demo { ha: false, nat } => {
             setup()?;
             build(&root)?;
-            status(as_root(&target.join("debug/lb-demo"))?.env("LB_BIN", lb_binary(&target)))
+            let mut cmd = as_root(&target.join("debug/lb-demo"))?;
+            cmd.env("LB_BIN", lb_binary(&target));
+            if nat {
+                cmd.env("LB_DEMO_NAT", "1");
+            }
+            status(&mut cmd)
         }
         Task::Bench { args } => {
             let mut steps = progress::Steps::new(3);

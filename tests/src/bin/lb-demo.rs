@@ -1,12 +1,15 @@
 //! `cargo xtask demo`: a namespace lab with three backends running real HTTP
 //! servers behind the XDP load balancer; sends real requests, prints how many
 //! each backend served and the balancer's counters, then removes the lab.
+//! With `LB_DEMO_NAT=1` (`cargo xtask demo --nat`) the VIP is in
+//! `mode = "nat"`: backends with no VIP, no decapsulation program and no
+//! sysctl changes, servers on their own address and port 8080.
 
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 use lb_common::Outcome;
-use lb_tests::lab::{BACKENDS, Lab, Mode, VIP};
+use lb_tests::lab::{BACKENDS, Lab, Mode, NAT_PORT, Options, VIP};
 use lb_userspace::dataplane::stats::StatsReader;
 
 const REQUESTS: usize = 300;
@@ -16,7 +19,17 @@ fn main() -> anyhow::Result<()> {
         "building the lab: client, load balancer, {} backends on a bridge (namespaces lbdemo-*)",
         BACKENDS.len()
     );
-    let mut lab = Lab::start("lbdemo", Mode::Native).context("starting the lab")?;
+    let nat = std::env::var_os("LB_DEMO_NAT").is_some();
+    let options = Options {
+        nat: nat.then_some("nat"),
+        ..Options::default()
+    };
+    let mut lab = Lab::start_with("lbdemo", Mode::Native, options).context("starting the lab")?;
+    if nat {
+        println!(
+            "mode = \"nat\": backends carry no VIP, run no decapsulation program and keep the kernel's settings; their servers listen on their own address, port {NAT_PORT}"
+        );
+    }
     println!(
         "lb run is up on {} (native XDP); sending {REQUESTS} HTTP requests to {VIP}:80, one connection each",
         lab.lb_iface
@@ -48,6 +61,11 @@ fn main() -> anyhow::Result<()> {
     for event in lb_common::ConnEvent::ALL {
         let c = stats.conn(event);
         println!("  {:<22} {:>8} {:>10}", event.name(), c.packets, c.bytes);
+    }
+    if nat {
+        for event in lb_common::NatEvent::ALL {
+            println!("  {:<22} {:>8}", event.name(), stats.nat_event(event));
+        }
     }
     lab.stop_agent();
     println!("\nthe agent's last words (per VIP and per backend counters):");
