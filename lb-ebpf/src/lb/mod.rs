@@ -193,7 +193,7 @@ fn nat_handoff<const V6: bool>(ctx: &XdpContext, p: &Packet, c: &Choice) -> Outc
     // struct would be built on the stack first); the NAT program reads it
     // on this CPU before any other packet runs here.
     unsafe {
-        (*h).flow = p.flow;
+        copy_flow(&raw mut (*h).flow, &p.flow);
         (*h).backend_id = c.backend_id;
         (*h).hash = c.hash;
         (*h).conn_event = c.conn_event;
@@ -204,6 +204,22 @@ fn nat_handoff<const V6: bool>(ctx: &XdpContext, p: &Packet, c: &Choice) -> Outc
     // not return.
     unsafe { LB_PROGS.tail_call(ctx, slot) };
     Outcome::DropNatUnavailable
+}
+
+/// Copies a flow key as five 8-byte words (volatile stores: a plain copy
+/// between the stack and a map value compiles to a call of the byte-by-byte
+/// `memmove`).
+#[inline(always)]
+fn copy_flow(dst: *mut FlowKey, src: &FlowKey) {
+    // SAFETY: a FlowKey is 40 bytes of plain data aligned to 8, and `dst`
+    // is a writable one.
+    unsafe {
+        let words = *(src as *const FlowKey).cast::<[u64; 5]>();
+        let dst = dst.cast::<u64>();
+        for (i, w) in words.into_iter().enumerate() {
+            dst.add(i).write_volatile(w);
+        }
+    }
 }
 
 /// The established-flow shortcut, the last part of the IPv4 parse step (in
