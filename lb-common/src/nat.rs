@@ -144,8 +144,11 @@ pub struct NatHandoff {
     pub conn_event: u32,
     /// The VIP's `VIP_F_*` bits.
     pub vip_flags: u32,
+    /// 1: the packet is an ICMP error about the flow (quoting the VIP's
+    /// reply to the client), not one of the flow's packets.
+    pub icmp_error: u32,
     /// Zero.
-    pub _reserved: [u32; 2],
+    pub _reserved: u32,
 }
 const _: () = assert!(size_of::<NatHandoff>() == 64);
 

@@ -175,9 +175,9 @@ counter_enum! {
         /// [`crate::SNAT_PORT_TRIES`] tries (or, in `dnat`, its reply's
         /// 5-tuple is another translation's).
         DropNatNoPort = 25 => "drop_nat_no_port", DROP;
-        /// Dropped: a packet of a NAT VIP, or an ICMP error about one, that the
-        /// NAT program could not take (not in `LB_PROGS`, or an ICMP error
-        /// about a NAT flow, which this version does not translate).
+        /// Dropped: a packet of a NAT VIP that the NAT program could not take
+        /// (not in `LB_PROGS`), or an ICMP error about a NAT VIP's flow that
+        /// has no translation.
         DropNatUnavailable = 26 => "drop_nat_unavailable", DROP;
     }
 }

@@ -178,14 +178,11 @@ fn try_lb<const V6: bool>(ctx: &XdpContext, conn_event: &mut u32) -> Result<Outc
 
 /// Hands a packet of a NAT VIP's flow, its backend chosen, to the NAT
 /// program of its family (`xdp_nat_v4`, `xdp_nat_v6`), which translates
-/// and sends it and counts its outcome. Returns only when it cannot:
-/// `DropNatUnavailable` (no program in the slot, or an ICMP error about a
-/// NAT flow, which this version does not translate).
+/// and sends it and counts its outcome (an ICMP error about the flow too:
+/// it is translated for the backend). Returns only when it cannot:
+/// `DropNatUnavailable` (no program in the slot).
 #[inline(always)]
 fn nat_handoff<const V6: bool>(ctx: &XdpContext, p: &Packet, c: &Choice) -> Outcome {
-    if p.icmp_error {
-        return Outcome::DropNatUnavailable;
-    }
     let Some(h) = LB_NAT_HANDOFF.get_ptr_mut(0) else {
         return Outcome::DropNatUnavailable;
     };
@@ -198,6 +195,7 @@ fn nat_handoff<const V6: bool>(ctx: &XdpContext, p: &Packet, c: &Choice) -> Outc
         (*h).hash = c.hash;
         (*h).conn_event = c.conn_event;
         (*h).vip_flags = c.nat;
+        (*h).icmp_error = u32::from(p.icmp_error);
     }
     let slot = if V6 { PROG_NAT_V6 } else { PROG_NAT_V4 };
     // SAFETY: our own context and program array; on success the call does

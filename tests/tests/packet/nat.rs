@@ -539,3 +539,210 @@ fn the_agent_s_sweep_counts_live_translations_and_removes_expired_ones_whole() {
     assert_eq!((s.expired, s.by_vip.get(&web)), (2, None));
     assert_eq!(sweep(&mut fx, last + 61).entries, 0);
 }
+
+/// The IP packet of `frame` (after its Ethernet header), cut to `len`
+/// bytes: what an ICMP error quotes.
+fn quote(frame: &[u8], len: usize) -> Vec<u8> {
+    frame[14..14 + len].to_vec()
+}
+
+/// An ICMPv4 "fragmentation needed" (next-hop MTU 1400) from `src` to
+/// `dst` quoting `quoted`, between the given MACs.
+fn frag_needed(macs: ([u8; 6], [u8; 6]), src: [u8; 4], dst: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv4(src, dst, 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
+        .write(&mut out, quoted)
+        .expect("build");
+    out
+}
+
+/// An ICMPv6 "packet too big" (MTU 1280) from `src` to `dst` quoting
+/// `quoted`.
+fn too_big6(macs: ([u8; 6], [u8; 6]), src: [u8; 16], dst: [u8; 16], quoted: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv6(src, dst, 64)
+        .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 })
+        .write(&mut out, quoted)
+        .expect("build");
+    out
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn icmp_errors_about_a_nat_flow_are_translated_both_ways() {
+    lb_tests::require_root();
+    let fx = Fixture::with_config("nat-icmp", NAT_CONFIG);
+    let router = [10, 20, 0, 1];
+    let backend = fx.expected_backend(0, CLIENT, VIP, 40200, 80, 6);
+    let key = FlowKey::v4(CLIENT, VIP, 40200u16.to_be_bytes(), 80u16.to_be_bytes(), 6);
+    let (action, _) = fx.run("xdp_lb", &tcp_syn(CLIENT, VIP, 40200, 80));
+    assert_eq!(action, XDP_TX);
+    let port = snat_port_of(&fx, &key);
+    let payload = [0x42u8; 100];
+
+    // From the client's side: a router says our reply VIP:80 -> client
+    // was too big. The backend gets it about its own packet, backend:8080
+    // -> LB:snat, 28 bytes quoted (IPv4 header and 8 bytes: TCP ports and
+    // sequence number).
+    let reply_to_client = Frame::eth(LB_MAC, CLIENT_MAC)
+        .ipv4(VIP, CLIENT)
+        .tcp_ack(80, 40200)
+        .payload(&payload)
+        .build();
+    let from_backend = Frame::eth(LB_MAC, CLIENT_MAC)
+        .ipv4(backend, LB_ADDR)
+        .tcp_ack(8080, port)
+        .payload(&payload)
+        .build();
+    for len in [28, 60] {
+        let error = frag_needed(
+            (CLIENT_MAC, LB_MAC),
+            router,
+            VIP,
+            &quote(&reply_to_client, len),
+        );
+        let before = fx.count(Outcome::IcmpForwarded);
+        let (action, out) = fx.run("xdp_lb", &error);
+        assert_eq!(action, XDP_TX, "quote of {len} bytes");
+        let expected = frag_needed(
+            (LB_MAC, backend_mac(backend)),
+            router,
+            backend,
+            &quote(&from_backend, len),
+        );
+        assert_eq!(
+            out, expected,
+            "quote of {len} bytes: the backend's own packet quoted, exact"
+        );
+        assert_eq!(fx.count(Outcome::IcmpForwarded), before + 1);
+    }
+
+    // From the backend's side: a router says our packet LB:snat ->
+    // backend:8080 was too big. The client gets it about its own packet,
+    // client:40200 -> VIP:80, from the router's address.
+    let to_backend = Frame::eth(LB_MAC, LB_MAC)
+        .ipv4(LB_ADDR, backend)
+        .tcp_ack(port, 8080)
+        .payload(&payload)
+        .build();
+    let from_client = Frame::eth(LB_MAC, LB_MAC)
+        .ipv4(CLIENT, VIP)
+        .tcp_ack(40200, 80)
+        .payload(&payload)
+        .build();
+    for len in [28, 60] {
+        let error = frag_needed(
+            (backend_mac(backend), LB_MAC),
+            router,
+            LB_ADDR,
+            &quote(&to_backend, len),
+        );
+        let (action, out) = fx.run("xdp_lb", &error);
+        assert_eq!(action, XDP_TX, "quote of {len} bytes");
+        let expected = frag_needed(
+            (LB_MAC, CLIENT_MAC),
+            router,
+            CLIENT,
+            &quote(&from_client, len),
+        );
+        assert_eq!(
+            out, expected,
+            "quote of {len} bytes: the client's own packet quoted, exact"
+        );
+    }
+
+    // An error quoting a SNAT port with no translation: the host's.
+    let stranger = Frame::eth(LB_MAC, LB_MAC)
+        .ipv4(LB_ADDR, backend)
+        .tcp_ack(port.wrapping_add(1), 8080)
+        .build();
+    let error = frag_needed(
+        (backend_mac(backend), LB_MAC),
+        router,
+        LB_ADDR,
+        &quote(&stranger, 28),
+    );
+    let (action, out) = fx.run("xdp_lb", &error);
+    assert_eq!((action, out), (XDP_PASS, error));
+
+    // IPv6, UDP: a "packet too big" from the client's side about the
+    // VIP's reply, and one from the backend's side.
+    let router6 = [0xfd, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let (action, _) = fx.run(
+        "xdp_lb",
+        &Frame::eth(CLIENT_MAC, LB_MAC)
+            .ipv6(CLIENT_V6, V6_VIP)
+            .udp(42000, 53)
+            .payload(b"q")
+            .build(),
+    );
+    assert_eq!(action, XDP_TX);
+    let key6 = FlowKey::new(
+        FAMILY_V6,
+        CLIENT_V6,
+        V6_VIP,
+        42000u16.to_be_bytes(),
+        53u16.to_be_bytes(),
+        17,
+    );
+    let port6 = snat_port_of(&fx, &key6);
+    let bmac = [0x02, 0, 0, 0, 0, V6_DNS[15]];
+    let vip_reply = Frame::eth(LB_MAC, CLIENT_MAC)
+        .ipv6(V6_VIP, CLIENT_V6)
+        .udp(53, 42000)
+        .payload(&payload)
+        .build();
+    let backend_view = Frame::eth(LB_MAC, LB_MAC)
+        .ipv6(V6_DNS, LB_V6)
+        .udp(5353, port6)
+        .payload(&payload)
+        .build();
+    let error = too_big6(
+        (CLIENT_MAC, LB_MAC),
+        router6,
+        V6_VIP,
+        &quote(&vip_reply, 48 + 100),
+    );
+    let (action, out) = fx.run("xdp_lb", &error);
+    assert_eq!(action, XDP_TX);
+    let expected = too_big6(
+        (LB_MAC, bmac),
+        router6,
+        V6_DNS,
+        &quote(&backend_view, 48 + 100),
+    );
+    assert_eq!(
+        out, expected,
+        "IPv6: the backend's own datagram quoted, its UDP checksum too"
+    );
+    let to_backend6 = Frame::eth(LB_MAC, LB_MAC)
+        .ipv6(LB_V6, V6_DNS)
+        .udp(port6, 5353)
+        .payload(&payload)
+        .build();
+    let client_view = Frame::eth(LB_MAC, LB_MAC)
+        .ipv6(CLIENT_V6, V6_VIP)
+        .udp(42000, 53)
+        .payload(&payload)
+        .build();
+    let error = too_big6(
+        (bmac, LB_MAC),
+        router6,
+        LB_V6,
+        &quote(&to_backend6, 48 + 100),
+    );
+    let (action, out) = fx.run("xdp_lb", &error);
+    assert_eq!(action, XDP_TX);
+    let expected = too_big6(
+        (LB_MAC, CLIENT_MAC),
+        router6,
+        CLIENT_V6,
+        &quote(&client_view, 48 + 100),
+    );
+    assert_eq!(out, expected, "IPv6: the client's own datagram quoted");
+}
