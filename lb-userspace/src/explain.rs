@@ -180,7 +180,10 @@ pub fn explain(
         vip.backends.len()
     );
     let _ = writeln!(out, "flow hash {hash:#010x}; Maglev slot {slot} of {m}");
-    configured_choice(&mut out, vip, hash, m);
+    let chosen = configured_choice(&mut out, vip, hash, m);
+    if let Some(backend) = chosen {
+        translation(&mut out, config, vip, backend, src, hash);
+    }
     let Some(pins) = pins else {
         let _ = writeln!(
             out,
@@ -194,8 +197,14 @@ pub fn explain(
 }
 
 /// The backend the configuration gives flow hash `hash` of `vip` with
-/// every backend healthy (a Maglev table of `m` slots), written to `out`.
-fn configured_choice(out: &mut String, vip: &Vip, hash: u32, m: u32) {
+/// every backend healthy (a Maglev table of `m` slots), written to `out`;
+/// returned too.
+fn configured_choice<'a>(
+    out: &mut String,
+    vip: &'a Vip,
+    hash: u32,
+    m: u32,
+) -> Option<&'a crate::config::BackendConfig> {
     let slot = maglev_slot(hash, m);
     let names: Vec<Vec<u8>> = vip
         .backends
@@ -223,12 +232,79 @@ fn configured_choice(out: &mut String, vip: &Vip, hash: u32, m: u32) {
                 "backend by the configuration (every backend healthy): {}",
                 vip.backends[i as usize].address
             );
+            Some(&vip.backends[i as usize])
         }
         None => {
             let _ = writeln!(
                 out,
                 "no backend with a weight above 0: on_no_backend applies"
             );
+            None
+        }
+    }
+}
+
+/// What the packets of the flow from `client` (hash `hash`) to `vip`
+/// become toward `backend`, by the VIP's mode: encapsulated (DSR), or
+/// translated, with the SNAT address and first SNAT port `xdp_nat_v4`/`_v6`
+/// try for it (`lb_common::snat_source`, `lb_common::snat_port`; a port
+/// taken toward that backend makes it try the next of
+/// `lb_common::SNAT_PORT_TRIES`).
+fn translation(
+    out: &mut String,
+    config: &Config,
+    vip: &Vip,
+    backend: &crate::config::BackendConfig,
+    client: SocketAddr,
+    hash: u32,
+) {
+    use crate::config::VipMode;
+    let to = SocketAddr::new(backend.address, backend.port);
+    let vip_addr = SocketAddr::new(vip.address, vip.port);
+    match vip.mode {
+        VipMode::Dsr => {
+            let _ = writeln!(
+                out,
+                "mode dsr: encapsulated toward {}, the client's packet inside; the backend answers the client from {vip_addr}",
+                backend.address
+            );
+        }
+        VipMode::Dnat => {
+            let _ = writeln!(
+                out,
+                "mode dnat: {client} -> {to} (the client's address kept); the backend's replies {to} -> {client}, routed through the load balancer, become {vip_addr} -> {client}"
+            );
+        }
+        VipMode::Nat => {
+            let sources: Vec<std::net::IpAddr> = if vip.address.is_ipv4() {
+                config.nat.source_v4.iter().map(|&a| a.into()).collect()
+            } else {
+                config.nat.source_v6.iter().map(|&a| a.into()).collect()
+            };
+            let source = if sources.is_empty() {
+                "the interface's first address".to_string()
+            } else {
+                let i = lb_common::snat_source(hash, sources.len() as u32);
+                sources[i].to_string()
+            };
+            let ports = crate::config::nat::local_port_range()
+                .and_then(|local| crate::config::nat::snat_ports(config.nat.ports, local));
+            match ports {
+                Ok(ports) => {
+                    let port = lb_common::snat_port(u32::from(ports.first), ports.len(), hash, 0);
+                    let _ = writeln!(
+                        out,
+                        "mode nat: {client} -> {vip_addr} becomes {source} port {port} -> {to} (SNAT ports {ports}; {port} is the first of {} tries); the backend's replies to it become {vip_addr} -> {client}",
+                        lb_common::SNAT_PORT_TRIES
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(
+                        out,
+                        "mode nat: {client} -> {vip_addr} becomes {source} -> {to}; SNAT ports unknown here: {e}"
+                    );
+                }
+            }
         }
     }
 }
@@ -314,6 +390,45 @@ fn running_choice(
             );
         }
     }
+    if vip.mode != crate::config::VipMode::Dsr {
+        running_translation(out, pins, flow)?;
+    }
+    Ok(())
+}
+
+/// The running NAT table's translation of `flow`, written to `out`.
+///
+/// # Errors
+/// The pinned NAT table cannot be opened.
+fn running_translation(out: &mut String, pins: &Path, flow: &FlowKey) -> Result<(), ExplainError> {
+    let nat: HashMap<MapData, FlowKey, lb_common::NatEntry> = open_pin(pins, lb_common::MAP_NAT)?;
+    let Ok(e) = nat.get(flow, 0) else {
+        let _ = writeln!(
+            out,
+            "  NAT table: no translation; the flow's next packet gets one"
+        );
+        return Ok(());
+    };
+    let addr = |a: &[u8; 16]| -> std::net::IpAddr {
+        if flow.family == FAMILY_V6 {
+            (*a).into()
+        } else {
+            [a[0], a[1], a[2], a[3]].into()
+        }
+    };
+    let from = SocketAddr::new(addr(&e.src), u16::from_be_bytes(e.sport));
+    let to = SocketAddr::new(addr(&e.dst), u16::from_be_bytes(e.dport));
+    let idle = crate::dataplane::nat::now().wrapping_sub(e.last_seen);
+    let closing = if e.flags & lb_common::NAT_F_CLOSING != 0 {
+        ", FIN or RST seen"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        out,
+        "  NAT table: translated to {from} -> {to} (backend id {}, last packet about {idle} s ago{closing})",
+        e.backend_id
+    );
     Ok(())
 }
 
@@ -411,5 +526,59 @@ protocol = "tcp"
             seen.insert(line.rsplit(' ').next().unwrap().to_string());
         }
         assert_eq!(seen.len(), 2, "{seen:?}");
+    }
+
+    #[test]
+    fn a_nat_flow_s_translation_is_printed_with_its_first_snat_port() {
+        let text = r#"
+[maglev]
+table_size = 251
+[nat]
+source_v4 = ["10.0.0.2", "10.0.0.3"]
+ports = "2000-4999"
+[[vip]]
+name = "web"
+address = "10.0.0.100"
+port = 80
+protocol = "tcp"
+mode = "nat"
+  [[vip.backend]]
+  address = "10.0.0.21"
+  port = 8080
+"#;
+        let config = Config::parse(text, "t").expect("valid").config;
+        let src: SocketAddr = "10.1.0.1:40000".parse().expect("address");
+        let dst: SocketAddr = "10.0.0.100:80".parse().expect("address");
+        let out = explain(&config, Protocol::Tcp, src, dst, None).expect("explained");
+        let hash = flow_hash(
+            FAMILY_V4,
+            &addr_key(src.ip()).addr,
+            &addr_key(dst.ip()).addr,
+            40000u16.to_be_bytes(),
+            80u16.to_be_bytes(),
+            6,
+        );
+        let port = lb_common::snat_port(2000, 3000, hash, 0);
+        let source = ["10.0.0.2", "10.0.0.3"][lb_common::snat_source(hash, 2)];
+        let want = format!(
+            "mode nat: 10.1.0.1:40000 -> 10.0.0.100:80 becomes {source} port {port} -> 10.0.0.21:8080"
+        );
+        assert!(out.contains(&want), "{want}\n{out}");
+        let dnat = explain(
+            &Config::parse(&text.replace("\"nat\"\n", "\"dnat\"\n"), "t")
+                .expect("valid")
+                .config,
+            Protocol::Tcp,
+            src,
+            dst,
+            None,
+        )
+        .expect("explained");
+        assert!(
+            dnat.contains(
+                "mode dnat: 10.1.0.1:40000 -> 10.0.0.21:8080 (the client's address kept)"
+            ),
+            "{dnat}"
+        );
     }
 }
