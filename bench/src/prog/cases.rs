@@ -17,6 +17,7 @@ pub(super) fn run_cases(prefix: &str, plan: Plan) -> anyhow::Result<Vec<Row>> {
     for case in xdp_lb_cases(&f) {
         rows.push(measure_case(&mut b, plan, &base, case)?);
     }
+    rows.extend(super::nat::rows(&mut b, plan, &base)?);
     rows.push(syn_after_table_change(&mut b, plan, &f, &base)?);
     rows.push(next_hop_by_fib(&mut b, plan, &f, &base)?);
     std::mem::drop(b);
@@ -56,11 +57,11 @@ impl Frames {
 
 /// What the baselines measured, subtracted from or compared with the
 /// `xdp_lb` rows (ns per packet).
-struct Baselines {
+pub(super) struct Baselines {
     /// The wrapper (restore the frame, tail call), without flow numbering.
-    wrap_fixed: f64,
+    pub(super) wrap_fixed: f64,
     /// The wrapper with flow numbering (a new flow each repetition).
-    wrap_vary: f64,
+    pub(super) wrap_vary: f64,
 }
 
 impl Baselines {

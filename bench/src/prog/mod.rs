@@ -43,6 +43,7 @@ use lb_userspace::{
 use crate::report::Report;
 
 mod cases;
+mod nat;
 use cases::run_cases;
 
 use lb_common::xdp_action::{DROP as XDP_DROP, PASS as XDP_PASS, TX as XDP_TX};
@@ -117,9 +118,30 @@ protocol = "tcp"
   address = "fd00:20::21"
   [[vip.backend]]
   address = "fd00:20::22"
+[nat]
+max_entries = {conntrack}
+[[vip]]
+name = "webnat"
+address = "10.40.0.100"
+port = {NAT_VIP_PORT}
+protocol = "tcp"
+mode = "nat"
+  [[vip.backend]]
+  address = "10.40.0.21"
+  port = {NAT_BACKEND_PORT}
+  [[vip.backend]]
+  address = "10.40.0.22"
+  port = {NAT_BACKEND_PORT}
+  [[vip.backend]]
+  address = "10.40.0.23"
+  port = {NAT_BACKEND_PORT}
 "#
     )
 }
+
+/// The `mode = "nat"` VIP's port, and its backends'.
+const NAT_VIP_PORT: u16 = 81;
+const NAT_BACKEND_PORT: u16 = 8080;
 
 /// An IPv6 TCP segment (ACK) client -> the IPv6 VIP, padded to
 /// [`BENCH_FRAME_LEN`] bytes.
@@ -187,6 +209,8 @@ impl Bench {
         for b in [0x21u8, 0x22] {
             neighbours.push((format!("fd00:20::{b:x}"), format!("02:40:00:00:00:{b:02x}")));
         }
+        // The client, where NAT replies go.
+        neighbours.push(("10.40.0.10".into(), "02:40:00:00:00:10".into()));
         let lb = lb_namespace(
             &format!("{prefix}-{}", if gue { "gue" } else { "prog" }),
             ("bp0", "bp1"),
@@ -205,6 +229,13 @@ impl Bench {
             {
                 let mut s = lb_userspace::balancer::Sources::from(Ipv4Addr::from(LB_ADDR));
                 s.v6 = "fd00:20::2".parse().expect("address");
+                // Four SNAT addresses and every port from 1024: no host
+                // socket of this namespace competes, and the new-flow row
+                // makes thousands of translations per run.
+                s.nat.v4 = [LB_ADDR, [10, 40, 0, 3], [10, 40, 0, 4], [10, 40, 0, 5]];
+                s.nat.v4_count = 4;
+                s.nat.port_first = 1024;
+                s.nat.port_count = 65536 - 1024;
                 s
             },
             regions,
