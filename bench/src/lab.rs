@@ -45,6 +45,11 @@ pub const BACKENDS: [(&str, &str); 3] = [
 ];
 /// Port of HAProxy on the load balancer's own address.
 pub const HAPROXY_PORT: u16 = 8080;
+/// Port of the `mode = "nat"` VIP (its backends serve it on port 80).
+pub const NAT_PORT: u16 = 81;
+/// Port of the kernel's NAT on the load balancer's own address (nftables
+/// DNAT to the backends' port 80, SNAT to the load balancer's address).
+pub const KERNEL_NAT_PORT: u16 = 8082;
 
 /// The lab. Fields drop in order: processes, then namespaces.
 pub struct Lab {
@@ -170,6 +175,10 @@ impl Lab {
         disable_tx_checksum(client, "eth0")?;
         for (name, _) in BACKENDS {
             topology::vip_on_loopback(self.ns(name), VIP)?;
+            // NAT replies cross the LB's XDP program (and the kernel's NAT),
+            // which takes checksums as they stand in the frame: no veth
+            // partial checksums (real NICs send full ones).
+            disable_tx_checksum(self.ns(name), "eth0")?;
         }
         Ok(())
     }
@@ -224,8 +233,25 @@ port = {UDP_PORT}
 protocol = "udp"
   [vip.health_check]
   kind = "none"
-{backends}"#,
+{backends}
+[nat]
+max_entries = 65536
+[[vip]]
+name = "web-nat"
+address = "{VIP}"
+port = {NAT_PORT}
+protocol = "tcp"
+mode = "nat"
+  [vip.health_check]
+  kind = "tcp"
+  interval = "1s"
+  timeout = "500ms"
+{nat_backends}"#,
             iface = self.lb_iface,
+            nat_backends = BACKENDS
+                .iter()
+                .map(|(_, a)| format!("  [[vip.backend]]\n  address = \"{a}\"\n  port = 80\n"))
+                .collect::<String>(),
             backends = BACKENDS
                 .iter()
                 .map(|(_, a)| format!("  [[vip.backend]]\n  address = \"{a}\"\n"))

@@ -1,7 +1,9 @@
 //! The lab measurements: HTTP through the balancer (DSR) against HAProxy in
-//! TCP mode on the same backends, then the packet rate through `xdp_lb`
-//! against `bench_drop` on the same interface from a live-frames generator
-//! ([`crate::livegen`]).
+//! TCP mode on the same backends; HTTP through a `mode = "nat"` VIP against
+//! the kernel's own NAT (nftables DNAT + SNAT with conntrack, as
+//! kube-proxy's nftables mode runs it) and HAProxy; then the packet rate
+//! through `xdp_lb` against `bench_drop` on the same interface from a
+//! live-frames generator ([`crate::livegen`]).
 
 use std::{
     path::Path,
@@ -13,7 +15,7 @@ use lb_userspace::dataplane::stats::StatsReader;
 
 use crate::{
     host::{ensure_programs, prog_stats},
-    lab::{BACKENDS, HAPROXY_PORT, LB_ADDR, Lab, VIP},
+    lab::{BACKENDS, HAPROXY_PORT, KERNEL_NAT_PORT, LB_ADDR, Lab, NAT_PORT, VIP},
     livegen,
     report::Report,
     traffic::{self, WrkResult},
@@ -39,6 +41,8 @@ struct Cost {
     softirq: f64,
     /// Busy time of all CPUs during the run, as a share of one CPU.
     busy: f64,
+    /// Softirq time of all CPUs per request, µs.
+    softirq_us: f64,
 }
 
 /// Runs wrk from the client against `url`; `lb_cpu` reads the LB side's
@@ -73,6 +77,7 @@ fn wrk(
     let result = traffic::parse_wrk(&text)?;
     let lb_us = (lb1 - lb0).as_secs_f64() * 1e6 / result.requests.max(1) as f64;
     Ok(Cost {
+        softirq_us: (soft1 - soft0).as_secs_f64() * 1e6 / result.requests.max(1) as f64,
         result,
         lb_us,
         softirq: (soft1 - soft0).as_secs_f64() / elapsed,
@@ -103,12 +108,102 @@ fn http_row(report: &mut Report, case: &str, c: &Cost, lb_what: &str, peer_rps: 
     );
 }
 
+/// The kernel's NAT on the load balancer (nftables, as kube-proxy's
+/// nftables mode writes it): `LB_ADDR:KERNEL_NAT_PORT` DNAT to the
+/// backends' port 80 in turn (`numgen inc`), masqueraded (SNAT to the load
+/// balancer's address) with conntrack, in table `lbbench`.
+fn kernel_nat_rules() -> String {
+    let targets = BACKENDS
+        .iter()
+        .enumerate()
+        .map(|(i, (_, a))| format!("{i} : {a}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "table ip lbbench {{\n  chain pre {{\n    type nat hook prerouting priority dstnat;\n    ip daddr {LB_ADDR} tcp dport {KERNEL_NAT_PORT} dnat to numgen inc mod {} map {{ {targets} }} : 80\n  }}\n  chain post {{\n    type nat hook postrouting priority srcnat;\n    ct status dnat masquerade\n  }}\n}}\n",
+        BACKENDS.len()
+    )
+}
+
+/// The NAT rows: HTTP through the `mode = "nat"` VIP (xdp_lb and its NAT
+/// programs), through the kernel's NAT and through HAProxy, keep-alive and
+/// a new connection per request, in one lab run.
+fn nat_rows(
+    lab: &mut Lab,
+    d: Durations,
+    lb_cpu: &dyn Fn() -> anyhow::Result<Duration>,
+    haproxy: (&str, u32),
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let url = format!("http://{VIP}:{NAT_PORT}/");
+    let xdp_ka = wrk(lab, &url, false, d, lb_cpu)?;
+    let xdp_close = wrk(lab, &url, true, d, lb_cpu)?;
+    let rules = lab.dir.join("kernel-nat.nft");
+    std::fs::write(&rules, kernel_nat_rules())?;
+    crate::lab::output(
+        lab.ns("lb")
+            .command("nft")
+            .args(["-f", &rules.display().to_string()]),
+    )
+    .context("loading the kernel NAT rules (nft -f)")?;
+    let kurl = format!("http://{LB_ADDR}:{KERNEL_NAT_PORT}/");
+    lab.wait_http(&kurl, Duration::from_secs(10))
+        .context("the kernel's NAT did not serve")?;
+    // The kernel's NAT has no process: its cost is softirq time.
+    let no_process = || Ok(Duration::ZERO);
+    let k_ka = wrk(lab, &kurl, false, d, &no_process)?;
+    let k_close = wrk(lab, &kurl, true, d, &no_process)?;
+    let _ = crate::lab::output(
+        lab.ns("lb")
+            .command("nft")
+            .args(["delete", "table", "ip", "lbbench"]),
+    );
+    let (hurl, pid) = haproxy;
+    let hp_cpu = || traffic::process_cpu(pid);
+    let h_ka = wrk(lab, hurl, false, d, &hp_cpu)?;
+    let h_close = wrk(lab, hurl, true, d, &hp_cpu)?;
+    for (what, xdp, kernel, hp) in [
+        ("keep-alive", &xdp_ka, &k_ka, &h_ka),
+        ("new connection per request", &xdp_close, &k_close, &h_close),
+    ] {
+        http_row(
+            report,
+            &format!("{what}, through xdp_lb mode = \"nat\" (both directions)"),
+            xdp,
+            "BPF run time of xdp_lb with its NAT programs",
+            None,
+        );
+        http_row(
+            report,
+            &format!("{what}, through the kernel's NAT (nftables DNAT + SNAT, conntrack)"),
+            kernel,
+            "none: softirq, see all CPUs",
+            Some(xdp.result.rps),
+        );
+        http_row(
+            report,
+            &format!("{what}, through HAProxy (full proxy, replies through it)"),
+            hp,
+            "haproxy process time",
+            Some(xdp.result.rps),
+        );
+        report.row(
+            "HTTP",
+            format!("{what}: softirq of all CPUs per request, kernel NAT / xdp_lb nat"),
+            format!("{:.1} / {:.1} µs", kernel.softirq_us, xdp.softirq_us),
+            format!("{:.2}x", kernel.softirq_us / xdp.softirq_us.max(f64::MIN_POSITIVE)),
+            "the same client, bridge and backends in both runs: the difference is the load balancer's work (the kernel's NAT runs in softirq; xdp_lb's run time is in softirq too)",
+        );
+    }
+    Ok(())
+}
+
 /// Runs the lab part: packet rate, then HTTP through XDP and HAProxy.
 ///
 /// # Errors
 /// The lab cannot be built, a tool is missing, or a run fails.
 pub fn bench(prefix: &str, lb_bin: &Path, d: Durations, report: &mut Report) -> anyhow::Result<()> {
-    ensure_programs(&[("wrk", "wrk"), ("haproxy", "haproxy")])?;
+    ensure_programs(&[("wrk", "wrk"), ("haproxy", "haproxy"), ("nft", "nftables")])?;
     // Run-time statistics of every BPF program while this guard lives.
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
     let mut lab = Lab::start(prefix, lb_bin)?;
@@ -144,6 +239,7 @@ pub fn bench(prefix: &str, lb_bin: &Path, d: Durations, report: &mut Report) -> 
     let hp_cpu = || traffic::process_cpu(pid);
     let hp_ka = wrk(&lab, &hurl, false, d, &hp_cpu)?;
     let hp_close = wrk(&lab, &hurl, true, d, &hp_cpu)?;
+    nat_rows(&mut lab, d, &lb_cpu, (&hurl, pid), report).context("NAT rows")?;
 
     // 2. Packet rate on the LB's veth from a live-frames generator: xdp_lb
     // as the agent attached it, then bench_drop with the agent stopped.

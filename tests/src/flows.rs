@@ -35,7 +35,16 @@ pub fn echo_addr() -> SocketAddr {
 /// # Errors
 /// The connection or the greeting fails, as text.
 pub fn connect() -> Result<(BufReader<TcpStream>, String), String> {
-    let stream = TcpStream::connect_timeout(&echo_addr(), Duration::from_secs(2))
+    connect_to(echo_addr())
+}
+
+/// [`connect`] to another VIP of the echo servers (a NAT VIP in front of
+/// them).
+///
+/// # Errors
+/// The connection or the greeting fails, as text.
+pub fn connect_to(addr: SocketAddr) -> Result<(BufReader<TcpStream>, String), String> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .map_err(|e| format!("connect: {e}"))?;
     stream
         .set_read_timeout(Some(STALL))
@@ -127,6 +136,14 @@ impl LongLived {
     /// # Errors
     /// A connection cannot be opened.
     pub fn open(n: usize) -> Result<Self, String> {
+        Self::open_to(echo_addr(), n)
+    }
+
+    /// [`LongLived::open`] to `addr`, another VIP of the echo servers.
+    ///
+    /// # Errors
+    /// A connection cannot be opened.
+    pub fn open_to(addr: SocketAddr, n: usize) -> Result<Self, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut set = Self {
             conns: Vec::new(),
@@ -134,7 +151,7 @@ impl LongLived {
             stop,
         };
         for id in 0..n {
-            let (reader, backend) = connect()?;
+            let (reader, backend) = connect_to(addr)?;
             let local = reader.get_ref().local_addr().map_err(|e| e.to_string())?;
             let conn = Arc::new(Conn {
                 backend,

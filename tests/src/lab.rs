@@ -154,6 +154,10 @@ pub struct Options {
     /// this mode (`"nat"` or `"dnat"`; with `"dnat"` each backend routes
     /// the client's address via the load balancer).
     pub nat: Option<&'static str>,
+    /// More TOML for the first configuration (another `[[vip]]`): a NAT
+    /// VIP must be there from the start, since the NAT table is sized
+    /// when the data plane is created.
+    pub extra: &'static str,
 }
 
 /// The port backends serve on in a NAT lab ([`Options::nat`]): VIP:80 maps
@@ -269,7 +273,7 @@ impl Lab {
         }
         lab.wait_for_servers(Duration::from_secs(10))?;
         let echo: Vec<(&str, u32)> = BACKENDS.iter().map(|&(name, _)| (name, 1)).collect();
-        lab.write_config(&lab.config_text(&echo, ""))?;
+        lab.write_config(&lab.config_text(&echo, lab.options.extra))?;
         lab.start_agent(&[])?;
         lab.wait_until_serving(Duration::from_secs(20))?;
         Ok(lab)
@@ -461,13 +465,12 @@ impl Lab {
         fs::write(root.join("whoami"), body)?;
         fs::write(root.join("big"), vec![b'x'; BIG_LEN])?;
         let idx = self.ns_index(name);
-        if self.options.nat.is_some() {
-            // Replies cross the load balancer's XDP program, which updates
-            // checksums as they stand in the frame: a veth's partial
-            // checksum (tx offload) would stay partial. Real NICs send
-            // full checksums; only the lab needs this.
-            crate::netns::disable_tx_checksum(&self.ns[idx], "eth0")?;
-        } else {
+        // A NAT VIP's replies cross the load balancer's XDP program, which
+        // updates checksums as they stand in the frame: a veth's partial
+        // checksum (tx offload) would stay partial. Real NICs send full
+        // checksums; only the lab needs this.
+        crate::netns::disable_tx_checksum(&self.ns[idx], "eth0")?;
+        if self.options.nat.is_none() {
             self.start_decap(idx, name, mode)?;
         }
         self.start_servers(i)

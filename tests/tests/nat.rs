@@ -46,6 +46,25 @@ for i in range(int(sys.argv[2])):
     s.close()
 "#;
 
+/// NAT flows held open at once while the health checks run.
+const MANY: usize = 2000;
+
+/// Raises this process's soft open-file limit to its hard limit (the
+/// [`MANY`] connections).
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// Processes this test started, ended by pid when dropped.
 struct Started(Vec<Child>);
 
@@ -232,6 +251,48 @@ fn nat_serves_backends_that_need_nothing_and_keeps_their_flows() {
         flows.exchanges()
     );
     flows.finish();
+    drop(flows);
+
+    // 2,000 NAT flows open at once: the agent's own health checks (TCP
+    // connects from the host, whose source ports are outside the SNAT
+    // ports) keep working.
+    raise_open_file_limit();
+    let client = lab.client().enter().expect("enter the client's namespace");
+    let mut open = Vec::with_capacity(MANY);
+    for _ in 0..MANY {
+        match lb_tests::flows::connect() {
+            Ok(conn) => open.push(conn),
+            Err(e) => panic!("connection {} of {MANY}: {e}", open.len() + 1),
+        }
+    }
+    drop(client);
+    // A sweep of the NAT table (every 5 s) has counted them.
+    thread::sleep(Duration::from_secs(6));
+    let status: serde_json::Value = serde_json::from_str(
+        &lab.api_get("/status", Duration::from_secs(2))
+            .expect("/status"),
+    )
+    .expect("JSON");
+    let echo = status["vips"]
+        .as_array()
+        .expect("vips")
+        .iter()
+        .find(|v| v["name"] == "echo")
+        .expect("VIP echo");
+    for b in echo["backends"].as_array().expect("backends") {
+        assert_eq!(b["state"], "healthy", "{b}");
+        assert_eq!(b["last_check"]["ok"], true, "{b}");
+        assert!(
+            b["last_check"]["age_seconds"].as_f64().unwrap_or(99.0) < 2.0,
+            "{b}"
+        );
+    }
+    let translations = echo["nat"]["translations"].as_u64().unwrap_or(0);
+    println!(
+        "{MANY} NAT flows open ({translations} translations at the last sweep): every backend healthy, each last checked under 2 s ago"
+    );
+    assert!(translations >= MANY as u64, "{echo}");
+    drop(open);
 
     // What the agent shows: the mode, translations, replies.
     let status = lab

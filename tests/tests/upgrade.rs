@@ -4,7 +4,10 @@
 //! the pinned data plane and swaps its program in on the pinned link. 50
 //! long-lived connections survive, the connection table is kept (`lb
 //! explain` finds every flow), the program id changes, and the packets on
-//! the wire after the swap carry the new TTL.
+//! the wire after the swap carry the new TTL. Beside them, on the same
+//! node, 20 connections through a `mode = "nat"` VIP in front of the same
+//! echo servers survive too, their translations kept in the pinned NAT
+//! table.
 
 use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -19,12 +22,34 @@ use std::{
 
 use lb_tests::{
     flows::{LongLived, echo_addr},
-    lab::{Lab, Mode, Options},
+    lab::{Lab, Mode, Options, VIP},
     netns::Netns,
 };
 use lb_userspace::dataplane::upgrade::linked_program;
 
 const CONNECTIONS: usize = 50;
+/// Connections through the NAT VIP.
+const NAT_CONNECTIONS: usize = 20;
+/// The NAT VIP's port: VIP:7001 -> each echo server's port 7000.
+const NAT_ECHO_PORT: u16 = 7001;
+/// A NAT VIP beside the DSR ones, in front of the same echo servers.
+const NAT_VIP: &str = r#"
+[[vip]]
+name = "echo-nat"
+address = "10.30.0.100"
+port = 7001
+protocol = "tcp"
+mode = "nat"
+  [[vip.backend]]
+  address = "10.30.0.21"
+  port = 7000
+  [[vip.backend]]
+  address = "10.30.0.22"
+  port = 7000
+  [[vip.backend]]
+  address = "10.30.0.23"
+  port = 7000
+"#;
 
 /// Outer TTLs of IP-in-IP frames seen in a namespace, with when.
 type Seen = Arc<Mutex<Vec<(Instant, u8)>>>;
@@ -98,16 +123,21 @@ fn an_agent_upgrade_swaps_the_program_and_keeps_every_flow() {
         Mode::Generic,
         Options {
             echo: true,
+            extra: NAT_VIP,
             ..Options::default()
         },
     )
     .expect("lab starts");
+    let nat_addr = std::net::SocketAddr::new(VIP.parse().expect("VIP"), NAT_ECHO_PORT);
     let stop = Arc::new(AtomicBool::new(false));
     let seen: Seen = Arc::default();
     let sniffer = sniff(format!("{}-sw", lab.prefix), stop.clone(), seen.clone());
-    let mut flows = {
+    let (mut flows, mut nat_flows) = {
         let _client = lab.client().enter().expect("client namespace");
-        LongLived::open(CONNECTIONS).expect("long-lived connections")
+        (
+            LongLived::open(CONNECTIONS).expect("long-lived connections"),
+            LongLived::open_to(nat_addr, NAT_CONNECTIONS).expect("NAT connections"),
+        )
     };
     thread::sleep(Duration::from_secs(1));
     let before = ttls(&seen, Instant::now() - Duration::from_secs(60));
@@ -150,6 +180,12 @@ fn an_agent_upgrade_swaps_the_program_and_keeps_every_flow() {
         "/status shows the running program: {status}"
     );
     assert_eq!(flows.survivors(), CONNECTIONS, "{:?}", flows.failures());
+    assert_eq!(
+        nat_flows.survivors(),
+        NAT_CONNECTIONS,
+        "NAT flows: {:?}",
+        nat_flows.failures()
+    );
 
     // The connection table was kept: every flow is in it.
     let lb = lab.lb_binary().to_path_buf();
@@ -166,10 +202,26 @@ fn an_agent_upgrade_swaps_the_program_and_keeps_every_flow() {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("connection table: entry -> "), "{text}");
     }
+    // The NAT table was kept: every NAT flow has its translation.
+    for c in &nat_flows.conns {
+        let out = lab
+            .lb()
+            .command(&lb.display().to_string())
+            .args(["explain", "--config"])
+            .arg(lab.config_path())
+            .args(["--proto", "tcp", "--src", &c.local.to_string()])
+            .args(["--dst", &nat_addr.to_string()])
+            .output()
+            .expect("lb explain");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("NAT table: translated to"), "{text}");
+    }
     flows.finish();
+    nat_flows.finish();
     println!(
-        "{CONNECTIONS} of {CONNECTIONS} connections survived ({} exchanges); all in the connection table",
-        flows.exchanges()
+        "{CONNECTIONS} of {CONNECTIONS} connections survived ({} exchanges); all in the connection table; {NAT_CONNECTIONS} of {NAT_CONNECTIONS} NAT connections too ({} exchanges), every translation kept",
+        flows.exchanges(),
+        nat_flows.exchanges()
     );
     stop.store(true, Ordering::Relaxed);
     sniffer.join().expect("sniffer");
