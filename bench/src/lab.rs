@@ -48,8 +48,11 @@ pub const HAPROXY_PORT: u16 = 8080;
 /// Port of the `mode = "nat"` VIP (its backends serve it on port 80).
 pub const NAT_PORT: u16 = 81;
 /// Port of the kernel's NAT on the load balancer's own address (nftables
-/// DNAT to the backends' port 80, SNAT to the load balancer's address).
+/// DNAT to the backends' [`KERNEL_NAT_BACKEND_PORT`], SNAT to the load
+/// balancer's address).
 pub const KERNEL_NAT_PORT: u16 = 8082;
+/// The port the kernel NAT's backends serve on.
+pub const KERNEL_NAT_BACKEND_PORT: u16 = 8000;
 
 /// The lab. Fields drop in order: processes, then namespaces.
 pub struct Lab {
@@ -113,6 +116,16 @@ impl Lab {
                 &bench,
                 &["serve-http", "--port", "80"],
                 &format!("http-{name}"),
+            )?;
+            lab.procs.push(p);
+            // The kernel NAT's backends: their own port, so no connection
+            // of another row's (in TIME_WAIT on the backend) shares a
+            // 4-tuple with its connections.
+            let p = lab.spawn(
+                name,
+                &bench,
+                &["serve-http", "--port", &KERNEL_NAT_BACKEND_PORT.to_string()],
+                &format!("http-{name}-{KERNEL_NAT_BACKEND_PORT}"),
             )?;
             lab.procs.push(p);
         }

@@ -15,7 +15,10 @@ use lb_userspace::dataplane::stats::StatsReader;
 
 use crate::{
     host::{ensure_programs, prog_stats},
-    lab::{BACKENDS, HAPROXY_PORT, KERNEL_NAT_PORT, LB_ADDR, Lab, NAT_PORT, VIP},
+    lab::{
+        BACKENDS, HAPROXY_PORT, KERNEL_NAT_BACKEND_PORT, KERNEL_NAT_PORT, LB_ADDR, Lab, NAT_PORT,
+        VIP,
+    },
     livegen,
     report::Report,
     traffic::{self, WrkResult},
@@ -110,8 +113,9 @@ fn http_row(report: &mut Report, case: &str, c: &Cost, lb_what: &str, peer_rps: 
 
 /// The kernel's NAT on the load balancer (nftables, as kube-proxy's
 /// nftables mode writes it): `LB_ADDR:KERNEL_NAT_PORT` DNAT to the
-/// backends' port 80 in turn (`numgen inc`), masqueraded (SNAT to the load
-/// balancer's address) with conntrack, in table `lbbench`.
+/// backends' `KERNEL_NAT_BACKEND_PORT` in turn (`numgen inc`), masqueraded
+/// (SNAT to the load balancer's address) with conntrack, in table
+/// `lbbench`.
 fn kernel_nat_rules() -> String {
     let targets = BACKENDS
         .iter()
@@ -120,19 +124,22 @@ fn kernel_nat_rules() -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "table ip lbbench {{\n  chain pre {{\n    type nat hook prerouting priority dstnat;\n    ip daddr {LB_ADDR} tcp dport {KERNEL_NAT_PORT} dnat to numgen inc mod {} map {{ {targets} }} : 80\n  }}\n  chain post {{\n    type nat hook postrouting priority srcnat;\n    ct status dnat masquerade\n  }}\n}}\n",
+        "table ip lbbench {{\n  chain pre {{\n    type nat hook prerouting priority dstnat;\n    ip daddr {LB_ADDR} tcp dport {KERNEL_NAT_PORT} dnat to numgen inc mod {} map {{ {targets} }} : {KERNEL_NAT_BACKEND_PORT}\n  }}\n  chain post {{\n    type nat hook postrouting priority srcnat;\n    ct status dnat masquerade\n  }}\n}}\n",
         BACKENDS.len()
     )
 }
 
 /// The NAT rows: HTTP through the `mode = "nat"` VIP (xdp_lb and its NAT
-/// programs), through the kernel's NAT and through HAProxy, keep-alive and
-/// a new connection per request, in one lab run.
+/// programs) and through the kernel's NAT, keep-alive and a new connection
+/// per request, with HAProxy's runs of the same lab (`haproxy`: keep-alive,
+/// new connection) beside them. Every method reaches the backends from its
+/// own 4-tuples (SNAT ports 1024-32767; HAProxy's ephemeral ports; the
+/// kernel NAT's own backend port), so none meets another's TIME_WAIT.
 fn nat_rows(
     lab: &mut Lab,
     d: Durations,
     lb_cpu: &dyn Fn() -> anyhow::Result<Duration>,
-    haproxy: (&str, u32),
+    haproxy: (&Cost, &Cost),
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let url = format!("http://{VIP}:{NAT_PORT}/");
@@ -158,13 +165,14 @@ fn nat_rows(
             .command("nft")
             .args(["delete", "table", "ip", "lbbench"]),
     );
-    let (hurl, pid) = haproxy;
-    let hp_cpu = || traffic::process_cpu(pid);
-    let h_ka = wrk(lab, hurl, false, d, &hp_cpu)?;
-    let h_close = wrk(lab, hurl, true, d, &hp_cpu)?;
     for (what, xdp, kernel, hp) in [
-        ("keep-alive", &xdp_ka, &k_ka, &h_ka),
-        ("new connection per request", &xdp_close, &k_close, &h_close),
+        ("keep-alive", &xdp_ka, &k_ka, haproxy.0),
+        (
+            "new connection per request",
+            &xdp_close,
+            &k_close,
+            haproxy.1,
+        ),
     ] {
         http_row(
             report,
@@ -182,7 +190,7 @@ fn nat_rows(
         );
         http_row(
             report,
-            &format!("{what}, through HAProxy (full proxy, replies through it)"),
+            &format!("{what}, through HAProxy (the run above; replies through it too)"),
             hp,
             "haproxy process time",
             Some(xdp.result.rps),
@@ -239,7 +247,7 @@ pub fn bench(prefix: &str, lb_bin: &Path, d: Durations, report: &mut Report) -> 
     let hp_cpu = || traffic::process_cpu(pid);
     let hp_ka = wrk(&lab, &hurl, false, d, &hp_cpu)?;
     let hp_close = wrk(&lab, &hurl, true, d, &hp_cpu)?;
-    nat_rows(&mut lab, d, &lb_cpu, (&hurl, pid), report).context("NAT rows")?;
+    nat_rows(&mut lab, d, &lb_cpu, (&hp_ka, &hp_close), report).context("NAT rows")?;
 
     // 2. Packet rate on the LB's veth from a live-frames generator: xdp_lb
     // as the agent attached it, then bench_drop with the agent stopped.

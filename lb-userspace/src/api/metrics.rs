@@ -179,6 +179,15 @@ fn nat(e: &mut DescriptorEncoder, s: &Status) -> Result<(), std::fmt::Error> {
     )?;
     counters(
         e,
+        "lb_nat_backend_reply_bytes",
+        "Bytes of replies translated back to clients, per VIP and backend.",
+        &per_backend(s, |b| b.replies.as_ref().map(|r| r.bytes))
+            .into_iter()
+            .filter_map(|(l, p)| p.map(|p| (l, p)))
+            .collect::<Vec<_>>(),
+    )?;
+    counters(
+        e,
         "lb_nat_events",
         "What the NAT table did: hit, allocated (a new translation), moved (a flow's backend changed), reply_hit, reply_miss (passed untouched), closing (FIN or RST).",
         &nat.events
