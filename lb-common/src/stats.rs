@@ -179,6 +179,12 @@ counter_enum! {
         /// (not in `LB_PROGS`), or an ICMP error about a NAT VIP's flow that
         /// has no translation.
         DropNatUnavailable = 26 => "drop_nat_unavailable", DROP;
+        /// Dropped: a packet to a VIP address that no VIP takes (a port or a
+        /// protocol without a VIP, an ICMP message other than echo requests
+        /// and errors): the node has no route for a VIP address but back
+        /// out, so the kernel would send it to the router, which sends it
+        /// back, until its TTL runs out. IPv6 NDP to a VIP address is passed.
+        DropNoVip = 27 => "drop_no_vip", DROP;
     }
 }
 

@@ -4,8 +4,9 @@
 //! the GUE port (GUE variant 1, the inner IP version read from its first
 //! nibble). Only tunnels from the load balancers' addresses are taken
 //! (`DECAP_SOURCES4`, `DECAP_SOURCES6`): one for a served VIP from any
-//! other outer source is dropped and counted. Everything else passes
-//! untouched.
+//! other outer source is dropped and counted. An outer "congestion
+//! experienced" mark is copied to an ECN-capable inner packet (RFC 6040).
+//! Everything else passes untouched.
 
 use aya_ebpf::{
     helpers::generated::bpf_xdp_adjust_head, maps::lpm_trie::Key, programs::XdpContext,
@@ -65,6 +66,49 @@ fn inner_of(ctx: &XdpContext, at: usize, proto: u8) -> Option<(usize, L3)> {
     }
 }
 
+/// The ECN field's bits (RFC 3168): the two low bits of the IPv4 TOS byte
+/// and of the IPv6 traffic class.
+const ECN_MASK: u8 = 3;
+/// ECN "congestion experienced".
+const ECN_CE: u8 = 3;
+
+/// RFC 6040 section 4.2 (normal mode), for an outer header marked CE: an
+/// inner packet that is ECN-capable (ECT(0) or ECT(1)) is marked CE too,
+/// so the congestion a router signalled on the tunnel reaches the
+/// endpoints (the IPv4 header checksum updated, RFC 1624); an inner
+/// packet that is not ECN-capable is left as it is (RFC 6040 would drop
+/// it; a load balancer's tunnel only carries what it forwards). `None`
+/// when the inner header cannot be read.
+#[inline(always)]
+fn congestion_experienced(ctx: &XdpContext, inner_at: usize, family: L3) -> Option<()> {
+    match family {
+        L3::V4 => {
+            let inner: *mut Ipv4Hdr = ptr_at(ctx, inner_at)?;
+            // SAFETY: bounds checked by ptr_at.
+            unsafe {
+                let tos = (*inner).tos;
+                if tos & ECN_MASK != 0 && tos & ECN_MASK != ECN_CE {
+                    let old = u16::from_be_bytes([(*inner).vihl, tos]);
+                    let new = u16::from_be_bytes([(*inner).vihl, tos | ECN_CE]);
+                    (*inner).tos = tos | ECN_CE;
+                    (*inner).check = lb_common::csum::replace_u16((*inner).check, old, new);
+                }
+            }
+        }
+        L3::V6 => {
+            let inner: *mut Ipv6Hdr = ptr_at(ctx, inner_at)?;
+            // SAFETY: bounds checked by ptr_at.
+            unsafe {
+                let ecn = ((*inner).vcf[1] >> 4) & ECN_MASK;
+                if ecn != 0 && ecn != ECN_CE {
+                    (*inner).vcf[1] |= ECN_CE << 4;
+                }
+            }
+        }
+    }
+    Some(())
+}
+
 /// [`try_decap`]: `None` when the frame is not a tunnel to this host for a
 /// served VIP; `Some(false)` when it is, from an outer source that is no
 /// load balancer's; `Some(true)` once decapsulated.
@@ -73,7 +117,7 @@ fn decap(ctx: &XdpContext) -> Option<bool> {
     let (l3, outer_family) = l3_offset(ctx).ok()??;
     // The outer source, looked up only for a packet this host would
     // decapsulate (after the VIP check below).
-    let (inner_at, inner_family, outer_src) = match outer_family {
+    let (inner_at, inner_family, outer_src, outer_ecn) = match outer_family {
         L3::V4 => {
             let outer = ipv4_at(ctx, l3).ok()?;
             // SAFETY: bounds checked by ipv4_at.
@@ -83,15 +127,28 @@ fn decap(ctx: &XdpContext) -> Option<bool> {
             }
             DECAP_LOCAL.get_ptr(AddrKey::v4(hdr.dst_addr))?;
             let (at, family) = inner_of(ctx, l3 + outer.len, hdr.proto)?;
-            (at, family, AddrKey::v4(hdr.src_addr).addr)
+            (
+                at,
+                family,
+                AddrKey::v4(hdr.src_addr).addr,
+                hdr.tos & ECN_MASK,
+            )
         }
         L3::V6 => {
             let hdr: *const Ipv6Hdr = ptr_at(ctx, l3)?;
             // SAFETY: bounds checked by ptr_at.
-            let (next, src, dst) = unsafe { ((*hdr).next_hdr, (*hdr).src_addr, (*hdr).dst_addr) };
+            let (next, src, dst, vcf) = unsafe {
+                (
+                    (*hdr).next_hdr,
+                    (*hdr).src_addr,
+                    (*hdr).dst_addr,
+                    (*hdr).vcf,
+                )
+            };
             DECAP_LOCAL.get_ptr(AddrKey::v6(dst))?;
             let (at, family) = inner_of(ctx, l3 + Ipv6Hdr::LEN, next)?;
-            (at, family, src)
+            // The traffic class's two low bits: bits 4 and 5 of byte 1.
+            (at, family, src, (vcf[1] >> 4) & ECN_MASK)
         }
     };
     let vip = match inner_family {
@@ -116,6 +173,9 @@ fn decap(ctx: &XdpContext) -> Option<bool> {
         return Some(false);
     }
 
+    if outer_ecn == ECN_CE {
+        congestion_experienced(ctx, inner_at, inner_family)?;
+    }
     let eth: *const EthHdr = ptr_at_fresh(ctx, 0)?;
     // SAFETY: bounds checked; copied before the frame moves.
     let eth = unsafe { *eth };

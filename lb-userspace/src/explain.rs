@@ -59,6 +59,9 @@ pub enum Verdict<'a> {
     Pass,
     /// Dropped: the source is not in this VIP's own `allow` list.
     DropVipSourceFilter(&'a Vip),
+    /// Dropped: to a VIP address, but no VIP of that port and protocol
+    /// (`drop_no_vip`: the node would route it back out, into a loop).
+    DropNoVip,
     /// Balanced by this VIP.
     Vip(&'a Vip),
 }
@@ -86,7 +89,7 @@ pub fn verdict(
         FilterVerdict::Drop => Verdict::DropSourceFilter,
         FilterVerdict::Pass => Verdict::Pass,
         FilterVerdict::ToVipAddress => match find_vip(config, dst, protocol) {
-            None => Verdict::Pass,
+            None => Verdict::DropNoVip,
             Some(vip) => {
                 let in_own = || {
                     vip.allow
@@ -147,7 +150,17 @@ pub fn explain(
         Verdict::Pass => {
             let _ = writeln!(
                 out,
-                "no VIP matches {dst} ({protocol}): passed to the kernel untouched"
+                "{} is no VIP address: passed to the kernel untouched",
+                dst.ip()
+            );
+            return Ok(out);
+        }
+        Verdict::DropNoVip => {
+            let _ = writeln!(
+                out,
+                "{} is a VIP address, but no VIP serves {protocol} port {}: dropped (drop_no_vip), as the node would route it back out",
+                dst.ip(),
+                dst.port()
             );
             return Ok(out);
         }
@@ -476,7 +489,7 @@ protocol = "tcp"
     fn exact_port_then_wildcard_then_no_vip() {
         assert!(run("10.1.0.1:40000", "10.0.0.100:80").contains("VIP \"web\""));
         assert!(run("10.1.0.1:40000", "10.0.0.100:443").contains("VIP \"any\""));
-        assert!(run("10.1.0.1:40000", "10.0.0.101:80").contains("no VIP matches"));
+        assert!(run("10.1.0.1:40000", "10.0.0.101:80").contains("is no VIP address: passed"));
         assert!(run("203.0.113.7:40000", "10.0.0.100:80").contains("source filter"));
     }
 

@@ -74,7 +74,7 @@ use crate::{
     icmp,
     maps::{
         LB_BE_STATS, LB_GLOBALS, LB_NAT_HANDOFF, LB_PROGS, LB_VIP_DROPS, LB_VIP_FLAGS,
-        LB_VIP_STATS, count,
+        LB_VIP_STATS, count, is_vip_address,
     },
     nexthop::{self, Route},
     parse::{L3, l3_offset},
@@ -300,7 +300,7 @@ fn choose(max_new_per_cpu: u32, conns_epoch: u32, p: &Packet, c: *mut Choice) ->
     // established-flow choice below: it has its VIP already.
     if p.syn {
         let Some(vip) = find_vip(key.family, &key.dst, key.dport, key.proto) else {
-            return Step::verdict(Outcome::Passed);
+            return Step::verdict(no_vip(key));
         };
         let hash = key.hash();
         // With the flag set, every copy in a flow cache agrees with the
@@ -330,10 +330,29 @@ fn choose(max_new_per_cpu: u32, conns_epoch: u32, p: &Packet, c: *mut Choice) ->
         return Step::verdict(if p.icmp_error {
             Outcome::DropIcmpNotFromVip
         } else {
-            Outcome::Passed
+            no_vip(key)
         });
     };
     backend_of_vip(limits, p, &vip, key, entry, hash, false, c)
+}
+
+/// The rule for a TCP or UDP packet no VIP takes: dropped when its
+/// destination is a VIP address (`DropNoVip`: the node's kernel would route
+/// it back out toward the router that sent it, which sends it back, until
+/// its TTL runs out), passed when the address only shares a VIP address's
+/// filter bit.
+#[inline(always)]
+fn no_vip(key: &FlowKey) -> Outcome {
+    let dst = if key.family == FAMILY_V6 {
+        AddrKey::v6(key.dst)
+    } else {
+        AddrKey::v4([key.dst[0], key.dst[1], key.dst[2], key.dst[3]])
+    };
+    if is_vip_address(&dst) {
+        Outcome::DropNoVip
+    } else {
+        Outcome::Passed
+    }
 }
 
 /// The rest of [`choose`] once the packet's VIP is known: the VIP's own

@@ -93,7 +93,10 @@ fn vip_address(
     let (flow, icmp_error, syn) = if proto == PROTO_ICMP {
         match icmp::v4::classify(ctx, l4)? {
             Icmp::EchoRequest => return icmp::v4::echo_reply(ctx, l3, ip_len).map(Step::verdict),
-            Icmp::Other => return Ok(Step::verdict(Outcome::Passed)),
+            // Not echo, not an error: nothing the node answers for a
+            // VIP address (the caller passes it when the address is no
+            // VIP's after all).
+            Icmp::Other => return Err(Outcome::DropNoVip),
             Icmp::Error => {
                 let q = icmp::v4::quoted_flow(ctx, l4, dst)?;
                 let flow = FlowKey::v4(q.client, dst, q.client_port, q.vip_port, q.proto);
@@ -102,7 +105,8 @@ fn vip_address(
         }
     } else {
         let Some(((sport, dport), syn)) = flow_ports_at(ctx, l4, proto)? else {
-            return Ok(Step::verdict(Outcome::Passed));
+            // Another protocol: no VIP takes it.
+            return Err(Outcome::DropNoVip);
         };
         let flow = FlowKey::v4(src, dst, sport, dport, proto);
         (flow, false, syn)

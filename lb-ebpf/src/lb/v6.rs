@@ -100,6 +100,8 @@ fn vip_address(
         }
         match icmp6::classify(ctx, ip.l4)? {
             Icmp::EchoRequest => return icmp6::echo_reply(ctx, l3, ip.l4).map(Step::verdict),
+            // NDP and the rest: the kernel's (a VIP address on the link
+            // needs its neighbour discovery).
             Icmp::Other => return Ok(Step::verdict(Outcome::Passed)),
             Icmp::Error => {
                 let q = icmp6::quoted_flow(ctx, ip.l4, dst)?;
@@ -116,7 +118,9 @@ fn vip_address(
         }
     } else {
         let Some(((sport, dport), syn)) = flow_ports_at(ctx, ip.l4, ip.proto)? else {
-            return Ok(Step::verdict(Outcome::Passed));
+            // Another protocol: no VIP takes it (the caller passes it when
+            // the address is no VIP's after all).
+            return Err(Outcome::DropNoVip);
         };
         let flow = FlowKey::new(FAMILY_V6, *src, *dst, sport, dport, ip.proto);
         (flow, false, syn)

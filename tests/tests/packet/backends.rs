@@ -64,6 +64,57 @@ fn ipip(outer_dst: [u8; 4], inner: &[u8]) -> Vec<u8> {
         .build()
 }
 
+/// The IPv4 packet `ip` (its header first) with TOS byte `tos` and its
+/// header checksum computed again.
+fn with_tos(mut ip: Vec<u8>, tos: u8) -> Vec<u8> {
+    ip[1] = tos;
+    ip[10..12].fill(0);
+    let header = Ipv4Header::from_slice(&ip).expect("IPv4 header").0;
+    ip[10..12].copy_from_slice(&header.calc_header_checksum().to_be_bytes());
+    ip
+}
+
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn an_outer_congestion_mark_reaches_an_ecn_capable_inner_packet() {
+    lb_tests::require_root();
+    let mut fx = Fixture::new("decap-ecn");
+    let mut vips: aya::maps::HashMap<_, lb_common::AddrKey, u32> =
+        aya::maps::HashMap::try_from(fx.ebpf.map_mut(lb_common::MAP_DECAP_VIPS).expect("map"))
+            .expect("hash");
+    vips.insert(lb_common::AddrKey::v4(VIP), 1, 0)
+        .expect("insert");
+    let mut locals: aya::maps::HashMap<_, lb_common::AddrKey, u32> =
+        aya::maps::HashMap::try_from(fx.ebpf.map_mut(lb_common::MAP_DECAP_LOCAL).expect("map"))
+            .expect("hash");
+    locals
+        .insert(lb_common::AddrKey::v4(LB_ADDR), 1, 0)
+        .expect("insert");
+    let syn = tcp_syn(CLIENT, VIP, 40000, 80)[14..].to_vec();
+    // (outer ECN, inner ECN, inner ECN after): RFC 6040's normal mode for
+    // CE outside; anything else leaves the inner packet as it was.
+    for (outer, ecn, after) in [
+        (3u8, 2u8, 3u8), // CE over ECT(0): CE
+        (3, 1, 3),       // CE over ECT(1): CE
+        (3, 3, 3),       // CE over CE
+        (3, 0, 0),       // CE over Not-ECT: left alone
+        (2, 2, 2),       // ECT(0) outside: nothing to copy
+        (0, 1, 1),
+    ] {
+        let inner = with_tos(syn.clone(), 0x28 | ecn);
+        let mut frame = ipip(LB_ADDR, &inner);
+        let outer_ip = with_tos(frame[14..34].to_vec(), 0x28 | outer);
+        frame[14..34].copy_from_slice(&outer_ip);
+        let (action, out) = fx.run("xdp_decap", &frame);
+        assert_eq!(action, XDP_PASS);
+        assert_eq!(
+            &out[14..],
+            &with_tos(syn.clone(), 0x28 | after)[..],
+            "outer ECN {outer}, inner {ecn}: inner becomes {after}, DSCP kept, checksum valid"
+        );
+    }
+}
+
 #[test]
 #[ignore = "needs root: cargo xtask test"]
 fn decap_strips_the_outer_header_for_served_vips_only() {

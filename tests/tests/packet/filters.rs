@@ -170,7 +170,9 @@ fn explain_and_the_kernel_agree_on_the_source_filter_scope() {
                 (Ipv4Addr::from(dst), dport).into(),
             );
             let expected = match said {
-                Verdict::DropSourceFilter | Verdict::DropVipSourceFilter(_) => XDP_DROP,
+                Verdict::DropSourceFilter
+                | Verdict::DropVipSourceFilter(_)
+                | Verdict::DropNoVip => XDP_DROP,
                 Verdict::Pass => XDP_PASS,
                 Verdict::Vip(_) => XDP_TX,
             };

@@ -310,11 +310,18 @@ fn rows() -> Vec<Row> {
             outcome: Outcome::Passed,
         },
         Row {
-            description: "VIP address, a port without a VIP: passed",
+            description: "VIP address, a port without a VIP: dropped (the node would route it back out)",
             frame: tcp_syn(CLIENT, VIP, 40000, 81),
-            action: XDP_PASS,
-            out: Unchanged,
-            outcome: Outcome::Passed,
+            action: XDP_DROP,
+            out: Dropped,
+            outcome: Outcome::DropNoVip,
+        },
+        Row {
+            description: "VIP address, UDP to a port without a VIP, not a SYN's path: dropped",
+            frame: udp_datagram(CLIENT, VIP, 5000, 9999, b"x"),
+            action: XDP_DROP,
+            out: Dropped,
+            outcome: Outcome::DropNoVip,
         },
         Row {
             description: "UDP to another host: passed",
