@@ -546,6 +546,14 @@ const _: () = assert!(size_of::<ConnValue>() == 8);
 /// bytes are 512 KiB per CPU.
 pub const FLOW_CACHE_SLOTS: u32 = 1 << 13;
 
+/// Longest a [`FlowCacheEntry`] serves its flow, in seconds: the agent
+/// moves [`Globals::conns_epoch`] on this often, so a flow's next packet
+/// reads its connection-table entry at least this often, which keeps the
+/// entry's place in the LRU (a flow too slow to reach
+/// [`FLOW_CACHE_REFRESH`] packets would otherwise look idle to it, and be
+/// evicted from a full table while it lives).
+pub const FLOW_CACHE_MAX_AGE_SECS: u64 = 10;
+
 /// Uses of a [`FlowCacheEntry`] before `xdp_lb` reads the flow's
 /// connection-table entry again (which refreshes its place in the LRU and
 /// takes in whatever changed it).

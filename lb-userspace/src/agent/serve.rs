@@ -28,6 +28,9 @@ enum Event {
     WalkDue,
     /// A connection-table walk ended.
     WalkDone(ConnsWalk),
+    /// Time to retire the flow caches' copies
+    /// (`lb_common::FLOW_CACHE_MAX_AGE_SECS`).
+    CacheAge,
     /// Time to sweep the NAT table (when a VIP is in a NAT mode).
     SweepDue,
     /// A sweep of the NAT table ended.
@@ -47,6 +50,7 @@ struct Inputs<S> {
     walk_tick: time::Interval,
     sweeps: mpsc::Receiver<Result<NatSweep, String>>,
     sweep_tick: time::Interval,
+    cache_tick: time::Interval,
     /// A sweep of the NAT table is under way.
     sweeping: bool,
     /// Reload triggers waiting out their quiet time.
@@ -69,6 +73,7 @@ impl<S: Future<Output = ()>> Inputs<S> {
             _ = self.walk_tick.tick(), if !self.walking => Event::WalkDue,
             Some(walk) = self.walks.recv() => Event::WalkDone(walk),
             _ = self.sweep_tick.tick(), if !self.sweeping => Event::SweepDue,
+            _ = self.cache_tick.tick() => Event::CacheAge,
             Some(sweep) = self.sweeps.recv() => Event::SweepDone(sweep),
             Some(()) = self.files.recv() => Event::FileChanged,
             () = time::sleep_until(due.unwrap_or_else(time::Instant::now)), if due.is_some() && !self.reading => Event::ReloadDue,
@@ -159,6 +164,9 @@ impl Agent {
         let (sweep_tx, sweeps) = mpsc::channel(1);
         let mut sweep_tick = time::interval(nat::SWEEP_INTERVAL);
         sweep_tick.set_missed_tick_behavior(time::MissedTickBehavior::Delay);
+        let mut cache_tick =
+            time::interval(Duration::from_secs(lb_common::FLOW_CACHE_MAX_AGE_SECS));
+        cache_tick.set_missed_tick_behavior(time::MissedTickBehavior::Delay);
         let mut inputs = Inputs {
             shutdown: Box::pin(shutdown),
             checks,
@@ -169,6 +177,7 @@ impl Agent {
             walk_tick,
             sweeps,
             sweep_tick,
+            cache_tick,
             sweeping: false,
             debounce: Debounce::default(),
             reading: false,
@@ -208,6 +217,13 @@ impl Agent {
                 Event::WalkDone(walk) => {
                     inputs.walking = false;
                     self.on_conns_walk(walk);
+                }
+                Event::CacheAge => {
+                    // Every flow's next packet reads its connection-table
+                    // entry, which keeps the entries of slow flows in the LRU.
+                    if let Err(e) = self.plane.balancer.retire_flow_caches() {
+                        warn!("retiring the flow caches' copies: {e}");
+                    }
                 }
                 Event::SweepDue => inputs.sweeping = self.start_nat_sweep(&sweep_tx, &walk_stop),
                 Event::SweepDone(sweep) => {

@@ -315,3 +315,69 @@ fn the_flow_cache_serves_established_flows_and_yields_to_syns_and_walks() {
     );
     assert_eq!(cached(&fx), before + 1);
 }
+
+/// Sends flow `sport`'s next ACK and returns the backend it went to.
+fn ack_backend(fx: &Fixture, sport: u16) -> [u8; 4] {
+    let (action, out) = fx.run("xdp_lb", &tcp_ack(CLIENT, VIP, sport, 80));
+    assert_eq!(action, XDP_TX);
+    outer_destination(&out)
+}
+
+/// Runs a slow flow (one packet per 100 new flows) while 2,000 new flows
+/// fill a connection table of 512, then changes the Maglev table so that
+/// the slow flow's Maglev choice moves; returns whether it kept its
+/// backend for the next `FLOW_CACHE_REFRESH` + 1 packets (so the table is
+/// read at least once). With `refresh`, the flow caches' copies are retired between
+/// the slow flow's packets, as the agent does every
+/// `lb_common::FLOW_CACHE_MAX_AGE_SECS`.
+fn slow_flow_keeps_its_backend(name: &str, refresh: bool) -> bool {
+    let config = format!("[conntrack]\nmax_entries = 512\nmax_new_per_cpu = 100000000\n{CONFIG}");
+    let mut fx = Fixture::with_config(name, &config);
+    // A flow whose Maglev choice moves when be 0 of VIP web weighs 4.
+    let ports: Vec<u16> = (41000..41200).collect();
+    let before: Vec<[u8; 4]> = ports
+        .iter()
+        .map(|&p| fx.expected_backend(0, CLIENT, VIP, p, 80, 6))
+        .collect();
+    assert!(fx.balancer.set_weight(0, 0, 4).expect("weight"));
+    let slow = ports
+        .iter()
+        .zip(&before)
+        .find(|&(&p, b)| fx.expected_backend(0, CLIENT, VIP, p, 80, 6) != *b)
+        .map(|(&p, _)| p)
+        .expect("a flow the change moves");
+    assert!(fx.balancer.set_weight(0, 0, 1).expect("weight"));
+    let home = ack_backend(&fx, slow);
+    assert_eq!(home, fx.expected_backend(0, CLIENT, VIP, slow, 80, 6));
+    for round in 0..20u16 {
+        for j in 0..100u16 {
+            ack_backend(&fx, 50000 + round * 100 + j);
+        }
+        if refresh {
+            fx.balancer.retire_flow_caches().expect("epoch");
+        }
+        assert_eq!(ack_backend(&fx, slow), home, "round {round}");
+    }
+    assert!(fx.balancer.set_weight(0, 0, 4).expect("weight"));
+    // Past FLOW_CACHE_REFRESH packets: the copy gives way to the table.
+    (0..=lb_common::FLOW_CACHE_REFRESH).all(|_| ack_backend(&fx, slow) == home)
+}
+
+/// A slow flow's packets, served by the flow cache, do not touch its
+/// connection-table entry: in a full LRU table it is evicted and a table
+/// change then moves it to another backend (a reset). The agent retires
+/// the copies every `FLOW_CACHE_MAX_AGE_SECS`, so such a flow's packets
+/// read the table again and keep its entry in the LRU.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn a_slow_flow_keeps_its_entry_while_the_table_fills() {
+    lb_tests::require_root();
+    assert!(
+        !slow_flow_keeps_its_backend("ctslow0", false),
+        "without the refresh the slow flow's entry is evicted (what this guards against)"
+    );
+    assert!(
+        slow_flow_keeps_its_backend("ctslow1", true),
+        "with the copies retired between its packets, the slow flow keeps its backend"
+    );
+}
