@@ -31,6 +31,28 @@ pub const SETTLE: Duration = Duration::from_millis(20);
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest time between two resolutions of every backend.
 pub const REFRESH: Duration = Duration::from_secs(10);
+/// Least time between two solicitations of one unresolved backend
+/// ([`solicit`]).
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Makes the kernel resolve the neighbour toward backend `address`: one
+/// empty UDP datagram to its discard port (9, RFC 863), which the kernel
+/// queues while it sends ARP or neighbour solicitations; the neighbour
+/// entry it makes is then seen by the next resolution. Errors (no route)
+/// are ignored: the resolution says so already.
+pub fn solicit(address: IpAddr) {
+    let any: std::net::SocketAddr = if address.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    if let Ok(socket) = std::net::UdpSocket::bind(any) {
+        let _ = socket.send_to(&[], (address, DISCARD_PORT));
+    }
+}
+
+/// The discard service's port (RFC 863).
+const DISCARD_PORT: u16 = 9;
 
 /// What one [`NextHopWriter::apply`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -185,7 +207,8 @@ pub async fn resolve_all(
 /// Keeps `LB_NEXTHOPS` current until `targets` is closed: resolves every
 /// target at once, then again on each netlink notification (after
 /// [`SETTLE`], and at most every [`MIN_INTERVAL`]), each change of
-/// `targets`, and every [`REFRESH`]. Logs each
+/// `targets`, and every [`REFRESH`]; solicits the neighbour of each
+/// unresolved backend ([`solicit`], at most every [`PROBE_EVERY`]). Logs each
 /// backend address whose next hop changes. When the notifications end it
 /// connects again; if it cannot, or they end again within [`REFRESH`], it
 /// empties the cache and ends, since a next hop nobody watches could go
@@ -199,6 +222,8 @@ pub async fn maintain(
 ) {
     let mut known: HashMap<IpAddr, Option<Resolved>> = HashMap::new();
     let mut reconnected: Option<Instant> = None;
+    // When each unresolved backend was last solicited.
+    let mut probed: HashMap<IpAddr, Instant> = HashMap::new();
     loop {
         let started = Instant::now();
         let current = targets.borrow_and_update().clone();
@@ -232,6 +257,20 @@ pub async fn maintain(
         if applied.failed > 0 {
             warn!("{} next-hop writes failed", applied.failed);
         }
+        // Unresolved backends: make the kernel resolve their neighbour (a
+        // packet xdp_lb hands it carries the node's own source address, which
+        // it drops as a martian without resolving anything).
+        for (address, answer) in &resolved {
+            if answer.is_none()
+                && probed
+                    .get(address)
+                    .is_none_or(|at: &Instant| at.elapsed() >= PROBE_EVERY)
+            {
+                solicit(*address);
+                probed.insert(*address, Instant::now());
+            }
+        }
+        probed.retain(|address, _| resolved.get(address).is_some_and(Option::is_none));
         known = resolved;
         tokio::select! {
             changed = targets.changed() => {
