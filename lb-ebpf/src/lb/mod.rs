@@ -131,12 +131,18 @@ fn try_lb<const V6: bool>(ctx: &XdpContext, conn_event: &mut u32) -> Result<Outc
     };
     if step == Step::CHOOSE {
         // SAFETY: the parse step wrote the whole packet before CHOOSE.
+        let packet = unsafe { p.assume_init_ref() };
         step = choose(
             globals.max_new_per_cpu,
             globals.conns_epoch,
-            unsafe { p.assume_init_ref() },
+            packet,
             c.as_mut_ptr(),
         );
+        // No VIP took it: checked here, once, rather than on each of
+        // choose's paths (which 6.1's verifier walks over and over).
+        if step == Step::verdict(Outcome::Passed) {
+            step = Step::verdict(no_vip(&packet.flow));
+        }
     }
     if !step.has_choice() {
         let outcome = step.outcome();
@@ -300,7 +306,7 @@ fn choose(max_new_per_cpu: u32, conns_epoch: u32, p: &Packet, c: *mut Choice) ->
     // established-flow choice below: it has its VIP already.
     if p.syn {
         let Some(vip) = find_vip(key.family, &key.dst, key.dport, key.proto) else {
-            return Step::verdict(no_vip(key));
+            return Step::verdict(Outcome::Passed);
         };
         let hash = key.hash();
         // With the flag set, every copy in a flow cache agrees with the
@@ -330,7 +336,7 @@ fn choose(max_new_per_cpu: u32, conns_epoch: u32, p: &Packet, c: *mut Choice) ->
         return Step::verdict(if p.icmp_error {
             Outcome::DropIcmpNotFromVip
         } else {
-            no_vip(key)
+            Outcome::Passed
         });
     };
     backend_of_vip(limits, p, &vip, key, entry, hash, false, c)

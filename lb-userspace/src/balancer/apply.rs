@@ -287,8 +287,13 @@ impl<M: MapStore> Balancer<M> {
     ) -> Result<BackendState, BalancerError> {
         let id = self.backend_ids.take("backend ids")?;
         // Its port before its entry and table: the first NAT packet to
-        // reach it goes to the right port.
-        if let Err(e) = self.maps.set_backend_port(id, port) {
+        // reach it goes to the right port; its counters from zero, not
+        // from the backend that had the id before.
+        let prepared = self
+            .maps
+            .set_backend_port(id, port)
+            .and_then(|()| self.maps.reset_backend_counters(id));
+        if let Err(e) = prepared {
             self.backend_ids.give(id);
             return Err(e.into());
         }
@@ -328,6 +333,11 @@ impl<M: MapStore> Balancer<M> {
 
     pub(super) fn add_vip(&mut self, vip: &Vip) -> Result<(), BalancerError> {
         let id = self.vip_ids.take("VIP ids")?;
+        // Its counters from zero, not from the VIP that had the id before.
+        if let Err(e) = self.maps.reset_vip_counters(id) {
+            self.vip_ids.give(id);
+            return Err(e.into());
+        }
         // The VIP's own list before its entry: no moment with the flag set
         // and the list empty.
         self.add_own_allow(vip, id)?;

@@ -36,6 +36,8 @@ pub struct FakeMaps {
     pub backend_ports: StdHashMap<u32, u32>,
     /// The SNAT addresses and ports.
     pub nat_sources: lb_common::NatSources,
+    /// Counter resets, in order: (`"vip"` or `"backend"`, id).
+    pub counter_resets: Vec<(&'static str, u32)>,
     /// Number of write calls of any kind so far.
     pub writes: usize,
     /// The writes to VIPs' own source lists and flags, in order: the map
@@ -160,6 +162,16 @@ impl MapStore for FakeMaps {
     }
     fn backend_port(&self, id: u32) -> Result<u32, MapStoreError> {
         Ok(self.backend_ports.get(&id).copied().unwrap_or(0))
+    }
+    fn reset_vip_counters(&mut self, id: u32) -> Result<(), MapStoreError> {
+        self.writes += 1;
+        self.counter_resets.push(("vip", id));
+        Ok(())
+    }
+    fn reset_backend_counters(&mut self, id: u32) -> Result<(), MapStoreError> {
+        self.writes += 1;
+        self.counter_resets.push(("backend", id));
+        Ok(())
     }
     fn nat_sources(&self) -> Result<lb_common::NatSources, MapStoreError> {
         Ok(self.nat_sources)

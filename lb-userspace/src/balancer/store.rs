@@ -68,6 +68,13 @@ pub trait MapStore {
     fn backend_port(&self, id: u32) -> Result<u32, MapStoreError>;
     /// This node's SNAT addresses and ports as the map holds them.
     fn nat_sources(&self) -> Result<lb_common::NatSources, MapStoreError>;
+    /// Zeroes VIP id `id`'s counters (traffic, refusals, NAT replies) on
+    /// every CPU: done when the id is given to a new VIP, so its counters
+    /// start at 0 instead of going on from the VIP that had it.
+    fn reset_vip_counters(&mut self, id: u32) -> Result<(), MapStoreError>;
+    /// Zeroes backend id `id`'s counters (traffic, NAT replies) on every
+    /// CPU, when the id is given to a new backend.
+    fn reset_backend_counters(&mut self, id: u32) -> Result<(), MapStoreError>;
     /// Writes this node's SNAT addresses and ports
     /// ([`lb_common::MAP_NAT_SOURCES`]).
     fn set_nat_sources(&mut self, sources: &lb_common::NatSources) -> Result<(), MapStoreError>;

@@ -2,18 +2,22 @@
 //! the balancer's [`MapStore`] (the Maglev map through
 //! [`super::maglev_map`]).
 
-use std::{borrow::BorrowMut, net::IpAddr, path::Path};
+use std::{borrow::BorrowMut, net::IpAddr, os::fd::AsFd as _, path::Path};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, lpm_trie::Key},
+    maps::{
+        Array, HashMap, IterableMap as _, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues,
+        lpm_trie::Key,
+    },
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use lb_common::{
-    AddrKey, Backend, Globals, MAP_BACKENDS, MAP_GLOBALS, MAP_MAGLEV, MAP_SRC_ALLOW_V4,
-    MAP_SRC_ALLOW_V6, MAP_SRC_ALLOW_VIP4, MAP_SRC_ALLOW_VIP6, MAP_SRC_ALLOW4_16, MAP_SRC_ALLOW6_16,
-    MAP_VIP_ADDRS, MAP_VIP_BLOOM, MAP_VIP_FLAGS, MAP_VIPS, VipKey, VipSourceKey, VipSourceKey6,
-    VipValue,
+    AddrKey, Backend, Counter, Globals, MAP_BACKEND_REPLY_STATS, MAP_BACKEND_STATS, MAP_BACKENDS,
+    MAP_GLOBALS, MAP_MAGLEV, MAP_SRC_ALLOW_V4, MAP_SRC_ALLOW_V6, MAP_SRC_ALLOW_VIP4,
+    MAP_SRC_ALLOW_VIP6, MAP_SRC_ALLOW4_16, MAP_SRC_ALLOW6_16, MAP_VIP_ADDRS, MAP_VIP_BLOOM,
+    MAP_VIP_DROPS, MAP_VIP_FLAGS, MAP_VIP_REPLY_STATS, MAP_VIP_STATS, MAP_VIPS, VipKey,
+    VipSourceKey, VipSourceKey6, VipValue,
     nat::{MAP_BACKEND_PORTS, MAP_NAT_SOURCES, NatSources},
 };
 
@@ -37,6 +41,78 @@ pub struct AyaMaps {
     globals: Array<MapData, Globals>,
     backend_ports: Array<MapData, u32>,
     nat_sources: Array<MapData, NatSources>,
+    /// The per-CPU counters by VIP id and by backend id, reset when an id
+    /// is given again (handles of their own: the counter reader holds the
+    /// maps too).
+    vip_counters: [PerCpuArray<MapData, Counter>; 3],
+    backend_counters: [PerCpuArray<MapData, Counter>; 2],
+}
+
+/// The per-CPU counter maps by VIP id, and by backend id.
+const VIP_COUNTERS: [&str; 3] = [MAP_VIP_STATS, MAP_VIP_DROPS, MAP_VIP_REPLY_STATS];
+const BACKEND_COUNTERS: [&str; 2] = [MAP_BACKEND_STATS, MAP_BACKEND_REPLY_STATS];
+
+/// A handle of its own on counter map `name` of a loaded object, which
+/// stays in the object: the agent's writes (zeroing an id's counters) and
+/// the counter reader each hold one, in either order.
+///
+/// # Errors
+/// The map is missing, of another type, or its fd cannot be duplicated.
+pub fn counter_map(
+    ebpf: &Ebpf,
+    name: &'static str,
+) -> Result<PerCpuArray<MapData, Counter>, MapStoreError> {
+    let missing = || MapStoreError {
+        map: name,
+        op: "find",
+        source: MapError::InvalidName {
+            name: name.to_string(),
+        },
+    };
+    let map = ebpf.map(name).ok_or_else(missing)?;
+    let shared: PerCpuArray<&MapData, Counter> =
+        PerCpuArray::try_from(map).map_err(wrap(name, "open"))?;
+    let fd = shared
+        .map()
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| MapStoreError {
+            map: name,
+            op: "duplicate the fd of",
+            source: MapError::SyscallError(aya::sys::SyscallError {
+                call: "dup",
+                io_error: e,
+            }),
+        })?;
+    let data = MapData::from_fd(fd).map_err(wrap(name, "open"))?;
+    PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).map_err(wrap(name, "open"))
+}
+
+/// Writes zero counters on every CPU at `id` of `map` (`name`).
+fn zero(
+    map: &mut PerCpuArray<MapData, Counter>,
+    id: u32,
+    name: &'static str,
+) -> Result<(), MapStoreError> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapStoreError {
+        map: name,
+        op: "count the CPUs for",
+        source: MapError::SyscallError(aya::sys::SyscallError {
+            call: "nr_cpus",
+            io_error: e,
+        }),
+    })?;
+    let zeros =
+        PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(|e| MapStoreError {
+            map: name,
+            op: "build zeros for",
+            source: MapError::SyscallError(aya::sys::SyscallError {
+                call: "nr_cpus",
+                io_error: e,
+            }),
+        })?;
+    map.set(id, zeros, 0).map_err(wrap(name, "zero"))
 }
 
 /// The LPM key of IPv4 prefix `net` in VIP `vip_id`'s own list: the VIP
@@ -158,6 +234,15 @@ impl AyaMaps {
             globals: take(ebpf, MAP_GLOBALS)?,
             backend_ports: take(ebpf, MAP_BACKEND_PORTS)?,
             nat_sources: take(ebpf, MAP_NAT_SOURCES)?,
+            vip_counters: [
+                counter_map(ebpf, VIP_COUNTERS[0])?,
+                counter_map(ebpf, VIP_COUNTERS[1])?,
+                counter_map(ebpf, VIP_COUNTERS[2])?,
+            ],
+            backend_counters: [
+                counter_map(ebpf, BACKEND_COUNTERS[0])?,
+                counter_map(ebpf, BACKEND_COUNTERS[1])?,
+            ],
         })
     }
 
@@ -185,6 +270,15 @@ impl AyaMaps {
             globals: open_pin(dir, MAP_GLOBALS)?,
             backend_ports: open_pin(dir, MAP_BACKEND_PORTS)?,
             nat_sources: open_pin(dir, MAP_NAT_SOURCES)?,
+            vip_counters: [
+                open_pin(dir, VIP_COUNTERS[0])?,
+                open_pin(dir, VIP_COUNTERS[1])?,
+                open_pin(dir, VIP_COUNTERS[2])?,
+            ],
+            backend_counters: [
+                open_pin(dir, BACKEND_COUNTERS[0])?,
+                open_pin(dir, BACKEND_COUNTERS[1])?,
+            ],
         })
     }
 
@@ -385,6 +479,20 @@ impl MapStore for AyaMaps {
         self.backend_ports
             .get(&id, 0)
             .map_err(wrap(MAP_BACKEND_PORTS, "get"))
+    }
+
+    fn reset_vip_counters(&mut self, id: u32) -> Result<(), MapStoreError> {
+        for (map, name) in self.vip_counters.iter_mut().zip(VIP_COUNTERS) {
+            zero(map, id, name)?;
+        }
+        Ok(())
+    }
+
+    fn reset_backend_counters(&mut self, id: u32) -> Result<(), MapStoreError> {
+        for (map, name) in self.backend_counters.iter_mut().zip(BACKEND_COUNTERS) {
+            zero(map, id, name)?;
+        }
+        Ok(())
     }
 
     fn nat_sources(&self) -> Result<NatSources, MapStoreError> {

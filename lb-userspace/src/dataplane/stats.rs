@@ -12,7 +12,7 @@ use lb_common::{
     stat_index,
 };
 
-use super::maps::{open_pin, take};
+use super::maps::{counter_map, open_pin};
 use crate::balancer::MapStoreError;
 
 /// Reads the per-CPU counters of a loaded (or pinned) data plane, summed over CPUs.
@@ -52,19 +52,21 @@ fn sum_of(map: &PerCpuArray<MapData, Counter>, indices: impl Iterator<Item = u32
 }
 
 impl StatsReader {
-    /// Takes the counter maps out of a loaded object.
+    /// Opens the counter maps of a loaded object.
     ///
     /// # Errors
     /// A map is missing or of another type.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapStoreError> {
+        // Handles of its own: the maps stay in the object, where the
+        // agent's map writer finds them too.
         Ok(Self {
-            outcomes: take(ebpf, MAP_STATS)?,
-            vips: take(ebpf, MAP_VIP_STATS)?,
-            vip_drops: take(ebpf, MAP_VIP_DROPS)?,
-            backends: take(ebpf, MAP_BACKEND_STATS)?,
-            nat_events: take(ebpf, MAP_NAT_STATS)?,
-            vip_replies: take(ebpf, MAP_VIP_REPLY_STATS)?,
-            backend_replies: take(ebpf, MAP_BACKEND_REPLY_STATS)?,
+            outcomes: counter_map(ebpf, MAP_STATS)?,
+            vips: counter_map(ebpf, MAP_VIP_STATS)?,
+            vip_drops: counter_map(ebpf, MAP_VIP_DROPS)?,
+            backends: counter_map(ebpf, MAP_BACKEND_STATS)?,
+            nat_events: counter_map(ebpf, MAP_NAT_STATS)?,
+            vip_replies: counter_map(ebpf, MAP_VIP_REPLY_STATS)?,
+            backend_replies: counter_map(ebpf, MAP_BACKEND_REPLY_STATS)?,
         })
     }
 

@@ -440,3 +440,64 @@ fn ack6(src: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
         .tcp_ack(sport, dport)
         .build()
 }
+
+/// A VIP id and a backend id given to another VIP and backend after a
+/// reload start their counters at zero, not at the counts of the VIP and
+/// backend that had them.
+#[test]
+#[ignore = "needs root: cargo xtask test"]
+fn counters_start_at_zero_when_an_id_is_given_again() {
+    lb_tests::require_root();
+    let mut fx = Fixture::new("ids");
+    let dns = fx
+        .balancer
+        .vips()
+        .iter()
+        .find(|v| v.config.name == "dns")
+        .expect("VIP dns")
+        .clone();
+    for sport in 5000..5010 {
+        let (action, _) = fx.run("xdp_lb", &udp_datagram(CLIENT, VIP, sport, 53, b"q"));
+        assert_eq!(action, XDP_TX);
+    }
+    assert_eq!(fx.stats.vip(dns.id).packets, 10);
+    let used: u64 = dns
+        .backends
+        .iter()
+        .map(|b| fx.stats.backend(b.id).packets)
+        .sum();
+    assert_eq!(used, 10);
+    // dns goes; a new VIP comes with two new backends.
+    let start = CONFIG
+        .find("[[vip]]\nname = \"dns\"")
+        .expect("dns in CONFIG");
+    let end = start
+        + CONFIG[start..]
+            .find("[[vip]]\nname = \"unresolved\"")
+            .expect("next VIP");
+    let without = format!("{}{}", &CONFIG[..start], &CONFIG[end..]);
+    fx.reload(&without);
+    let with_new = format!(
+        "{without}\n[[vip]]\nname = \"syslog\"\naddress = \"10.20.0.100\"\nport = 514\nprotocol = \"udp\"\n  [[vip.backend]]\n  address = \"10.20.0.21\"\n  [[vip.backend]]\n  address = \"10.20.0.22\"\n"
+    );
+    fx.reload(&with_new);
+    let syslog = fx
+        .balancer
+        .vips()
+        .iter()
+        .find(|v| v.config.name == "syslog")
+        .expect("VIP syslog")
+        .clone();
+    assert_eq!(syslog.id, dns.id, "the freed VIP id is given again");
+    let reused: Vec<u32> = syslog
+        .backends
+        .iter()
+        .map(|b| b.id)
+        .filter(|id| dns.backends.iter().any(|b| b.id == *id))
+        .collect();
+    assert!(!reused.is_empty(), "a freed backend id is given again");
+    assert_eq!(fx.stats.vip(syslog.id).packets, 0, "the new VIP's counter");
+    for id in reused {
+        assert_eq!(fx.stats.backend(id).packets, 0, "backend id {id}'s counter");
+    }
+}
