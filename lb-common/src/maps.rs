@@ -162,7 +162,7 @@ pub const MAX_BACKENDS: u32 = 16384;
 /// Most allowed source prefixes per family.
 pub const MAX_SOURCE_PREFIXES: u32 = 1024;
 /// Most local addresses the decapsulation program accepts as outer destination.
-pub const MAX_LOCAL_ADDRS: u32 = 64;
+pub const MAX_LOCAL_ADDRS: u32 = 1024;
 /// Most prefixes over all VIPs' own `allow` lists.
 pub const MAX_VIP_SOURCE_PREFIXES: u32 = 16384;
 /// Largest Maglev table size the agent accepts (a prime, as Katran's largest).

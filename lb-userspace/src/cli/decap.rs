@@ -1,7 +1,7 @@
 //! `lb decap`: attach `xdp_decap` on a backend host for the VIPs it serves,
 //! until SIGINT or SIGTERM.
 
-use std::{future::Future, net::IpAddr, process::ExitCode};
+use std::{future::Future, net::IpAddr, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 
@@ -14,7 +14,7 @@ use lb_common::{
     AddrKey, MAP_DECAP_CONFIG, MAP_DECAP_LOCAL, MAP_DECAP_SOURCES4, MAP_DECAP_SOURCES6,
     MAP_DECAP_VIPS, MAX_DECAP_SOURCES,
 };
-use log::info;
+use log::{info, warn};
 
 use crate::{
     agent::AgentError,
@@ -90,23 +90,7 @@ pub async fn run(
     let mut ebpf = EbpfLoader::new().load(object())?;
     let mut vip_map = addr_map(&mut ebpf, MAP_DECAP_VIPS)?;
     let mut local_map = addr_map(&mut ebpf, MAP_DECAP_LOCAL)?;
-    let mut locals: Vec<IpAddr> = netif::ipv4_addresses(None)
-        .map_err(|source| AgentError::Io {
-            op: "list addresses",
-            path: "of this host".into(),
-            source,
-        })?
-        .into_iter()
-        .map(IpAddr::from)
-        .collect();
-    let v6 = netif::ipv6_addresses(None).map_err(|source| AgentError::Io {
-        op: "list addresses",
-        path: "of this host".into(),
-        source,
-    })?;
-    // The VIPs are on this host's loopback: not outer destinations.
-    locals.extend(v6.into_iter().map(IpAddr::from));
-    locals.retain(|a| !vips.contains(a));
+    let mut locals = local_addresses(vips)?;
     let mut config: Array<MapData, u32> = maps::take(&mut ebpf, MAP_DECAP_CONFIG)?;
     config
         .set(0, u32::from(gue_port), 0)
@@ -124,15 +108,7 @@ pub async fn run(
                 source,
             })?;
     }
-    for local in locals.iter().take(lb_common::MAX_LOCAL_ADDRS as usize) {
-        local_map
-            .insert(addr_key(*local), 1, 0)
-            .map_err(|source| MapStoreError {
-                map: MAP_DECAP_LOCAL,
-                op: "insert",
-                source,
-            })?;
-    }
+    follow_locals(&mut local_map, &[], &locals);
     let lbs = if lbs.is_empty() {
         default_sources()
     } else {
@@ -143,11 +119,78 @@ pub async fn run(
     info!(
         "xdp_decap attached to {iface} ({mode:?} mode) for VIPs {vips:?}; outer destinations {locals:?}; tunnels taken from {lbs:?}"
     );
-    shutdown.await;
+    // The host's addresses change (DHCP, an address added for a new
+    // service): the outer destinations follow them.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut tick = tokio::time::interval(LOCALS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = tick.tick() => {
+                match local_addresses(vips) {
+                    Ok(now) if now != locals => {
+                        follow_locals(&mut local_map, &locals, &now);
+                        info!("outer destinations now {now:?} (this host's addresses changed)");
+                        locals = now;
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!("listing this host's addresses: {e}; outer destinations kept"),
+                }
+            }
+        }
+    }
     drop(link);
     drop(ebpf);
     info!("detached from {iface}");
     Ok(())
+}
+
+/// How often `lb decap` reads this host's addresses again.
+pub const LOCALS_EVERY: Duration = Duration::from_secs(2);
+
+/// This host's addresses, both families, but the VIPs (on its loopback:
+/// not outer destinations): the outer destinations `xdp_decap` accepts.
+///
+/// # Errors
+/// The addresses cannot be listed.
+fn local_addresses(vips: &[IpAddr]) -> Result<Vec<IpAddr>, AgentError> {
+    let list = |source| AgentError::Io {
+        op: "list addresses",
+        path: "of this host".into(),
+        source,
+    };
+    let mut locals: Vec<IpAddr> = netif::ipv4_addresses(None)
+        .map_err(list)?
+        .into_iter()
+        .map(IpAddr::from)
+        .collect();
+    locals.extend(
+        netif::ipv6_addresses(None)
+            .map_err(list)?
+            .into_iter()
+            .map(IpAddr::from),
+    );
+    locals.retain(|a| !vips.contains(a));
+    Ok(locals)
+}
+
+/// Brings `DECAP_LOCAL` from `old` to `new`: new addresses inserted (past
+/// `MAX_LOCAL_ADDRS`, refused by the map: logged), gone ones removed.
+fn follow_locals(map: &mut HashMap<MapData, AddrKey, u32>, old: &[IpAddr], new: &[IpAddr]) {
+    for gone in old.iter().filter(|a| !new.contains(a)) {
+        if let Err(e) = map.remove(&addr_key(*gone)) {
+            warn!("removing outer destination {gone}: {e}");
+        }
+    }
+    for added in new.iter().filter(|a| !old.contains(a)) {
+        if let Err(e) = map.insert(addr_key(*added), 1, 0) {
+            warn!(
+                "outer destination {added} not taken ({e}): at most {} addresses",
+                lb_common::MAX_LOCAL_ADDRS
+            );
+        }
+    }
 }
 
 /// The outer sources `xdp_decap` takes tunnels from when `--lb` gives
