@@ -34,7 +34,13 @@
 //! takes IPv4 and hands IPv6 to `xdp_lb_v6` by tail call (`LB_PROGS`), so
 //! the verifier walks each program for one family. [`run`] returns the
 //! outcome; the entry point in main.rs counts it and turns it into its XDP
-//! action (`Outcome::action`).
+//! action (`Outcome::action`). Two more hand-overs leave this path by tail
+//! call (`crate::nat`): a packet of a NAT VIP's flow, its backend chosen,
+//! goes to `xdp_nat_v4`/`_v6` instead of [`forward`]; a packet the path
+//! would pass goes, while a VIP is in a NAT mode, to
+//! `xdp_nat_reply_v4`/`_v6`, which translates a backend's reply or passes
+//! it. A packet to a VIP address that no VIP takes is dropped
+//! (`DropNoVip`), not passed: the node would route it back out.
 //!
 //! Each subprogram costs its call and return (about 8 ns here: the kernel
 //! returns through its return thunk, a mispredicted return on CPUs that need
