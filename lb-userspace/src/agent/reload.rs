@@ -231,9 +231,15 @@ impl Agent {
             Err(e) => {
                 self.shared.record_reload(Err(e.to_string()));
                 // A map write that failed part way leaves what was written:
-                // the API shows the balancer's state as it is.
+                // the API shows the balancer's state as it is, and the
+                // health checkers follow it (a backend id given to another
+                // backend on the way gets a checker of its own, not the old
+                // backend's results).
                 self.shared.set_vips(self.plane.balancer.vips());
-                error!("configuration rejected ({why}), the running one stays in force: {e}");
+                let (started, stopped) = checkers.sync(self.health_targets(), events);
+                error!(
+                    "configuration rejected ({why}), the running one stays in force: {e}; health checkers +{started} -{stopped}"
+                );
             }
         }
     }
