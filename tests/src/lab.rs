@@ -648,6 +648,26 @@ impl Lab {
         text
     }
 
+    /// Writes `text` as the configuration and waits (at most 10 s) until
+    /// the agent has reloaded it.
+    ///
+    /// # Panics
+    /// The file cannot be written, or the agent does not reload in time
+    /// (its log in the message): a test's failure.
+    pub fn reload(&self, text: &str) {
+        let before = self.log_count("configuration reloaded");
+        self.write_config(text).expect("write config");
+        assert!(
+            self.wait_for_log(
+                "configuration reloaded",
+                before + 1,
+                Duration::from_secs(10)
+            ),
+            "the agent did not reload; log:\n{}",
+            self.agent_log()
+        );
+    }
+
     /// Writes the agent's configuration file (in place, as an editor that
     /// truncates and writes does).
     ///

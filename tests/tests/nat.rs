@@ -90,21 +90,6 @@ fn udp_vip() -> String {
     text
 }
 
-/// Rewrites the configuration and waits until the agent has reloaded it.
-fn reload(lab: &Lab, text: &str) {
-    let before = lab.log_count("configuration reloaded");
-    lab.write_config(text).expect("write config");
-    assert!(
-        lab.wait_for_log(
-            "configuration reloaded",
-            before + 1,
-            Duration::from_secs(10)
-        ),
-        "the agent did not reload; log:\n{}",
-        lab.agent_log()
-    );
-}
-
 /// Requests per answering backend, and failures.
 fn tally(answers: &[Option<String>]) -> (BTreeMap<String, usize>, usize) {
     let mut per = BTreeMap::new();
@@ -185,10 +170,7 @@ fn nat_serves_backends_that_need_nothing_and_keeps_their_flows() {
                 .expect("UDP server"),
         );
     }
-    reload(
-        &lab,
-        &lab.config_text(&[("be1", 1), ("be2", 1), ("be3", 1)], &udp_vip()),
-    );
+    lab.reload(&lab.config_text(&[("be1", 1), ("be2", 1), ("be3", 1)], &udp_vip()));
     thread::sleep(Duration::from_millis(300));
     let out = lab
         .client()
@@ -223,10 +205,7 @@ fn nat_serves_backends_that_need_nothing_and_keeps_their_flows() {
     };
     soak(&flows, "open", &lab);
     // A reload that changes another VIP.
-    reload(
-        &lab,
-        &lab.config_text(&[("be1", 1), ("be2", 1), ("be3", 1)], ""),
-    );
+    lab.reload(&lab.config_text(&[("be1", 1), ("be2", 1), ("be3", 1)], ""));
     soak(&flows, "reload removing the UDP VIP", &lab);
     // The agent killed and started again: it adopts the pinned data plane,
     // the NAT table with it.

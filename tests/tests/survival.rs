@@ -30,21 +30,6 @@ fn pinned_vips(lab: &Lab) -> Vec<(VipKey, VipValue)> {
     vips
 }
 
-/// Rewrites the configuration and waits until the agent has reloaded it.
-fn reload(lab: &Lab, text: &str) {
-    let before = lab.log_count("configuration reloaded");
-    lab.write_config(text).expect("write config");
-    assert!(
-        lab.wait_for_log(
-            "configuration reloaded",
-            before + 1,
-            Duration::from_secs(10)
-        ),
-        "the agent did not reload; log:\n{}",
-        lab.agent_log()
-    );
-}
-
 fn restart_and_wait_for_adoption(lab: &mut Lab, args: &[&str]) {
     let before = lab.log_count("adopted the data plane");
     lab.start_agent(args).expect("agent starts");
@@ -115,10 +100,7 @@ fn long_lived_connections_survive_reloads_and_restarts() {
     };
 
     // 1. A fourth backend is added.
-    reload(
-        &lab,
-        &lab.config_text(&[three[0], three[1], three[2], ("be4", 1)], ""),
-    );
+    lab.reload(&lab.config_text(&[three[0], three[1], three[2], ("be4", 1)], ""));
     step("add backend be4", &lab, &|s| {
         assert!(
             s.get("be4").copied().unwrap_or(0) > 0,
@@ -126,7 +108,7 @@ fn long_lived_connections_survive_reloads_and_restarts() {
         );
     });
     // 2. Another backend (not theirs) is removed.
-    reload(&lab, &lab.config_text(&three, ""));
+    lab.reload(&lab.config_text(&three, ""));
     step("remove backend be4", &lab, &|s| {
         assert!(!s.contains_key("be4"), "be4 takes nothing: {s:?}");
         assert_eq!(s.len(), 3, "{s:?}");
@@ -164,10 +146,7 @@ fn long_lived_connections_survive_reloads_and_restarts() {
     // 4. An unrelated VIP is added, then removed.
     let extra = "\n[[vip]]\nname = \"extra\"\naddress = \"10.30.0.101\"\nport = 7000\nprotocol = \"tcp\"\n  [[vip.backend]]\n  address = \"10.30.0.22\"\n";
     let vips_before = pinned_vips(&lab);
-    reload(
-        &lab,
-        &lab.config_text(&[("be1", 4), ("be2", 1), ("be3", 1)], extra),
-    );
+    lab.reload(&lab.config_text(&[("be1", 4), ("be2", 1), ("be3", 1)], extra));
     let with_extra = pinned_vips(&lab);
     assert_eq!(with_extra.len(), vips_before.len() + 1, "VIP extra added");
     for entry in &vips_before {
@@ -177,7 +156,7 @@ fn long_lived_connections_survive_reloads_and_restarts() {
         );
     }
     step("add unrelated VIP", &lab, &be1_heavy);
-    reload(&lab, &weighted);
+    lab.reload(&weighted);
     assert_eq!(
         pinned_vips(&lab),
         vips_before,

@@ -64,6 +64,20 @@ fn ipip(outer_dst: [u8; 4], inner: &[u8]) -> Vec<u8> {
         .build()
 }
 
+/// Makes the fixture's namespace a backend for `xdp_decap`: this host has
+/// 10.20.0.2 (an outer destination it accepts) and serves VIP 10.20.0.100.
+fn serve_vip_here(fx: &mut Fixture) {
+    for (map, addr) in [
+        (lb_common::MAP_DECAP_VIPS, VIP),
+        (lb_common::MAP_DECAP_LOCAL, LB_ADDR),
+    ] {
+        let mut m: aya::maps::HashMap<_, lb_common::AddrKey, u32> =
+            aya::maps::HashMap::try_from(fx.ebpf.map_mut(map).expect("map")).expect("hash");
+        m.insert(lb_common::AddrKey::v4(addr), 1, 0)
+            .expect("insert");
+    }
+}
+
 /// The IPv4 packet `ip` (its header first) with TOS byte `tos` and its
 /// header checksum computed again.
 fn with_tos(mut ip: Vec<u8>, tos: u8) -> Vec<u8> {
@@ -79,17 +93,7 @@ fn with_tos(mut ip: Vec<u8>, tos: u8) -> Vec<u8> {
 fn an_outer_congestion_mark_reaches_an_ecn_capable_inner_packet() {
     lb_tests::require_root();
     let mut fx = Fixture::new("decap-ecn");
-    let mut vips: aya::maps::HashMap<_, lb_common::AddrKey, u32> =
-        aya::maps::HashMap::try_from(fx.ebpf.map_mut(lb_common::MAP_DECAP_VIPS).expect("map"))
-            .expect("hash");
-    vips.insert(lb_common::AddrKey::v4(VIP), 1, 0)
-        .expect("insert");
-    let mut locals: aya::maps::HashMap<_, lb_common::AddrKey, u32> =
-        aya::maps::HashMap::try_from(fx.ebpf.map_mut(lb_common::MAP_DECAP_LOCAL).expect("map"))
-            .expect("hash");
-    locals
-        .insert(lb_common::AddrKey::v4(LB_ADDR), 1, 0)
-        .expect("insert");
+    serve_vip_here(&mut fx);
     let syn = tcp_syn(CLIENT, VIP, 40000, 80)[14..].to_vec();
     // (outer ECN, inner ECN, inner ECN after): RFC 6040's normal mode for
     // CE outside; anything else leaves the inner packet as it was.
@@ -120,18 +124,7 @@ fn an_outer_congestion_mark_reaches_an_ecn_capable_inner_packet() {
 fn decap_strips_the_outer_header_for_served_vips_only() {
     lb_tests::require_root();
     let mut fx = Fixture::new("decap");
-    // This host (the namespace) has 10.20.0.2; it serves VIP 10.20.0.100.
-    let mut vips: aya::maps::HashMap<_, lb_common::AddrKey, u32> =
-        aya::maps::HashMap::try_from(fx.ebpf.map_mut(lb_common::MAP_DECAP_VIPS).expect("map"))
-            .expect("hash");
-    vips.insert(lb_common::AddrKey::v4(VIP), 1, 0)
-        .expect("insert");
-    let mut locals: aya::maps::HashMap<_, lb_common::AddrKey, u32> =
-        aya::maps::HashMap::try_from(fx.ebpf.map_mut(lb_common::MAP_DECAP_LOCAL).expect("map"))
-            .expect("hash");
-    locals
-        .insert(lb_common::AddrKey::v4(LB_ADDR), 1, 0)
-        .expect("insert");
+    serve_vip_here(&mut fx);
     // The fixture takes tunnels from the private ranges, as `lb decap`
     // does by default: the load balancer's 10.20.0.2 is in them.
 
