@@ -214,7 +214,7 @@ impl fmt::Display for Sizing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "Maglev tables {} regions ({} VIPs + {} spare) x {} entries x {MAGLEV_ENTRY_BYTES} B = {}; connection table {} flows x {} B = {}; flow caches {FLOW_CACHE_SLOTS} slots x {} B = {} per CPU; NAT table {} translations x 2 entries x {} B = {}",
+            "Maglev tables {} regions ({} VIPs + {} spare) x {} entries x {MAGLEV_ENTRY_BYTES} B = {}; connection table {} flows x {} B = {}; flow caches {FLOW_CACHE_SLOTS} slots x {} B = {} per CPU; ",
             self.table_regions,
             self.max_vips,
             self.table_regions - self.max_vips,
@@ -225,10 +225,22 @@ impl fmt::Display for Sizing {
             human_bytes(self.conntrack_bytes),
             size_of::<FlowCacheEntry>(),
             human_bytes(FLOW_CACHE_BYTES_PER_CPU),
-            self.nat_entries / 2,
-            nat_entry_bytes(),
-            human_bytes(self.nat_bytes),
-        )
+        )?;
+        if self.nat_entries <= 2 {
+            write!(
+                f,
+                "NAT table of 1 translation ({}: no VIP in a NAT mode)",
+                human_bytes(self.nat_bytes)
+            )
+        } else {
+            write!(
+                f,
+                "NAT table {} translations x 2 entries x {} B = {}",
+                self.nat_entries / 2,
+                nat_entry_bytes(),
+                human_bytes(self.nat_bytes),
+            )
+        }
     }
 }
 
