@@ -10,18 +10,24 @@
 
 pub mod bench;
 pub mod csum;
+pub mod flow_cache;
+pub mod globals;
 pub mod hash;
 pub mod layout;
 pub mod maps;
 pub mod nat;
+pub mod progs;
 pub mod rules;
 pub mod stats;
 
 pub use bench::*;
+pub use flow_cache::*;
+pub use globals::*;
 pub use hash::{flow_hash, flow_hash_v4, flow_hash_v6, maglev_permutation, maglev_slot};
 pub use layout::LAYOUT_FINGERPRINT;
 pub use maps::*;
 pub use nat::*;
+pub use progs::*;
 pub use stats::{
     ConnEvent, Counter, NO_CONN_EVENT, NatEvent, Outcome, STAT_ENTRIES, STAT_SLOTS, stat_index,
     xdp_action,

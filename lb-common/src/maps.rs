@@ -49,7 +49,7 @@ pub const ALLOW16_WORDS: u32 = (1 << 16) * 2 / 64;
 pub const ALLOW16_WHOLE: u64 = 1;
 /// A /16 holding a longer allowed prefix: the trie decides.
 pub const ALLOW16_PART: u64 = 2;
-/// Data-plane settings: array of one [`Globals`].
+/// Data-plane settings: array of one [`crate::Globals`].
 pub const MAP_GLOBALS: &str = "LB_GLOBALS";
 /// Per-outcome and per-connection-table-event counters: per-CPU array of
 /// [`crate::Counter`], [`crate::STAT_ENTRIES`] entries indexed by
@@ -105,42 +105,9 @@ pub const MAP_VIP_DROPS: &str = "LB_VIP_DROPS";
 /// [`TokenBucket`].
 pub const MAP_ICMP_BUCKET: &str = "LB_ICMP_BUCKET";
 /// Per-CPU token bucket of connection-table inserts (new flows recorded,
-/// [`Globals::max_new_per_cpu`] per second): array of one [`TokenBucket`].
+/// [`crate::Globals::max_new_per_cpu`] per second): array of one [`TokenBucket`].
 pub const MAP_CONN_BUCKET: &str = "LB_CONN_BUCKET";
-/// The programs `xdp_lb` hands packets to by tail call: a program array
-/// of [`PROG_SLOTS`] slots. [`PROG_LB_V6`] holds `xdp_lb_v6`, which takes
-/// every IPv6 packet, so that each program is verified for one family
-/// (the verifier's work on Debian 12's 6.1 stays within its budget).
-/// Pinned with the other maps (a pin keeps a program array's entries after
-/// the agent exits) and filled by the agent before it attaches or upgrades.
-pub const MAP_PROGS: &str = "LB_PROGS";
-/// The slot of [`MAP_PROGS`] that holds `xdp_lb_v6`.
-pub const PROG_LB_V6: u32 = 0;
-/// The slot of `xdp_nat_v4`: IPv4 packets of NAT VIPs' flows, toward
-/// their backends ([`crate::MAP_NAT_HANDOFF`] says which).
-pub const PROG_NAT_V4: u32 = 1;
-/// The slot of `xdp_nat_v6`: likewise for IPv6.
-pub const PROG_NAT_V6: u32 = 2;
-/// The slot of `xdp_nat_reply_v4`: IPv4 packets `xdp_lb` would pass, looked
-/// up as replies to NAT translations (with [`GLOBAL_F_NAT`]).
-pub const PROG_NAT_REPLY_V4: u32 = 3;
-/// The slot of `xdp_nat_reply_v6`: likewise for IPv6.
-pub const PROG_NAT_REPLY_V6: u32 = 4;
-/// Slots of [`MAP_PROGS`].
-pub const PROG_SLOTS: u32 = 5;
-/// The program of IPv6 packets, in [`MAP_PROGS`] at [`PROG_LB_V6`].
-pub const PROGRAM_LB_V6: &str = "xdp_lb_v6";
-/// The programs `xdp_lb` and `xdp_lb_v6` tail-call, with their slots in
-/// [`MAP_PROGS`].
-pub const TAIL_PROGRAMS: [(&str, u32); 5] = [
-    (PROGRAM_LB_V6, PROG_LB_V6),
-    ("xdp_nat_v4", PROG_NAT_V4),
-    ("xdp_nat_v6", PROG_NAT_V6),
-    ("xdp_nat_reply_v4", PROG_NAT_REPLY_V4),
-    ("xdp_nat_reply_v6", PROG_NAT_REPLY_V6),
-];
-
-/// Per-CPU array of [`FLOW_CACHE_SLOTS`] [`FlowCacheEntry`]: each CPU's
+/// Per-CPU array of [`crate::FLOW_CACHE_SLOTS`] [`crate::FlowCacheEntry`]: each CPU's
 /// direct-mapped copies of the connection-table entries it used lately, so
 /// an established flow's packet costs an array read instead of a hash
 /// lookup of its 40-byte key. Pinned with the other maps, and kept by an
@@ -513,7 +480,7 @@ impl FlowKey {
     }
 
     /// The flow's slot in a flow cache ([`MAP_FLOW_CACHE`]), below
-    /// [`FLOW_CACHE_SLOTS`]: the key's five 8-byte words folded by XOR and
+    /// [`crate::FLOW_CACHE_SLOTS`]: the key's five 8-byte words folded by XOR and
     /// spread by one multiplication (Fibonacci hashing, Knuth TAOCP vol. 3
     /// section 6.4), the top 13 bits. A few instructions where the flow
     /// hash (MurmurHash3: two multiplications per 4-byte word, a dependent
@@ -522,7 +489,7 @@ impl FlowKey {
     #[inline(always)]
     pub const fn cache_slot(&self) -> u32 {
         const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-        const BITS: u32 = FLOW_CACHE_SLOTS.trailing_zeros();
+        const BITS: u32 = crate::FLOW_CACHE_SLOTS.trailing_zeros();
         // SAFETY: a FlowKey is 40 bytes of plain data aligned to 8.
         let w = unsafe { &*(self as *const Self).cast::<[u64; 5]>() };
         let folded = w[0] ^ w[1] ^ w[2] ^ w[3] ^ w[4];
@@ -541,107 +508,6 @@ pub struct ConnValue {
     pub generation: u32,
 }
 const _: () = assert!(size_of::<ConnValue>() == 8);
-
-/// Slots of [`MAP_FLOW_CACHE`] per CPU: a power of two. 8192 slots of 64
-/// bytes are 512 KiB per CPU.
-pub const FLOW_CACHE_SLOTS: u32 = 1 << 13;
-
-/// Longest a [`FlowCacheEntry`] serves its flow, in seconds: the agent
-/// moves [`Globals::conns_epoch`] on this often, so a flow's next packet
-/// reads its connection-table entry at least this often, which keeps the
-/// entry's place in the LRU (a flow too slow to reach
-/// [`FLOW_CACHE_REFRESH`] packets would otherwise look idle to it, and be
-/// evicted from a full table while it lives).
-pub const FLOW_CACHE_MAX_AGE_SECS: u64 = 10;
-
-/// Uses of a [`FlowCacheEntry`] before `xdp_lb` reads the flow's
-/// connection-table entry again (which refreshes its place in the LRU and
-/// takes in whatever changed it).
-pub const FLOW_CACHE_REFRESH: u32 = 32;
-
-/// Value of [`MAP_FLOW_CACHE`]: one CPU's copy of a connection-table entry,
-/// in the slot of its flow ([`FlowKey::cache_slot`]), with the flow's hash
-/// (so that a packet the copy serves computes no MurmurHash3). Only
-/// `xdp_lb` reads and writes it. 64 bytes.
-///
-/// A copy serves a packet of its flow (not a SYN, not an ICMP error) while
-/// `epoch` is [`Globals::conns_epoch`], `hits` is below
-/// [`FLOW_CACHE_REFRESH`] and its backend is still usable with the same
-/// generation; a TCP SYN of the flow that looks the flow up (its VIP's
-/// [`VIP_F_CONNS_MATCH_TABLE`] clear) drops this CPU's copy.
-#[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowCacheEntry {
-    /// The flow (all zero in an unused slot, which no flow's key is: its
-    /// family is never 0).
-    pub key: FlowKey,
-    /// Its connection-table entry as read (or as written) by this CPU.
-    pub conn: ConnValue,
-    /// [`Globals::conns_epoch`] as the packet that made the copy read it.
-    pub epoch: u32,
-    /// Packets the copy served since it was made.
-    pub hits: u32,
-    /// The flow's [`FlowKey::hash`] (GUE source port, IPv6 flow label).
-    pub flow_hash: u32,
-    /// Zero.
-    pub _reserved: u32,
-}
-const _: () = assert!(size_of::<FlowCacheEntry>() == 64);
-
-/// Value of [`MAP_GLOBALS`] (one entry). 56 bytes.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Globals {
-    /// Outer source address of IPv4 encapsulation, network byte order.
-    pub encap_src_v4: [u8; 4],
-    /// `GLOBAL_F_*` bits.
-    pub flags: u32,
-    /// Outer source address of IPv6 encapsulation, network byte order.
-    pub encap_src_v6: [u8; 16],
-    /// [`crate::LAYOUT_FINGERPRINT`] of the agent that filled the maps.
-    pub layout_version: u32,
-    /// Maglev table size `M` of every VIP. Only the agent reads it: to
-    /// adopt pinned maps after a restart.
-    pub table_size: u32,
-    /// Largest outer packet toward backends in bytes (`encap.mtu`); 0: the
-    /// egress interface's MTU (from `bpf_fib_lookup`).
-    pub encap_mtu: u32,
-    /// ICMP "too big" messages generated per second per CPU
-    /// (`icmp.too_big_per_cpu`); 0: never.
-    pub too_big_per_cpu: u32,
-    /// Destination UDP port of GUE packets (`encap.gue_port`), host order;
-    /// used with [`GLOBAL_F_GUE`].
-    pub gue_port: u32,
-    /// New flows recorded in the connection table per second per CPU
-    /// (`conntrack.max_new_per_cpu`); above it a new flow keeps its Maglev
-    /// choice unrecorded (`conntrack_limited`).
-    pub max_new_per_cpu: u32,
-    /// The connection-table epoch: the agent increases it (wrapping) when
-    /// copies in the flow caches ([`MAP_FLOW_CACHE`]) may no longer match
-    /// the connection table (before it lets SYNs skip the table after a
-    /// walk); a copy made under another epoch is not used.
-    pub conns_epoch: u32,
-    /// Zero.
-    pub _reserved: u32,
-}
-const _: () = assert!(size_of::<Globals>() == 56);
-
-/// [`Globals::flags`]: apply the source filter to every packet on the
-/// interface (`scope = "all"`), not only to packets for VIP addresses.
-pub const GLOBAL_F_SCOPE_ALL: u32 = 1;
-/// [`Globals::flags`]: the agent has filled the maps; until then every packet
-/// is passed.
-pub const GLOBAL_F_READY: u32 = 2;
-/// [`Globals::flags`]: encapsulate in GUE (UDP to [`Globals::gue_port`],
-/// the inner IP packet directly after the UDP header) instead of IP-in-IP.
-pub const GLOBAL_F_GUE: u32 = 4;
-/// [`Globals::flags`]: a VIP is in a NAT mode: packets `xdp_lb` would pass
-/// are looked up as replies to translations (`xdp_nat_reply_v4`/`_v6`).
-pub const GLOBAL_F_NAT: u32 = 8;
-/// [`Globals::flags`]: a VIP is in `dnat` mode: replies come addressed to
-/// clients, on any port; without it only packets to a SNAT port are
-/// looked up.
-pub const GLOBAL_F_DNAT: u32 = 16;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -662,7 +528,7 @@ mod pod {
         super::AddrKey,
         super::CachedNextHop,
         super::Backend,
-        super::Globals,
+        crate::Globals,
         super::FlowKey,
         super::ConnValue,
         crate::Counter,

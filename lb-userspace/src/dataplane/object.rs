@@ -50,24 +50,7 @@ pub fn load_object(config: &Config) -> Result<Ebpf, aya::EbpfError> {
 pub fn load_tail_programs(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
     let mut fds = Vec::with_capacity(TAIL_PROGRAMS.len());
     for (name, slot) in TAIL_PROGRAMS {
-        let program: &mut Xdp = ebpf
-            .program_mut(name)
-            .ok_or(DataplaneError::Program {
-                op: "find",
-                program: name,
-                source: ProgramError::NotLoaded,
-            })?
-            .try_into()
-            .map_err(|source| DataplaneError::Program {
-                op: "find",
-                program: name,
-                source,
-            })?;
-        load_program(program).map_err(|source| DataplaneError::Program {
-            op: "load",
-            program: name,
-            source,
-        })?;
+        let program = load_named(ebpf, name)?;
         let fd = program
             .fd()
             .map_err(|source| DataplaneError::Program {
@@ -139,6 +122,30 @@ pub fn xdp_mode(mode: XdpModeConfig) -> XdpMode {
     }
 }
 
+/// Finds XDP program `name` of `ebpf` and loads it into the kernel
+/// ([`load_program`]).
+///
+/// # Errors
+/// [`DataplaneError::Program`]: the program is missing, not XDP, or
+/// refused by the verifier.
+fn load_named<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, DataplaneError> {
+    let err = |op| {
+        move |source| DataplaneError::Program {
+            op,
+            program: name,
+            source,
+        }
+    };
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(ProgramError::NotLoaded)
+        .map_err(err("find"))?
+        .try_into()
+        .map_err(err("find"))?;
+    load_program(program).map_err(err("load"))?;
+    Ok(program)
+}
+
 /// Loads and attaches program `name` of `ebpf` to `iface`; returns the link.
 ///
 /// # Errors
@@ -149,24 +156,7 @@ pub fn attach(
     iface: &str,
     mode: XdpMode,
 ) -> Result<XdpLink, DataplaneError> {
-    let program: &mut Xdp = ebpf
-        .program_mut(name)
-        .ok_or(DataplaneError::Program {
-            op: "find",
-            program: name,
-            source: aya::programs::ProgramError::NotLoaded,
-        })?
-        .try_into()
-        .map_err(|source| DataplaneError::Program {
-            op: "find",
-            program: name,
-            source,
-        })?;
-    load_program(program).map_err(|source| DataplaneError::Program {
-        op: "load",
-        program: name,
-        source,
-    })?;
+    let program = load_named(ebpf, name)?;
     let err = |op| {
         move |source| DataplaneError::Program {
             op,
